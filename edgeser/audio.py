@@ -1,0 +1,179 @@
+"""The one audio loader: any file soundfile reads, trusted by content, mono, 16 kHz, checked.
+
+Used by the corpus scanner, training, calibration and the lean runtime alike, so it imports
+only numpy, soundfile and soxr.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+import numpy.typing as npt
+import soundfile as sf
+import soxr
+
+from edgeser.errors import AudioError
+
+SAMPLE_RATE = 16_000
+MIN_DURATION_S = 0.1
+# Peak below this (about -80 dBFS) counts as digital silence.
+SILENCE_PEAK = 1e-4
+
+AudioSource = Union[str, Path, bytes]
+SilencePolicy = Literal["error", "warn", "ignore"]
+
+# Extension -> the soundfile container names it should hold.
+_EXTENSION_FORMATS = {
+    ".wav": {"WAV", "WAVEX", "RF64", "W64"},
+    ".flac": {"FLAC"},
+    ".aif": {"AIFF"},
+    ".aiff": {"AIFF"},
+    ".ogg": {"OGG"},
+    ".oga": {"OGG"},
+    ".opus": {"OGG"},
+    ".mp3": {"MP3"},
+}
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says, read without decoding the samples."""
+
+    path: str
+    container: str  # soundfile's format name, e.g. WAV, FLAC, AIFF
+    subtype: str
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+    @property
+    def extension_mismatch(self) -> bool:
+        """True when the file's name promises another container than its content (e.g. AIFF in `.wav`)."""
+        expected = _EXTENSION_FORMATS.get(Path(self.path).suffix.lower())
+        return expected is not None and self.container not in expected
+
+
+def _describe(source: AudioSource) -> str:
+    return f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source)
+
+
+def _open_target(source: AudioSource) -> str | io.BytesIO:
+    if isinstance(source, bytes):
+        if not source:
+            raise AudioError(_describe(source), "empty input (0 bytes)")
+        return io.BytesIO(source)
+    path = Path(source)
+    if not path.exists():
+        raise AudioError(path, "file not found")
+    if path.is_dir():
+        raise AudioError(path, "is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty file (0 bytes)")
+    return str(path)
+
+
+def probe(source: AudioSource) -> AudioInfo:
+    """Read the header only; raises AudioError for unreadable, empty or zero-rate files."""
+    target = _open_target(source)
+    try:
+        info = sf.info(target)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(_describe(source), f"unreadable or corrupt audio ({_short(err)})") from None
+    result = AudioInfo(
+        path=_describe(source),
+        container=info.format,
+        subtype=info.subtype,
+        sample_rate=int(info.samplerate),
+        channels=int(info.channels),
+        frames=int(info.frames),
+    )
+    if result.frames <= 0:
+        raise AudioError(result.path, "empty audio (0 samples)")
+    if result.sample_rate <= 0:
+        raise AudioError(result.path, f"invalid sample rate {result.sample_rate}")
+    return result
+
+
+def _short(err: Exception) -> str:
+    return " ".join(str(err).split())[:160] or type(err).__name__
+
+
+def to_mono_16k(samples: npt.ArrayLike, sample_rate: int, *, source: str = "<array>") -> npt.NDArray[np.float32]:
+    """Down-mix `[S]` or `[S, C]` samples to mono and resample to 16 kHz with soxr (high quality)."""
+    audio = np.asarray(samples)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1)
+    elif audio.ndim != 1:
+        raise AudioError(source, f"expected 1-D mono or 2-D [samples, channels] audio, got shape {audio.shape}")
+    if not np.issubdtype(audio.dtype, np.floating):
+        if np.issubdtype(audio.dtype, np.integer):
+            audio = audio.astype(np.float64) / float(np.iinfo(audio.dtype).max)
+        else:
+            raise AudioError(source, f"unsupported sample dtype {audio.dtype}")
+    if sample_rate <= 0:
+        raise AudioError(source, f"invalid sample rate {sample_rate}")
+    audio = audio.astype(np.float32, copy=False)
+    if sample_rate != SAMPLE_RATE and audio.size:
+        if not np.all(np.isfinite(audio)):
+            raise AudioError(source, "contains NaN or infinite samples")
+        audio = soxr.resample(audio, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+    return np.ascontiguousarray(audio)
+
+
+def check_waveform(
+    audio: npt.NDArray[np.float32],
+    *,
+    source: str,
+    min_duration: float = MIN_DURATION_S,
+    max_duration: float | None = None,
+    on_silent: SilencePolicy = "error",
+) -> None:
+    """Raise AudioError for empty, too short/long, non-finite or (by policy) silent 16 kHz audio."""
+    if audio.size == 0:
+        raise AudioError(source, "empty audio (0 samples)")
+    if not np.all(np.isfinite(audio)):
+        raise AudioError(source, "contains NaN or infinite samples")
+    duration = audio.size / SAMPLE_RATE
+    if duration < min_duration:
+        raise AudioError(source, f"too short: {duration:.3f} s (minimum {min_duration:g} s)")
+    if max_duration is not None and duration > max_duration:
+        raise AudioError(source, f"too long: {duration:.1f} s (maximum {max_duration:g} s; split long recordings)")
+    if on_silent != "ignore" and float(np.max(np.abs(audio))) < SILENCE_PEAK:
+        if on_silent == "error":
+            raise AudioError(source, "all-silent audio (peak below -80 dBFS)")
+        warnings.warn(f"{source}: all-silent audio (peak below -80 dBFS)", stacklevel=3)
+
+
+def load_audio(
+    source: AudioSource,
+    *,
+    min_duration: float = MIN_DURATION_S,
+    max_duration: float | None = None,
+    on_silent: SilencePolicy = "error",
+) -> npt.NDArray[np.float32]:
+    """Decode a file path or the bytes of a file to checked mono float32 at 16 kHz.
+
+    The container is detected from the content (libsndfile), never from the extension.
+    """
+    name = _describe(source)
+    target = _open_target(source)
+    try:
+        samples, sample_rate = sf.read(target, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(name, f"unreadable or corrupt audio ({_short(err)})") from None
+    if samples.shape[0] == 0:
+        raise AudioError(name, "empty audio (0 samples)")
+    if not np.all(np.isfinite(samples)):
+        raise AudioError(name, "contains NaN or infinite samples")
+    audio = to_mono_16k(samples, int(sample_rate), source=name)
+    check_waveform(audio, source=name, min_duration=min_duration, max_duration=max_duration, on_silent=on_silent)
+    return audio

@@ -1,0 +1,34 @@
+"""Typed errors whose messages are one line that names the input and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class EdgeserError(Exception):
+    """Base class: the CLI prints these as a single line and exits non-zero."""
+
+
+class AudioError(EdgeserError, ValueError):
+    """An audio input cannot be used: unreadable, empty, too short, non-finite, silent..."""
+
+    def __init__(self, source: str | Path, problem: str) -> None:
+        self.source = str(source)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}")
+
+
+class DataError(EdgeserError, ValueError):
+    """A corpus, manifest or data spec is malformed or inconsistent."""
+
+
+class SplitError(EdgeserError, ValueError):
+    """A requested split is impossible or would leak evaluation data."""
+
+
+class ModelError(EdgeserError, ValueError):
+    """A model recipe, size, checkpoint or backbone is missing or invalid."""
+
+
+class BundleError(EdgeserError, ValueError):
+    """An exported bundle is missing files, tampered with, or from another schema version."""

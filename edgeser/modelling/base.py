@@ -1,0 +1,112 @@
+"""The stage contract every edgeser model follows (DESIGN.md section 3).
+
+A model is four `nn.Module` stages, each exported as its own ONNX graph:
+
+| stage           | forward(...)                                                        | returns                                   |
+|-----------------|---------------------------------------------------------------------|-------------------------------------------|
+| `audio_encoder` | waveform `[B, S]` float32 (16 kHz, zero beyond length), lengths `[B]` int64 | features `[B, F, Da]`, frame_lengths `[B]` int64 |
+| `ctc_head`      | features `[B, F, Da]`                                               | log_probs `[B, F, V]` (log-softmax)       |
+| `text_encoder`  | input_ids `[B, L]` int64, attention_mask `[B, L]` int64             | token_features `[B, L, Dt]`               |
+| `fusion_head`   | features, frame_lengths, token_features, attention_mask             | logits `[B, C]`                           |
+
+Audio-only models have `ctc_head = text_encoder = None` and a fusion head taking
+`(features, frame_lengths)` only. Every stage must give the same per-clip outputs for a
+zero-padded batch as for the clips run one by one, so frames and tokens beyond the valid
+lengths are masked everywhere (pooling, attention, normalisation, recurrences).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeser.text import CtcVocab
+
+STAGE_NAMES = ("audio_encoder", "ctc_head", "text_encoder", "fusion_head")
+
+
+@dataclass
+class SerOutput:
+    """What a full forward pass returns: emotion logits plus the ASR side when the model has one."""
+
+    logits: torch.Tensor  # [B, C]
+    frame_lengths: torch.Tensor  # [B]
+    ctc_log_probs: torch.Tensor | None = None  # [B, F, V]
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_length: int | torch.Tensor) -> torch.Tensor:
+    """Boolean `[B, T]` mask, True at valid positions; export-friendly (arange + compare)."""
+    positions = torch.arange(max_length, device=lengths.device)  # type: ignore[arg-type]
+    return positions.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `[B, T, D]` over valid time steps given a `[B, T]` mask (bool or 0/1)."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class SerModel(nn.Module):
+    """A speech emotion recognition model made of the four export stages.
+
+    Subclasses build the stages in `__init__` and keep their resolved config in
+    `self.config` (a JSON-serialisable dict) so checkpoints can rebuild them.
+    `tokenizer` is a `tokenizers.Tokenizer` for the text branch (None for audio-only
+    models); the runtime uses its `tokenizer.json` without transformers.
+    """
+
+    name: str = ""
+
+    def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
+        super().__init__()
+        self.config = config
+        self.labels = list(labels)
+        self.vocab = vocab
+        self.tokenizer: Any = None
+        self.audio_encoder: nn.Module
+        self.ctc_head: nn.Module | None = None
+        self.text_encoder: nn.Module | None = None
+        self.fusion_head: nn.Module
+
+    @property
+    def uses_text(self) -> bool:
+        return self.text_encoder is not None
+
+    @property
+    def supports_padded_batch(self) -> bool:
+        """False for encoders trained without an attention mask (group-norm wav2vec2/HuBERT)."""
+        return True
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask `[B, L]` int64 for transcripts, padded to the longest."""
+        if self.tokenizer is None:
+            raise RuntimeError(f"model {self.name!r} has no text branch")
+        encodings = self.tokenizer.encode_batch([t if t else "" for t in texts])
+        length = max(1, max(len(e.ids) for e in encodings))
+        ids = torch.zeros(len(texts), length, dtype=torch.long)
+        mask = torch.zeros(len(texts), length, dtype=torch.long)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = torch.tensor(enc.ids, dtype=torch.long)
+            mask[row, : len(enc.ids)] = 1
+        return ids, mask
+
+    def forward(
+        self,
+        waveform: torch.Tensor,
+        lengths: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> SerOutput:
+        """Run every stage; text models need token ids (ground truth in training, ASR at inference)."""
+        features, frame_lengths = self.audio_encoder(waveform, lengths)
+        log_probs = self.ctc_head(features) if self.ctc_head is not None else None
+        if self.text_encoder is None:
+            return SerOutput(self.fusion_head(features, frame_lengths), frame_lengths, log_probs)
+        if input_ids is None or attention_mask is None:
+            raise ValueError(f"model {self.name!r} fuses text: pass input_ids and attention_mask")
+        token_features = self.text_encoder(input_ids, attention_mask)
+        logits = self.fusion_head(features, frame_lengths, token_features, attention_mask)
+        return SerOutput(logits, frame_lengths, log_probs)
