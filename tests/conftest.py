@@ -40,3 +40,39 @@ def write_audio(path: Path, seconds: float = 1.0, sample_rate: int = 16_000, **k
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, tone(seconds, sample_rate), sample_rate, **kwargs)  # type: ignore[arg-type]
     return path
+
+
+TINY_HUBERT = {
+    "type": "hubert",
+    "config": {
+        "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+        "conv_dim": [32] * 7, "feat_extract_norm": "layer", "do_stable_layer_norm": True,
+        "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4, "mask_time_prob": 0.0,
+    },
+}  # fmt: skip
+TEST_LABELS = ["angry", "happy", "sad", "neutral"]
+
+
+@pytest.fixture(scope="session")
+def tiny_cmgi_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny cmgi (from-scratch HuBERT, real MiniLM text encoder) saved as a real checkpoint folder."""
+    import torch
+
+    from edgeser.checkpoint import save_checkpoint
+    from edgeser.modelling.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cmgi", "small", TEST_LABELS, overrides={"acoustic": TINY_HUBERT}).eval()
+    with torch.no_grad():  # a CTC head that emits varied characters, so the text path sees real tokens
+        model.ctc_head.proj.weight.mul_(30.0)
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "cmgi", {}, {"data_spec": "tests"})
+
+
+@pytest.fixture(scope="session")
+def cmgi_bundle(tiny_cmgi_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny cmgi exported as a bundle (read-only for tests: copy it before changing files)."""
+    from edgeser.export.exporter import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "cmgi"
+    export_bundle("cmgi", out, checkpoint=tiny_cmgi_checkpoint)
+    return out

@@ -1,0 +1,161 @@
+"""Checkpoint folders: weights (safetensors), resolved recipe, labels, CTC vocabulary, tokenizer, provenance.
+
+A checkpoint is everything needed to rebuild the model (plus any named pretrained backbone):
+
+    checkpoint.json    model, size, config, labels, vocab, metrics, data provenance, versions
+    model.safetensors  the weights
+    tokenizer.json     the text branch's tokenizer (text models only)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from edgeser.errors import ModelError
+from edgeser.text import CtcVocab
+
+CHECKPOINT_SCHEMA = 1
+CHECKPOINT_FILE = "checkpoint.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass
+class CheckpointInfo:
+    """The JSON half of a checkpoint."""
+
+    model: str
+    size: str
+    config: dict[str, Any]
+    labels: list[str]
+    vocab: dict[str, Any] | None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    schema: int = CHECKPOINT_SCHEMA
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `target` whole, on failure it vanishes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a bundle or checkpoint is meant to be shared
+    try:
+        yield staging
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of the libraries a checkpoint or bundle depends on (those importable here)."""
+    import importlib.metadata as metadata
+
+    versions: dict[str, str] = {}
+    for package in ("edgeser", "torch", "transformers", "onnx", "onnxruntime", "tokenizers", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def save_checkpoint(model: Any, directory: Path, metrics: dict[str, Any], provenance: dict[str, Any]) -> Path:
+    """Write a complete checkpoint folder atomically (an existing one is replaced only when done)."""
+    from safetensors.torch import save_file
+
+    info = CheckpointInfo(
+        model=model.name,
+        size=str(model.config.get("size", "")),
+        config=model.config,
+        labels=model.labels,
+        vocab=model.vocab.to_dict() if model.vocab is not None and model.ctc_head is not None else None,
+        metrics=metrics,
+        provenance=provenance,
+        versions=tool_versions(),
+    )
+    with atomic_dir(directory) as staging:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS_FILE))
+        if model.tokenizer is not None:
+            model.tokenizer.save(str(staging / TOKENIZER_FILE))
+        info_dict = info.__dict__ | {"weights_sha256": file_sha256(staging / WEIGHTS_FILE)}
+        write_json_atomic(staging / CHECKPOINT_FILE, info_dict)
+    return directory
+
+
+def read_checkpoint_info(directory: Path) -> dict[str, Any]:
+    """The checkpoint's JSON, with clear errors for a missing or foreign folder."""
+    path = directory / CHECKPOINT_FILE
+    if not directory.is_dir():
+        raise ModelError(f"{directory}: checkpoint folder not found")
+    if not path.is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise ModelError(f"{directory}: not an edgeser checkpoint (needs {CHECKPOINT_FILE} and {WEIGHTS_FILE})")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path}: corrupt checkpoint metadata ({err.msg})") from None
+    if int(info.get("schema", 0)) > CHECKPOINT_SCHEMA:
+        raise ModelError(f"{path}: checkpoint schema {info.get('schema')} is newer than this edgeser supports")
+    return info
+
+
+def load_checkpoint(directory: Path | str) -> Any:
+    """Rebuild the model from a checkpoint folder and load its weights (eval mode)."""
+    from safetensors.torch import load_file
+
+    from edgeser.modelling.registry import build_from_config
+
+    directory = Path(directory)
+    info = read_checkpoint_info(directory)
+    vocab = CtcVocab.from_dict(info["vocab"]) if info.get("vocab") else None
+    # The weights come from the checkpoint: rebuild backbone architectures without reading pretrained
+    # weights, and use the checkpoint's own tokenizer.
+    config = dict(info["config"], random_weights=True)
+    if isinstance(config.get("text"), dict) and (directory / TOKENIZER_FILE).is_file():
+        config["text"] = dict(config["text"], tokenizer_file=str(directory / TOKENIZER_FILE))
+    model = build_from_config(info["model"], config, info["labels"], vocab)
+    state = load_file(str(directory / WEIGHTS_FILE))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelError(
+            f"{directory}: weights do not fit model {info['model']!r} "
+            f"(missing {len(missing)} e.g. {missing[:2]}, unexpected {len(unexpected)} e.g. {unexpected[:2]})"
+        )
+    if (directory / TOKENIZER_FILE).is_file() and model.uses_text:
+        from tokenizers import Tokenizer
+
+        model.tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+    model.eval()
+    return model

@@ -1,0 +1,1 @@
+"""ONNX export of each model stage into a self-describing bundle, and parity checks (needs `export`)."""

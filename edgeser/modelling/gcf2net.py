@@ -1,0 +1,236 @@
+"""GCF2-Net: wav2vec2 (CNN frozen) + CTC auxiliary head + RoBERTa + ResCMFA x m + global-aware block (004).
+
+Paper: "global-aware Cross-modal feature Fusion Network"; IEMOCAP and MELD. Its equations are images in our
+copy, so the structure follows the text and Figures 1-2 as described (see each class docstring).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeser.modelling.backbones import (
+    FEATURE_ENCODER_PREFIX,
+    TEXT_ENCODER_PREFIX,
+    AcousticEncoder,
+    CtcHead,
+    MaskedAttention,
+    TextEncoder,
+    TrainingStage,
+    acoustic_backbone,
+    apply_training_stage,
+    fold_weight_norm,
+    record_architecture,
+    resolve_spec,
+    text_backbone,
+)
+from edgeser.modelling.base import SerModel, lengths_to_mask, masked_mean
+from edgeser.text import CtcVocab
+
+
+class ResCmfaBlock(nn.Module):
+    """One ResCMFA block (Fig. 2): multi-head cross-modal attention -> Linear -> LayerNorm -> GELU -> Dropout,
+    plus a residual from the block's query input.
+
+    A-T block: query = audio stream, key/value = the *initial* text features; T-A the other way round.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, attention_dropout: float) -> None:
+        super().__init__()
+        self.attention = MaskedAttention(dim, dim, dim, heads, out_proj=True, dropout=attention_dropout)
+        self.linear = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """query `[B, Tq, D]`, key_value `[B, Tk, D]`, key_mask `[B, Tk]` bool -> `[B, Tq, D]`."""
+        fused = self.attention(query, key_value, key_mask)
+        return query + self.dropout(self.activation(self.norm(self.linear(fused))))
+
+
+class GlobalAwareBlock(nn.Module):
+    """Global-aware block (gMLP of Liu et al. 2021, as cited): LN -> FC to 4Df -> GELU -> split into two 2Df
+    halves u, v -> LN(v) -> conv over time -> u * v -> FC to Df, with gMLP's residual.
+
+    gMLP's spatial projection is a dense map over a fixed sequence length; with variable lengths it is a
+    depthwise Conv1d along time (kernel `kernel_size`, zero beyond the valid length, gMLP's near-zero weight /
+    unit bias initialisation so the block starts as u * 1).
+    """
+
+    def __init__(self, dim: int, expansion: int = 4, kernel_size: int = 31) -> None:
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError("global-aware kernel_size must be odd (same-length output)")
+        hidden = expansion * dim
+        self.half = hidden // 2
+        self.norm = nn.LayerNorm(dim)
+        self.fc_in = nn.Linear(dim, hidden)
+        self.activation = nn.GELU()
+        self.gate_norm = nn.LayerNorm(self.half)
+        self.conv = nn.Conv1d(self.half, self.half, kernel_size, padding=kernel_size // 2, groups=self.half)
+        nn.init.uniform_(self.conv.weight, -1e-3 / kernel_size, 1e-3 / kernel_size)
+        nn.init.ones_(self.conv.bias)
+        self.fc_out = nn.Linear(self.half, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x `[B, T, Df]`, mask `[B, T]` bool -> `[B, T, Df]` (positions beyond the mask are don't-care)."""
+        hidden = self.activation(self.fc_in(self.norm(x)))
+        u, v = hidden[..., : self.half], hidden[..., self.half :]
+        v = self.gate_norm(v) * mask.unsqueeze(-1).to(v.dtype)
+        v = self.conv(v.transpose(1, 2)).transpose(1, 2)
+        return x + self.fc_out(u * v)
+
+
+def concat_valid(
+    audio: torch.Tensor, audio_lengths: torch.Tensor, text: torch.Tensor, text_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate each clip's valid frames and valid tokens along time, padding after both.
+
+    audio `[B, F, D]`, text `[B, L, D]` -> `[B, F + L, D]` and its valid mask `[B, F + L]`. A zero-padded
+    batch thus gives every clip exactly the sequence it would have alone (gather/where only: exports cleanly).
+    """
+    num_frames, num_tokens = audio.shape[1], text.shape[1]
+    audio_padded = nn.functional.pad(audio, (0, 0, 0, num_tokens))  # [B, T, D]
+    text_padded = nn.functional.pad(text, (0, 0, 0, num_frames))  # [B, T, D]
+    positions = torch.arange(num_frames + num_tokens, device=audio.device).unsqueeze(0)  # [1, T]
+    starts = audio_lengths.unsqueeze(1)
+    ends = starts + text_lengths.unsqueeze(1)
+    text_index = (positions - starts).clamp_min(0)  # [B, T], always < T
+    text_shifted = torch.gather(text_padded, 1, text_index.unsqueeze(-1).expand(-1, -1, text.shape[2]))
+    is_audio = (positions < starts).unsqueeze(-1)
+    is_valid = positions < ends
+    fused = torch.where(is_audio, audio_padded, text_shifted * is_valid.unsqueeze(-1).to(text.dtype))
+    return fused, is_valid
+
+
+class Gcf2NetFusionHead(nn.Module):
+    """ResCMFA x `layers` (A-T and T-A in parallel; key/value always the initial features of the other
+    modality, queries the previous block's output), concat of both streams along time, global-aware block,
+    masked mean pooling, FC to classes. Features are projected to `dim` (Df) where a modality differs.
+    """
+
+    def __init__(
+        self,
+        audio_dim: int,
+        text_dim: int,
+        num_classes: int,
+        dim: int = 768,
+        layers: int = 4,
+        heads: int = 8,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        expansion: int = 4,
+        kernel_size: int = 31,
+    ) -> None:
+        super().__init__()
+        self.audio_proj: nn.Module = nn.Linear(audio_dim, dim) if audio_dim != dim else nn.Identity()
+        self.text_proj: nn.Module = nn.Linear(text_dim, dim) if text_dim != dim else nn.Identity()
+        self.audio_blocks = nn.ModuleList(
+            ResCmfaBlock(dim, heads, dropout, attention_dropout) for _ in range(layers)
+        )
+        self.text_blocks = nn.ModuleList(
+            ResCmfaBlock(dim, heads, dropout, attention_dropout) for _ in range(layers)
+        )
+        self.global_aware = GlobalAwareBlock(dim, expansion, kernel_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        token_features: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """features `[B, F, Da]`, frame_lengths `[B]`, token_features `[B, L, Dt]`, attention_mask `[B, L]`
+        -> logits `[B, C]`."""
+        audio_mask = lengths_to_mask(frame_lengths, features.shape[1])
+        text_mask = attention_mask != 0
+        audio0 = self.audio_proj(features)
+        text0 = self.text_proj(token_features)
+        audio, text = audio0, text0
+        for a_t, t_a in zip(self.audio_blocks, self.text_blocks, strict=True):
+            audio, text = a_t(audio, text0, text_mask), t_a(text, audio0, audio_mask)
+        fused, fused_mask = concat_valid(
+            audio, frame_lengths, text, attention_mask.to(torch.int64).sum(dim=1)
+        )
+        fused = self.global_aware(fused, fused_mask)
+        return self.classifier(self.dropout(masked_mean(fused, fused_mask)))
+
+
+class Gcf2NetModel(SerModel):
+    """wav2vec2 + CTC head + RoBERTa + ResCMFA/global-aware fusion, split into the four export stages.
+
+    Config (a recipe size): `acoustic` (backbones.acoustic_backbone spec, type wav2vec2, plus
+    `"freeze_feature_encoder": bool`, true in the paper), `text` (text_backbone spec plus `"freeze": bool`),
+    `fusion` (`dim`, `layers`, `heads`, `dropout`, `attention_dropout`, `expansion`, `kernel_size`,
+    `ctc_dropout`). A top-level `"random_weights": true` override reaches both backbone specs (paper
+    wav2vec2-base and RoBERTa-base built from the shipped configs, nothing read from disk or hub).
+
+    wav2vec2-base has a group-norm feature encoder trained without attention masks: `supports_padded_batch`
+    is then False (run clips one by one). Training: one phase, loss `a * CTC + (1 - a) * CE`, a = 0.1.
+    """
+
+    name = "gcf2net"
+
+    def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
+        vocab = vocab if vocab is not None else CtcVocab()
+        super().__init__(config, labels, vocab)
+        acoustic_spec = resolve_spec(config["acoustic"], config)
+        text_spec = resolve_spec(config["text"], config)
+        fusion = config.get("fusion", {})
+
+        self.audio_encoder = AcousticEncoder(acoustic_backbone(acoustic_spec))
+        record_architecture(config["acoustic"], acoustic_spec, self.audio_encoder.backbone)
+        audio_dim = self.audio_encoder.hidden_size
+        self.ctc_head = CtcHead(audio_dim, len(vocab), dropout=float(fusion.get("ctc_dropout", 0.1)))
+        text_model, self.tokenizer = text_backbone(text_spec)
+        self.text_encoder = TextEncoder(text_model, freeze=bool(text_spec.get("freeze", False)))
+        record_architecture(config["text"], text_spec, text_model)
+        self.fusion_head = Gcf2NetFusionHead(
+            audio_dim,
+            self.text_encoder.hidden_size,
+            len(self.labels),
+            dim=int(fusion.get("dim", 768)),
+            layers=int(fusion.get("layers", 4)),
+            heads=int(fusion.get("heads", 8)),
+            dropout=float(fusion.get("dropout", 0.1)),
+            attention_dropout=float(fusion.get("attention_dropout", 0.1)),
+            expansion=int(fusion.get("expansion", 4)),
+            kernel_size=int(fusion.get("kernel_size", 31)),
+        )
+        self.frozen_feature_encoder = bool(acoustic_spec.get("freeze_feature_encoder", True))
+        if self.frozen_feature_encoder:
+            self.freeze_feature_encoder()
+
+    @property
+    def supports_padded_batch(self) -> bool:
+        return self.audio_encoder.use_attention_mask
+
+    def freeze_feature_encoder(self) -> None:
+        """Freeze wav2vec2's CNN feature encoder (the paper keeps it fixed throughout)."""
+        self.audio_encoder.freeze_feature_encoder()
+
+    def training_stages(self) -> list[TrainingStage]:
+        """A single phase: everything trains but the CNN (paper: frozen) and a frozen text encoder."""
+        freeze = ((TEXT_ENCODER_PREFIX,) if self.text_encoder.frozen else ()) + (
+            (FEATURE_ENCODER_PREFIX,) if self.frozen_feature_encoder else ()
+        )
+        return [TrainingStage("joint", freeze)]
+
+    def set_training_stage(self, name: str) -> TrainingStage:
+        """Apply the (only) phase's trainable/frozen parameters and return it."""
+        stages = {stage.name: stage for stage in self.training_stages()}
+        if name not in stages:
+            raise ValueError(f"gcf2net has no training stage {name!r}; stages: {', '.join(stages)}")
+        apply_training_stage(self, stages[name])
+        return stages[name]
+
+    def prepare_for_export(self) -> Gcf2NetModel:
+        """Eval mode and weight norm folded: what the exporter (and eval-only loading) should call."""
+        self.eval()
+        fold_weight_norm(self)
+        return self

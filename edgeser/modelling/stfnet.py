@@ -1,0 +1,212 @@
+"""STFNet: two parallel 2-D CNNs (spatial) + a Transformer encoder (temporal) on an MFCC map (paper 003).
+
+An and Ruan 2021, "Speech emotion recognition algorithm based on deep learning algorithm fusion of temporal
+and spatial features": 40 MFCC x 282 frames as a 1-channel image; two parallel CNNs and a Transformer
+encoder; concat; FC to 8 classes; AWGN augmentation; SGD (momentum 0.9, lr 0.01, batch 16, weight decay
+1e-4, up to 200 epochs); RAVDESS hold-out 80.46 %. The paper gives no layer sizes: they follow the public
+implementation it mirrors (same 40 x 282 map, same AWGN scheme): per CNN three blocks of Conv 3x3 (16, 32,
+64 channels) -> BatchNorm -> ReLU -> MaxPool -> Dropout 0.3 with pools 2x2, 4x4, 4x4; the Transformer
+branch max-pools the map by 4 in time and runs 4 encoder layers (d = 40 MFCC, 4 heads, feed-forward 512,
+dropout 0.4, no positional encoding) and averages over time; AWGN at an SNR drawn from 15-30 dB.
+
+Changes for edge deployment with dynamic length (no fixed 282-frame input):
+- the CNN pools keep the frequency sizes (2, 4, 4) but pool time by (2, 2, 1), so both branches share one
+  frame rate (/4, 40 ms at a 10 ms hop) and `audio_encoder` returns one per-frame fused sequence
+  `[B, F, 64 + 64 + 40]`;
+- the CNNs' flatten over a fixed time axis becomes masked mean pooling over frames (in `fusion_head`), as
+  the Transformer branch already averaged over time;
+- the MFCC map is standardised per coefficient by a masked running-statistics norm (the public code fits a
+  StandardScaler on the training set).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeser.errors import ModelError
+from edgeser.modelling.base import SerModel, lengths_to_mask, masked_mean
+from edgeser.modelling.blocks import TransformerEncoder, mask_time
+from edgeser.modelling.frontend import MaskedFeatureNorm, build_frontend
+from edgeser.text import CtcVocab
+
+DEFAULT_SNR_DB = (
+    15.0,
+    30.0,
+)  # the AWGN SNR range of the implementation the paper mirrors (paper: none given)
+
+
+def awgn(
+    waveform: torch.Tensor,
+    lengths: torch.Tensor,
+    snr_db: tuple[float, float] = DEFAULT_SNR_DB,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Add white Gaussian noise at a per-clip SNR drawn uniformly from `snr_db` (dB); zero beyond lengths stays zero.
+
+    The signal power is measured over each clip's valid samples. waveform `[B, S]`, lengths `[B]` -> `[B, S]`.
+    """
+    mask = lengths_to_mask(lengths, waveform.shape[1]).to(waveform.dtype)
+    power = (waveform * waveform * mask).sum(dim=1) / lengths.clamp_min(1).to(waveform.dtype)
+    low, high = float(snr_db[0]), float(snr_db[1])
+    snr = low + (high - low) * torch.rand(waveform.shape[0], generator=generator, device=waveform.device)
+    noise_std = torch.sqrt(power / torch.pow(10.0, snr / 10.0)).to(waveform.dtype)
+    noise = torch.randn(waveform.shape, generator=generator, device=waveform.device, dtype=waveform.dtype)
+    return (waveform + noise * noise_std.unsqueeze(1)) * mask
+
+
+class SpatialCnn(nn.Module):
+    """Conv 3x3 -> BatchNorm -> ReLU -> MaxPool -> Dropout blocks over a `[B, 1, C, T]` feature image.
+
+    Frames beyond each clip's length are zeroed before every convolution; pooling floors lengths, so a
+    valid output frame only ever sees valid input frames. Output: per-frame vectors `[B, T', channels * C']`.
+    """
+
+    def __init__(
+        self,
+        in_height: int,
+        channels: list[int],
+        freq_pools: list[int],
+        time_pools: list[int],
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        if not len(channels) == len(freq_pools) == len(time_pools):
+            raise ModelError("stfnet cnn: channels, freq_pools and time_pools need the same length")
+        self.time_pools = [int(p) for p in time_pools]
+        self.blocks = nn.ModuleList()
+        height, previous = in_height, 1
+        for out_channels, fp, tp in zip(channels, freq_pools, time_pools):
+            self.blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(previous, out_channels, kernel_size=3, padding=1),
+                    nn.BatchNorm2d(out_channels),
+                    nn.ReLU(),
+                    nn.MaxPool2d(kernel_size=(fp, tp), stride=(fp, tp)),
+                    nn.Dropout(dropout),
+                )
+            )
+            height, previous = height // fp, out_channels
+        if height < 1:
+            raise ModelError(
+                f"stfnet cnn: frequency pools {freq_pools} leave nothing of {in_height} features"
+            )
+        self.out_dim = previous * height
+
+    def forward(self, image: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image `[B, 1, C, T]`, lengths `[B]` -> features `[B, T', out_dim]`, lengths `[B]`."""
+        x = image
+        for block, pool in zip(self.blocks, self.time_pools):
+            x = block(mask_time(x, lengths_to_mask(lengths, x.shape[3]), time_dim=3))
+            lengths = torch.div(lengths, pool, rounding_mode="trunc")  # lengths >= 0: trunc == floor
+        b, c, h, t = x.shape
+        x = x.permute(0, 3, 1, 2).reshape(b, t, c * h)
+        return x, lengths
+
+
+class StfNetAudioEncoder(nn.Module):
+    """`audio_encoder`: MFCC map -> [CNN 1 | CNN 2 | Transformer] per frame at 1/4 of the MFCC frame rate."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.frontend = build_frontend(config.get("frontend", {}), int(config.get("sample_rate", 16_000)))
+        if self.frontend.kind != "mfcc":
+            raise ModelError("stfnet reads an MFCC map: set frontend.kind to 'mfcc'")
+        n_feat = self.frontend.out_dim
+        cnn = config.get("cnn", {})
+        channels = list(cnn.get("channels", [16, 32, 64]))
+        freq_pools = list(cnn.get("freq_pools", [2, 4, 4]))
+        time_pools = list(cnn.get("time_pools", [2, 2, 1]))
+        dropout = float(cnn.get("dropout", 0.3))
+        self.time_reduction = 1
+        for pool in time_pools:
+            self.time_reduction *= int(pool)
+        self.norm = MaskedFeatureNorm(n_feat)
+        self.cnns = nn.ModuleList(
+            SpatialCnn(n_feat, channels, freq_pools, time_pools, dropout)
+            for _ in range(int(cnn.get("branches", 2)))
+        )
+        tr = config.get("transformer", {})
+        heads = int(tr.get("heads", 4))
+        if n_feat % heads:
+            raise ModelError(f"stfnet transformer: {n_feat} MFCC features are not divisible by {heads} heads")
+        self.positional = bool(tr.get("positional_encoding", False))
+        self.transformer = TransformerEncoder(
+            n_feat,
+            heads,
+            int(tr.get("ff_dim", 512)),
+            int(tr.get("layers", 4)),
+            float(tr.get("dropout", 0.4)),
+            positional=self.positional,
+        )
+        self.out_dim = sum(c.out_dim for c in self.cnns) + n_feat
+
+    def frame_layout(self) -> list[tuple[int, int, int, int]]:
+        """MFCC framing, then time pooling by `time_reduction` with at least one frame per clip."""
+        r = self.time_reduction
+        return [*self.frontend.frame_layout(), (r, r, 0, 1)]
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """waveform `[B, S]`, lengths `[B]` -> features `[B, F, out_dim]`, frame_lengths `[B]` (F = MFCC frames // 4)."""
+        mfcc, mfcc_lengths = self.frontend(waveform, lengths)
+        x = self.norm(mfcc, lengths_to_mask(mfcc_lengths, mfcc.shape[1]))  # [B, T, C], zero beyond lengths
+        r = self.time_reduction
+        # Pad r - 1 zero frames so even the shortest clip keeps one pooled frame (same for batch and single).
+        x = F.pad(x, (0, 0, 0, r - 1))
+        frame_lengths = torch.div(mfcc_lengths, r, rounding_mode="trunc").clamp_min(1)
+        image = x.transpose(1, 2).unsqueeze(1)  # [B, 1, C, T + r - 1]
+        branches = [cnn(image, mfcc_lengths)[0] for cnn in self.cnns]
+        temporal = F.max_pool1d(x.transpose(1, 2), r, r).transpose(1, 2)  # [B, F, C]
+        mask = lengths_to_mask(frame_lengths, temporal.shape[1])
+        branches.append(self.transformer(temporal, mask))
+        features = torch.cat(branches, dim=-1)
+        return mask_time(features, mask), frame_lengths
+
+
+class StfNetFusionHead(nn.Module):
+    """`fusion_head` of an audio-only model: masked mean over frames, then one FC to the classes."""
+
+    def __init__(self, in_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(in_dim, num_classes)
+
+    def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """features `[B, F, D]`, frame_lengths `[B]` -> logits `[B, C]`."""
+        return self.classifier(masked_mean(features, lengths_to_mask(frame_lengths, features.shape[1])))
+
+
+class StfNetModel(SerModel):
+    """Audio-only STFNet; `augment_waveform` applies the paper's AWGN augmentation in training."""
+
+    name = "stfnet"
+
+    def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
+        super().__init__(config, labels, vocab)
+        self.audio_encoder = StfNetAudioEncoder(config)
+        self.fusion_head = StfNetFusionHead(self.audio_encoder.out_dim, len(labels))
+        awgn_config = config.get("awgn", {})
+        self.awgn_probability = float(awgn_config.get("probability", 0.5))
+        self.awgn_snr_db = tuple(float(v) for v in awgn_config.get("snr_db", DEFAULT_SNR_DB))
+
+    def augment_waveform(
+        self, waveform: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Training-time AWGN: each clip gets noise with probability `awgn.probability` (default 0.5: the paper
+        doubles its data with one noisy copy per clip) at an SNR in `awgn.snr_db` (default 15-30 dB).
+        Identity in eval mode. waveform `[B, S]`, lengths `[B]` -> `[B, S]`."""
+        if not self.training or self.awgn_probability <= 0.0:
+            return waveform
+        noisy = awgn(waveform, lengths, self.awgn_snr_db, generator)  # type: ignore[arg-type]
+        chosen = (
+            torch.rand(waveform.shape[0], generator=generator, device=waveform.device) < self.awgn_probability
+        )
+        return torch.where(chosen.unsqueeze(1), noisy, waveform)
+
+    def augment(
+        self, waveform: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Alias of `augment_waveform`."""
+        return self.augment_waveform(waveform, lengths, generator)

@@ -1,0 +1,28 @@
+"""onnxruntime sessions for a bundle's stages: providers and threads set in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+from edgeser.errors import BundleError
+
+
+def make_session(path: Path, providers: list[str] | None = None, threads: int | None = None) -> ort.InferenceSession:
+    """An inference session with full graph optimisation; `threads` bounds intra-op parallelism."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    available = ort.get_available_providers()
+    chosen = providers or ["CPUExecutionProvider"]
+    unknown = [p for p in chosen if p not in available]
+    if unknown:
+        raise BundleError(f"execution provider(s) {unknown} not available here (available: {available})")
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise BundleError(f"{path}: onnxruntime cannot load this graph ({' '.join(str(err).split())[:200]})") from None

@@ -1,0 +1,103 @@
+"""Training on real clips: every model learns, checkpoints reload, an interrupted run resumes exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeser import training
+from edgeser.checkpoint import load_checkpoint
+from edgeser.data import load_corpus
+from edgeser.data.splits import get_fold
+from edgeser.modelling.registry import build_model
+from tests.conftest import TINY_HUBERT
+from tests.test_models_small import tiny_overrides
+
+TINY_WAV2VEC2 = {**TINY_HUBERT, "type": "wav2vec2"}
+
+
+def tiny(name: str) -> dict:
+    if name == "cmgi":
+        return {"acoustic": TINY_HUBERT}
+    if name == "gcf2net":
+        return {"acoustic": TINY_WAV2VEC2}
+    return tiny_overrides(name)
+
+
+@pytest.fixture(scope="module")
+def real_clips(shared_data: Path) -> tuple[list[training.Clip], list[str]]:
+    corpus = load_corpus(f"emodb:{shared_data / 'emodb'}")
+    picks = [u for u in corpus.utterances if u.speaker == "03"][:8]
+    return training.load_clips(picks, corpus.labels), corpus.labels
+
+
+@pytest.mark.parametrize("name", ["stfnet", "mscnn_spu_att", "saser", "cmgi", "gcf2net"])
+def test_each_model_learns_on_real_clips(name: str, real_clips) -> None:  # type: ignore[no-untyped-def]
+    clips, labels = real_clips
+    torch.manual_seed(0)
+    model = build_model(name, "small", labels, overrides=tiny(name))
+    config = training.TrainConfig(ctc_weight=0.1 if model.ctc_head is not None else 0.0, max_seconds=2.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    rng = np.random.default_rng(0)
+    losses = []
+    model.train()
+    for _ in range(20):
+        loss, parts = training.compute_loss(model, clips, rng, config, torch.device("cpu"), {"name": "main"})
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(parts["loss"])
+        if model.ctc_head is not None:
+            assert "ctc" in parts
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def _run(out: Path, data: str, epochs: int, resume: bool = False) -> dict:
+    return training.train(
+        "stfnet", "small", data, 1, out, seed=3, device_name="cpu", resume=resume, limit=40,
+        overrides={"epochs": epochs, "batch_size": 8}, model_overrides=tiny("stfnet"), log=lambda _: None,
+    )
+
+
+def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = f"emodb:{shared_data / 'emodb'}"
+    reference = _run(tmp_path / "straight", data, epochs=3)
+    assert [e["epoch"] for e in reference["history"]] == [1, 2, 3]
+
+    real_save = training.save_state
+    calls = {"n": 0}
+
+    def crash_after_two(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(training, "save_state", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "resumed", data, epochs=3)
+    monkeypatch.setattr(training, "save_state", real_save)
+    state = json.loads((tmp_path / "resumed" / training.STATE_DIR / "state.json").read_text())
+    assert state["epoch"] == 2 and len(state["history"]) == 2  # both finished epochs are kept
+    with pytest.raises(Exception, match="not empty; pass --resume"):
+        _run(tmp_path / "resumed", data, epochs=3)
+    resumed = _run(tmp_path / "resumed", data, epochs=3, resume=True)
+    for a, b in zip(reference["history"], resumed["history"]):
+        assert a["train"]["loss"] == pytest.approx(b["train"]["loss"], rel=1e-5)
+        assert a["eval"]["ua"] == pytest.approx(b["eval"]["ua"])
+    assert len((tmp_path / "resumed" / training.METRICS_FILE).read_text().splitlines()) == 3
+
+    info = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
+    assert info["model"] == "stfnet" and info["provenance"]["held_out"] == "speaker=08"
+    assert info["provenance"]["train_count"] == 40 and info["labels"][0] == "angry"
+    assert {"torch", "edgeser"} <= set(info["versions"]) and len(info["weights_sha256"]) == 64
+    model = load_checkpoint(tmp_path / "resumed")  # the best epoch's weights, rebuilt from the folder alone
+    corpus = load_corpus(data)
+    _, eval_utts = training.split_utterances(corpus, get_fold(corpus, 1, seed=3), 40, 3)
+    metrics = training.evaluate(model, training.load_clips(eval_utts, corpus.labels), batch_size=8).metrics
+    assert metrics["ua"] == pytest.approx(info["metrics"]["best"]["ua"])
+    assert metrics["confusion"] == info["metrics"]["best"]["confusion"]
