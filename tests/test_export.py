@@ -28,7 +28,7 @@ def test_manifest_describes_the_bundle(cmgi_bundle: Path, tiny_cmgi_checkpoint: 
         "name": "waveform", "dtype": "float32", "shape": ["batch", "samples"]
     }
     assert manifest["ctc"]["blank_id"] == 0 and manifest["ctc"]["tokens"][1] == "|"
-    assert manifest["frame_layout"][0] == [10, 5, 0] and manifest["opset"] == 18
+    assert manifest["frame_layout"][0] == [10, 5, 0, 0] and manifest["opset"] == 18
     checkpoint_info = json.loads((tiny_cmgi_checkpoint / "checkpoint.json").read_text())
     assert manifest["source_checkpoint"]["weights_sha256"] == checkpoint_info["weights_sha256"]
     assert {"torch", "onnx", "onnxruntime", "edgeser"} <= set(manifest["versions"])
