@@ -8,8 +8,12 @@ INSTALL = $(PYTHON) -m pip install --quiet -c constraints.txt -e ".[export,dev]"
 setup:
 	$(INSTALL)
 
+# Export the shipped default (stfnet small, trained on EMO-DB), prove it matches PyTorch on 200 real
+# clips, and predict three held-out clips with the torch-free runtime.
 demo: setup
-	edgeser data summary emodb:$(DATA)/emodb
+	edgeser export --model stfnet --out build/stfnet
+	edgeser check parity build/stfnet --data emodb:$(DATA)/emodb --limit 200
+	edgeser predict build/stfnet $(DATA)/emodb/wav/03a01Wa.flac $(DATA)/emodb/wav/03a05Tc.flac $(DATA)/emodb/wav/03b10Nc.flac
 
 test: setup
 	$(PYTHON) -m pytest -q

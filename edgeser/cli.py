@@ -190,8 +190,8 @@ def predict_command(bundle: Path, files: tuple[str, ...], precision: str, thread
         if as_json:
             click.echo(json.dumps({"file": name, **asdict(result)}, ensure_ascii=False))
         else:
-            transcript = result.transcript if result.transcript is not None else ""
-            click.echo(f"{name}\t{result.label}\t{result.confidence:.3f}\t{transcript}")
+            transcript = f"\t{result.transcript}" if result.transcript is not None else ""
+            click.echo(f"{name}\t{result.label}\t{result.confidence:.3f}{transcript}")
     if failures:
         click.secho(f"{failures} of {len(files)} file(s) failed", fg="red", err=True)
         sys.exit(1)
