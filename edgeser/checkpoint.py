@@ -92,7 +92,12 @@ def tool_versions() -> dict[str, str]:
 
 
 def save_checkpoint(model: Any, directory: Path, metrics: dict[str, Any], provenance: dict[str, Any]) -> Path:
-    """Write a complete checkpoint folder atomically (an existing one is replaced only when done)."""
+    """Write or update a checkpoint in `directory`, each file through a temporary name and a rename.
+
+    Other files in the folder (a training run's `train_state/`, `metrics.jsonl`) are left alone.
+    `checkpoint.json` goes last and records the weights' hash, so a save cut short between two
+    renames is detected on load instead of pairing new weights with old metadata.
+    """
     from safetensors.torch import save_file
 
     info = CheckpointInfo(
@@ -105,13 +110,17 @@ def save_checkpoint(model: Any, directory: Path, metrics: dict[str, Any], proven
         provenance=provenance,
         versions=tool_versions(),
     )
-    with atomic_dir(directory) as staging:
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS_FILE))
-        if model.tokenizer is not None:
-            model.tokenizer.save(str(staging / TOKENIZER_FILE))
-        info_dict = info.__dict__ | {"weights_sha256": file_sha256(staging / WEIGHTS_FILE)}
-        write_json_atomic(staging / CHECKPOINT_FILE, info_dict)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights_tmp = directory / f".{WEIGHTS_FILE}.tmp"
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(weights_tmp))
+    info_dict = info.__dict__ | {"weights_sha256": file_sha256(weights_tmp)}
+    if model.tokenizer is not None:
+        tokenizer_tmp = directory / f".{TOKENIZER_FILE}.tmp"
+        model.tokenizer.save(str(tokenizer_tmp))
+        os.replace(tokenizer_tmp, directory / TOKENIZER_FILE)
+    os.replace(weights_tmp, directory / WEIGHTS_FILE)
+    write_json_atomic(directory / CHECKPOINT_FILE, info_dict)
     return directory
 
 
@@ -139,6 +148,9 @@ def load_checkpoint(directory: Path | str) -> Any:
 
     directory = Path(directory)
     info = read_checkpoint_info(directory)
+    expected = info.get("weights_sha256")
+    if expected and file_sha256(directory / WEIGHTS_FILE) != expected:
+        raise ModelError(f"{directory / WEIGHTS_FILE}: weights do not match checkpoint.json (changed or cut short mid-save)")
     vocab = CtcVocab.from_dict(info["vocab"]) if info.get("vocab") else None
     # The weights come from the checkpoint: rebuild backbone architectures without reading pretrained
     # weights, and use the checkpoint's own tokenizer.

@@ -95,9 +95,15 @@ def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, mo
     assert info["model"] == "stfnet" and info["provenance"]["held_out"] == "speaker=08"
     assert info["provenance"]["train_count"] == 40 and info["labels"][0] == "angry"
     assert {"torch", "edgeser"} <= set(info["versions"]) and len(info["weights_sha256"]) == 64
+    assert (tmp_path / "resumed" / training.STATE_DIR / "state.pt").is_file()  # saving a best keeps the run state
     model = load_checkpoint(tmp_path / "resumed")  # the best epoch's weights, rebuilt from the folder alone
     corpus = load_corpus(data)
     _, eval_utts = training.split_utterances(corpus, get_fold(corpus, 1, seed=3), 40, 3)
     metrics = training.evaluate(model, training.load_clips(eval_utts, corpus.labels), batch_size=8).metrics
     assert metrics["ua"] == pytest.approx(info["metrics"]["best"]["ua"])
     assert metrics["confusion"] == info["metrics"]["best"]["confusion"]
+
+    weights = tmp_path / "resumed" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))
+    with pytest.raises(Exception, match="weights do not match checkpoint.json"):
+        load_checkpoint(tmp_path / "resumed")
