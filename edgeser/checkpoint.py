@@ -9,7 +9,6 @@ A checkpoint is everything needed to rebuild the model (plus any named pretraine
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from edgeser.bundle import sha256_of
 from edgeser.errors import ModelError
 from edgeser.text import CtcVocab
 
@@ -41,14 +41,6 @@ class CheckpointInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     schema: int = CHECKPOINT_SCHEMA
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager
@@ -114,7 +106,7 @@ def save_checkpoint(model: Any, directory: Path, metrics: dict[str, Any], proven
     weights_tmp = directory / f".{WEIGHTS_FILE}.tmp"
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(weights_tmp))
-    info_dict = info.__dict__ | {"weights_sha256": file_sha256(weights_tmp)}
+    info_dict = info.__dict__ | {"weights_sha256": sha256_of(weights_tmp)}
     if model.tokenizer is not None:
         tokenizer_tmp = directory / f".{TOKENIZER_FILE}.tmp"
         model.tokenizer.save(str(tokenizer_tmp))
@@ -149,7 +141,7 @@ def load_checkpoint(directory: Path | str) -> Any:
     directory = Path(directory)
     info = read_checkpoint_info(directory)
     expected = info.get("weights_sha256")
-    if expected and file_sha256(directory / WEIGHTS_FILE) != expected:
+    if expected and sha256_of(directory / WEIGHTS_FILE) != expected:
         raise ModelError(f"{directory / WEIGHTS_FILE}: weights do not match checkpoint.json (changed or cut short mid-save)")
     vocab = CtcVocab.from_dict(info["vocab"]) if info.get("vocab") else None
     # The weights come from the checkpoint: rebuild backbone architectures without reading pretrained

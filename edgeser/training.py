@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,6 @@ import torch.nn.functional as F
 from edgeser.audio import SAMPLE_RATE, load_audio
 from edgeser.checkpoint import (
     atomic_dir,
-    file_sha256,
-    load_checkpoint,
-    read_checkpoint_info,
     save_checkpoint,
     write_json_atomic,
 )

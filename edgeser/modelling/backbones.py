@@ -385,61 +385,6 @@ class TextEncoder(nn.Module):
         ).last_hidden_state
 
 
-class CtcHead(nn.Module):
-    """`ctc_head` stage: dropout + FC on the acoustic features -> log-softmax over the CTC vocabulary."""
-
-    def __init__(self, in_dim: int, vocab_size: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.proj = nn.Linear(in_dim, vocab_size)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features `[B, F, Da]` -> log_probs `[B, F, V]`."""
-        return torch.log_softmax(self.proj(self.dropout(features)), dim=-1)
-
-
-class MaskedAttention(nn.Module):
-    """Multi-head scaled dot-product attention of queries over keys/values with a key padding mask.
-
-    Written out (MatMul/Softmax, masked_fill with -1e4) so it exports to plain ONNX ops and gives padded
-    queries the same values for valid rows as unpadded ones. `out_proj=False`: the bare Q/K/V form of CmGI.
-    """
-
-    def __init__(
-        self,
-        query_dim: int,
-        key_dim: int,
-        dim: int,
-        heads: int = 1,
-        out_proj: bool = True,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if dim % heads:
-            raise ModelError(f"attention dim {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.head_dim = dim // heads
-        self.query = nn.Linear(query_dim, dim)
-        self.key = nn.Linear(key_dim, dim)
-        self.value = nn.Linear(key_dim, dim)
-        self.out = nn.Linear(dim, dim) if out_proj else nn.Identity()
-        self.dropout = nn.Dropout(dropout)
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], x.shape[1], self.heads, self.head_dim).transpose(1, 2)
-
-    def forward(self, query: torch.Tensor, key_value: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """query `[B, Tq, Dq]`, key_value `[B, Tk, Dk]`, key_mask `[B, Tk]` (True valid) -> `[B, Tq, dim]`."""
-        q = self._split(self.query(query))
-        k = self._split(self.key(key_value))
-        v = self._split(self.value(key_value))
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (self.head_dim**-0.5)  # [B, H, Tq, Tk]
-        scores = scores.masked_fill(~key_mask[:, None, None, :], -1e4)
-        weights = self.dropout(torch.softmax(scores, dim=-1))
-        out = torch.matmul(weights, v).transpose(1, 2)  # [B, Tq, H, dh]
-        return self.out(out.reshape(out.shape[0], out.shape[1], self.heads * self.head_dim))
-
-
 FEATURE_ENCODER_PREFIX = "audio_encoder.backbone.feature_extractor."
 TEXT_ENCODER_PREFIX = "text_encoder."
 

@@ -69,9 +69,13 @@ class MaskedMultiHeadAttention(nn.Module):
     """Multi-head scaled dot-product attention of queries over keys/values with a key padding mask.
 
     A query whose keys are all masked (an empty transcript) gets zero weights, hence a zero context.
+    Written out (MatMul/Softmax, finite masking) so it exports to plain ONNX ops; `out_proj=False` gives
+    the bare Q/K/V form of CmGI.
     """
 
-    def __init__(self, query_dim: int, key_dim: int, dim: int, heads: int = 1, dropout: float = 0.0) -> None:
+    def __init__(
+        self, query_dim: int, key_dim: int, dim: int, heads: int = 1, dropout: float = 0.0, out_proj: bool = True
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ModelError(f"attention dim {dim} is not divisible by {heads} heads")
@@ -80,7 +84,7 @@ class MaskedMultiHeadAttention(nn.Module):
         self.query = nn.Linear(query_dim, dim)
         self.key = nn.Linear(key_dim, dim)
         self.value = nn.Linear(key_dim, dim)
-        self.out = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim) if out_proj else nn.Identity()
         self.dropout = nn.Dropout(dropout)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:

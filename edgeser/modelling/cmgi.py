@@ -15,8 +15,6 @@ from edgeser.modelling.backbones import (
     FEATURE_ENCODER_PREFIX,
     TEXT_ENCODER_PREFIX,
     AcousticEncoder,
-    CtcHead,
-    MaskedAttention,
     TextEncoder,
     TrainingStage,
     acoustic_backbone,
@@ -27,6 +25,7 @@ from edgeser.modelling.backbones import (
     text_backbone,
 )
 from edgeser.modelling.base import SerModel, lengths_to_mask, masked_mean
+from edgeser.modelling.blocks import CtcHead, MaskedMultiHeadAttention
 from edgeser.text import CtcVocab
 
 
@@ -54,10 +53,10 @@ class CmgiFusionHead(nn.Module):
         super().__init__()
         self.audio_proj: nn.Module = nn.Linear(audio_dim, dim) if audio_dim != dim else nn.Identity()
         self.text_proj: nn.Module = nn.Linear(text_dim, dim) if text_dim != dim else nn.Identity()
-        self.audio_self = MaskedAttention(dim, dim, dim, heads, out_proj=False, dropout=attention_dropout)
-        self.text_self = MaskedAttention(dim, dim, dim, heads, out_proj=False, dropout=attention_dropout)
-        self.audio_cross = MaskedAttention(dim, dim, dim, heads, out_proj=False, dropout=attention_dropout)
-        self.text_cross = MaskedAttention(dim, dim, dim, heads, out_proj=False, dropout=attention_dropout)
+        self.audio_self = MaskedMultiHeadAttention(dim, dim, dim, heads, dropout=attention_dropout, out_proj=False)
+        self.text_self = MaskedMultiHeadAttention(dim, dim, dim, heads, dropout=attention_dropout, out_proj=False)
+        self.audio_cross = MaskedMultiHeadAttention(dim, dim, dim, heads, dropout=attention_dropout, out_proj=False)
+        self.text_cross = MaskedMultiHeadAttention(dim, dim, dim, heads, dropout=attention_dropout, out_proj=False)
         self.audio_gate = nn.Linear(2 * dim, dim)  # f for G^a
         self.text_gate = nn.Linear(2 * dim, dim)  # f for G^t
         self.dropout = nn.Dropout(dropout)

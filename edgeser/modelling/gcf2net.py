@@ -15,8 +15,6 @@ from edgeser.modelling.backbones import (
     FEATURE_ENCODER_PREFIX,
     TEXT_ENCODER_PREFIX,
     AcousticEncoder,
-    CtcHead,
-    MaskedAttention,
     TextEncoder,
     TrainingStage,
     acoustic_backbone,
@@ -27,6 +25,7 @@ from edgeser.modelling.backbones import (
     text_backbone,
 )
 from edgeser.modelling.base import SerModel, lengths_to_mask, masked_mean
+from edgeser.modelling.blocks import CtcHead, MaskedMultiHeadAttention
 from edgeser.text import CtcVocab
 
 
@@ -39,7 +38,7 @@ class ResCmfaBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, dropout: float, attention_dropout: float) -> None:
         super().__init__()
-        self.attention = MaskedAttention(dim, dim, dim, heads, out_proj=True, dropout=attention_dropout)
+        self.attention = MaskedMultiHeadAttention(dim, dim, dim, heads, dropout=attention_dropout, out_proj=True)
         self.linear = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim)
         self.activation = nn.GELU()
