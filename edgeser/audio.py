@@ -10,7 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import BinaryIO, Literal, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +21,8 @@ from edgeser.errors import AudioError
 
 SAMPLE_RATE = 16_000
 MIN_DURATION_S = 0.1
+# Below this a recording cannot carry speech formants; a smaller rate is a mislabelled file.
+MIN_SAMPLE_RATE = 8_000
 # Peak below this (about -80 dBFS) counts as digital silence.
 SILENCE_PEAK = 1e-4
 
@@ -121,6 +123,8 @@ def to_mono_16k(samples: npt.ArrayLike, sample_rate: int, *, source: str = "<arr
             raise AudioError(source, f"unsupported sample dtype {audio.dtype}")
     if sample_rate <= 0:
         raise AudioError(source, f"invalid sample rate {sample_rate}")
+    if sample_rate < MIN_SAMPLE_RATE:
+        raise AudioError(source, f"sample rate {sample_rate} Hz is below the {MIN_SAMPLE_RATE} Hz minimum for speech")
     audio = audio.astype(np.float32, copy=False)
     if sample_rate != SAMPLE_RATE and audio.size:
         if not np.all(np.isfinite(audio)):
@@ -153,6 +157,27 @@ def check_waveform(
         warnings.warn(f"{source}: all-silent audio (peak below -80 dBFS)", stacklevel=3)
 
 
+def _wav_shortfall(handle: BinaryIO, total: int) -> int:
+    """Bytes missing from a RIFF/WAVE data chunk (libsndfile silently reads what is there); 0 if complete.
+
+    Walks the chunk headers only, so a long recording is not read twice.
+    """
+    handle.seek(0)
+    header = handle.read(12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        return 0
+    offset = 12
+    while offset + 8 <= total:
+        handle.seek(offset)
+        chunk = handle.read(8)
+        name, size = chunk[:4], int.from_bytes(chunk[4:8], "little")
+        if name == b"data":
+            streaming = size in (0, 0xFFFFFFFF)  # writers that never went back to fill in the size
+            return 0 if streaming else max(0, size - (total - offset - 8))
+        offset += 8 + size + (size & 1)
+    return 0
+
+
 def load_audio(
     source: AudioSource,
     *,
@@ -166,6 +191,14 @@ def load_audio(
     """
     name = _describe(source)
     target = _open_target(source)
+    if isinstance(target, io.BytesIO):
+        missing = _wav_shortfall(target, len(source))
+        target.seek(0)
+    else:
+        with open(target, "rb") as handle:
+            missing = _wav_shortfall(handle, Path(target).stat().st_size)
+    if missing:
+        raise AudioError(name, f"truncated WAV: {missing} bytes of audio data missing")
     try:
         samples, sample_rate = sf.read(target, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:

@@ -39,6 +39,7 @@ class CheckpointInfo:
     vocab: dict[str, Any] | None
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # the resolved training schedule
     versions: dict[str, str] = field(default_factory=dict)
     schema: int = CHECKPOINT_SCHEMA
 
@@ -83,7 +84,10 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def save_checkpoint(model: Any, directory: Path, metrics: dict[str, Any], provenance: dict[str, Any]) -> Path:
+def save_checkpoint(
+    model: Any, directory: Path, metrics: dict[str, Any], provenance: dict[str, Any],
+    training: dict[str, Any] | None = None,
+) -> Path:
     """Write or update a checkpoint in `directory`, each file through a temporary name and a rename.
 
     Other files in the folder (a training run's `train_state/`, `metrics.jsonl`) are left alone.
@@ -100,6 +104,7 @@ def save_checkpoint(model: Any, directory: Path, metrics: dict[str, Any], proven
         vocab=model.vocab.to_dict() if model.vocab is not None and model.ctc_head is not None else None,
         metrics=metrics,
         provenance=provenance,
+        training=training or {},
         versions=tool_versions(),
     )
     directory.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,9 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # adamw, adam or sgd (with `momentum`)
+    momentum: float = 0.9
+    grad_accumulation: int = 1  # batches per optimiser step (CmGI paper: batch 2 x 8)
     ctc_weight: float = 0.0
     warmup_ratio: float = 0.05
     grad_clip: float = 5.0
@@ -236,6 +239,18 @@ def evaluate(
     return EvalResult(ids, predictions, probabilities, transcripts, metrics)
 
 
+def make_optimizer(model: SerModel, config: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimiser over all parameters (frozen ones get no gradient and are skipped)."""
+    parameters = list(model.parameters())
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    raise ModelError(f"unknown optimizer {config.optimizer!r} in the recipe; use adamw, adam or sgd")
+
+
 def lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     def schedule(step: int) -> float:
         if step < warmup_steps:
@@ -299,10 +314,8 @@ def train(
     state_dir = out_dir / STATE_DIR
     start_epoch, best, history = 0, None, []
     plan = stage_plan(config)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters()], lr=config.lr, weight_decay=config.weight_decay
-    )
-    steps_per_epoch = math.ceil(len(train_utts) / config.batch_size)
+    optimizer = make_optimizer(model, config)
+    steps_per_epoch = math.ceil(math.ceil(len(train_utts) / config.batch_size) / config.grad_accumulation)
     total_steps = steps_per_epoch * len(plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, int(config.warmup_ratio * total_steps))
@@ -334,13 +347,15 @@ def train(
             list(batches(train_clips, config.batch_size, rng)), label=f"epoch {epoch + 1}/{len(plan)}",
             file=sys.stderr,
         ) as bar:
-            for batch in bar:
+            optimizer.zero_grad(set_to_none=True)
+            for index, batch in enumerate(bar, start=1):
                 loss, parts = compute_loss(model, batch, rng, config, device, stage)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                scheduler.step()
+                (loss / config.grad_accumulation).backward()
+                if index % config.grad_accumulation == 0 or index == len(bar):
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
                 for key, value in parts.items():
                     totals[key] = totals.get(key, 0.0) + value * len(batch)
                 count += len(batch)
@@ -364,7 +379,7 @@ def train(
         log(line)
         if improved:
             best = {**result.metrics, "epoch": epoch + 1}
-            save_checkpoint(model, out_dir, {"best": best, "history": history}, provenance)
+            save_checkpoint(model, out_dir, {"best": best, "history": history}, provenance, asdict(config))
         save_state(state_dir, model, optimizer, scheduler, epoch + 1, best, history, provenance)
         write_history(out_dir, history)
     # Final metadata carries the full history, with the best weights left as saved.

@@ -100,3 +100,16 @@ def test_real_tess_odd_files(shared_data: Path) -> None:
         audio = load_audio(testnew / name)
         assert abs(audio.size / SAMPLE_RATE - info.duration) < 1e-3
         assert 0.01 < float(np.max(np.abs(audio))) <= 1.0
+
+
+def test_truncated_wav_and_implausible_rates(tmp_path: Path) -> None:
+    full = write_audio(tmp_path / "full.wav", seconds=1.0)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with pytest.raises(AudioError, match=r"cut.wav: truncated WAV: \d+ bytes of audio data missing"):
+        load_audio(cut)
+    with pytest.raises(AudioError, match="truncated WAV"):
+        load_audio(cut.read_bytes())
+    low = write_audio(tmp_path / "low.wav", seconds=1.0, sample_rate=4000)
+    with pytest.raises(AudioError, match="4000 Hz is below the 8000 Hz minimum"):
+        load_audio(low)

@@ -95,6 +95,7 @@ def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, mo
     assert info["model"] == "stfnet" and info["provenance"]["held_out"] == "speaker=08"
     assert info["provenance"]["train_count"] == 40 and info["labels"][0] == "angry"
     assert {"torch", "edgeser"} <= set(info["versions"]) and len(info["weights_sha256"]) == 64
+    assert info["training"]["epochs"] == 3 and info["training"]["batch_size"] == 8
     assert (tmp_path / "resumed" / training.STATE_DIR / "state.pt").is_file()  # saving a best keeps the run state
     model = load_checkpoint(tmp_path / "resumed")  # the best epoch's weights, rebuilt from the folder alone
     corpus = load_corpus(data)
