@@ -79,6 +79,7 @@ class Pipeline:
         self.tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer)) if manifest.tokenizer else None
         files = manifest.precisions[precision]
         self.sessions = {stage: make_session(root / entry.path, providers, threads) for stage, entry in files.items()}
+        self._input_names = {stage: {i.name for i in s.get_inputs()} for stage, s in self.sessions.items()}
 
     @classmethod
     def load(
@@ -142,10 +143,9 @@ class Pipeline:
         return StageRun(features, frame_lengths, log_probs, transcripts, ids, mask, token_features, logits, timings)
 
     def _run(self, stage: str, feeds: dict[str, np.ndarray], timings: dict[str, float]) -> list[np.ndarray]:
-        session = self.sessions[stage]
-        wanted = {i.name for i in session.get_inputs()}
+        wanted = self._input_names[stage]
         started = time.perf_counter()
-        outputs = session.run(None, {k: v for k, v in feeds.items() if k in wanted})
+        outputs = self.sessions[stage].run(None, {k: v for k, v in feeds.items() if k in wanted})
         timings[stage] = (time.perf_counter() - started) * 1e3
         return outputs
 
