@@ -369,7 +369,10 @@ def train(
             "seconds": round(time.perf_counter() - started, 1),
         }
         history.append(entry)
-        improved = best is None or result.metrics["ua"] > best["ua"]
+        # Earlier stages (CmGI's acoustic phase) do not train the deployed heads: only the final
+        # stage's epochs may become the kept checkpoint.
+        eligible = plan[epoch] is plan[-1]
+        improved = eligible and (best is None or result.metrics["ua"] > best["ua"])
         line = (
             f"epoch {epoch + 1}: loss {entry['train']['loss']:.4f}  UA {result.metrics['ua']:.4f}  "
             f"WA {result.metrics['wa']:.4f}"

@@ -108,3 +108,22 @@ def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, mo
     weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))
     with pytest.raises(Exception, match="weights do not match checkpoint.json"):
         load_checkpoint(tmp_path / "resumed")
+
+
+def test_only_final_stage_epochs_are_kept(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stages = [{"name": "warm", "epochs": 1, "freeze": ["fusion_head."]}, {"name": "main", "epochs": 1}]
+    saved_after: list[int] = []
+    real_save = training.save_checkpoint
+
+    def recording_save(model, directory, metrics, *args, **kwargs):  # type: ignore[no-untyped-def]
+        saved_after.append(len(metrics["history"]))
+        return real_save(model, directory, metrics, *args, **kwargs)
+
+    monkeypatch.setattr(training, "save_checkpoint", recording_save)
+    metrics = training.train(
+        "stfnet", "small", f"emodb:{shared_data / 'emodb'}", 0, tmp_path / "run", seed=0, device_name="cpu",
+        limit=24, overrides={"epochs": 2, "batch_size": 8, "stages": stages}, model_overrides=tiny("stfnet"),
+        log=lambda _: None,
+    )
+    assert [h["stage"] for h in metrics["history"]] == ["warm", "main"]
+    assert saved_after == [2] and metrics["best"]["epoch"] == 2  # the warm-up epoch never becomes the checkpoint
