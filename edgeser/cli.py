@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,15 @@ class EdgeserGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as err:  # an edgeser bug or a library failure: one line, traceback on request
+            if os.environ.get("EDGESER_DEBUG"):
+                raise
+            message = " ".join(str(err).split())[:300]
+            click.secho(f"error: unexpected {type(err).__name__}: {message} (set EDGESER_DEBUG=1 for the traceback)",
+                        fg="red", err=True)
+            sys.exit(2)
 
 
 def echo_json(data: Any) -> None:
@@ -118,9 +128,21 @@ def export_command(model_name: str, size: str, checkpoint: Path | None, out_dir:
     click.echo(f"wrote {result.bundle} ({result.bytes / 1e6:.1f} MB) in {result.seconds:.1f} s: {stages}")
 
 
-@main.group(cls=EdgeserGroup)
+class CheckGroup(EdgeserGroup):
+    """`edgeser check BUNDLE ...` (no subcommand) means `edgeser check variants BUNDLE ...`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["variants", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=CheckGroup)
 def check() -> None:
-    """Check a bundle against the PyTorch model it came from."""
+    """Check a bundle against the PyTorch model it came from.
+
+    `edgeser check BUNDLE --data SPEC` runs `check variants`: every variant on the evaluation split.
+    """
 
 
 @check.command("parity")
@@ -196,6 +218,161 @@ def predict_command(bundle: Path, files: tuple[str, ...], precision: str, thread
         click.secho(f"{failures} of {len(files)} file(s) failed", fg="red", err=True)
         sys.exit(1)
 
+
+# ------------------------------------------------------------------------------ calibration, quantisation, checks
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@main.command("calibrate")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", "data_spec", required=True, help="Data spec of the corpus to calibrate on.")
+@click.option("--fold", "fold_index", type=int, help="Fold whose evaluation split is kept out [the checkpoint's, else 0].")
+@click.option("--samples", type=int, default=64, show_default=True, help="Calibration clips (label/length stratified).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ids", "ids_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Use these utterance ids (one a line) instead; refused if any is in the evaluation split.")
+@click.option("--buckets", default="2,4", show_default=True, help="Fixed waveform lengths in seconds.")
+@click.option("--threads", type=int, help="onnxruntime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the cached provenance as JSON.")
+def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samples: int, seed: int,
+                      ids_file: Path | None, buckets: str, threads: int | None, as_json: bool) -> None:
+    """Pick calibration clips off the evaluation split, capture each stage's real inputs, cache them in BUNDLE."""
+    from edgeser.calibrate import calibrate_bundle
+    from edgeser.errors import DataError
+
+    ids = None
+    if ids_file is not None:
+        if not ids_file.is_file():
+            raise DataError(f"{ids_file}: ids file not found")
+        ids = [line.strip() for line in ids_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        bucket_s = tuple(float(b) for b in _csv(buckets))
+    except ValueError:
+        raise click.BadParameter(f"{buckets!r}: give seconds like 2,4", param_hint="--buckets") from None
+    cache = calibrate_bundle(bundle, data_spec, fold_index=fold_index, samples=samples, seed=seed, ids=ids,
+                             buckets_s=bucket_s, threads=threads)
+    p = cache.provenance
+    if as_json:
+        echo_json(p)
+        return
+    groups = ", ".join(f"{k} x{v}" for k, v in p["groups"].items())
+    click.echo(f"cached {p['count']} calibration clips of {p['corpus']} ({p['pool']}): {groups} -> {cache.root}")
+
+
+@main.command("quantize")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--int8", "int8", is_flag=True, help="Static INT8 (QDQ, per-channel weights) from the calibration cache.")
+@click.option("--int8-dynamic", "int8_dynamic", is_flag=True, help="Dynamic INT8 (MatMul weights; no calibration).")
+@click.option("--fp16", "fp16", is_flag=True, help="FP16 for GPUs (sensitive ops and the front end stay FP32).")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile",
+              show_default=True, help="Calibration method of --int8.")
+@click.option("--exclude", multiple=True, help="Keep these in float instead of the defaults: categories (frontend, "
+              "first-conv, layernorm, softmax, residual-add, gelu), node-name globs, or 'none'. Repeatable.")
+@click.option("--op-types", default="MatMul,Conv,Gemm", show_default=True, help="Op types --int8 quantises.")
+@click.option("--dynamic-op-types", default="MatMul", show_default=True, help="Op types --int8-dynamic quantises.")
+@click.option("--max-ua-drop", type=float, help="Accuracy-controlled --int8: keep the most sensitive stages / node "
+              "groups in float until the worst-case UA drop (class-balanced label-flip rate against fp32) on "
+              "calibration-side clips is within X points.")
+@click.option("--min-agreement", type=float, help="With --max-ua-drop: also require this label agreement (0..1).")
+@click.option("--data", "data_spec", help="Corpus for --max-ua-drop [the calibration corpus].")
+@click.option("--fold", "fold_index", type=int, help="Fold for --max-ua-drop [the calibration fold].")
+@click.option("--validation-clips", type=int, default=64, show_default=True, help="Clips --max-ua-drop measures on.")
+@click.option("--threads", type=int, help="onnxruntime intra-op threads (for --max-ua-drop).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
+def quantize_command(
+    bundle: Path, int8: bool, int8_dynamic: bool, fp16: bool, method: str, exclude: tuple[str, ...], op_types: str,
+    dynamic_op_types: str, max_ua_drop: float | None, min_agreement: float | None, data_spec: str | None,
+    fold_index: int | None, validation_clips: int, threads: int | None, as_json: bool,
+) -> None:
+    """Write INT8 / dynamic INT8 / FP16 variants into BUNDLE (int8/, int8-dynamic/, fp16/), listed in bundle.json."""
+    from dataclasses import asdict
+
+    from edgeser.bundle import read_manifest
+    from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_dynamic
+
+    if max_ua_drop is not None:
+        int8 = True
+    if not (int8 or int8_dynamic or fp16):
+        raise click.UsageError("choose at least one of --int8, --int8-dynamic, --fp16")
+    excluded = tuple(exclude) if exclude else None
+    written: dict[str, Any] = {}
+    if int8:
+        options = Int8Options(method=method, op_types=tuple(_csv(op_types)), exclude=excluded)
+        if max_ua_drop is not None:
+            from edgeser.quantize.controlled import quantize_controlled
+
+            report = quantize_controlled(bundle, max_ua_drop, data_spec=data_spec, fold_index=fold_index,
+                                         options=options, validation_clips=validation_clips,
+                                         min_agreement=min_agreement, threads=threads)
+            written["controlled"] = asdict(report)
+            if not as_json:
+                click.echo(report.to_markdown())
+        else:
+            quantize_int8(bundle, options)
+    if int8_dynamic:
+        quantize_int8_dynamic(bundle, op_types=tuple(_csv(dynamic_op_types)), exclude=excluded)
+    if fp16:
+        convert_fp16(bundle, exclude=excluded)
+    manifest = read_manifest(bundle)
+    fp32_bytes = sum(e.bytes for e in manifest.precisions["fp32"].values())
+    for precision in [p for p, on in (("int8", int8), ("int8-dynamic", int8_dynamic), ("fp16", fp16)) if on]:
+        files = manifest.precisions[precision]
+        settings = manifest.extra.get("quantization", {}).get(precision, {})
+        size = sum(e.bytes for e in files.values())
+        written[precision] = {"bytes": size, "fraction_of_fp32": size / fp32_bytes, "settings": settings}
+        if not as_json:
+            stages = settings.get("stages", {})
+            parts = []
+            for stage, r in stages.items():
+                reasons = ", ".join(sorted(set(r["float_nodes"].values())))
+                parts.append(f"{stage} {r['precision']} ({r['quantized_nodes']} quantised"
+                             + (f", float: {reasons})" if reasons else ")"))
+            click.echo(f"{precision}: {size / 1e6:.1f} MB ({size / fp32_bytes:.0%} of fp32) -> {bundle / precision}; "
+                       + "; ".join(parts))
+    if as_json:
+        echo_json(written)
+
+
+@check.command("variants")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", "data_spec", required=True, help="Data spec of the corpus whose evaluation split to use.")
+@click.option("--fold", "fold_index", type=int, help="Evaluation fold [the checkpoint's fold on this corpus, else 0].")
+@click.option("--limit", type=int, help="Use N evaluation clips, evenly spread [all].")
+@click.option("--precisions", help="Comma list of ONNX variants to run [all present]; fp32 always runs.")
+@click.option("--no-float", is_flag=True, help="Skip PyTorch float; compare with onnxruntime fp32 instead.")
+@click.option("--threads", type=int, help="Intra-op threads for onnxruntime and torch [library default].")
+@click.option("--warmup", type=int, default=3, show_default=True, help="Warm-up runs per variant.")
+@click.option("--latency-clips", type=int, default=100, show_default=True, help="Clips timed for PyTorch float.")
+@click.option("--max-ua-drop", type=float, help="Gate: exit 1 if a variant loses more UA points than this vs float.")
+@click.option("--min-agreement", type=float,
+              help="Gate: exit 1 if a variant agrees with float on less than this (0..1).")
+@click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of Markdown.")
+def check_variants_command(
+    bundle: Path, data_spec: str, fold_index: int | None, limit: int | None, precisions: str | None, no_float: bool,
+    threads: int | None, warmup: int, latency_clips: int, max_ua_drop: float | None, min_agreement: float | None,
+    no_plots: bool, as_json: bool,
+) -> None:
+    """Every variant (PyTorch float, fp32, int8, int8-dynamic, fp16) on the evaluation split: size, latency,
+    real-time factor, UA/WA/F1 and CER/WER change, agreement and per-stage cosine; reports/ as JSON, MD, PNG."""
+    from dataclasses import asdict
+
+    from edgeser.quantize.check import check_variants
+
+    report = check_variants(
+        bundle, data_spec, fold_index=fold_index, limit=limit, precisions=_csv(precisions) if precisions else None,
+        include_float=not no_float, threads=threads, warmup=warmup, latency_clips=latency_clips,
+        max_ua_drop=max_ua_drop, min_agreement=min_agreement, plots=not no_plots,
+    )
+    if as_json:
+        echo_json(asdict(report))
+    else:
+        click.echo(report.to_markdown())
+    if not report.passed:
+        sys.exit(1)
 
 if __name__ == "__main__":
     main()

@@ -40,3 +40,18 @@ def test_errors_are_one_line_with_exit_code(tmp_path: Path) -> None:
     assert result.output.strip().splitlines() == [f"error: {tmp_path / 'missing'}: TESS folder not found"]
     result = CliRunner().invoke(main, ["data", "summary", "what:ever"])
     assert result.exit_code == 1 and "expected NAME:PATH" in result.output
+
+
+def test_unexpected_failures_are_one_line_too(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import edgeser.data.scan as scan
+
+    def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(scan, "summarise", boom)
+    write_audio(tmp_path / "a.wav")
+    (tmp_path / "m.csv").write_text("path,label\na.wav,happy\n")
+    result = CliRunner().invoke(main, ["data", "summary", str(tmp_path / "m.csv")])
+    assert result.exit_code == 2
+    assert "error: unexpected RuntimeError: disk on fire second line (set EDGESER_DEBUG=1" in result.output
+    assert "Traceback" not in result.output

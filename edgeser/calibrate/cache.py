@@ -1,0 +1,151 @@
+"""`edgeser calibrate`: choose the calibration clips, capture stage inputs, cache them in the bundle.
+
+    BUNDLE/calibration/
+      inputs.npz          stacked fixed-shape stage inputs per bucket group ("<group>.<tensor>")
+      calibration.json    provenance: corpus, spec, fold, pool, ids, label counts, buckets, fp32 checksums
+      ranges/             activation ranges per stage and method, written by `edgeser quantize`
+
+The folder is replaced whole (temp folder + rename), so a failed run keeps the previous cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeser.bundle import read_manifest, validate_bundle
+from edgeser.calibrate.capture import DEFAULT_BUCKETS_S, CapturedInputs, capture_stage_inputs
+from edgeser.calibrate.selection import CalibrationSet, select_calibration_set
+from edgeser.errors import BundleError
+
+CALIBRATION_DIR = "calibration"
+INPUTS_FILE = "inputs.npz"
+PROVENANCE_FILE = "calibration.json"
+CALIBRATION_SCHEMA = 1
+DEFAULT_SAMPLES = 64
+
+
+def ids_fingerprint(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+@dataclass
+class CalibrationCache:
+    """A bundle's cached calibration inputs and their provenance."""
+
+    root: Path  # BUNDLE/calibration
+    provenance: dict[str, Any]
+    inputs: CapturedInputs
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.provenance["ids"])
+
+    def stage_feeds(self, stage: str, input_names: list[str]) -> Iterator[tuple[str, list[dict[str, np.ndarray]]]]:
+        """Per bucket group, the batch-1 feeds of `stage` (only its `input_names`)."""
+        for key, tensors in self.inputs.groups.items():
+            missing = [n for n in input_names if n not in tensors]
+            if missing:
+                raise BundleError(f"{self.root}: cached calibration inputs lack {missing} for stage {stage}")
+            count = int(tensors[input_names[0]].shape[0])
+            yield key, [{n: tensors[n][i : i + 1] for n in input_names} for i in range(count)]
+
+    def ranges_path(self, stage: str, method: str, signature: str) -> Path:
+        """Where activation ranges of `stage` for a calibration `method` (and graph signature) are cached."""
+        return self.root / "ranges" / f"{stage}.{method}.{signature}.json"
+
+
+def read_calibration(bundle: Path) -> CalibrationCache:
+    """The bundle's calibration cache; refuses a missing or stale one (fp32 graphs changed since)."""
+    root = bundle / CALIBRATION_DIR
+    provenance_path = root / PROVENANCE_FILE
+    if not provenance_path.is_file() or not (root / INPUTS_FILE).is_file():
+        raise BundleError(f"{bundle}: no calibration cache; run `edgeser calibrate {bundle} --data ...` first")
+    try:
+        provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{provenance_path}: corrupt calibration provenance ({err.msg})") from None
+    manifest = read_manifest(bundle)
+    current = {stage: entry.sha256 for stage, entry in manifest.precisions.get("fp32", {}).items()}
+    if provenance.get("fp32_sha256") != current:
+        raise BundleError(
+            f"{bundle}: calibration cache is stale (the fp32 graphs changed since it was captured); "
+            f"rerun `edgeser calibrate {bundle} --data ...`"
+        )
+    with np.load(root / INPUTS_FILE, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    return CalibrationCache(root, provenance, CapturedInputs.from_flat(arrays))
+
+
+def calibrate_bundle(
+    bundle: Path,
+    data_spec: str,
+    *,
+    fold_index: int | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+    ids: list[str] | None = None,
+    buckets_s: tuple[float, ...] = DEFAULT_BUCKETS_S,
+    threads: int | None = None,
+) -> CalibrationCache:
+    """Select calibration clips from `data_spec` (never the evaluation split), capture and cache stage inputs."""
+    from edgeser.audio import load_audio
+    from edgeser.checkpoint import atomic_dir, tool_versions, write_json_atomic
+    from edgeser.data import load_corpus
+    from edgeser.data.splits import get_fold
+    from edgeser.runtime.pipeline import Pipeline
+
+    manifest = validate_bundle(bundle, "fp32")
+    corpus = load_corpus(data_spec)
+    fold_index = default_fold(manifest.source_checkpoint, corpus.name) if fold_index is None else fold_index
+    fold = get_fold(corpus, fold_index)
+    chosen: CalibrationSet = select_calibration_set(corpus, fold, samples, seed=seed, ids=ids)
+    pipeline = Pipeline.load(bundle, "fp32", threads=threads)
+    waves = [load_audio(u.path) for u in chosen.utterances]
+    started = time.perf_counter()
+    captured = capture_stage_inputs(pipeline, waves, buckets_s, progress=f"capturing {len(waves)} calibration clips")
+    durations = [u.duration for u in chosen.utterances]
+    provenance: dict[str, Any] = {
+        "schema": CALIBRATION_SCHEMA,
+        "data_spec": data_spec,
+        "corpus": corpus.name,
+        "fold": fold.index,
+        "held_out": fold.held_out,
+        "pool": chosen.source,
+        "seed": seed,
+        "count": len(chosen.utterances),
+        "ids": chosen.ids,
+        "ids_sha": ids_fingerprint(chosen.ids),
+        "labels": dict(sorted(Counter(u.label for u in chosen.utterances).items())),
+        "speakers": dict(sorted(Counter(u.speaker for u in chosen.utterances).items())),
+        "duration_s": {"min": min(durations), "median": float(np.median(durations)), "max": max(durations)},
+        "buckets_s": list(buckets_s),
+        "groups": captured.counts(),
+        "clip_groups": dict(zip(chosen.ids, captured.clip_groups)),
+        "stages": {stage: [t.name for t in spec.inputs] for stage, spec in manifest.stages.items()},
+        "fp32_sha256": {stage: entry.sha256 for stage, entry in manifest.precisions["fp32"].items()},
+        "capture_seconds": round(time.perf_counter() - started, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": tool_versions(),
+    }
+    target = bundle / CALIBRATION_DIR
+    with atomic_dir(target) as staging:
+        np.savez(staging / INPUTS_FILE, **captured.flat())
+        write_json_atomic(staging / PROVENANCE_FILE, provenance)
+    return CalibrationCache(target, provenance, captured)
+
+
+def default_fold(source_checkpoint: dict[str, Any], corpus_name: str) -> int:
+    """The fold the bundle's checkpoint was trained with on this corpus (its evaluation split), else 0."""
+    provenance = source_checkpoint.get("provenance") or {}
+    if provenance.get("corpus") == corpus_name and isinstance(provenance.get("fold"), int):
+        return int(provenance["fold"])
+    return 0

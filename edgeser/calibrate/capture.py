@@ -1,0 +1,135 @@
+"""Capture every stage's real inputs by running the upstream fp32 stages, bucketed to fixed shapes.
+
+onnxruntime's histogram calibrators (entropy, percentile) stack each tensor over the calibration items and
+fail or mislead on variable-length outputs, so every clip is brought to one of a few fixed lengths:
+
+- waveforms: to a bucket of `buckets_s` seconds. Bundles whose encoder is batch-safe (masked) zero-pad up to the
+  smallest bucket that holds the clip (and crop clips longer than the largest); encoders that must not see
+  padding are cropped (centre window) down to the largest bucket the clip fills, padded only below the smallest;
+- frame features: zero-padded to the bucket's frame count (`frame_layout`), with the true frame lengths;
+- token ids / mask / token features: the CTC transcript as at inference, zero-padded to a power of two >= 8.
+
+Items are grouped by bucket (`w<samples>-t<tokens>`); inside a group every tensor has one shape.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import click
+import numpy as np
+
+from edgeser.audio import SAMPLE_RATE
+from edgeser.runtime.pipeline import Pipeline
+
+DEFAULT_BUCKETS_S = (2.0, 4.0)
+MIN_TOKEN_BUCKET = 8
+
+
+@dataclass
+class CapturedInputs:
+    """Stacked stage inputs per bucket group: `groups[key][tensor]` is `[n, ...]`, row i one batch-1 item."""
+
+    groups: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    clip_groups: list[str] = field(default_factory=list)  # group of each captured clip, in input order
+
+    def counts(self) -> dict[str, int]:
+        return {key: int(next(iter(t.values())).shape[0]) for key, t in self.groups.items()}
+
+    def flat(self) -> dict[str, np.ndarray]:
+        """`{"<group>.<tensor>": array}` for `np.savez`."""
+        return {f"{key}.{name}": array for key, tensors in self.groups.items() for name, array in tensors.items()}
+
+    @classmethod
+    def from_flat(cls, arrays: dict[str, np.ndarray]) -> CapturedInputs:
+        groups: dict[str, dict[str, np.ndarray]] = {}
+        for name, array in arrays.items():
+            key, _, tensor = name.partition(".")
+            groups.setdefault(key, {})[tensor] = array
+        return cls(groups)
+
+
+def bucket_samples(length: int, buckets: Sequence[int], batch_safe: bool) -> int:
+    """The fixed length (samples) a clip of `length` samples is brought to."""
+    ordered = sorted(buckets)
+    if batch_safe:
+        return next((b for b in ordered if b >= length), ordered[-1])
+    return max((b for b in ordered if b <= length), default=ordered[0])
+
+
+def fit_waveform(wave: np.ndarray, target: int) -> tuple[np.ndarray, int]:
+    """Centre-crop or zero-pad to `target` samples; returns the fixed waveform and its valid length."""
+    if wave.size >= target:
+        start = (wave.size - target) // 2
+        return np.ascontiguousarray(wave[start : start + target], dtype=np.float32), target
+    fixed = np.zeros(target, dtype=np.float32)
+    fixed[: wave.size] = wave
+    return fixed, int(wave.size)
+
+
+def token_bucket(length: int) -> int:
+    size = MIN_TOKEN_BUCKET
+    while size < length:
+        size *= 2
+    return size
+
+
+def _pad_axis1(array: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros((array.shape[0], size, *array.shape[2:]), dtype=array.dtype)
+    out[:, : array.shape[1]] = array
+    return out
+
+
+def capture_stage_inputs(
+    pipeline: Pipeline, waves: Sequence[np.ndarray], buckets_s: Sequence[float] = DEFAULT_BUCKETS_S,
+    progress: str | None = "capturing stage inputs",
+) -> CapturedInputs:
+    """Run each clip through the fp32 `pipeline` (batch 1) and keep every stage's inputs at fixed shapes."""
+    manifest = pipeline.manifest
+    buckets = sorted({round(s * SAMPLE_RATE) for s in buckets_s})
+    batch_safe = bool(manifest.supports_padded_batch)
+    wanted = {t.name for spec in manifest.stages.values() for t in spec.inputs}
+    rows: dict[str, dict[str, list[np.ndarray]]] = {}
+    captured = CapturedInputs()
+    with click.progressbar(list(waves), label=progress or "", file=sys.stderr) if progress else _null(waves) as bar:
+        for wave in bar:
+            target = bucket_samples(wave.size, buckets, batch_safe)
+            fixed, valid = fit_waveform(wave, target)
+            run = pipeline.run_stages([fixed[:valid]])
+            frames = int(manifest.frame_lengths(np.array([target]))[0])
+            tensors: dict[str, np.ndarray] = {
+                "waveform": fixed[None],
+                "lengths": np.array([valid], dtype=np.int64),
+                "features": _pad_axis1(run.features, max(frames, run.features.shape[1])),
+                "frame_lengths": run.frame_lengths.astype(np.int64),
+            }
+            key = f"w{target}"
+            if run.input_ids is not None and run.attention_mask is not None and run.token_features is not None:
+                tokens = token_bucket(run.input_ids.shape[1])
+                tensors["input_ids"] = _pad_axis1(run.input_ids, tokens)
+                tensors["attention_mask"] = _pad_axis1(run.attention_mask, tokens)
+                tensors["token_features"] = _pad_axis1(run.token_features, tokens)
+                key += f"-t{tokens}"
+            group = rows.setdefault(key, {})
+            for name, value in tensors.items():
+                if name in wanted:
+                    group.setdefault(name, []).append(value)
+            captured.clip_groups.append(key)
+    captured.groups = {key: {name: np.concatenate(values) for name, values in tensors.items()}
+                       for key, tensors in sorted(rows.items())}
+    return captured
+
+
+class _null:
+    """A stand-in for a progress bar context when progress is off."""
+
+    def __init__(self, items: Sequence[np.ndarray]) -> None:
+        self.items = items
+
+    def __enter__(self) -> Sequence[np.ndarray]:
+        return self.items
+
+    def __exit__(self, *_: object) -> None:
+        return None

@@ -1,0 +1,21 @@
+"""Quantised bundle variants (static INT8 QDQ, dynamic INT8, FP16), accuracy-controlled INT8, and variant checks."""
+
+from edgeser.quantize.variants import (
+    METHODS,
+    Int8Options,
+    StageReport,
+    add_precision,
+    convert_fp16,
+    quantize_int8,
+    quantize_int8_dynamic,
+)
+
+__all__ = [
+    "METHODS",
+    "Int8Options",
+    "StageReport",
+    "add_precision",
+    "convert_fp16",
+    "quantize_int8",
+    "quantize_int8_dynamic",
+]

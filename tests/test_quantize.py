@@ -1,0 +1,275 @@
+"""Calibration, INT8 / dynamic INT8 / FP16 variants, accuracy-controlled INT8 and the variant check, on real clips."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from edgeser.audio import load_audio
+from edgeser.bundle import validate_bundle
+from edgeser.calibrate import calibrate_bundle, read_calibration, select_calibration_set
+from edgeser.cli import main
+from edgeser.data import load_corpus
+from edgeser.data.splits import get_fold
+from edgeser.errors import BundleError, SplitError
+from edgeser.quantize import convert_fp16, quantize_int8, quantize_int8_dynamic
+from edgeser.quantize.check import check_calibration_leak
+from edgeser.quantize.controlled import quantize_controlled
+from edgeser.runtime import Pipeline
+from tests.test_splits import synthetic_corpus
+
+# A tiny random model: fidelity bounds are loose on labels (near-tied logits), tight on cosines.
+MIN_INT8_LOGIT_COSINE = 0.99
+MIN_INT8_AGREEMENT_TINY = 0.5
+MIN_FP16_LOGIT_COSINE = 0.999
+
+
+def tess(shared_data: Path) -> str:
+    return f"tess:{shared_data / 'tess'}"
+
+
+def copy_bundle(bundle: Path, target: Path) -> Path:
+    return Path(shutil.copytree(bundle, target))
+
+
+@pytest.fixture(scope="module")
+def quantised(cmgi_bundle: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny cmgi bundle calibrated on 8 TESS training-side clips, with int8, int8-dynamic and fp16 variants."""
+    bundle = copy_bundle(cmgi_bundle, tmp_path_factory.mktemp("quantised") / "cmgi")
+    calibrate_bundle(bundle, tess(shared_data), fold_index=0, samples=8)
+    quantize_int8(bundle)
+    quantize_int8_dynamic(bundle)
+    convert_fp16(bundle)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def eval_waves(shared_data: Path) -> list[np.ndarray]:
+    corpus = load_corpus(tess(shared_data))
+    utterances = corpus.subset(get_fold(corpus, 0).eval_ids)
+    return [load_audio(u.path) for u in utterances[:: len(utterances) // 12][:12]]
+
+
+def cos(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+
+# ------------------------------------------------------------------------------------------ calibration
+
+
+def test_calibration_draws_the_training_side_and_caches_provenance(quantised: Path, shared_data: Path) -> None:
+    cache = read_calibration(quantised)
+    corpus = load_corpus(tess(shared_data))
+    fold = get_fold(corpus, 0)
+    p = cache.provenance
+    assert p["corpus"] == "tess" and p["fold"] == 0 and p["count"] == 8 == len(p["ids"])
+    assert set(p["ids"]) <= set(fold.train_ids) and not set(p["ids"]) & set(fold.eval_ids)
+    assert len(p["labels"]) == 7 and "training side" in p["pool"]  # stratified: every label present
+    assert p["fp32_sha256"] == {s: e.sha256 for s, e in validate_bundle(quantised).precisions["fp32"].items()}
+    for key, tensors in cache.inputs.groups.items():  # fixed shapes per bucket group, as the calibrators need
+        assert key.startswith(("w32000", "w64000"))
+        assert tensors["waveform"].shape[1] in (32_000, 64_000) and tensors["waveform"].dtype == np.float32
+        assert tensors["input_ids"].dtype == np.int64 and tensors["input_ids"].shape[1] % 8 == 0
+        assert {t.shape[0] for t in tensors.values()} == {p["groups"][key]}
+    assert sum(p["groups"].values()) == 8
+
+
+def test_calibration_refuses_evaluation_clips(cmgi_bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(cmgi_bundle, tmp_path / "b")
+    corpus = load_corpus(tess(shared_data))
+    fold = get_fold(corpus, 0)
+    ids = [fold.train_ids[0], fold.eval_ids[3]]
+    with pytest.raises(SplitError, match="overlaps the evaluation split of fold 0"):
+        calibrate_bundle(bundle, tess(shared_data), fold_index=0, ids=ids)
+    assert not (bundle / "calibration").exists()
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("\n".join(ids) + "\n")
+    result = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", tess(shared_data), "--ids", str(ids_file)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().startswith("error: calibration set overlaps the evaluation split")
+
+
+def test_iemocap_like_corpora_calibrate_on_one_held_out_session() -> None:
+    corpus = synthetic_corpus(fold_key="group")  # two groups, like sessions
+    fold = get_fold(corpus, 0)
+    chosen = select_calibration_set(corpus, fold, 10)
+    sessions = {u.group for u in chosen.utterances}
+    assert len(sessions) == 1 and not sessions & {corpus.by_id()[i].group for i in fold.eval_ids}
+    assert "held-out session" in chosen.source and len({u.label for u in chosen.utterances}) == 3
+
+
+def test_quantize_needs_a_calibration_cache(cmgi_bundle: Path) -> None:
+    with pytest.raises(BundleError, match=r"no calibration cache; run `edgeser calibrate .* --data \.\.\.` first"):
+        quantize_int8(cmgi_bundle)
+    result = CliRunner().invoke(main, ["quantize", str(cmgi_bundle), "--int8"])
+    assert result.exit_code == 1 and f"error: {cmgi_bundle}: no calibration cache" in result.output
+
+
+# ------------------------------------------------------------------------------------------ variants
+
+
+def test_int8_is_qdq_with_float_exclusions_and_listed(quantised: Path) -> None:
+    manifest = validate_bundle(quantised, "int8")  # listed, every file present with its checksum
+    settings = manifest.extra["quantization"]["int8"]
+    assert settings["format"] == "QDQ" and settings["method"] == "percentile" and settings["per_channel"]
+    assert settings["op_types"] == ["MatMul", "Conv", "Gemm"] and settings["calibration"]["count"] == 8
+    for stage, entry in manifest.precisions["int8"].items():
+        graph = onnx.load(str(quantised / entry.path)).graph
+        ops = {n.op_type for n in graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops, stage
+        producer = {o: n for n in graph.node for o in n.output}
+        for node in graph.node:  # LayerNorm / Softmax stay float ops, not fed by a DequantizeLinear
+            if node.op_type in {"LayerNormalization", "Softmax"}:
+                assert producer.get(node.input[0]) is None or producer[node.input[0]].op_type != "DequantizeLinear"
+            assert not node.op_type.startswith("QLinear")
+    text = onnx.load(str(quantised / "int8/text_encoder.onnx")).graph
+    producer = {o: n for n in text.node for o in n.output}
+    bias_adds = [n for n in text.node if n.op_type == "Add" and n.name.endswith("output/dense/Add")]
+    assert len(bias_adds) == 12  # attention output and FFN output of 6 layers, feeding residual Adds
+    for add in bias_adds:  # the residual stream gets the MatMul output at full precision
+        assert {producer[i].op_type for i in add.input if i in producer} == {"MatMul"}, add.name
+    assert settings["stages"]["text_encoder"]["float_outputs"] >= 12
+    audio = onnx.load(str(quantised / "int8/audio_encoder.onnx")).graph
+    producer = {o: n for n in audio.node for o in n.output}
+    first_conv = next(n for n in audio.node if n.name.endswith("conv_layers.0/conv/Conv"))
+    assert all(i not in producer or producer[i].op_type != "DequantizeLinear" for i in first_conv.input)
+    assert settings["stages"]["audio_encoder"]["float_nodes"] == {first_conv.name: "first-conv"}
+    second_conv = next(n for n in audio.node if n.name.endswith("conv_layers.1/conv/Conv"))
+    assert {producer[i].op_type for i in second_conv.input[:2]} == {"DequantizeLinear"}
+
+
+def test_front_end_stays_float(tmp_path: Path, shared_data: Path) -> None:
+    """An in-graph STFT/mel front end (stfnet) is excluded whole: its conv and mel MatMul see no Q/DQ."""
+    from edgeser.export.exporter import export_bundle
+
+    bundle = export_bundle("stfnet", tmp_path / "stfnet", random_weights=True).bundle
+    calibrate_bundle(bundle, f"emodb:{shared_data / 'emodb'}", samples=6)
+    quantize_int8(bundle)
+    graph = onnx.load(str(bundle / "int8/audio_encoder.onnx")).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    front = [n for n in graph.node if n.name.startswith("/frontend/") and n.op_type in {"Conv", "MatMul"}]
+    assert {n.op_type for n in front} == {"Conv", "MatMul"} and len(front) >= 3  # STFT, mel, DCT
+    for node in front:
+        assert all(i not in producer or producer[i].op_type != "DequantizeLinear" for i in node.input), node.name
+    assert any(n.name.startswith("/cnns") and n.op_type == "Conv" and producer[n.input[0]].op_type == "DequantizeLinear"
+               for n in graph.node)
+
+
+def test_int8_agrees_with_fp32_on_real_clips(quantised: Path, eval_waves: list[np.ndarray]) -> None:
+    fp32 = Pipeline.load(quantised, "fp32", threads=1)
+    int8 = Pipeline.load(quantised, "int8", threads=1)
+    runs = [(fp32.run_stages([w]), int8.run_stages([w])) for w in eval_waves]
+    logit_cos = [cos(a.logits, b.logits) for a, b in runs]
+    feature_cos = [cos(a.features, b.features) for a, b in runs]
+    agreement = np.mean([np.argmax(a.logits) == np.argmax(b.logits) for a, b in runs])
+    assert np.mean(feature_cos) > 0.99 and np.mean(logit_cos) > MIN_INT8_LOGIT_COSINE
+    assert agreement >= MIN_INT8_AGREEMENT_TINY
+    assert sum(int8.manifest.precisions["int8"][s].bytes for s in int8.sessions) < 0.7 * sum(
+        fp32.manifest.precisions["fp32"][s].bytes for s in fp32.sessions)
+
+
+def test_dynamic_and_fp16_variants_load_and_run(quantised: Path, eval_waves: list[np.ndarray]) -> None:
+    manifest = validate_bundle(quantised, "int8-dynamic")
+    graph = onnx.load(str(quantised / manifest.precisions["int8-dynamic"]["text_encoder"].path)).graph
+    assert "MatMulInteger" in {n.op_type for n in graph.node} and "ConvInteger" not in {n.op_type for n in graph.node}
+    manifest = validate_bundle(quantised, "fp16")
+    graph = onnx.load(str(quantised / manifest.precisions["fp16"]["text_encoder"].path)).graph
+    dtypes = {i.data_type for i in graph.initializer if i.dims and np.prod(i.dims) > 1000}
+    assert dtypes == {onnx.TensorProto.FLOAT16}  # big weights are float16
+    assert {i.type.tensor_type.elem_type for i in graph.input} == {onnx.TensorProto.INT64}  # io types kept
+    fp32 = Pipeline.load(quantised, "fp32", threads=1)
+    for precision, bound in (("int8-dynamic", MIN_INT8_LOGIT_COSINE), ("fp16", MIN_FP16_LOGIT_COSINE)):
+        pipe = Pipeline.load(quantised, precision, threads=1)
+        wave = eval_waves[0]
+        assert cos(pipe.run_stages([wave]).features, fp32.run_stages([wave]).features) > bound, precision
+
+
+def test_failed_quantisation_leaves_the_manifest_unchanged(quantised: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime.quantization as ortq
+
+    bundle = copy_bundle(quantised, tmp_path / "b")
+    shutil.rmtree(bundle / "int8")
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    del manifest["precisions"]["int8"]
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    before = (bundle / "bundle.json").read_bytes()
+    real = ortq.quantize_static
+
+    def failing(model_input, model_output, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(model_output).name == "ctc_head.onnx":
+            raise RuntimeError("simulated crash mid-quantisation")
+        return real(model_input, model_output, *args, **kwargs)
+
+    monkeypatch.setattr(ortq, "quantize_static", failing)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        quantize_int8(bundle)
+    assert (bundle / "bundle.json").read_bytes() == before
+    assert not (bundle / "int8").exists() and not [p for p in bundle.iterdir() if p.name.startswith(".int8")]
+    with pytest.raises(BundleError, match="no 'int8' variant"):
+        Pipeline.load(bundle, "int8")
+    validate_bundle(bundle, "int8-dynamic")  # the other variants are untouched
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def test_check_writes_reports_and_gates_fail(quantised: Path, shared_data: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(quantised, tmp_path / "b")
+    args = ["check", str(bundle), "--data", tess(shared_data), "--limit", "6", "--threads", "1", "--warmup", "1",
+            "--latency-clips", "3", "--min-agreement", "1.01", "--max-ua-drop", "-1", "--json"]
+    result = CliRunner().invoke(main, args)  # plain `check BUNDLE` routes to `check variants`
+    assert result.exit_code == 1, result.output
+    report = json.loads((bundle / "reports" / "variants.json").read_text())
+    assert not report["passed"] and any("label agreement" in f for f in report["failures"])
+    assert any("UA drop" in f for f in report["failures"])
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["pytorch", "fp32", "int8", "int8-dynamic", "fp16"]
+    variants = {v["name"]: v for v in report["variants"]}
+    assert variants["fp32"]["agreement"] == 1.0 and variants["fp32"]["stage_cosine"]["fusion_head"]["min"] > 0.9999
+    assert report["clips"] == 6 and report["skipped_labels"]  # TESS labels the 4-class model lacks are skipped
+    int8 = variants["int8"]
+    assert int8["size_bytes"] < variants["fp32"]["size_bytes"]
+    assert {"p50", "p95", "p99"} <= set(int8["latency_ms"]["end_to_end"]) and int8["rtf"]["p50"] > 0
+    assert {"ua", "wa", "macro_f1", "cer", "wer"} <= set(int8["metrics"]) and "ua" in int8["delta"]
+    assert set(int8["stage_cosine"]) == {"audio_encoder", "ctc_head", "text_encoder", "fusion_head"}
+    assert variants["fp16"]["status"] in {"ok", "not run"}
+    for name in ("variants.md", "variants-latency.png", "variants-accuracy.png"):
+        assert (bundle / "reports" / name).stat().st_size > 0
+    assert "**FAILED**" in (bundle / "reports" / "variants.md").read_text()
+    passing = CliRunner().invoke(main, ["check", "variants", str(bundle), "--data", tess(shared_data), "--limit", "3",
+                                        "--no-float", "--precisions", "int8", "--no-plots", "--warmup", "0"])
+    assert passing.exit_code == 0, passing.output
+    assert "| int8 |" in passing.output and "| int8-dynamic |" not in passing.output
+
+
+def test_check_refuses_an_evaluation_split_that_was_calibrated_on(quantised: Path, shared_data: Path) -> None:
+    corpus = load_corpus(tess(shared_data))
+    assert check_calibration_leak(quantised, "tess", get_fold(corpus, 0))["corpus"] == "tess"
+    with pytest.raises(SplitError, match="calibration set overlaps the evaluation split of fold 1"):
+        check_calibration_leak(quantised, "tess", get_fold(corpus, 1))  # fold 1 evaluates the calibration speaker
+
+
+def test_accuracy_controlled_mode_keeps_a_stage_float_at_bound_zero(quantised: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(quantised, tmp_path / "b")
+    report = quantize_controlled(bundle, 0.0, validation_clips=8, max_evaluations=7, threads=1)
+    assert report.validation["clips"] == 8
+    cache = read_calibration(bundle)
+    assert not set(report.validation["ids"]) & set(cache.ids)  # measured off the calibration clips too
+    assert report.float_stages and report.measurements[0].what == "all stages int8"
+    assert not report.measurements[0].within  # the tiny random model flips labels when fully int8
+    assert report.final is not None and report.final.within and report.final.drop_bound == 0.0
+    manifest = validate_bundle(bundle, "int8")
+    stages = manifest.extra["quantization"]["int8"]["stages"]
+    kept = [s for s, r in stages.items() if r["precision"] == "fp32"
+            or "accuracy-controlled: kept float" in r["float_nodes"].values()]
+    assert set(report.float_stages) <= set(kept)
+    written = json.loads((bundle / "reports" / "quantization.json").read_text())
+    assert written["float_stages"] and "Kept in float, and why" in (bundle / "reports" / "quantization.md").read_text()
