@@ -18,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
-
-from edgeser.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from edgeser.data import load_corpus  # noqa: E402
+from edgeser.audio import SAMPLE_RATE, load_audio
+from edgeser.data import load_corpus
+from edgeser.quantize.check import machine_info
 
 LENGTHS_S = (2.0, 4.5, 10.0)
 
@@ -121,7 +119,7 @@ def main() -> None:
         "import_s": {"median": statistics.median(import_s), "max": max(import_s)},
         "cold_start_s": {"median": statistics.median(cold_s), "max": max(cold_s)},
         "latency": per_length,
-        "machine": machine_info(),
+        "machine": machine_info(args.threads),
         "command": " ".join(["python", *sys.argv]),
     }
     out = Path(__file__).resolve().parent / "results" / f"runtime_latency-{args.bundle.name}-{args.precision}"
@@ -150,8 +148,9 @@ def to_markdown(results: dict) -> str:
             f"{row['real_time_factor']:.4f} | {row['outside_sessions_share']['p50']:.1%} | {stages} |"
         )
     machine = results["machine"]
-    lines += ["", f"Machine: {machine['cpu']} ({machine['cores']} cores, {machine['memory_gb']} GB), "
-              f"{machine['os']}, Python {machine['python']}, " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())]
+    lines += ["", f"Machine: {machine['cpu']} ({machine['logical_cores']} logical cores, "
+              f"{', '.join(machine['cpu_flags'])}; load {machine['load_average']}), {machine['platform']}, "
+              f"Python {machine['python']}, " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())]
     return "\n".join(lines) + "\n"
 
 

@@ -411,3 +411,23 @@ def apply_training_stage(model: nn.Module, stage: TrainingStage) -> None:
     """Set `requires_grad` for one phase: parameters under a `stage.freeze` prefix freeze, the rest train."""
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not name.startswith(stage.freeze))
+
+
+def build_pretrained_stages(model: Any, config: dict[str, Any], vocab: Any) -> dict[str, Any]:
+    """Give a CmGI/GCF2-Net style model its acoustic encoder, CTC head, text encoder and tokenizer.
+
+    Records the backbones' architectures in `config` (so checkpoints rebuild offline) and returns the
+    resolved acoustic spec (callers read e.g. `freeze_feature_encoder` from it).
+    """
+    from edgeser.modelling.blocks import CtcHead
+
+    acoustic_spec = resolve_spec(config["acoustic"], config)
+    text_spec = resolve_spec(config["text"], config)
+    model.audio_encoder = AcousticEncoder(acoustic_backbone(acoustic_spec))
+    record_architecture(config["acoustic"], acoustic_spec, model.audio_encoder.backbone)
+    dropout = float(config.get("fusion", {}).get("ctc_dropout", 0.1))
+    model.ctc_head = CtcHead(model.audio_encoder.hidden_size, len(vocab), dropout=dropout)
+    text_model, model.tokenizer = text_backbone(text_spec)
+    model.text_encoder = TextEncoder(text_model, freeze=bool(text_spec.get("freeze", False)))
+    record_architecture(config["text"], text_spec, text_model)
+    return acoustic_spec

@@ -14,18 +14,13 @@ from torch import nn
 from edgeser.modelling.backbones import (
     FEATURE_ENCODER_PREFIX,
     TEXT_ENCODER_PREFIX,
-    AcousticEncoder,
-    TextEncoder,
     TrainingStage,
-    acoustic_backbone,
     apply_training_stage,
+    build_pretrained_stages,
     fold_weight_norm,
-    record_architecture,
-    resolve_spec,
-    text_backbone,
 )
 from edgeser.modelling.base import SerModel, lengths_to_mask, masked_mean
-from edgeser.modelling.blocks import CtcHead, MaskedMultiHeadAttention
+from edgeser.modelling.blocks import MaskedMultiHeadAttention
 from edgeser.text import CtcVocab
 
 
@@ -178,17 +173,9 @@ class Gcf2NetModel(SerModel):
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
         vocab = vocab if vocab is not None else CtcVocab()
         super().__init__(config, labels, vocab)
-        acoustic_spec = resolve_spec(config["acoustic"], config)
-        text_spec = resolve_spec(config["text"], config)
         fusion = config.get("fusion", {})
-
-        self.audio_encoder = AcousticEncoder(acoustic_backbone(acoustic_spec))
-        record_architecture(config["acoustic"], acoustic_spec, self.audio_encoder.backbone)
+        acoustic_spec = build_pretrained_stages(self, config, vocab)
         audio_dim = self.audio_encoder.hidden_size
-        self.ctc_head = CtcHead(audio_dim, len(vocab), dropout=float(fusion.get("ctc_dropout", 0.1)))
-        text_model, self.tokenizer = text_backbone(text_spec)
-        self.text_encoder = TextEncoder(text_model, freeze=bool(text_spec.get("freeze", False)))
-        record_architecture(config["text"], text_spec, text_model)
         self.fusion_head = Gcf2NetFusionHead(
             audio_dim,
             self.text_encoder.hidden_size,
