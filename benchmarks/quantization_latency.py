@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgeser.audio import SAMPLE_RATE, load_audio
-from edgeser.quantize.check import machine_info, percentiles
+from edgeser.quantize.check import machine_info, percentiles, torch_stage_times
 from edgeser.runtime.pipeline import Pipeline
 from edgeser.runtime.sessions import make_session
 
@@ -101,28 +101,8 @@ class TorchRunner:
     def __call__(self, wave: np.ndarray) -> dict[str, float]:
         import torch
 
-        model, marks = self.model, {}
         with torch.inference_mode():
-            t = time.perf_counter()
-            features, frame_lengths = model.audio_encoder(torch.from_numpy(wave)[None], torch.tensor([wave.size]))
-            marks["audio_encoder"] = time.perf_counter() - t
-            transcript = ""
-            if model.ctc_head is not None:
-                t = time.perf_counter()
-                log_probs = model.ctc_head(features)
-                marks["ctc_head"] = time.perf_counter() - t
-                transcript = model.vocab.decode_log_probs(log_probs[0].numpy(), int(frame_lengths[0]))
-            if model.uses_text:
-                ids, mask = model.tokenize([transcript])
-                t = time.perf_counter()
-                tokens = model.text_encoder(ids, mask)
-                marks["text_encoder"] = time.perf_counter() - t
-                t = time.perf_counter()
-                model.fusion_head(features, frame_lengths, tokens, mask)
-            else:
-                t = time.perf_counter()
-                model.fusion_head(features, frame_lengths)
-            marks["fusion_head"] = time.perf_counter() - t
+            marks, _ = torch_stage_times(self.model, wave)
         return {k: v * 1e3 for k, v in marks.items()}
 
 

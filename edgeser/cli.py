@@ -41,6 +41,18 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def emit_report(report: Any, as_json: bool) -> None:
+    """Print a check report (a dataclass with `to_markdown` and `passed`); a failed gate exits 1."""
+    from dataclasses import asdict
+
+    if as_json:
+        echo_json(asdict(report))
+    else:
+        click.echo(report.to_markdown())
+    if not report.passed:
+        sys.exit(1)
+
+
 @click.group(cls=EdgeserGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeser")
 def main() -> None:
@@ -158,18 +170,12 @@ def check_parity_command(
     as_json: bool,
 ) -> None:
     """fp32 graphs in onnxruntime vs PyTorch on real clips: per-stage diff/cosine, end-to-end agreement."""
-    from dataclasses import asdict
 
     from edgeser.export.parity import check_parity
 
     report = check_parity(bundle, data_spec, limit=limit, checkpoint=checkpoint, min_cosine=min_cosine,
                           min_agreement=min_agreement)
-    if as_json:
-        echo_json(asdict(report))
-    else:
-        click.echo(report.to_markdown())
-    if not report.passed:
-        sys.exit(1)
+    emit_report(report, as_json)
 
 
 @main.command("predict")
@@ -358,7 +364,6 @@ def check_variants_command(
 ) -> None:
     """Every variant (PyTorch float, fp32, int8, int8-dynamic, fp16) on the evaluation split: size, latency,
     real-time factor, UA/WA/F1 and CER/WER change, agreement and per-stage cosine; reports/ as JSON, MD, PNG."""
-    from dataclasses import asdict
 
     from edgeser.quantize.check import check_variants
 
@@ -367,12 +372,7 @@ def check_variants_command(
         include_float=not no_float, threads=threads, warmup=warmup, latency_clips=latency_clips,
         max_ua_drop=max_ua_drop, min_agreement=min_agreement, plots=not no_plots,
     )
-    if as_json:
-        echo_json(asdict(report))
-    else:
-        click.echo(report.to_markdown())
-    if not report.passed:
-        sys.exit(1)
+    emit_report(report, as_json)
 
 if __name__ == "__main__":
     main()

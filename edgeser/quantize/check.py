@@ -279,41 +279,51 @@ def run_float(bundle: Path, clips: list[Any], threads: int | None, warmup: int, 
     return result, predictions, transcripts
 
 
+def torch_stage_times(model: Any, audio: np.ndarray) -> tuple[dict[str, float], float]:
+    """One batch-1 pass of the PyTorch model as the runtime chains it: seconds per stage, and in total.
+
+    Call it under `torch.inference_mode()`.
+    """
+    import torch
+
+    marks: dict[str, float] = {}
+    start = time.perf_counter()
+    wave = torch.from_numpy(audio)[None]
+    lengths = torch.tensor([audio.size])
+    t = time.perf_counter()
+    features, frame_lengths = model.audio_encoder(wave, lengths)
+    marks["audio_encoder"] = time.perf_counter() - t
+    transcript = ""
+    if model.ctc_head is not None and model.vocab is not None:
+        t = time.perf_counter()
+        log_probs = model.ctc_head(features)
+        marks["ctc_head"] = time.perf_counter() - t
+        t = time.perf_counter()
+        transcript = model.vocab.decode_log_probs(log_probs[0].numpy(), int(frame_lengths[0]))
+        marks["ctc_decode"] = time.perf_counter() - t
+    if model.uses_text:
+        t = time.perf_counter()
+        ids, mask = model.tokenize([transcript])
+        marks["tokenize"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tokens = model.text_encoder(ids, mask)
+        marks["text_encoder"] = time.perf_counter() - t
+        t = time.perf_counter()
+        model.fusion_head(features, frame_lengths, tokens, mask)
+    else:
+        t = time.perf_counter()
+        model.fusion_head(features, frame_lengths)
+    marks["fusion_head"] = time.perf_counter() - t
+    return marks, time.perf_counter() - start
+
+
 def torch_latency(model: Any, clips: list[Any], warmup: int
                   ) -> tuple[dict[str, dict[str, float]], dict[str, float], int]:
     """Per-stage and end-to-end batch-1 latency of the PyTorch model, as `evaluate` runs it."""
     import torch
 
     def once(audio: np.ndarray, times: dict[str, list[float]] | None) -> float:
-        marks: dict[str, float] = {}
-        start = time.perf_counter()
-        wave = torch.from_numpy(audio)[None]
-        lengths = torch.tensor([audio.size])
-        t = time.perf_counter()
-        features, frame_lengths = model.audio_encoder(wave, lengths)
-        marks["audio_encoder"] = time.perf_counter() - t
-        transcript = ""
-        if model.ctc_head is not None and model.vocab is not None:
-            t = time.perf_counter()
-            log_probs = model.ctc_head(features)
-            marks["ctc_head"] = time.perf_counter() - t
-            t = time.perf_counter()
-            transcript = model.vocab.decode_log_probs(log_probs[0].numpy(), int(frame_lengths[0]))
-            marks["ctc_decode"] = time.perf_counter() - t
-        if model.uses_text:
-            t = time.perf_counter()
-            ids, mask = model.tokenize([transcript])
-            marks["tokenize"] = time.perf_counter() - t
-            t = time.perf_counter()
-            tokens = model.text_encoder(ids, mask)
-            marks["text_encoder"] = time.perf_counter() - t
-            t = time.perf_counter()
-            model.fusion_head(features, frame_lengths, tokens, mask)
-        else:
-            t = time.perf_counter()
-            model.fusion_head(features, frame_lengths)
-        marks["fusion_head"] = time.perf_counter() - t
-        total = time.perf_counter() - start
+        marks, total = torch_stage_times(model, audio)
         if times is not None:
             for stage, seconds in marks.items():
                 times.setdefault(stage, []).append(seconds * 1e3)
