@@ -276,7 +276,10 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile",
               show_default=True, help="Calibration method of --int8.")
 @click.option("--exclude", multiple=True, help="Keep these in float instead of the defaults: categories (frontend, "
-              "first-conv, layernorm, softmax, residual-add, gelu), node-name globs, or 'none'. Repeatable.")
+              "first-conv, layernorm, softmax, residual-add, gelu, narrow), node-name globs, or 'none'. "
+              "Repeatable.")
+@click.option("--min-width", type=int, help="MatMul/Gemm/Conv nodes with fewer input features or output "
+              "channels stay float (the `narrow` category) [64; 0 quantises every width].")
 @click.option("--op-types", default="MatMul,Conv,Gemm", show_default=True, help="Op types --int8 quantises.")
 @click.option("--dynamic-op-types", default="MatMul", show_default=True, help="Op types --int8-dynamic quantises.")
 @click.option("--max-ua-drop", type=float, help="Accuracy-controlled --int8: keep the most sensitive stages / node "
@@ -290,7 +293,8 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def quantize_command(
     bundle: Path, int8: bool, int8_dynamic: bool, fp16: bool, method: str, exclude: tuple[str, ...], op_types: str,
-    dynamic_op_types: str, max_ua_drop: float | None, min_agreement: float | None, data_spec: str | None,
+    dynamic_op_types: str, min_width: int | None, max_ua_drop: float | None, min_agreement: float | None,
+    data_spec: str | None,
     fold_index: int | None, validation_clips: int, threads: int | None, as_json: bool,
 ) -> None:
     """Write INT8 / dynamic INT8 / FP16 variants into BUNDLE (int8/, int8-dynamic/, fp16/), listed in bundle.json."""
@@ -298,15 +302,18 @@ def quantize_command(
 
     from edgeser.bundle import read_manifest
     from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_dynamic
+    from edgeser.quantize.graph import NARROW_WIDTH
 
     if max_ua_drop is not None:
         int8 = True
     if not (int8 or int8_dynamic or fp16):
         raise click.UsageError("choose at least one of --int8, --int8-dynamic, --fp16")
     excluded = tuple(exclude) if exclude else None
+    min_width = NARROW_WIDTH if min_width is None else min_width
     written: dict[str, Any] = {}
     if int8:
-        options = Int8Options(method=method, op_types=tuple(_csv(op_types)), exclude=excluded)
+        options = Int8Options(method=method, op_types=tuple(_csv(op_types)), exclude=excluded,
+                              min_width=min_width)
         if max_ua_drop is not None:
             from edgeser.quantize.controlled import quantize_controlled
 
@@ -319,7 +326,8 @@ def quantize_command(
         else:
             quantize_int8(bundle, options)
     if int8_dynamic:
-        quantize_int8_dynamic(bundle, op_types=tuple(_csv(dynamic_op_types)), exclude=excluded)
+        quantize_int8_dynamic(bundle, op_types=tuple(_csv(dynamic_op_types)), exclude=excluded,
+                              min_width=min_width)
     if fp16:
         convert_fp16(bundle, exclude=excluded)
     manifest = read_manifest(bundle)
@@ -338,6 +346,9 @@ def quantize_command(
                              + (f", float: {reasons})" if reasons else ")"))
             click.echo(f"{precision}: {size / 1e6:.1f} MB ({size / fp32_bytes:.0%} of fp32) -> {bundle / precision}; "
                        + "; ".join(parts))
+            if stages and precision != "fp16" and not any(r["quantized_nodes"] for r in stages.values()):
+                click.echo(f"note: {precision} quantised no node (every one is excluded or narrower than "
+                           f"--min-width {min_width}): it computes what fp32 does", err=True)
     if as_json:
         echo_json(written)
 

@@ -18,7 +18,7 @@ from edgeser.cli import main
 from edgeser.data import load_corpus
 from edgeser.data.splits import get_fold
 from edgeser.errors import BundleError, SplitError
-from edgeser.quantize import convert_fp16, quantize_int8, quantize_int8_dynamic
+from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_dynamic
 from edgeser.quantize.check import check_calibration_leak
 from edgeser.quantize.controlled import quantize_controlled
 from edgeser.runtime import Pipeline
@@ -28,6 +28,8 @@ from tests.test_splits import synthetic_corpus
 MIN_INT8_LOGIT_COSINE = 0.99
 MIN_INT8_AGREEMENT_TINY = 0.5
 MIN_FP16_LOGIT_COSINE = 0.999
+# The tiny test models are narrower than the default `--min-width` everywhere: quantise every width.
+EVERY_WIDTH = Int8Options(min_width=0)
 
 
 def tess(shared_data: Path) -> str:
@@ -40,11 +42,12 @@ def copy_bundle(bundle: Path, target: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def quantised(cmgi_bundle: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny cmgi bundle calibrated on 8 TESS training-side clips, with int8, int8-dynamic and fp16 variants."""
+    """The tiny cmgi bundle calibrated on 8 TESS training-side clips, with int8, int8-dynamic and fp16
+    variants (every width quantised)."""
     bundle = copy_bundle(cmgi_bundle, tmp_path_factory.mktemp("quantised") / "cmgi")
     calibrate_bundle(bundle, tess(shared_data), fold_index=0, samples=8)
-    quantize_int8(bundle)
-    quantize_int8_dynamic(bundle)
+    quantize_int8(bundle, EVERY_WIDTH)
+    quantize_int8_dynamic(bundle, min_width=0)
     convert_fp16(bundle)
     return bundle
 
@@ -145,13 +148,53 @@ def test_int8_is_qdq_with_float_exclusions_and_listed(quantised: Path) -> None:
     assert {producer[i].op_type for i in second_conv.input[:2]} == {"DequantizeLinear"}
 
 
-def test_front_end_stays_float(tmp_path: Path, shared_data: Path) -> None:
-    """An in-graph STFT/mel front end (stfnet) is excluded whole: its conv and mel MatMul see no Q/DQ."""
+def test_narrow_gemms_are_found_from_weights_and_inferred_shapes() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeser.quantize.graph import resolve_exclusions
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.zeros(shape, np.float32), name)
+
+    nodes = [
+        helper.make_node("MatMul", ["x40", "w40"], ["a"], name="proj40"),  # 40 -> 40: narrow
+        helper.make_node("MatMul", ["x128", "w128"], ["b"], name="proj128"),  # 128 -> 128: wide
+        helper.make_node("Gemm", ["x128", "w7"], ["c"], name="classifier", transB=1),  # 128 -> 7 classes
+        helper.make_node("Conv", ["img", "k8"], ["d"], name="conv8"),  # 8 output channels
+        helper.make_node("Conv", ["img", "k64"], ["e"], name="conv64"),  # 64 channels, 9 inputs: narrow
+        helper.make_node("MatMul", ["q", "kt"], ["f"], name="scores"),  # head size 10 (inferred)
+        helper.make_node("MatMul", ["probs", "v128"], ["g"], name="mix"),  # keys x 128: wide (keys unknown)
+    ]
+    f = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info(n, f, s) for n, s in [
+        ("x40", ["T", 40]), ("x128", ["T", 128]), ("img", [1, 1, 20, "T"]), ("q", [4, "T", 10]),
+        ("kt", [4, 10, "T"]), ("probs", [1, "T", "T"]), ("v128", [1, "T", 128])]]
+    outputs = [helper.make_tensor_value_info(n, f, None) for n in "abcdefg"]
+    inits = [weight("w40", 40, 40), weight("w128", 128, 128), weight("w7", 7, 128), weight("k8", 8, 1, 3, 3),
+             weight("k64", 64, 1, 3, 3)]
+    model = helper.make_model(helper.make_graph(nodes, "widths", inputs, outputs, inits))
+    narrow = {n for n, why in resolve_exclusions(model).reasons.items() if why == "narrow"}
+    assert narrow == {"proj40", "classifier", "conv8", "conv64", "scores"}
+    assert {n for n, why in resolve_exclusions(model, min_width=32).reasons.items() if why == "narrow"} == {
+        "classifier", "conv8", "conv64", "scores"}
+    assert not resolve_exclusions(model, min_width=0).reasons
+
+
+def test_front_end_and_narrow_models_stay_float(tmp_path: Path, shared_data: Path) -> None:
+    """An in-graph STFT/mel front end (stfnet) is excluded whole: its conv and mel MatMul see no Q/DQ. By
+    default the small stfnet, every layer narrower than 64, is not quantised at all (and the CLI says so)."""
     from edgeser.export.exporter import export_bundle
 
     bundle = export_bundle("stfnet", tmp_path / "stfnet", random_weights=True).bundle
     calibrate_bundle(bundle, f"emodb:{shared_data / 'emodb'}", samples=6)
-    quantize_int8(bundle)
+    result = CliRunner().invoke(main, ["quantize", str(bundle), "--int8"])
+    assert result.exit_code == 0, result.output
+    assert "int8 quantised no node" in result.output
+    stages = validate_bundle(bundle, "int8").extra["quantization"]["int8"]["stages"]
+    assert {r["precision"] for r in stages.values()} == {"fp32"}
+    assert "narrow" in stages["audio_encoder"]["float_nodes"].values()
+    assert stages["fusion_head"]["float_nodes"] == {"/classifier/Gemm": "narrow"}  # a 7-class classifier
+    quantize_int8(bundle, EVERY_WIDTH)
     graph = onnx.load(str(bundle / "int8/audio_encoder.onnx")).graph
     producer = {o: n for n in graph.node for o in n.output}
     front = [n for n in graph.node if n.name.startswith("/frontend/") and n.op_type in {"Conv", "MatMul"}]
@@ -210,7 +253,7 @@ def test_failed_quantisation_leaves_the_manifest_unchanged(quantised: Path, tmp_
 
     monkeypatch.setattr(ortq, "quantize_static", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        quantize_int8(bundle)
+        quantize_int8(bundle, EVERY_WIDTH)
     assert (bundle / "bundle.json").read_bytes() == before
     assert not (bundle / "int8").exists() and not [p for p in bundle.iterdir() if p.name.startswith(".int8")]
     with pytest.raises(BundleError, match="no 'int8' variant"):
@@ -259,7 +302,8 @@ def test_check_refuses_an_evaluation_split_that_was_calibrated_on(quantised: Pat
 
 def test_accuracy_controlled_mode_keeps_a_stage_float_at_bound_zero(quantised: Path, tmp_path: Path) -> None:
     bundle = copy_bundle(quantised, tmp_path / "b")
-    report = quantize_controlled(bundle, 0.0, validation_clips=8, max_evaluations=7, threads=1)
+    report = quantize_controlled(bundle, 0.0, options=EVERY_WIDTH, validation_clips=8, max_evaluations=7,
+                                 threads=1)
     assert report.validation["clips"] == 8
     cache = read_calibration(bundle)
     assert not set(report.validation["ids"]) & set(cache.ids)  # measured off the calibration clips too

@@ -107,6 +107,14 @@ def test_unknown_precision_and_missing_variant(cmgi_bundle: Path) -> None:
         Pipeline.load(cmgi_bundle, "fp16")
 
 
+def test_stage_sessions_do_not_spin_between_stages(pipe: Pipeline) -> None:
+    """Each stage owns a thread pool: spinning workers of a finished stage would take the next one's cores."""
+    for stage, session in pipe.sessions.items():
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0", stage
+        assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0", stage
+
+
 def test_one_pipeline_shared_between_threads(pipe: Pipeline) -> None:
     clips = [(tone(0.8 + 0.3 * i, seed=i, freq=100 + 25 * i), 16_000) for i in range(6)]
     serial = [pipe(c).logits for c in clips]

@@ -242,7 +242,7 @@ def quantisable_count(ev: Evaluator, stage: str) -> int:
     with quiet_ort_logging():
         prepared, _ = prepared_graph(ev.fp32_paths[stage], stage, ev.workdir)
     model = onnx.load(str(prepared))
-    excluded = resolve_exclusions(model, ev.options.exclude).names
+    excluded = resolve_exclusions(model, ev.options.exclude, ev.options.min_width).names
     return sum(len(v) for v in quantisable_groups(model, ev.options.op_types, excluded).values())
 
 
@@ -252,7 +252,8 @@ def refine_groups(ev: Evaluator, report: ControlledReport, config: Config, curre
     for stage in [s for s, v in config.items() if v is None]:
         prepared, _ = prepared_graph(ev.fp32_paths[stage], stage, ev.workdir)
         model = onnx.load(str(prepared))
-        groups = quantisable_groups(model, ev.options.op_types, resolve_exclusions(model, ev.options.exclude).names)
+        excluded = resolve_exclusions(model, ev.options.exclude, ev.options.min_width).names
+        groups = quantisable_groups(model, ev.options.op_types, excluded)
         everything = frozenset(n for names in groups.values() for n in names)
         measured: dict[str, Measurement] = {}
         for group, names in groups.items():

@@ -9,11 +9,19 @@ import onnxruntime as ort
 from edgeser.errors import BundleError
 
 
-def make_session(path: Path, providers: list[str] | None = None, threads: int | None = None) -> ort.InferenceSession:
-    """An inference session with full graph optimisation; `threads` bounds intra-op parallelism."""
+def make_session(path: Path, providers: list[str] | None = None, threads: int | None = None,
+                 spin: bool = False) -> ort.InferenceSession:
+    """An inference session with full graph optimisation; `threads` bounds intra-op parallelism.
+
+    Worker spinning is off unless `spin`: each stage session owns a thread pool, and a finished stage's
+    spinning workers take the cores the next stage needs (2 cores, cmgi paper fp32, 4.5 s clip: text encoder
+    84 -> 47 ms, fusion head 51 -> 17 ms, end to end 1152 -> 984 ms).
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
