@@ -275,12 +275,12 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
 @click.option("--fp16", "fp16", is_flag=True, help="FP16 for GPUs (sensitive ops and the front end stay FP32).")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile",
               show_default=True, help="Calibration method of --int8.")
-@click.option("--exclude", multiple=True, help="Keep these in float instead of the defaults: categories (frontend, "
-              "first-conv, layernorm, softmax, residual-add, gelu, narrow), node-name globs, or 'none'. "
-              "Repeatable.")
+@click.option("--exclude", multiple=True, help="Keep these in float instead of the defaults: categories "
+              "(frontend, first-conv, layernorm, softmax, residual-add, gelu, narrow, grouped-conv, "
+              "gather-activations), node-name globs, or 'none'. Repeatable.")
 @click.option("--min-width", type=int, help="MatMul/Gemm/Conv nodes with fewer input features or output "
               "channels stay float (the `narrow` category) [64; 0 quantises every width].")
-@click.option("--op-types", default="MatMul,Conv,Gemm", show_default=True, help="Op types --int8 quantises.")
+@click.option("--op-types", help="Op types --int8 quantises [MatMul,Conv,Gemm,Gather].")
 @click.option("--dynamic-op-types", default="MatMul", show_default=True, help="Op types --int8-dynamic quantises.")
 @click.option("--max-ua-drop", type=float, help="Accuracy-controlled --int8: keep the most sensitive stages / node "
               "groups in float until the worst-case UA drop (class-balanced label-flip rate against fp32) on "
@@ -292,17 +292,17 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
 @click.option("--threads", type=int, help="onnxruntime intra-op threads (for --max-ua-drop).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def quantize_command(
-    bundle: Path, int8: bool, int8_dynamic: bool, fp16: bool, method: str, exclude: tuple[str, ...], op_types: str,
-    dynamic_op_types: str, min_width: int | None, max_ua_drop: float | None, min_agreement: float | None,
-    data_spec: str | None,
-    fold_index: int | None, validation_clips: int, threads: int | None, as_json: bool,
+    bundle: Path, int8: bool, int8_dynamic: bool, fp16: bool, method: str, exclude: tuple[str, ...],
+    op_types: str | None, dynamic_op_types: str, min_width: int | None, max_ua_drop: float | None,
+    min_agreement: float | None, data_spec: str | None, fold_index: int | None, validation_clips: int,
+    threads: int | None, as_json: bool,
 ) -> None:
     """Write INT8 / dynamic INT8 / FP16 variants into BUNDLE (int8/, int8-dynamic/, fp16/), listed in bundle.json."""
     from dataclasses import asdict
 
     from edgeser.bundle import read_manifest
     from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_dynamic
-    from edgeser.quantize.graph import NARROW_WIDTH
+    from edgeser.quantize.graph import DEFAULT_OP_TYPES, NARROW_WIDTH
 
     if max_ua_drop is not None:
         int8 = True
@@ -312,7 +312,8 @@ def quantize_command(
     min_width = NARROW_WIDTH if min_width is None else min_width
     written: dict[str, Any] = {}
     if int8:
-        options = Int8Options(method=method, op_types=tuple(_csv(op_types)), exclude=excluded,
+        chosen_ops = tuple(_csv(op_types)) if op_types else DEFAULT_OP_TYPES
+        options = Int8Options(method=method, op_types=chosen_ops, exclude=excluded,
                               min_width=min_width)
         if max_ua_drop is not None:
             from edgeser.quantize.controlled import quantize_controlled

@@ -122,7 +122,8 @@ def test_int8_is_qdq_with_float_exclusions_and_listed(quantised: Path) -> None:
     manifest = validate_bundle(quantised, "int8")  # listed, every file present with its checksum
     settings = manifest.extra["quantization"]["int8"]
     assert settings["format"] == "QDQ" and settings["method"] == "percentile" and settings["per_channel"]
-    assert settings["op_types"] == ["MatMul", "Conv", "Gemm"] and settings["calibration"]["count"] == 8
+    assert settings["op_types"] == ["MatMul", "Conv", "Gemm", "Gather"]
+    assert settings["calibration"]["count"] == 8
     for stage, entry in manifest.precisions["int8"].items():
         graph = onnx.load(str(quantised / entry.path)).graph
         ops = {n.op_type for n in graph.node}
@@ -143,7 +144,9 @@ def test_int8_is_qdq_with_float_exclusions_and_listed(quantised: Path) -> None:
     producer = {o: n for n in audio.node for o in n.output}
     first_conv = next(n for n in audio.node if n.name.endswith("conv_layers.0/conv/Conv"))
     assert all(i not in producer or producer[i].op_type != "DequantizeLinear" for i in first_conv.input)
-    assert settings["stages"]["audio_encoder"]["float_nodes"] == {first_conv.name: "first-conv"}
+    pos_conv = next(n for n in audio.node if n.name.endswith("pos_conv_embed/conv/Conv"))
+    assert settings["stages"]["audio_encoder"]["float_nodes"] == {first_conv.name: "first-conv",
+                                                                  pos_conv.name: "grouped-conv"}
     second_conv = next(n for n in audio.node if n.name.endswith("conv_layers.1/conv/Conv"))
     assert {producer[i].op_type for i in second_conv.input[:2]} == {"DequantizeLinear"}
 
@@ -164,20 +167,22 @@ def test_narrow_gemms_are_found_from_weights_and_inferred_shapes() -> None:
         helper.make_node("Conv", ["img", "k64"], ["e"], name="conv64"),  # 64 channels, 9 inputs: narrow
         helper.make_node("MatMul", ["q", "kt"], ["f"], name="scores"),  # head size 10 (inferred)
         helper.make_node("MatMul", ["probs", "v128"], ["g"], name="mix"),  # keys x 128: wide (keys unknown)
+        helper.make_node("Conv", ["seq", "kg"], ["h"], name="pos_conv", group=16),  # 128 in, 128 out, grouped
     ]
     f = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info(n, f, s) for n, s in [
         ("x40", ["T", 40]), ("x128", ["T", 128]), ("img", [1, 1, 20, "T"]), ("q", [4, "T", 10]),
-        ("kt", [4, 10, "T"]), ("probs", [1, "T", "T"]), ("v128", [1, "T", 128])]]
-    outputs = [helper.make_tensor_value_info(n, f, None) for n in "abcdefg"]
+        ("kt", [4, 10, "T"]), ("probs", [1, "T", "T"]), ("v128", [1, "T", 128]), ("seq", [1, 128, "T"])]]
+    outputs = [helper.make_tensor_value_info(n, f, None) for n in "abcdefgh"]
     inits = [weight("w40", 40, 40), weight("w128", 128, 128), weight("w7", 7, 128), weight("k8", 8, 1, 3, 3),
-             weight("k64", 64, 1, 3, 3)]
+             weight("k64", 64, 1, 3, 3), weight("kg", 128, 8, 16)]
     model = helper.make_model(helper.make_graph(nodes, "widths", inputs, outputs, inits))
     narrow = {n for n, why in resolve_exclusions(model).reasons.items() if why == "narrow"}
     assert narrow == {"proj40", "classifier", "conv8", "conv64", "scores"}
+    assert resolve_exclusions(model).reasons["pos_conv"] == "grouped-conv"
     assert {n for n, why in resolve_exclusions(model, min_width=32).reasons.items() if why == "narrow"} == {
         "classifier", "conv8", "conv64", "scores"}
-    assert not resolve_exclusions(model, min_width=0).reasons
+    assert set(resolve_exclusions(model, min_width=0).reasons) == {"pos_conv"}
 
 
 def test_front_end_and_narrow_models_stay_float(tmp_path: Path, shared_data: Path) -> None:

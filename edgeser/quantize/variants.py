@@ -32,6 +32,7 @@ from edgeser.quantize.graph import (
     DYNAMIC_OP_TYPES,
     NARROW_WIDTH,
     Exclusions,
+    quantisable_nodes,
     resolve_exclusions,
     strip_output_qdq,
 )
@@ -334,7 +335,7 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
         if stripped:
             onnx.save(quantized, str(out))
     effective = Exclusions(reasons).effective(model, options.op_types)
-    quantisable = sum(1 for n in model.graph.node if n.op_type in options.op_types)
+    quantisable = len(quantisable_nodes(model, options.op_types))
     if quantisable == len(effective):
         shutil.copyfile(fp32, out)  # nothing left to quantise: the float graph, not a re-optimised copy
         return StageReport("fp32", 0, effective, op_counts(out), how)
@@ -398,7 +399,7 @@ def quantize_int8_dynamic(bundle: Path, op_types: tuple[str, ...] = DYNAMIC_OP_T
             quantize_dynamic(str(prepared), str(out), op_types_to_quantize=list(op_types), per_channel=per_channel,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclusions.names)
             effective = exclusions.effective(model, op_types)
-            quantisable = sum(1 for n in model.graph.node if n.op_type in op_types)
+            quantisable = len(quantisable_nodes(model, op_types))
             if quantisable == len(effective):
                 shutil.copyfile(fp32, out)  # nothing left to quantise: the float graph, as for static INT8
                 return StageReport("fp32", 0, effective, op_counts(out), how)
