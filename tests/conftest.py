@@ -18,6 +18,17 @@ def data_root() -> Path | None:
     return candidate if (candidate / "emodb").is_dir() and (candidate / "tess").is_dir() else None
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():  # type: ignore[no-untyped-def]
+    """Tiny models and tensors: one torch intra-op thread is as fast, and no slower on a shared CPU."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     root = data_root()

@@ -31,13 +31,7 @@ BATCH_RTOL = 1e-5  # padded batch vs single clip, same measure (measured: <= 1e-
 ONNX_RTOL = 1e-4  # onnxruntime vs torch, same measure (measured: ~3e-6)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is as fast, and no slower when the CPU is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def signal(seconds: float, seed: int = 0) -> np.ndarray:

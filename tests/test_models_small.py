@@ -71,13 +71,7 @@ def clip(seconds: float, seed: int) -> torch.Tensor:
     return torch.tensor(0.3 * y / np.abs(y).max(), dtype=torch.float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast, and no slower when the CPU is shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from edgeser.errors import ModelError
-from edgeser.modelling.base import lengths_to_mask
+from edgeser.modelling.base import SerModel, lengths_to_mask
 
 logger = logging.getLogger(__name__)
 
@@ -413,21 +413,54 @@ def apply_training_stage(model: nn.Module, stage: TrainingStage) -> None:
         parameter.requires_grad_(not name.startswith(stage.freeze))
 
 
-def build_pretrained_stages(model: Any, config: dict[str, Any], vocab: Any) -> dict[str, Any]:
-    """Give a CmGI/GCF2-Net style model its acoustic encoder, CTC head, text encoder and tokenizer.
+class PretrainedFusionModel(SerModel):
+    """A CmGI/GCF2-Net style model: pretrained acoustic encoder (CNN feature encoder + Transformer), CTC head,
+    pretrained text encoder and tokenizer; subclasses add their fusion head.
 
-    Records the backbones' architectures in `config` (so checkpoints rebuild offline) and returns the
-    resolved acoustic spec (callers read e.g. `freeze_feature_encoder` from it).
+    Records the backbones' architectures in `config` (so checkpoints rebuild offline). The acoustic spec's
+    `freeze_feature_encoder` (default `freeze_feature_encoder_default`) freezes the CNN feature encoder.
     """
-    from edgeser.modelling.blocks import CtcHead
 
-    acoustic_spec = resolve_spec(config["acoustic"], config)
-    text_spec = resolve_spec(config["text"], config)
-    model.audio_encoder = AcousticEncoder(acoustic_backbone(acoustic_spec))
-    record_architecture(config["acoustic"], acoustic_spec, model.audio_encoder.backbone)
-    dropout = float(config.get("fusion", {}).get("ctc_dropout", 0.1))
-    model.ctc_head = CtcHead(model.audio_encoder.hidden_size, len(vocab), dropout=dropout)
-    text_model, model.tokenizer = text_backbone(text_spec)
-    model.text_encoder = TextEncoder(text_model, freeze=bool(text_spec.get("freeze", False)))
-    record_architecture(config["text"], text_spec, text_model)
-    return acoustic_spec
+    def __init__(self, config: dict[str, Any], labels: list[str], vocab: Any,
+                 freeze_feature_encoder_default: bool) -> None:
+        from edgeser.modelling.blocks import CtcHead
+
+        super().__init__(config, labels, vocab)
+        acoustic_spec = resolve_spec(config["acoustic"], config)
+        text_spec = resolve_spec(config["text"], config)
+        self.audio_encoder = AcousticEncoder(acoustic_backbone(acoustic_spec))
+        record_architecture(config["acoustic"], acoustic_spec, self.audio_encoder.backbone)
+        dropout = float(config.get("fusion", {}).get("ctc_dropout", 0.1))
+        self.ctc_head = CtcHead(self.audio_encoder.hidden_size, len(vocab), dropout=dropout)
+        text_model, self.tokenizer = text_backbone(text_spec)
+        self.text_encoder = TextEncoder(text_model, freeze=bool(text_spec.get("freeze", False)))
+        record_architecture(config["text"], text_spec, text_model)
+        self.frozen_feature_encoder = bool(acoustic_spec.get("freeze_feature_encoder",
+                                                             freeze_feature_encoder_default))
+        if self.frozen_feature_encoder:
+            self.audio_encoder.freeze_feature_encoder()
+
+    @property
+    def supports_padded_batch(self) -> bool:
+        return self.audio_encoder.use_attention_mask
+
+    def training_stages(self) -> list[TrainingStage]:
+        """One phase: everything trains but a frozen feature encoder and a frozen text encoder."""
+        freeze = ((TEXT_ENCODER_PREFIX,) if self.text_encoder.frozen else ()) + (
+            (FEATURE_ENCODER_PREFIX,) if self.frozen_feature_encoder else ()
+        )
+        return [TrainingStage("joint", freeze)]
+
+    def set_training_stage(self, name: str) -> TrainingStage:
+        """Apply one phase's trainable/frozen parameters and return it."""
+        stages = {stage.name: stage for stage in self.training_stages()}
+        if name not in stages:
+            raise ValueError(f"{self.name} has no training stage {name!r}; stages: {', '.join(stages)}")
+        apply_training_stage(self, stages[name])
+        return stages[name]
+
+    def prepare_for_export(self) -> PretrainedFusionModel:
+        """Eval mode and weight norm folded: what the exporter (and eval-only loading) should call."""
+        self.eval()
+        fold_weight_norm(self)
+        return self

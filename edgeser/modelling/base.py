@@ -43,6 +43,13 @@ def lengths_to_mask(lengths: torch.Tensor, max_length: int | torch.Tensor) -> to
     return positions.unsqueeze(0) < lengths.unsqueeze(1)
 
 
+def fusion_masks(
+    features: torch.Tensor, frame_lengths: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fusion head's boolean masks: valid frames `[B, F]` of `features` and valid tokens `[B, L]`."""
+    return lengths_to_mask(frame_lengths, features.shape[1]), attention_mask != 0
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `[B, T, D]` over valid time steps given a `[B, T]` mask (bool or 0/1)."""
     weights = mask.to(x.dtype).unsqueeze(-1)

@@ -14,12 +14,10 @@ from torch import nn
 from edgeser.modelling.backbones import (
     FEATURE_ENCODER_PREFIX,
     TEXT_ENCODER_PREFIX,
+    PretrainedFusionModel,
     TrainingStage,
-    apply_training_stage,
-    build_pretrained_stages,
-    fold_weight_norm,
 )
-from edgeser.modelling.base import SerModel, lengths_to_mask, masked_mean
+from edgeser.modelling.base import fusion_masks, lengths_to_mask, masked_mean
 from edgeser.modelling.blocks import MaskedMultiHeadAttention
 from edgeser.text import CtcVocab
 
@@ -72,8 +70,7 @@ class CmgiFusionHead(nn.Module):
     ) -> torch.Tensor:
         """features `[B, F, Da]`, frame_lengths `[B]`, token_features `[B, L, Dt]`, attention_mask `[B, L]`
         -> logits `[B, C]`."""
-        audio_mask = lengths_to_mask(frame_lengths, features.shape[1])
-        text_mask = attention_mask != 0
+        audio_mask, text_mask = fusion_masks(features, frame_lengths, attention_mask)
         xa = self.audio_proj(features)
         xt = self.text_proj(token_features)
         sa = self.audio_self(xa, xa, audio_mask)
@@ -86,7 +83,7 @@ class CmgiFusionHead(nn.Module):
         return self.classifier(self.dropout(pooled))
 
 
-class CmgiModel(SerModel):
+class CmgiModel(PretrainedFusionModel):
     """HuBERT + CTC head + BERT + CmGI fusion, split into the four export stages.
 
     Config (a recipe size): `acoustic` (backbones.acoustic_backbone spec, type hubert), `text`
@@ -109,10 +106,9 @@ class CmgiModel(SerModel):
     name = "cmgi"
 
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
-        vocab = vocab if vocab is not None else CtcVocab()
-        super().__init__(config, labels, vocab)
+        super().__init__(config, labels, vocab if vocab is not None else CtcVocab(),
+                         freeze_feature_encoder_default=False)
         fusion = config.get("fusion", {})
-        acoustic_spec = build_pretrained_stages(self, config, vocab)
         audio_dim = self.audio_encoder.hidden_size
         self.fusion_head = CmgiFusionHead(
             audio_dim,
@@ -124,16 +120,6 @@ class CmgiModel(SerModel):
             dropout=float(fusion.get("dropout", 0.1)),
         )
         self.acoustic_classifier = nn.Linear(audio_dim, len(self.labels))  # phase-1 SER head only
-        if acoustic_spec.get("freeze_feature_encoder", False):
-            self.freeze_feature_encoder()
-
-    @property
-    def supports_padded_batch(self) -> bool:
-        return self.audio_encoder.use_attention_mask
-
-    def freeze_feature_encoder(self) -> None:
-        """Freeze HuBERT's CNN feature encoder (phase 2 of the paper)."""
-        self.audio_encoder.freeze_feature_encoder()
 
     def acoustic_logits(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         """Phase-1 SER logits `[B, C]` from HuBERT features `[B, F, Da]` alone (masked mean pool + FC)."""
@@ -148,17 +134,3 @@ class CmgiModel(SerModel):
             TrainingStage("acoustic", (TEXT_ENCODER_PREFIX,), uses_text=False),
             TrainingStage("joint", frozen_text + (FEATURE_ENCODER_PREFIX,), uses_text=True),
         ]
-
-    def set_training_stage(self, name: str) -> TrainingStage:
-        """Apply one phase's trainable/frozen parameters and return it."""
-        stages = {stage.name: stage for stage in self.training_stages()}
-        if name not in stages:
-            raise ValueError(f"cmgi has no training stage {name!r}; stages: {', '.join(stages)}")
-        apply_training_stage(self, stages[name])
-        return stages[name]
-
-    def prepare_for_export(self) -> CmgiModel:
-        """Eval mode and weight norm folded: what the exporter (and eval-only loading) should call."""
-        self.eval()
-        fold_weight_norm(self)
-        return self

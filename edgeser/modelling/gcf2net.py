@@ -11,15 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeser.modelling.backbones import (
-    FEATURE_ENCODER_PREFIX,
-    TEXT_ENCODER_PREFIX,
-    TrainingStage,
-    apply_training_stage,
-    build_pretrained_stages,
-    fold_weight_norm,
-)
-from edgeser.modelling.base import SerModel, lengths_to_mask, masked_mean
+from edgeser.modelling.backbones import PretrainedFusionModel
+from edgeser.modelling.base import fusion_masks, masked_mean
 from edgeser.modelling.blocks import MaskedMultiHeadAttention
 from edgeser.text import CtcVocab
 
@@ -141,8 +134,7 @@ class Gcf2NetFusionHead(nn.Module):
     ) -> torch.Tensor:
         """features `[B, F, Da]`, frame_lengths `[B]`, token_features `[B, L, Dt]`, attention_mask `[B, L]`
         -> logits `[B, C]`."""
-        audio_mask = lengths_to_mask(frame_lengths, features.shape[1])
-        text_mask = attention_mask != 0
+        audio_mask, text_mask = fusion_masks(features, frame_lengths, attention_mask)
         audio0 = self.audio_proj(features)
         text0 = self.text_proj(token_features)
         audio, text = audio0, text0
@@ -155,7 +147,7 @@ class Gcf2NetFusionHead(nn.Module):
         return self.classifier(self.dropout(masked_mean(fused, fused_mask)))
 
 
-class Gcf2NetModel(SerModel):
+class Gcf2NetModel(PretrainedFusionModel):
     """wav2vec2 + CTC head + RoBERTa + ResCMFA/global-aware fusion, split into the four export stages.
 
     Config (a recipe size): `acoustic` (backbones.acoustic_backbone spec, type wav2vec2, plus
@@ -165,19 +157,18 @@ class Gcf2NetModel(SerModel):
     wav2vec2-base and RoBERTa-base built from the shipped configs, nothing read from disk or hub).
 
     wav2vec2-base has a group-norm feature encoder trained without attention masks: `supports_padded_batch`
-    is then False (run clips one by one). Training: one phase, loss `a * CTC + (1 - a) * CE`, a = 0.1.
+    is then False (run clips one by one). Training: one phase (`training_stages()`: everything but the frozen
+    CNN and a frozen text encoder), loss `a * CTC + (1 - a) * CE`, a = 0.1.
     """
 
     name = "gcf2net"
 
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
-        vocab = vocab if vocab is not None else CtcVocab()
-        super().__init__(config, labels, vocab)
+        super().__init__(config, labels, vocab if vocab is not None else CtcVocab(),
+                         freeze_feature_encoder_default=True)
         fusion = config.get("fusion", {})
-        acoustic_spec = build_pretrained_stages(self, config, vocab)
-        audio_dim = self.audio_encoder.hidden_size
         self.fusion_head = Gcf2NetFusionHead(
-            audio_dim,
+            self.audio_encoder.hidden_size,
             self.text_encoder.hidden_size,
             len(self.labels),
             dim=int(fusion.get("dim", 768)),
@@ -188,35 +179,3 @@ class Gcf2NetModel(SerModel):
             expansion=int(fusion.get("expansion", 4)),
             kernel_size=int(fusion.get("kernel_size", 31)),
         )
-        self.frozen_feature_encoder = bool(acoustic_spec.get("freeze_feature_encoder", True))
-        if self.frozen_feature_encoder:
-            self.freeze_feature_encoder()
-
-    @property
-    def supports_padded_batch(self) -> bool:
-        return self.audio_encoder.use_attention_mask
-
-    def freeze_feature_encoder(self) -> None:
-        """Freeze wav2vec2's CNN feature encoder (the paper keeps it fixed throughout)."""
-        self.audio_encoder.freeze_feature_encoder()
-
-    def training_stages(self) -> list[TrainingStage]:
-        """A single phase: everything trains but the CNN (paper: frozen) and a frozen text encoder."""
-        freeze = ((TEXT_ENCODER_PREFIX,) if self.text_encoder.frozen else ()) + (
-            (FEATURE_ENCODER_PREFIX,) if self.frozen_feature_encoder else ()
-        )
-        return [TrainingStage("joint", freeze)]
-
-    def set_training_stage(self, name: str) -> TrainingStage:
-        """Apply the (only) phase's trainable/frozen parameters and return it."""
-        stages = {stage.name: stage for stage in self.training_stages()}
-        if name not in stages:
-            raise ValueError(f"gcf2net has no training stage {name!r}; stages: {', '.join(stages)}")
-        apply_training_stage(self, stages[name])
-        return stages[name]
-
-    def prepare_for_export(self) -> Gcf2NetModel:
-        """Eval mode and weight norm folded: what the exporter (and eval-only loading) should call."""
-        self.eval()
-        fold_weight_norm(self)
-        return self

