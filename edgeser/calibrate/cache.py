@@ -129,6 +129,7 @@ def calibrate_bundle(
         "duration_s": {"min": min(durations), "median": float(np.median(durations)), "max": max(durations)},
         "buckets_s": list(buckets_s),
         "groups": captured.counts(),
+        "length_stats": captured.length_stats(),
         "clip_groups": dict(zip(chosen.ids, captured.clip_groups)),
         "stages": {stage: [t.name for t in spec.inputs] for stage, spec in manifest.stages.items()},
         "fp32_sha256": {stage: entry.sha256 for stage, entry in manifest.precisions["fp32"].items()},

@@ -34,6 +34,19 @@ class CapturedInputs:
 
     groups: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     clip_groups: list[str] = field(default_factory=list)  # group of each captured clip, in input order
+    clip_samples: list[int] = field(default_factory=list)  # each clip's own length in samples (before bucketing)
+    clip_tokens: list[int] = field(default_factory=list)  # each clip's token count at inference (text models)
+
+    def length_stats(self) -> dict[str, dict[str, int]]:
+        """min / opt (median) / max of the clips' real lengths: samples, and tokens for text models.
+
+        What deployment shapes look like; TensorRT optimisation profiles default to these.
+        """
+        stats: dict[str, dict[str, int]] = {}
+        for name, values in (("samples", self.clip_samples), ("tokens", self.clip_tokens)):
+            if values:
+                stats[name] = {"min": int(min(values)), "opt": int(np.median(values)), "max": int(max(values))}
+        return stats
 
     def counts(self) -> dict[str, int]:
         return {key: int(next(iter(t.values())).shape[0]) for key, t in self.groups.items()}
@@ -98,6 +111,7 @@ def capture_stage_inputs(
             target = bucket_samples(wave.size, buckets, batch_safe)
             fixed, valid = fit_waveform(wave, target)
             run = pipeline.run_stages([fixed[:valid]])
+            captured.clip_samples.append(int(wave.size))
             frames = int(manifest.frame_lengths(np.array([target]))[0])
             tensors: dict[str, np.ndarray] = {
                 "waveform": fixed[None],
@@ -112,6 +126,7 @@ def capture_stage_inputs(
                 tensors["attention_mask"] = _pad_axis1(run.attention_mask, tokens)
                 tensors["token_features"] = _pad_axis1(run.token_features, tokens)
                 key += f"-t{tokens}"
+                captured.clip_tokens.append(int(run.input_ids.shape[1]))
             group = rows.setdefault(key, {})
             for name, value in tensors.items():
                 if name in wanted:
