@@ -5,13 +5,17 @@ Torch-free: the lean runtime reads bundles with nothing but the standard library
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeser.errors import BundleError
+from edgeser.files import sha256_of
+from edgeser.stages import STAGE_ORDER, apply_frame_layout
+
+__all__ = ["MANIFEST", "PRECISIONS", "TOKENIZER", "BundleManifest", "StageFile", "StageSpec", "TensorSpec",
+           "apply_frame_layout", "read_manifest", "sha256_of", "validate_bundle"]
 
 BUNDLE_SCHEMA = 1
 MANIFEST = "bundle.json"
@@ -67,6 +71,8 @@ class BundleManifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = MANIFEST) -> BundleManifest:
+        if not isinstance(data, dict):
+            raise BundleError(f"{source}: malformed manifest (expected a JSON object, got {type(data).__name__})")
         version = data.get("schema_version")
         if not isinstance(version, int):
             raise BundleError(f"{source}: no schema_version; not an edgeser bundle")
@@ -88,32 +94,33 @@ class BundleManifest:
             known = set(cls.__dataclass_fields__)
             fields = {k: v for k, v in data.items() if k in known}
             fields.update(stages=stages, precisions=precisions)
-            return cls(**fields)
-        except (KeyError, TypeError) as err:
+            manifest = cls(**fields)
+        except (KeyError, TypeError, AttributeError) as err:
             raise BundleError(f"{source}: malformed manifest ({type(err).__name__}: {err})") from None
+        manifest.check(source)
+        return manifest
+
+    def check(self, source: str = MANIFEST) -> None:
+        """Consistency the runtime relies on: known stages, labels, and a fusion head that outputs one logit each."""
+        unknown = [s for s in self.stages if s not in STAGE_ORDER]
+        if unknown:
+            raise BundleError(f"{source}: unknown stage(s) {', '.join(unknown)}")
+        if not isinstance(self.labels, list) or not self.labels or not all(isinstance(x, str) for x in self.labels):
+            raise BundleError(f"{source}: labels must be a non-empty list of names, got {self.labels!r}")
+        if len(set(self.labels)) != len(self.labels):
+            raise BundleError(f"{source}: duplicate labels {self.labels}")
+        head = self.stages.get("fusion_head")
+        if head is None or not head.outputs:
+            raise BundleError(f"{source}: no fusion_head stage with a logits output")
+        width = head.outputs[0].shape[-1] if head.outputs[0].shape else None
+        if isinstance(width, int) and width != len(self.labels):
+            raise BundleError(f"{source}: {len(self.labels)} labels but the fusion head outputs {width} logits")
+        if not isinstance(self.sample_rate, int) or self.sample_rate != 16_000:
+            raise BundleError(f"{source}: sample_rate {self.sample_rate!r}; edgeser bundles take 16000 Hz audio")
 
     def frame_lengths(self, sample_lengths: Any) -> Any:
         """Valid encoder frames for sample lengths, from the layout (never from low-precision engine outputs)."""
         return apply_frame_layout(sample_lengths, self.frame_layout)
-
-
-def apply_frame_layout(sample_lengths: Any, layout: list[list[int]]) -> Any:
-    """Frame lengths through time-reducing steps `[kernel, stride, total_padding, min_length]`:
-    `max((L + total_padding - kernel) // stride + 1, min_length)`, never below 0."""
-    import numpy as np
-
-    lengths = np.asarray(sample_lengths, dtype=np.int64)
-    for kernel, stride, total_padding, min_length in layout:
-        lengths = np.maximum((lengths + total_padding - kernel) // stride + 1, max(min_length, 0))
-    return lengths
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(root: Path) -> BundleManifest:
@@ -127,13 +134,15 @@ def read_manifest(root: Path) -> BundleManifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"{path}: corrupt manifest ({err})") from None
+    except OSError as err:
+        raise BundleError(f"{path}: cannot read the manifest ({err.strerror})") from None
     return BundleManifest.from_dict(data, str(path))
 
 
 def validate_bundle(root: Path, precision: str = "fp32", verify_checksums: bool = True) -> BundleManifest:
     """Check the manifest, that `precision` exists, and every file it names is present and unchanged."""
     manifest = read_manifest(root)
-    if precision not in manifest.precisions:
+    if not isinstance(precision, str) or precision not in manifest.precisions:
         available = ", ".join(manifest.precisions) or "none"
         raise BundleError(f"{root}: no {precision!r} variant in this bundle (available: {available})")
     files = manifest.precisions[precision]

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from edgeser.bundle import sha256_of
 from edgeser.errors import ModelError
+from edgeser.files import sha256_of, tool_versions, write_json_atomic
 from edgeser.text import CtcVocab
 
 CHECKPOINT_SCHEMA = 1
@@ -42,46 +39,6 @@ class CheckpointInfo:
     training: dict[str, Any] = field(default_factory=dict)  # the resolved training schedule
     versions: dict[str, str] = field(default_factory=dict)
     schema: int = CHECKPOINT_SCHEMA
-
-
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `target` whole, on failure it vanishes."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a bundle or checkpoint is meant to be shared
-    try:
-        yield staging
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def tool_versions() -> dict[str, str]:
-    """Versions of the libraries a checkpoint or bundle depends on (those importable here)."""
-    import importlib.metadata as metadata
-
-    versions: dict[str, str] = {}
-    for package in ("edgeser", "torch", "transformers", "onnx", "onnxruntime", "tokenizers", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def save_checkpoint(

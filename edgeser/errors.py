@@ -32,3 +32,21 @@ class ModelError(EdgeserError, ValueError):
 
 class BundleError(EdgeserError, ValueError):
     """An exported bundle is missing files, tampered with, or from another schema version."""
+
+
+class OptionError(EdgeserError, ValueError):
+    """An option of the Python API or a command has an invalid value."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.name = name
+        self.problem = problem
+        super().__init__(f"{name}: {problem}")
+
+
+class MissingDependencyError(EdgeserError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+    def __init__(self, module: str, extra: str, purpose: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(f"{purpose} needs {module}, which is not installed: pip install 'edgeser[{extra}]'")

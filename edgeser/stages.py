@@ -83,6 +83,18 @@ def apply_frame_layout(sample_lengths: npt.ArrayLike, layout: Iterable[Sequence[
     return lengths
 
 
+def tokenize(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Token ids and attention mask `[B, L]` int64, zero-padded to the longest (L >= 1; empty text: no tokens)."""
+    encodings = tokenizer.encode_batch([t or "" for t in texts])
+    length = max(1, max((len(e.ids) for e in encodings), default=1))
+    ids = np.zeros((len(texts), length), dtype=np.int64)
+    mask = np.zeros((len(texts), length), dtype=np.int64)
+    for row, encoding in enumerate(encodings):
+        ids[row, : len(encoding.ids)] = encoding.ids
+        mask[row, : len(encoding.ids)] = 1
+    return ids, mask
+
+
 @dataclass(frozen=True)
 class StageRun:
     """Every named tensor of one pass through the stages (batch-shaped), the transcripts, and timings (ms)."""
@@ -197,14 +209,7 @@ class StageGraph:
         """Token ids and attention mask `[B, L]` int64 (L >= 1), as the text encoder was exported."""
         if self.tokenizer is None:
             raise BundleError(f"{self.source}: no tokenizer")
-        encodings = self.tokenizer.encode_batch([t or "" for t in texts])
-        length = max(1, max((len(e.ids) for e in encodings), default=1))
-        ids = np.zeros((len(texts), length), dtype=np.int64)
-        mask = np.zeros((len(texts), length), dtype=np.int64)
-        for row, encoding in enumerate(encodings):
-            ids[row, : len(encoding.ids)] = encoding.ids
-            mask[row, : len(encoding.ids)] = 1
-        return ids, mask
+        return tokenize(self.tokenizer, texts)
 
     # ------------------------------------------------------------------ running
 

@@ -87,3 +87,39 @@ def cmgi_bundle(tiny_cmgi_checkpoint: Path, tmp_path_factory: pytest.TempPathFac
     out = tmp_path_factory.mktemp("bundles") / "cmgi"
     export_bundle("cmgi", out, checkpoint=tiny_cmgi_checkpoint)
     return out
+
+
+def label_flipping_graph(fp32_fusion_head: Path, out: Path) -> Path:
+    """A copy of a fusion-head graph whose logits are negated: the arg-max becomes the arg-min, so every clip
+    with non-constant logits changes label. A deliberately broken "variant" for gates and searches."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(fp32_fusion_head))
+    graph = model.graph
+    for node in graph.node:
+        node.output[:] = ["logits_unflipped" if o == "logits" else o for o in node.output]
+    graph.node.append(helper.make_node("Neg", ["logits_unflipped"], ["logits"], name="edgeser_test_flip"))
+    onnx.save(model, str(out))
+    return out
+
+
+def write_label_flipping_variant(bundle: Path, precision: str = "int8") -> None:
+    """List a `precision` variant in `bundle` that is fp32 everywhere but a label-flipping fusion head."""
+    import shutil
+
+    from edgeser.bundle import StageFile, validate_bundle
+    from edgeser.files import sha256_of
+    from edgeser.quantize.variants import add_precision
+
+    manifest = validate_bundle(bundle, "fp32")
+    (bundle / precision).mkdir(exist_ok=True)
+    files = {}
+    for stage, entry in manifest.precisions["fp32"].items():
+        target = bundle / precision / f"{stage}.onnx"
+        if stage == "fusion_head":
+            label_flipping_graph(bundle / entry.path, target)
+        else:
+            shutil.copyfile(bundle / entry.path, target)
+        files[stage] = StageFile(f"{precision}/{stage}.onnx", sha256_of(target), target.stat().st_size)
+    add_precision(bundle, precision, files, {"kind": "test: label-flipping fusion head"})

@@ -19,9 +19,10 @@ from edgeser.data import load_corpus
 from edgeser.data.splits import get_fold
 from edgeser.errors import BundleError, SplitError
 from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_dynamic
-from edgeser.quantize.check import check_calibration_leak
-from edgeser.quantize.controlled import quantize_controlled
+from edgeser.checks.variants import VariantResult, check_calibration_leak, gate_failures
+from edgeser.checks.controlled import quantize_controlled
 from edgeser.runtime import Pipeline
+from tests.conftest import label_flipping_graph, write_label_flipping_variant
 from tests.test_splits import synthetic_corpus
 
 # A tiny random model: fidelity bounds are loose on labels (near-tied logits), tight on cosines.
@@ -219,8 +220,8 @@ def test_int8_agrees_with_fp32_on_real_clips(quantised: Path, eval_waves: list[n
     agreement = np.mean([np.argmax(a.logits) == np.argmax(b.logits) for a, b in runs])
     assert np.mean(feature_cos) > 0.99 and np.mean(logit_cos) > MIN_INT8_LOGIT_COSINE
     assert agreement >= MIN_INT8_AGREEMENT_TINY
-    assert sum(int8.manifest.precisions["int8"][s].bytes for s in int8.sessions) < 0.7 * sum(
-        fp32.manifest.precisions["fp32"][s].bytes for s in fp32.sessions)
+    assert sum(e.bytes for e in int8.manifest.precisions["int8"].values()) < 0.7 * sum(
+        e.bytes for e in fp32.manifest.precisions["fp32"].values())
 
 
 def test_dynamic_and_fp16_variants_load_and_run(quantised: Path, eval_waves: list[np.ndarray]) -> None:
@@ -271,17 +272,20 @@ def test_failed_quantisation_leaves_the_manifest_unchanged(quantised: Path, tmp_
 
 def test_check_writes_reports_and_gates_fail(quantised: Path, shared_data: Path, tmp_path: Path) -> None:
     bundle = copy_bundle(quantised, tmp_path / "b")
+    write_label_flipping_variant(bundle, "int8-dynamic")  # deliberately broken: every label changes
     args = ["check", str(bundle), "--data", tess(shared_data), "--limit", "6", "--threads", "1", "--warmup", "1",
-            "--latency-clips", "3", "--min-agreement", "1.01", "--max-ua-drop", "-1", "--json"]
+            "--min-agreement", "1.0", "--json"]
     result = CliRunner().invoke(main, args)  # plain `check BUNDLE` routes to `check variants`
     assert result.exit_code == 1, result.output
     report = json.loads((bundle / "reports" / "variants.json").read_text())
-    assert not report["passed"] and any("label agreement" in f for f in report["failures"])
-    assert any("UA drop" in f for f in report["failures"])
+    assert not report["passed"] and "int8-dynamic: label agreement 0.00% < 100.00%" in report["failures"]
     names = [v["name"] for v in report["variants"]]
     assert names == ["pytorch", "fp32", "int8", "int8-dynamic", "fp16"]
     variants = {v["name"]: v for v in report["variants"]}
     assert variants["fp32"]["agreement"] == 1.0 and variants["fp32"]["stage_cosine"]["fusion_head"]["min"] > 0.9999
+    flipped = variants["int8-dynamic"]
+    assert flipped["agreement_fp32"] == 0.0 and flipped["stage_cosine"]["fusion_head"]["min"] < 0  # attributed
+    assert flipped["stage_cosine"]["audio_encoder"]["min"] > 0.9999  # upstream stages are untouched
     assert report["clips"] == 6 and report["skipped_labels"]  # TESS labels the 4-class model lacks are skipped
     int8 = variants["int8"]
     assert int8["size_bytes"] < variants["fp32"]["size_bytes"]
@@ -289,13 +293,27 @@ def test_check_writes_reports_and_gates_fail(quantised: Path, shared_data: Path,
     assert {"ua", "wa", "macro_f1", "cer", "wer"} <= set(int8["metrics"]) and "ua" in int8["delta"]
     assert set(int8["stage_cosine"]) == {"audio_encoder", "ctc_head", "text_encoder", "fusion_head"}
     assert variants["fp16"]["status"] in {"ok", "not run"}
-    for name in ("variants.md", "variants-latency.png", "variants-accuracy.png"):
+    for name in ("variants.md", "variants-latency.png", "variants-size-rtf.png", "variants-accuracy.png",
+                 "variants-fidelity.png"):
         assert (bundle / "reports" / name).stat().st_size > 0
-    assert "**FAILED**" in (bundle / "reports" / "variants.md").read_text()
+    markdown = (bundle / "reports" / "variants.md").read_text()
+    assert "**FAILED**" in markdown and "![variants-fidelity](variants-fidelity.png)" in markdown
+    assert "reports:" in result.stderr and "variants-latency.png" in result.stderr
     passing = CliRunner().invoke(main, ["check", "variants", str(bundle), "--data", tess(shared_data), "--limit", "3",
                                         "--no-float", "--precisions", "int8", "--no-plots", "--warmup", "0"])
     assert passing.exit_code == 0, passing.output
     assert "| int8 |" in passing.output and "| int8-dynamic |" not in passing.output
+
+
+def test_gates_name_each_missed_bound() -> None:
+    def variant(name: str, ua_delta: float, agreement: float) -> VariantResult:
+        return VariantResult(name, delta={"ua": ua_delta}, agreement=agreement)
+
+    results = [variant("pytorch", 0.0, 1.0), variant("fp32", 0.0, 1.0), variant("int8", -1.5, 0.98),
+               variant("fp16", 0.4, 1.0), VariantResult("int8-dynamic", status="not run")]
+    assert gate_failures(results, None, None) == []
+    assert gate_failures(results, 1.0, 0.99) == ["int8: UA drop 1.50 points > 1", "int8: label agreement 98.00% < 99.00%"]
+    assert gate_failures(results, 1.5, 0.98) == []
 
 
 def test_check_refuses_an_evaluation_split_that_was_calibrated_on(quantised: Path, shared_data: Path) -> None:
@@ -306,19 +324,48 @@ def test_check_refuses_an_evaluation_split_that_was_calibrated_on(quantised: Pat
 
 
 def test_accuracy_controlled_mode_keeps_a_stage_float_at_bound_zero(quantised: Path, tmp_path: Path) -> None:
+    """The search is driven by measurements: a fusion head whose "INT8" graph flips every label (built that way
+    on purpose; the other stages' candidates compute exactly what fp32 does) must end up float, with the rest
+    quantised, whatever CPU runs the test."""
+    from edgeser.quantize import StageReport
+
     bundle = copy_bundle(quantised, tmp_path / "b")
-    report = quantize_controlled(bundle, 0.0, options=EVERY_WIDTH, validation_clips=8, max_evaluations=7,
-                                 threads=1)
+    built: list[tuple[str, int]] = []
+
+    def build_stage(stage: str, fp32: Path, out: Path, float_nodes: frozenset[str]) -> StageReport:
+        built.append((stage, len(float_nodes)))
+        if stage == "fusion_head" and len(float_nodes) < quantisable_in_fusion_head:
+            label_flipping_graph(fp32, out)
+        else:
+            shutil.copyfile(fp32, out)
+        return StageReport("int8")
+
+    from edgeser.quantize.graph import quantisable_nodes
+    fusion = onnx.load(str(bundle / "fp32" / "fusion_head.onnx"))
+    quantisable_in_fusion_head = len(quantisable_nodes(fusion, EVERY_WIDTH.op_types))
+    report = quantize_controlled(bundle, 0.0, options=EVERY_WIDTH, validation_clips=8, max_evaluations=12,
+                                 threads=1, build_stage=build_stage)
     assert report.validation["clips"] == 8
     cache = read_calibration(bundle)
     assert not set(report.validation["ids"]) & set(cache.ids)  # measured off the calibration clips too
-    assert report.float_stages and report.measurements[0].what == "all stages int8"
-    assert not report.measurements[0].within  # the tiny random model flips labels when fully int8
+    assert report.measurements[0].what == "all stages int8" and not report.measurements[0].within
+    assert report.measurements[0].agreement == 0.0
+    assert set(report.float_stages) == {"fusion_head"}
+    assert report.stage_sensitivity["fusion_head"]["agreement"] == 0.0
+    assert all(report.stage_sensitivity[s]["agreement"] == 1.0 for s in report.stage_sensitivity if s != "fusion_head")
     assert report.final is not None and report.final.within and report.final.drop_bound == 0.0
+    assert set(report.quantized_stages) == {"audio_encoder", "ctc_head", "text_encoder"}
+    assert all(report.float_groups["fusion_head"].values())  # every group of it flips labels alone: kept, with why
     manifest = validate_bundle(bundle, "int8")
-    stages = manifest.extra["quantization"]["int8"]["stages"]
-    kept = [s for s, r in stages.items() if r["precision"] == "fp32"
-            or "accuracy-controlled: kept float" in r["float_nodes"].values()]
-    assert set(report.float_stages) <= set(kept)
+    assert manifest.extra["quantization"]["int8"]["stages"]["fusion_head"]["precision"] == "fp32"
     written = json.loads((bundle / "reports" / "quantization.json").read_text())
     assert written["float_stages"] and "Kept in float, and why" in (bundle / "reports" / "quantization.md").read_text()
+
+
+def test_accuracy_controlled_mode_keeps_everything_int8_within_a_loose_bound(quantised: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle(quantised, tmp_path / "b")
+    report = quantize_controlled(bundle, 100.0, options=EVERY_WIDTH, validation_clips=4, threads=1)
+    assert report.evaluations == 1 and report.final is not None and report.final.within
+    assert not report.float_stages and set(report.quantized_stages) == {"audio_encoder", "ctc_head", "text_encoder",
+                                                                         "fusion_head"}
+    assert "Nothing kept in float" in (bundle / "reports" / "quantization.md").read_text()

@@ -16,7 +16,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from edgeser.cli import main
-from edgeser.errors import AudioError, BundleError
+from edgeser.errors import AudioError, BundleError, OptionError
 from edgeser.runtime import Pipeline
 from tests.conftest import REPO, tone, write_audio
 
@@ -101,7 +101,7 @@ def test_array_inputs_need_a_rate_and_stereo_is_mixed(pipe: Pipeline) -> None:
 
 
 def test_unknown_precision_and_missing_variant(cmgi_bundle: Path) -> None:
-    with pytest.raises(BundleError, match="unknown precision 'int4'"):
+    with pytest.raises(OptionError, match="unknown precision 'int4'"):
         Pipeline.load(cmgi_bundle, "int4")
     with pytest.raises(BundleError, match="no 'fp16' variant"):
         Pipeline.load(cmgi_bundle, "fp16")
@@ -109,8 +109,8 @@ def test_unknown_precision_and_missing_variant(cmgi_bundle: Path) -> None:
 
 def test_stage_sessions_do_not_spin_between_stages(pipe: Pipeline) -> None:
     """Each stage owns a thread pool: spinning workers of a finished stage would take the next one's cores."""
-    for stage, session in pipe.sessions.items():
-        options = session.get_session_options()
+    for stage, runner in pipe.runners.items():
+        options = runner.session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0", stage
         assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0", stage
 
@@ -145,5 +145,5 @@ def test_predict_cli_reports_bad_files_and_keeps_going(cmgi_bundle: Path, tmp_pa
     assert lines[0]["file"] == str(good) and lines[0]["label"] in {"angry", "happy", "sad", "neutral"}
     assert lines[1] == {"file": str(bad), "error": f"{bad}: empty file (0 bytes)"}
     result = CliRunner().invoke(main, ["predict", str(cmgi_bundle), str(good), "--precision", "int9"])
-    assert result.exit_code == 1 and "unknown precision 'int9'" in result.output
+    assert result.exit_code == 2 and "'int9' is not one of" in result.output
     assert "Traceback" not in result.output

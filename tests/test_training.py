@@ -12,8 +12,9 @@ import torch
 from edgeser import training
 from edgeser.checkpoint import load_checkpoint
 from edgeser.data import load_corpus
-from edgeser.data.splits import get_fold
+from edgeser.data.protocols import split_from_provenance
 from edgeser.modelling.registry import build_model
+from edgeser.training import loop
 from tests.conftest import TINY_HUBERT
 from tests.test_models_small import tiny_overrides
 
@@ -68,7 +69,7 @@ def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, mo
     reference = _run(tmp_path / "straight", data, epochs=3)
     assert [e["epoch"] for e in reference["history"]] == [1, 2, 3]
 
-    real_save = training.save_state
+    real_save = loop.save_state
     calls = {"n": 0}
 
     def crash_after_two(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -77,10 +78,10 @@ def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, mo
         if calls["n"] == 2:
             raise KeyboardInterrupt("simulated interruption")
 
-    monkeypatch.setattr(training, "save_state", crash_after_two)
+    monkeypatch.setattr(loop, "save_state", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "resumed", data, epochs=3)
-    monkeypatch.setattr(training, "save_state", real_save)
+    monkeypatch.setattr(loop, "save_state", real_save)
     state = json.loads((tmp_path / "resumed" / training.STATE_DIR / "state.json").read_text())
     assert state["epoch"] == 2 and len(state["history"]) == 2  # both finished epochs are kept
     with pytest.raises(Exception, match="not empty; pass --resume"):
@@ -88,7 +89,8 @@ def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, mo
     resumed = _run(tmp_path / "resumed", data, epochs=3, resume=True)
     for a, b in zip(reference["history"], resumed["history"]):
         assert a["train"]["loss"] == pytest.approx(b["train"]["loss"], rel=1e-5)
-        assert a["eval"]["ua"] == pytest.approx(b["eval"]["ua"])
+        assert a["validation"]["ua"] == pytest.approx(b["validation"]["ua"])
+    assert reference["evaluation"]["ua"] == pytest.approx(resumed["evaluation"]["ua"])
     assert len((tmp_path / "resumed" / training.METRICS_FILE).read_text().splitlines()) == 3
 
     info = json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())
@@ -99,10 +101,12 @@ def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, mo
     assert (tmp_path / "resumed" / training.STATE_DIR / "state.pt").is_file()  # saving a best keeps the run state
     model = load_checkpoint(tmp_path / "resumed")  # the best epoch's weights, rebuilt from the folder alone
     corpus = load_corpus(data)
-    _, eval_utts = training.split_utterances(corpus, get_fold(corpus, 1, seed=3), 40, 3)
-    metrics = training.evaluate(model, training.load_clips(eval_utts, corpus.labels), batch_size=8).metrics
-    assert metrics["ua"] == pytest.approx(info["metrics"]["best"]["ua"])
-    assert metrics["confusion"] == info["metrics"]["best"]["confusion"]
+    split = split_from_provenance(corpus, info["provenance"])  # rebuilt from the recorded provenance, verified
+    assert len(split.eval_ids) == info["provenance"]["eval_count"] == 20
+    metrics = training.evaluate(model, training.load_clips(corpus.subset(split.eval_ids), corpus.labels),
+                                batch_size=8).metrics
+    assert metrics["ua"] == pytest.approx(info["metrics"]["evaluation"]["ua"])
+    assert metrics["confusion"] == info["metrics"]["evaluation"]["confusion"]
 
     weights = tmp_path / "resumed" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))
@@ -113,13 +117,13 @@ def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, mo
 def test_only_final_stage_epochs_are_kept(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stages = [{"name": "warm", "epochs": 1, "freeze": ["fusion_head."]}, {"name": "main", "epochs": 1}]
     saved_after: list[int] = []
-    real_save = training.save_checkpoint
+    real_save = loop.save_checkpoint
 
     def recording_save(model, directory, metrics, *args, **kwargs):  # type: ignore[no-untyped-def]
         saved_after.append(len(metrics["history"]))
         return real_save(model, directory, metrics, *args, **kwargs)
 
-    monkeypatch.setattr(training, "save_checkpoint", recording_save)
+    monkeypatch.setattr(loop, "save_checkpoint", recording_save)
     metrics = training.train(
         "stfnet", "small", f"emodb:{shared_data / 'emodb'}", 0, tmp_path / "run", seed=0, device_name="cpu",
         limit=24, overrides={"epochs": 2, "batch_size": 8, "stages": stages}, model_overrides=tiny("stfnet"),
@@ -127,3 +131,32 @@ def test_only_final_stage_epochs_are_kept(shared_data: Path, tmp_path: Path, mon
     )
     assert [h["stage"] for h in metrics["history"]] == ["warm", "main"]
     assert saved_after == [2] and metrics["best"]["epoch"] == 2  # the warm-up epoch never becomes the checkpoint
+
+
+def test_the_kept_epoch_is_chosen_without_looking_at_evaluation_clips(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every evaluation during training sees validation clips only; the evaluation split is read once, by the
+    kept model, after the last epoch; the kept epoch is the best validation epoch."""
+    seen: list[set[str]] = []
+    real_evaluate = loop.evaluate
+
+    def recording_evaluate(model, clips, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append({c.id for c in clips})
+        return real_evaluate(model, clips, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", recording_evaluate)
+    data = f"emodb:{shared_data / 'emodb'}"
+    metrics = training.train("stfnet", "small", data, 2, tmp_path / "run", seed=0, device_name="cpu", limit=30,
+                             overrides={"epochs": 3, "batch_size": 8}, model_overrides=tiny("stfnet"),
+                             log=lambda _: None)
+    info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    split = split_from_provenance(load_corpus(data), info["provenance"])
+    assert split.validation_ids and not set(split.validation_ids) & set(split.eval_ids)
+    assert not {"09"} & {load_corpus(data).by_id()[i].speaker for i in split.validation_ids}  # held-out speaker
+    assert len(seen) == 4  # three epochs on validation, then one final evaluation
+    assert all(ids == set(split.validation_ids) for ids in seen[:3])
+    assert seen[3] == set(split.eval_ids)
+    validation_ua = [h["validation"]["ua"] for h in metrics["history"]]
+    assert metrics["best"]["epoch"] == 1 + int(np.argmax(validation_ua))
+    assert metrics["evaluation"]["epoch"] == metrics["best"]["epoch"] and "per_speaker" in metrics["evaluation"]

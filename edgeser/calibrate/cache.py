@@ -10,7 +10,6 @@ The folder is replaced whole (temp folder + rename), so a failed run keeps the p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import Counter
@@ -24,6 +23,7 @@ import numpy as np
 from edgeser.bundle import read_manifest, validate_bundle
 from edgeser.calibrate.capture import DEFAULT_BUCKETS_S, CapturedInputs, capture_stage_inputs
 from edgeser.calibrate.selection import CalibrationSet, select_calibration_set
+from edgeser.data.protocols import Split, fingerprint, split_from_provenance
 from edgeser.errors import BundleError
 
 CALIBRATION_DIR = "calibration"
@@ -31,10 +31,6 @@ INPUTS_FILE = "inputs.npz"
 PROVENANCE_FILE = "calibration.json"
 CALIBRATION_SCHEMA = 1
 DEFAULT_SAMPLES = 64
-
-
-def ids_fingerprint(ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -98,15 +94,14 @@ def calibrate_bundle(
 ) -> CalibrationCache:
     """Select calibration clips from `data_spec` (never the evaluation split), capture and cache stage inputs."""
     from edgeser.audio import load_audio
-    from edgeser.checkpoint import atomic_dir, tool_versions, write_json_atomic
     from edgeser.data import load_corpus
-    from edgeser.data.splits import get_fold
+    from edgeser.files import atomic_dir, tool_versions, write_json_atomic
     from edgeser.runtime.pipeline import Pipeline
 
     manifest = validate_bundle(bundle, "fp32")
     corpus = load_corpus(data_spec)
-    fold_index = default_fold(manifest.source_checkpoint, corpus.name) if fold_index is None else fold_index
-    fold = get_fold(corpus, fold_index)
+    split = bundle_split(bundle, manifest, corpus, fold_index)
+    fold = split.fold
     chosen: CalibrationSet = select_calibration_set(corpus, fold, samples, seed=seed, ids=ids)
     pipeline = Pipeline.load(bundle, "fp32", threads=threads)
     waves = [load_audio(u.path) for u in chosen.utterances]
@@ -118,12 +113,14 @@ def calibrate_bundle(
         "data_spec": data_spec,
         "corpus": corpus.name,
         "fold": fold.index,
+        "protocol": split.protocol,
         "held_out": fold.held_out,
+        "eval_ids_sha": fingerprint(split.eval_ids),
         "pool": chosen.source,
         "seed": seed,
         "count": len(chosen.utterances),
         "ids": chosen.ids,
-        "ids_sha": ids_fingerprint(chosen.ids),
+        "ids_sha": fingerprint(chosen.ids),
         "labels": dict(sorted(Counter(u.label for u in chosen.utterances).items())),
         "speakers": dict(sorted(Counter(u.speaker for u in chosen.utterances).items())),
         "duration_s": {"min": min(durations), "median": float(np.median(durations)), "max": max(durations)},
@@ -144,9 +141,8 @@ def calibrate_bundle(
     return CalibrationCache(target, provenance, captured)
 
 
-def default_fold(source_checkpoint: dict[str, Any], corpus_name: str) -> int:
-    """The fold the bundle's checkpoint was trained with on this corpus (its evaluation split), else 0."""
-    provenance = source_checkpoint.get("provenance") or {}
-    if provenance.get("corpus") == corpus_name and isinstance(provenance.get("fold"), int):
-        return int(provenance["fold"])
-    return 0
+def bundle_split(bundle: Path, manifest: Any, corpus: Any, fold_index: int | None) -> Split:
+    """The evaluation split of the model a bundle came from, rebuilt from its checkpoint's provenance and
+    verified (else fold `fold_index`, default 0, of the default protocol)."""
+    provenance = (manifest.source_checkpoint or {}).get("provenance")
+    return split_from_provenance(corpus, provenance, fold_index, source=f"{bundle}'s model")

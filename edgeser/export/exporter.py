@@ -13,12 +13,14 @@ import click
 import onnx
 import torch
 
-from edgeser.bundle import MANIFEST, TOKENIZER, BundleManifest, StageFile, apply_frame_layout, sha256_of
-from edgeser.checkpoint import atomic_dir, load_checkpoint, read_checkpoint_info, tool_versions, write_json_atomic
+from edgeser.bundle import MANIFEST, TOKENIZER, BundleManifest, StageFile, apply_frame_layout
+from edgeser.files import sha256_of
+from edgeser.checkpoint import load_checkpoint, read_checkpoint_info
+from edgeser.files import atomic_dir, tool_versions, write_json_atomic
 from edgeser.errors import BundleError, ModelError
 from edgeser.export.stages import StageExport, stage_exports
 from edgeser.modelling.base import SerModel
-from edgeser.modelling.registry import build_model, zoo_dir
+from edgeser.modelling.registry import build_model, model_class, zoo_dir
 
 OPSET = 18
 # Ops that only exist for training; an inference graph must not contain them.
@@ -42,10 +44,17 @@ def default_checkpoint(model_name: str) -> Path | None:
 def prepare_model(
     model_name: str, size: str, checkpoint: Path | None, random_weights: bool
 ) -> tuple[SerModel, dict[str, Any]]:
-    """Load what is to be exported; returns the model and the source description for the manifest."""
-    if checkpoint is None:
+    """Load what is to be exported; returns the model and the source description for the manifest.
+
+    `random_weights` exports fresh weights (never the shipped checkpoint); otherwise `checkpoint`, else the
+    zoo's shipped default for `model_name`/`size`.
+    """
+    model_class(model_name)  # an unknown name is the error, not a missing checkpoint
+    if random_weights and checkpoint is not None:
+        raise ModelError(f"{checkpoint}: --random-weights and --checkpoint exclude each other")
+    if checkpoint is None and not random_weights:
         checkpoint = default_checkpoint(model_name) if size == "small" else None
-        if checkpoint is None and not random_weights:
+        if checkpoint is None:
             raise ModelError(
                 f"no shipped checkpoint for {model_name}/{size}: pass --checkpoint DIR (from `edgeser train`), "
                 "or --random-weights for latency work"
@@ -65,11 +74,7 @@ def prepare_model(
         overrides = {"random_weights": True} if size == "paper" else None
         model = build_model(model_name, size, labels, overrides=overrides)
         source = {"kind": "random_weights", "seed": 0}
-    model.eval()
-    fold = getattr(model, "prepare_for_export", None)
-    if fold is not None:
-        fold()  # e.g. fold HuBERT/wav2vec2 positional-conv weight norm
-    return model, source
+    return model.prepare_for_export(), source  # e.g. fold HuBERT/wav2vec2 positional-conv weight norm
 
 
 def export_stage(stage: StageExport, path: Path, opset: int = OPSET) -> None:
@@ -101,10 +106,32 @@ def export_stage(stage: StageExport, path: Path, opset: int = OPSET) -> None:
 
 def frame_layout(model: SerModel) -> list[list[int]]:
     """[kernel, stride, total padding, min length] per time-reducing step of the audio encoder."""
-    layout = getattr(model.audio_encoder, "frame_layout", None)
-    if layout is None:
-        raise ModelError(f"{model.name}: audio encoder does not describe its frame layout")
-    return [list(map(int, step)) for step in layout()]
+    return [list(step) for step in model.frame_layout()]
+
+
+# What `edgeser export` writes into a bundle; anything else there (calibration, variants, engines, reports)
+# would be lost by replacing it.
+EXPORTED = {MANIFEST, TOKENIZER, "fp32", "reports"}
+
+
+def check_output(out: Path, force: bool) -> None:
+    """Refuse to replace what export did not write: a file, a foreign folder, or a bundle's later work."""
+    if out.exists() and not out.is_dir():
+        raise BundleError(f"{out}: exists and is not a folder; choose another --out")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise BundleError(f"{out}: {parent} is a file, not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    if MANIFEST not in names:
+        raise BundleError(f"{out}: a non-empty folder that is not an edgeser bundle; refusing to replace it")
+    later = sorted(names - EXPORTED)
+    if (out / "reports").is_dir() and any((out / "reports").iterdir()):
+        later.append("reports/")
+    if later and not force:
+        raise BundleError(f"{out}: holds {', '.join(later)}, which re-exporting would delete; pass --force to "
+                          "replace them, or choose another --out")
 
 
 def check_frame_layout(model: SerModel, layout: list[list[int]]) -> None:
@@ -128,9 +155,15 @@ def export_bundle(
     checkpoint: Path | None = None,
     random_weights: bool = False,
     opset: int = OPSET,
+    force: bool = False,
 ) -> ExportResult:
-    """Export a zoo model (checkpoint, shipped default or random weights) into a bundle at `out`."""
+    """Export a zoo model (checkpoint, shipped default or random weights) into a bundle at `out`.
+
+    An existing bundle is replaced whole when the new one is complete; one that holds calibration, variants,
+    engines or reports is only replaced with `force`.
+    """
     started = time.perf_counter()
+    check_output(out, force)
     model, source = prepare_model(model_name, size, checkpoint, random_weights)
     result = write_bundle(model, out, source, opset)
     result.seconds = round(time.perf_counter() - started, 2)

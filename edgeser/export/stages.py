@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from edgeser.bundle import StageSpec, TensorSpec
@@ -50,54 +51,41 @@ def example_waveform(seconds: tuple[float, ...] = (1.3, 0.9), sample_rate: int =
     return waves, lengths
 
 
-@torch.no_grad()
+# Axis names of every contract tensor; None: a fixed size, taken from the traced example.
+AXES: dict[str, list[str | None]] = {
+    "waveform": ["batch", "samples"], "lengths": ["batch"],
+    "features": ["batch", "frames", None], "frame_lengths": ["batch"], "log_probs": ["batch", "frames", None],
+    "input_ids": ["batch", "tokens"], "attention_mask": ["batch", "tokens"],
+    "token_features": ["batch", "tokens", None], "logits": ["batch", None],
+}  # fmt: skip
+EXAMPLE_TEXTS = ("say the word boot", "hello")
+
+
+def tensor_spec(name: str, value: np.ndarray) -> TensorSpec:
+    """A contract tensor's spec: its dtype and axes (named where dynamic, sizes from `value` where fixed)."""
+    axes = AXES[name]
+    shape: list[str | int] = [axis if axis is not None else int(value.shape[i]) for i, axis in enumerate(axes)]
+    return TensorSpec(name, str(value.dtype), shape)
+
+
 def stage_exports(model: SerModel) -> list[StageExport]:
-    """The stages of `model` (in pipeline order) with example inputs produced by the upstream stages."""
+    """The stages of `model` (in pipeline order) with example inputs produced by running the upstream stages
+    through the stage contract (example texts, not transcripts, feed the text encoder)."""
+    from edgeser.modelling.runner import torch_runners
+
     model.eval()
+    graph = model.stage_graph()
     waves, lengths = example_waveform()
-    features, frame_lengths = model.audio_encoder(waves, lengths)
-    feature_dim = int(features.shape[-1])
-    feat = TensorSpec("features", "float32", ["batch", "frames", feature_dim])
-    flen = TensorSpec("frame_lengths", "int64", ["batch"])
-    stages = [
+    clips = [waves[row, : int(length)].numpy() for row, length in enumerate(lengths)]
+    run = graph.run(torch_runners(model), clips, transcripts=list(EXAMPLE_TEXTS))
+    values = {**run.values, **{name: value for outputs in run.raw.values() for name, value in outputs.items()}}
+    return [
         StageExport(
-            "audio_encoder",
-            model.audio_encoder,
-            (waves, lengths),
-            StageSpec(
-                [TensorSpec("waveform", "float32", ["batch", "samples"]), TensorSpec("lengths", "int64", ["batch"])],
-                [feat, flen],
-            ),
+            stage,
+            getattr(model, stage),
+            tuple(torch.from_numpy(values[name]) for name in graph.inputs[stage]),
+            StageSpec([tensor_spec(n, values[n]) for n in graph.inputs[stage]],
+                      [tensor_spec(n, values[n]) for n in graph.outputs[stage]]),
         )
+        for stage in graph.stages
     ]
-    if model.ctc_head is not None:
-        stages.append(
-            StageExport(
-                "ctc_head",
-                model.ctc_head,
-                (features,),
-                StageSpec([feat], [TensorSpec("log_probs", "float32", ["batch", "frames", len(model.vocab or [])])]),
-            )
-        )
-    logits = TensorSpec("logits", "float32", ["batch", len(model.labels)])
-    if model.text_encoder is None:
-        stages.append(
-            StageExport("fusion_head", model.fusion_head, (features, frame_lengths), StageSpec([feat, flen], [logits]))
-        )
-        return stages
-    ids, mask = model.tokenize(["say the word boot", "hello"])
-    token_features = model.text_encoder(ids, mask)
-    token_dim = int(token_features.shape[-1])
-    ids_spec = TensorSpec("input_ids", "int64", ["batch", "tokens"])
-    mask_spec = TensorSpec("attention_mask", "int64", ["batch", "tokens"])
-    tok = TensorSpec("token_features", "float32", ["batch", "tokens", token_dim])
-    stages.append(StageExport("text_encoder", model.text_encoder, (ids, mask), StageSpec([ids_spec, mask_spec], [tok])))
-    stages.append(
-        StageExport(
-            "fusion_head",
-            model.fusion_head,
-            (features, frame_lengths, token_features, mask),
-            StageSpec([feat, flen, tok, mask_spec], [logits]),
-        )
-    )
-    return stages

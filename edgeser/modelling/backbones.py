@@ -1,5 +1,5 @@
 """The pretrained pieces (HuBERT / wav2vec2, BERT / RoBERTa / MiniLM), created offline, plus what the
-transformer fusion models (cmgi, gcf2net) share: stage wrappers, masked attention, training stages.
+transformer fusion models (cmgi, gcf2net) share: stage wrappers, masked attention.
 
 Where a backbone comes from (`spec` is the `acoustic` or `text` dict of a recipe size):
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -385,34 +384,6 @@ class TextEncoder(nn.Module):
         ).last_hidden_state
 
 
-FEATURE_ENCODER_PREFIX = "audio_encoder.backbone.feature_extractor."
-TEXT_ENCODER_PREFIX = "text_encoder."
-
-
-@dataclass(frozen=True)
-class TrainingStage:
-    """One phase of a model's training schedule, in the recipe's `training.<size>.stages` format.
-
-    `freeze`: parameter-name prefixes that stay frozen (everything else trains), as the trainer's
-    `apply_stage` reads them; `uses_text`: False where the paper trains the acoustic side alone (SER logits
-    from `model.acoustic_logits`, CmGI phase 1); a trainer that only runs the full model still gets a sound
-    phase from `freeze`. Loss in every phase: `ctc_weight * CTC + (1 - ctc_weight) * CE`.
-    """
-
-    name: str
-    freeze: tuple[str, ...] = ()
-    uses_text: bool = True
-
-    def to_recipe(self) -> dict[str, Any]:
-        return {"name": self.name, "freeze": list(self.freeze), "uses_text": self.uses_text}
-
-
-def apply_training_stage(model: nn.Module, stage: TrainingStage) -> None:
-    """Set `requires_grad` for one phase: parameters under a `stage.freeze` prefix freeze, the rest train."""
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(not name.startswith(stage.freeze))
-
-
 class PretrainedFusionModel(SerModel):
     """A CmGI/GCF2-Net style model: pretrained acoustic encoder (CNN feature encoder + Transformer), CTC head,
     pretrained text encoder and tokenizer; subclasses add their fusion head.
@@ -444,23 +415,8 @@ class PretrainedFusionModel(SerModel):
     def supports_padded_batch(self) -> bool:
         return self.audio_encoder.use_attention_mask
 
-    def training_stages(self) -> list[TrainingStage]:
-        """One phase: everything trains but a frozen feature encoder and a frozen text encoder."""
-        freeze = ((TEXT_ENCODER_PREFIX,) if self.text_encoder.frozen else ()) + (
-            (FEATURE_ENCODER_PREFIX,) if self.frozen_feature_encoder else ()
-        )
-        return [TrainingStage("joint", freeze)]
-
-    def set_training_stage(self, name: str) -> TrainingStage:
-        """Apply one phase's trainable/frozen parameters and return it."""
-        stages = {stage.name: stage for stage in self.training_stages()}
-        if name not in stages:
-            raise ValueError(f"{self.name} has no training stage {name!r}; stages: {', '.join(stages)}")
-        apply_training_stage(self, stages[name])
-        return stages[name]
-
     def prepare_for_export(self) -> PretrainedFusionModel:
-        """Eval mode and weight norm folded: what the exporter (and eval-only loading) should call."""
+        """Eval mode and the positional-conv weight norm folded (so it is not recomputed at run time)."""
         self.eval()
         fold_weight_norm(self)
         return self

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeser.errors import ModelError
+from edgeser.stages import STAGE_ORDER, StageGraph, stage_io, tokenize
 from edgeser.text import CtcVocab
-
-STAGE_NAMES = ("audio_encoder", "ctc_head", "text_encoder", "fusion_head")
 
 
 @dataclass
@@ -90,15 +90,51 @@ class SerModel(nn.Module):
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask `[B, L]` int64 for transcripts, padded to the longest."""
         if self.tokenizer is None:
-            raise RuntimeError(f"model {self.name!r} has no text branch")
-        encodings = self.tokenizer.encode_batch([t if t else "" for t in texts])
-        length = max(1, max(len(e.ids) for e in encodings))
-        ids = torch.zeros(len(texts), length, dtype=torch.long)
-        mask = torch.zeros(len(texts), length, dtype=torch.long)
-        for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = torch.tensor(enc.ids, dtype=torch.long)
-            mask[row, : len(enc.ids)] = 1
-        return ids, mask
+            raise ModelError(f"model {self.name!r} has no text branch")
+        ids, mask = tokenize(self.tokenizer, texts)
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    # ------------------------------------------------------------------ hooks (override where a model has them)
+
+    def frame_layout(self) -> list[tuple[int, int, int, int]]:
+        """`[kernel, stride, total padding, min length]` per time-reducing step of the audio encoder."""
+        layout = getattr(self.audio_encoder, "frame_layout", None)
+        if layout is None:
+            raise ModelError(f"{self.name}: audio encoder does not describe its frame layout")
+        return [(int(k), int(s), int(p), int(m)) for k, s, p, m in layout()]
+
+    def prepare_for_export(self) -> SerModel:
+        """Put the model in its exported form (eval mode; subclasses fold what must not run at inference)."""
+        self.eval()
+        return self
+
+    def augment_waveform(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The paper's waveform augmentation while training (none by default)."""
+        return waveform
+
+    @property
+    def has_acoustic_head(self) -> bool:
+        """True where the paper trains an audio-only SER head first (`acoustic_logits`)."""
+        return False
+
+    def acoustic_logits(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """Audio-only SER logits `[B, C]`, for training stages with `uses_text: false`."""
+        raise ModelError(f"{self.name}: no audio-only SER head; a training stage with uses_text false needs one")
+
+    def stage_graph(self) -> StageGraph:
+        """The stage contract of this model, as a bundle exported from it describes it."""
+        stages = tuple(s for s in STAGE_ORDER if getattr(self, s, None) is not None)
+        return StageGraph(
+            stages=stages,
+            inputs={s: stage_io(s, self.uses_text)[0] for s in stages},
+            outputs={s: stage_io(s, self.uses_text)[1] for s in stages},
+            frame_layout=tuple(self.frame_layout()),
+            labels=tuple(self.labels),
+            vocab=self.vocab if self.ctc_head is not None else None,
+            tokenizer=self.tokenizer,
+            supports_padded_batch=self.supports_padded_batch,
+            source=f"model {self.name}",
+        )
 
     def forward(
         self,

@@ -11,12 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeser.modelling.backbones import (
-    FEATURE_ENCODER_PREFIX,
-    TEXT_ENCODER_PREFIX,
-    PretrainedFusionModel,
-    TrainingStage,
-)
+from edgeser.modelling.backbones import PretrainedFusionModel
 from edgeser.modelling.base import fusion_masks, lengths_to_mask, masked_mean
 from edgeser.modelling.blocks import MaskedMultiHeadAttention
 from edgeser.text import CtcVocab
@@ -93,14 +88,12 @@ class CmgiModel(PretrainedFusionModel):
     the paper's HuBERT-large and BERT-base are built from the recipe's shipped configs with random weights and
     nothing is read from disk or hub; without it a missing pretrained backbone raises `ModelError`.
 
-    Training (paper): loss `a * CTC + (1 - a) * CE` with a = 0.1, two phases from `training_stages()` (the
-    recipe's `stages` carry the same `freeze` lists): (1) "acoustic": HuBERT for SER + ASR, BERT frozen; the
-    paper's SER head here is audio-only (`acoustic_logits`: mean-pooled HuBERT -> `acoustic_classifier`,
-    `uses_text` False), a trainer that always runs the full model trains the fusion head on frozen-BERT
-    features instead; (2) "joint": CNN feature encoder frozen, HuBERT Transformer + CTC head + BERT
-    (ground-truth transcripts) + fusion head for SER, CTC still on HuBERT. A text spec with `"freeze": true`
-    (small size: MiniLM) keeps the text encoder frozen in both. `set_training_stage(name)` applies one.
-    `acoustic_classifier` is not an export stage.
+    Training (paper): loss `a * CTC + (1 - a) * CE` with a = 0.1, in the two phases the recipe's
+    `training.<size>.stages` define (the one definition of them): (1) "acoustic": HuBERT for SER + ASR, BERT
+    frozen, with the paper's audio-only SER head (`acoustic_logits`: mean-pooled HuBERT ->
+    `acoustic_classifier`; the stage has `uses_text: false`); (2) "joint": CNN feature encoder frozen, HuBERT
+    Transformer + CTC head + BERT (ground-truth transcripts) + fusion head for SER, CTC still on HuBERT. The
+    small size also freezes the MiniLM text encoder in both. `acoustic_classifier` is not an export stage.
     """
 
     name = "cmgi"
@@ -121,16 +114,12 @@ class CmgiModel(PretrainedFusionModel):
         )
         self.acoustic_classifier = nn.Linear(audio_dim, len(self.labels))  # phase-1 SER head only
 
+    @property
+    def has_acoustic_head(self) -> bool:
+        return True
+
     def acoustic_logits(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         """Phase-1 SER logits `[B, C]` from HuBERT features `[B, F, Da]` alone (masked mean pool + FC)."""
         return self.acoustic_classifier(
             masked_mean(features, lengths_to_mask(frame_lengths, features.shape[1]))
         )
-
-    def training_stages(self) -> list[TrainingStage]:
-        """The paper's two phases, in order (see the class docstring)."""
-        frozen_text = (TEXT_ENCODER_PREFIX,) if self.text_encoder.frozen else ()
-        return [
-            TrainingStage("acoustic", (TEXT_ENCODER_PREFIX,), uses_text=False),
-            TrainingStage("joint", frozen_text + (FEATURE_ENCODER_PREFIX,), uses_text=True),
-        ]

@@ -157,7 +157,7 @@ class Gcf2NetModel(PretrainedFusionModel):
     wav2vec2-base and RoBERTa-base built from the shipped configs, nothing read from disk or hub).
 
     wav2vec2-base has a group-norm feature encoder trained without attention masks: `supports_padded_batch`
-    is then False (run clips one by one). Training: one phase (`training_stages()`: everything but the frozen
+    is then False (run clips one by one). Training: one phase (the recipe's `stages`: everything but the frozen
     CNN and a frozen text encoder), loss `a * CTC + (1 - a) * CE`, a = 0.1.
     """
 

@@ -13,7 +13,6 @@ import io
 import logging
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,8 +23,8 @@ from typing import Any
 import click
 import onnx
 
-from edgeser.bundle import MANIFEST, StageFile, read_manifest, sha256_of, validate_bundle
-from edgeser.checkpoint import atomic_dir, write_json_atomic
+from edgeser.bundle import MANIFEST, StageFile, read_manifest, validate_bundle
+from edgeser.files import atomic_dir, sha256_of, staging_dir, working_directory, write_json_atomic
 from edgeser.errors import BundleError
 from edgeser.quantize.graph import (
     DEFAULT_OP_TYPES,
@@ -168,9 +167,13 @@ def preprocess(source: Path, target: Path) -> str:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    source, target = source.resolve(), target.resolve()
     for skip_symbolic, label in ((False, "quant_pre_process"), (True, "quant_pre_process (no symbolic shapes)")):
         try:
-            quant_pre_process(str(source), str(target), skip_symbolic_shape=skip_symbolic)
+            # onnxruntime's symbolic shape inference writes scratch files into the current directory when it
+            # gives up: run it inside the private work folder.
+            with working_directory(target.parent):
+                quant_pre_process(str(source), str(target), skip_symbolic_shape=skip_symbolic)
         except Exception as err:  # noqa: BLE001 - symbolic shape inference fails on some exported graphs
             LOG.debug("%s: %s failed (%s)", source, label, err)
             continue
@@ -375,8 +378,8 @@ def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: s
         "calibration": {k: provenance.get(k) for k in ("data_spec", "corpus", "fold", "held_out", "pool", "count",
                                                        "ids_sha", "labels", "buckets_s", "groups", "ids")},
     }  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix=".quantize.", dir=bundle) as tmp:
-        return write_variant(bundle, precision, static_stage_writer(cache, options, Path(tmp)), settings,
+    with staging_dir(bundle, "quantize") as tmp:
+        return write_variant(bundle, precision, static_stage_writer(cache, options, tmp), settings,
                              f"int8 ({options.method})")
 
 
@@ -390,9 +393,9 @@ def quantize_int8_dynamic(bundle: Path, op_types: tuple[str, ...] = DYNAMIC_OP_T
     `bundle/int8-dynamic/`. The front end stays float (a ConvInteger/MatMulInteger there wrecks accuracy)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix=".quantize.", dir=bundle) as tmp:
+    with staging_dir(bundle, "quantize") as tmp:
         def write(stage: str, fp32: Path, out: Path) -> StageReport:
-            prepared = Path(tmp) / f"{stage}.prepared.onnx"
+            prepared = tmp / f"{stage}.prepared.onnx"
             how = preprocess(fp32, prepared)
             model = onnx.load(str(prepared))
             exclusions = resolve_exclusions(model, exclude, min_width)

@@ -2,13 +2,16 @@
 
     from edgeser.runtime import Pipeline
     pipe = Pipeline.load("build/cmgi", precision="int8", threads=2)
-    result = pipe("clip.wav")          # Prediction(label, probabilities, transcript, timings_ms, ...)
+    result = pipe("clip.wav")          # Prediction(label, confidence, probabilities, transcript, timings_ms, ...)
+    results = pipe.batch(["a.wav", "b.flac"])   # one Prediction or Failure per input, input order kept
+    timeline = pipe.long("call.wav", SegmentOptions(min_pause_s=0.5))
 
 One `Pipeline` may be shared between threads: it holds no per-call state (onnxruntime sessions
 and `tokenizers.Tokenizer` are safe for concurrent calls).
 """
 
-from edgeser.runtime.pipeline import Pipeline, Prediction
-from edgeser.runtime.segment import Segment, Timeline
+from edgeser.runtime.pipeline import Pipeline
+from edgeser.runtime.results import Failure, Prediction, Segment, Timeline
+from edgeser.runtime.segment import SegmentOptions
 
-__all__ = ["Pipeline", "Prediction", "Segment", "Timeline"]
+__all__ = ["Failure", "Pipeline", "Prediction", "Segment", "SegmentOptions", "Timeline"]

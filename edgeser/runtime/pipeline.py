@@ -1,85 +1,75 @@
-"""`Pipeline`: waveform -> audio encoder -> CTC greedy decode -> tokenizer -> text encoder -> fusion."""
+"""`Pipeline`: a bundle's `StageGraph` plus one runner per stage, with audio reading and typed results."""
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Union
 
 import numpy as np
 import numpy.typing as npt
-from tokenizers import Tokenizer
 
 from edgeser.audio import SAMPLE_RATE, check_waveform, load_audio, to_mono_16k
 from edgeser.bundle import PRECISIONS, BundleManifest, validate_bundle
-from edgeser.errors import AudioError, BundleError
-from edgeser.runtime.sessions import make_session
-from edgeser.text import CtcVocab
+from edgeser.errors import AudioError, BundleError, EdgeserError, OptionError
+from edgeser.runtime.results import Failure, Prediction, Timeline
+from edgeser.runtime.segment import SegmentOptions, speech_regions, timeline
+from edgeser.runtime.sessions import OrtRunner
+from edgeser.stages import FUSION_HEAD, StageGraph, StageRun, StageRunner
 
 # A path, the bytes of a file, or (samples, sample_rate).
-AudioInput = Union[str, Path, bytes, tuple[npt.ArrayLike, int]]
+AudioInput = Union[str, Path, bytes, tuple[npt.ArrayLike, float]]
 MAX_CLIP_SECONDS = 30.0
+BACKENDS = ("onnxruntime",)
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """One clip's result."""
-
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    transcript: str | None
-    duration_s: float
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    logits: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class StageRun:
-    """Raw outputs of one pass (used by parity and quantisation checks)."""
-
-    features: np.ndarray
-    frame_lengths: np.ndarray
-    log_probs: np.ndarray | None
-    transcripts: list[str] | None
-    input_ids: np.ndarray | None
-    attention_mask: np.ndarray | None
-    token_features: np.ndarray | None
-    logits: np.ndarray
-    timings_ms: dict[str, float]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
+def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    return np.asarray(exp / exp.sum(axis=-1, keepdims=True), dtype=np.float64)
 
 
-def pad_batch(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-pad mono waveforms to `[B, S]` float32 with int64 lengths."""
-    lengths = np.array([w.size for w in waves], dtype=np.int64)
-    batch = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
-    for row, wave in enumerate(waves):
-        batch[row, : wave.size] = wave
-    return batch, lengths
+def positive_int(name: str, value: object) -> int:
+    """`value` as a positive int, or an OptionError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise OptionError(name, f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def describe(audio: object) -> str:
+    """A short name for an input in messages."""
+    if isinstance(audio, (str, Path)):
+        return str(audio)
+    if isinstance(audio, bytes):
+        return f"<{len(audio)} bytes>"
+    if isinstance(audio, tuple):
+        return "<array>"
+    return repr(type(audio))
 
 
 class Pipeline:
-    """A loaded bundle variant, ready to predict; see the package docstring for thread safety."""
+    """A bundle variant ready to predict: its stage graph and one `StageRunner` per stage.
 
-    def __init__(self, root: Path, manifest: BundleManifest, precision: str, providers: list[str] | None,
-                 threads: int | None) -> None:
+    One Pipeline may be shared between threads: it keeps no per-call state, and its runners are safe for
+    concurrent calls (onnxruntime's `InferenceSession.run` and `tokenizers.Tokenizer` are). A Pipeline is never
+    changed after it is made: `with_runners` returns a new one.
+    """
+
+    def __init__(self, graph: StageGraph, runners: Mapping[str, StageRunner], *, precision: str = "fp32",
+                 backend: str = "onnxruntime", root: Path | None = None,
+                 manifest: BundleManifest | None = None) -> None:
+        missing = [s for s in graph.stages if s not in runners]
+        if missing:
+            raise BundleError(f"{graph.source}: no runner for stage(s) {', '.join(missing)}")
+        self.graph = graph
+        self._runners = dict(runners)
+        self.precision = precision
+        self.backend = backend
         self.root = root
         self.manifest = manifest
-        self.precision = precision
-        self.labels = list(manifest.labels)
-        self.vocab = CtcVocab.from_dict(manifest.ctc) if manifest.ctc else None
-        self.tokenizer = Tokenizer.from_file(str(root / manifest.tokenizer)) if manifest.tokenizer else None
-        files = manifest.precisions[precision]
-        self.sessions = {stage: make_session(root / entry.path, providers, threads) for stage, entry in files.items()}
-        self._input_names = {stage: {i.name for i in s.get_inputs()} for stage, s in self.sessions.items()}
 
     @classmethod
     def load(
@@ -87,125 +77,134 @@ class Pipeline:
         bundle: str | Path,
         precision: str = "fp32",
         *,
+        backend: str = "onnxruntime",
         providers: list[str] | None = None,
         threads: int | None = None,
         verify_checksums: bool = True,
     ) -> Pipeline:
-        """Validate the bundle (schema, files, checksums) and open one session per stage."""
+        """Validate the bundle (schema, files, checksums, labels) and open one runner per stage."""
         if precision not in PRECISIONS:
-            raise BundleError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+            raise OptionError("precision", f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if backend not in BACKENDS:
+            raise OptionError("backend", f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if threads is not None:
+            threads = positive_int("threads", threads)
         root = Path(bundle)
         manifest = validate_bundle(root, precision, verify_checksums)
-        return cls(root, manifest, precision, providers, threads)
+        graph = StageGraph.from_manifest(manifest, root)
+        files = manifest.precisions[precision]
+        runners = {stage: OrtRunner.load(root / files[stage].path, providers, threads) for stage in graph.stages}
+        width = runners[FUSION_HEAD].output_shape(graph.outputs[FUSION_HEAD][0])[-1]
+        if isinstance(width, int) and width != len(graph.labels):
+            raise BundleError(f"{root}: bundle.json lists {len(graph.labels)} labels but the fusion head "
+                              f"({files[FUSION_HEAD].path}) outputs {width} classes")
+        return cls(graph, runners, precision=precision, backend=backend, root=root, manifest=manifest)
+
+    def with_runners(self, runners: Mapping[str, StageRunner]) -> Pipeline:
+        """A new Pipeline with some stages' runners replaced (this one is unchanged)."""
+        unknown = [s for s in runners if s not in self.graph.stages]
+        if unknown:
+            raise BundleError(f"{self.graph.source}: no stage(s) {', '.join(unknown)} to replace")
+        return Pipeline(self.graph, {**self._runners, **runners}, precision=self.precision, backend=self.backend,
+                        root=self.root, manifest=self.manifest)
+
+    @property
+    def runners(self) -> Mapping[str, StageRunner]:
+        return MappingProxyType(self._runners)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.graph.labels)
 
     # ------------------------------------------------------------------ inputs
 
-    def read(self, audio: AudioInput, max_seconds: float | None = MAX_CLIP_SECONDS) -> np.ndarray:
+    def read(self, audio: AudioInput, max_seconds: float | None = MAX_CLIP_SECONDS) -> npt.NDArray[np.float32]:
         """Any accepted input to checked mono float32 at 16 kHz."""
         if isinstance(audio, (str, Path, bytes)):
             return load_audio(audio, max_duration=max_seconds)
         if isinstance(audio, tuple) and len(audio) == 2:
             samples, rate = audio
+            if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) or not math.isfinite(rate) \
+                    or rate <= 0 or int(rate) != rate:
+                raise AudioError("<array>", f"invalid sample rate {rate!r} (expected a positive whole number of Hz)")
             wave = to_mono_16k(np.asarray(samples), int(rate), source="<array>")
             check_waveform(wave, source="<array>", max_duration=max_seconds)
             return wave
         if isinstance(audio, np.ndarray):
             raise AudioError("<array>", "pass arrays as (samples, sample_rate) so the rate is explicit")
-        raise AudioError(repr(type(audio)), "unsupported input: give a path, file bytes or (samples, sample_rate)")
+        raise AudioError(describe(audio), "unsupported input: give a path, file bytes or (samples, sample_rate)")
 
-    # ------------------------------------------------------------------ core
+    # ------------------------------------------------------------------ running
 
-    def run_stages(self, waves: Sequence[np.ndarray]) -> StageRun:
-        """Chain every stage on a batch of 16 kHz waveforms (padded together when the bundle allows)."""
-        if not self.manifest.supports_padded_batch and len(waves) > 1:
-            runs = [self.run_stages([w]) for w in waves]
-            return _stack_runs(runs)
-        timings: dict[str, float] = {}
-        batch, lengths = pad_batch(waves)
-        frame_lengths = self.manifest.frame_lengths(lengths)
-        features = self._run("audio_encoder", {"waveform": batch, "lengths": lengths}, timings)[0]
-        log_probs = transcripts = ids = mask = token_features = None
-        if "ctc_head" in self.sessions and self.vocab is not None:
-            log_probs = self._run("ctc_head", {"features": features}, timings)[0]
-            started = time.perf_counter()
-            transcripts = [self.vocab.decode_log_probs(log_probs[i], int(frame_lengths[i])) for i in range(len(waves))]
-            timings["ctc_decode"] = (time.perf_counter() - started) * 1e3
-        if "text_encoder" in self.sessions:
-            started = time.perf_counter()
-            ids, mask = self.tokenize(transcripts or [""] * len(waves))
-            timings["tokenize"] = (time.perf_counter() - started) * 1e3
-            token_features = self._run("text_encoder", {"input_ids": ids, "attention_mask": mask}, timings)[0]
-            feeds = {"features": features, "frame_lengths": frame_lengths, "token_features": token_features,
-                     "attention_mask": mask}
-        else:
-            feeds = {"features": features, "frame_lengths": frame_lengths}
-        logits = self._run("fusion_head", feeds, timings)[0]
-        return StageRun(features, frame_lengths, log_probs, transcripts, ids, mask, token_features, logits, timings)
-
-    def _run(self, stage: str, feeds: dict[str, np.ndarray], timings: dict[str, float]) -> list[np.ndarray]:
-        wanted = self._input_names[stage]
-        started = time.perf_counter()
-        outputs = self.sessions[stage].run(None, {k: v for k, v in feeds.items() if k in wanted})
-        timings[stage] = (time.perf_counter() - started) * 1e3
-        return outputs
-
-    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and attention mask `[B, L]` int64 (L >= 1), as the text encoder was exported."""
-        if self.tokenizer is None:
-            raise BundleError(f"{self.root}: bundle has a text encoder but no tokenizer")
-        encodings = self.tokenizer.encode_batch(list(texts))
-        length = max(1, max(len(e.ids) for e in encodings))
-        ids = np.zeros((len(texts), length), dtype=np.int64)
-        mask = np.zeros((len(texts), length), dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
-        return ids, mask
-
-    # ------------------------------------------------------------------ public API
+    def run_stages(self, waves: Sequence[npt.NDArray[np.float32]], *,
+                   transcripts: Sequence[str] | None = None) -> StageRun:
+        """Every stage on a batch of checked 16 kHz waveforms; all intermediate tensors and timings."""
+        return self.graph.run(self._runners, waves, transcripts=transcripts)
 
     def __call__(self, audio: AudioInput) -> Prediction:
-        """Predict one clip (path, file bytes, or (samples, sample_rate))."""
+        """Predict one clip (a path, the bytes of a file, or (samples, sample_rate))."""
         started = time.perf_counter()
         wave = self.read(audio)
         read_ms = (time.perf_counter() - started) * 1e3
         return self._predictions([wave], extra={"read": read_ms})[0]
 
-    def predict_waveform(self, wave: np.ndarray) -> Prediction:
+    def predict_waveform(self, wave: npt.NDArray[np.float32]) -> Prediction:
         """Predict one already-checked 16 kHz mono waveform."""
         return self._predictions([wave])[0]
 
-    def batch(self, inputs: Sequence[AudioInput], batch_size: int = 8) -> list[Prediction]:
-        """Predict many clips, batching clips of similar length together; results keep input order."""
-        waves = [self.read(a) for a in inputs]
-        order = sorted(range(len(waves)), key=lambda i: waves[i].size)
+    def batch(self, inputs: Sequence[AudioInput], batch_size: int = 8) -> list[Prediction | Failure]:
+        """Predict many clips, batching clips of similar length; one result per input, in input order.
+
+        An input that cannot be read gets a `Failure` (its source and the one-line reason); the rest still run.
+        """
+        batch_size = positive_int("batch_size", batch_size)
+        results: dict[int, Prediction | Failure] = {}
+        waves: dict[int, npt.NDArray[np.float32]] = {}
+        for index, audio in enumerate(inputs):
+            try:
+                waves[index] = self.read(audio)
+            except EdgeserError as err:
+                results[index] = Failure(describe(audio), str(err))
+        results.update(self._predict_bucketed(waves, batch_size))
+        return [results[i] for i in range(len(inputs))]
+
+    def long(self, audio: AudioInput, options: SegmentOptions | None = None) -> Timeline:
+        """Split a long recording at pauses, predict each segment, return a `Timeline` with an aggregate.
+
+        A recording without a speech segment gives a Timeline with no segments and no label.
+        """
+        if options is not None and not isinstance(options, SegmentOptions):
+            raise OptionError("options", f"expected SegmentOptions, got {type(options).__name__}")
+        wave = self.read(audio, max_seconds=None)
+        regions = speech_regions(wave, options)
+        found = self._predict_bucketed({i: wave[a:b] for i, (a, b) in enumerate(regions)})
+        return timeline(regions, [found[i] for i in range(len(regions))], self.labels, wave.size)
+
+    def _predict_bucketed(self, waves: Mapping[int, npt.NDArray[np.float32]], batch_size: int = 8
+                          ) -> dict[int, Prediction]:
+        """Predictions keyed like `waves`, run in batches of clips of similar length."""
+        order = sorted(waves, key=lambda i: waves[i].size)
         results: dict[int, Prediction] = {}
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            for index, prediction in zip(chunk, self._predictions([waves[i] for i in chunk])):
-                results[index] = prediction
-        return [results[i] for i in range(len(waves))]
+            results.update(zip(chunk, self._predictions([waves[i] for i in chunk])))
+        return results
 
-    def long(self, audio: AudioInput, **segment_options: float):  # type: ignore[no-untyped-def]
-        """Split a long recording at pauses, predict each segment, return a `Timeline` with an aggregate."""
-        from edgeser.runtime.segment import predict_timeline
-
-        wave = self.read(audio, max_seconds=None)
-        return predict_timeline(self, wave, **segment_options)
-
-    def _predictions(self, waves: list[np.ndarray], extra: dict[str, float] | None = None) -> list[Prediction]:
+    def _predictions(self, waves: list[npt.NDArray[np.float32]], extra: dict[str, float] | None = None
+                     ) -> list[Prediction]:
         run = self.run_stages(waves)
-        probabilities = softmax(run.logits.astype(np.float64))
+        probabilities = softmax(run.logits)
         timings = {**(extra or {}), **run.timings_ms}
         timings["total"] = sum(timings.values())
+        labels = self.graph.labels
         predictions = []
         for row, wave in enumerate(waves):
             best = int(np.argmax(probabilities[row]))
             predictions.append(
                 Prediction(
-                    label=self.labels[best],
+                    label=labels[best],
                     confidence=float(probabilities[row, best]),
-                    probabilities={label: float(p) for label, p in zip(self.labels, probabilities[row])},
+                    probabilities={label: float(p) for label, p in zip(labels, probabilities[row])},
                     transcript=run.transcripts[row] if run.transcripts is not None else None,
                     duration_s=wave.size / SAMPLE_RATE,
                     timings_ms={k: round(v, 3) for k, v in timings.items()},
@@ -213,32 +212,3 @@ class Pipeline:
                 )
             )
         return predictions
-
-
-def _stack_runs(runs: list[StageRun]) -> StageRun:
-    """Join single-clip runs (bundles whose encoder must not see padding) into one batch-shaped run."""
-
-    def pad_stack(arrays: list[np.ndarray | None]) -> np.ndarray | None:
-        if arrays[0] is None:
-            return None
-        longest = max(a.shape[1] for a in arrays)  # type: ignore[union-attr]
-        out = np.zeros((len(arrays), longest, *arrays[0].shape[2:]), dtype=arrays[0].dtype)  # type: ignore[union-attr]
-        for row, array in enumerate(arrays):
-            out[row, : array.shape[1]] = array[0]  # type: ignore[union-attr]
-        return out
-
-    timings: dict[str, float] = {}
-    for run in runs:
-        for key, value in run.timings_ms.items():
-            timings[key] = timings.get(key, 0.0) + value
-    return StageRun(
-        features=pad_stack([r.features for r in runs]),  # type: ignore[arg-type]
-        frame_lengths=np.concatenate([r.frame_lengths for r in runs]),
-        log_probs=pad_stack([r.log_probs for r in runs]),
-        transcripts=[t for r in runs for t in (r.transcripts or [])] or None,
-        input_ids=pad_stack([r.input_ids for r in runs]),
-        attention_mask=pad_stack([r.attention_mask for r in runs]),
-        token_features=pad_stack([r.token_features for r in runs]),
-        logits=np.concatenate([r.logits for r in runs]),
-        timings_ms=timings,
-    )

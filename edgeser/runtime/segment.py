@@ -1,58 +1,65 @@
-"""Long recordings: split at pauses with an energy detector, predict each segment, aggregate."""
+"""Long recordings: find speech regions with an energy detector, and aggregate per-segment predictions."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from edgeser.audio import SAMPLE_RATE
-
-if TYPE_CHECKING:
-    from edgeser.runtime.pipeline import Pipeline, Prediction
+from edgeser.errors import OptionError
+from edgeser.runtime.results import Prediction, Segment, Timeline
 
 FRAME_S = 0.03
 
 
 @dataclass(frozen=True)
-class Segment:
-    """One utterance-sized piece of a long recording and its prediction."""
+class SegmentOptions:
+    """How `Pipeline.long` splits a recording.
 
-    start_s: float
-    end_s: float
-    prediction: Prediction
+    Speech is every 30 ms frame within `threshold_db` of the loudest frame; pauses of at least `min_pause_s`
+    split it; pieces shorter than `min_segment_s` are dropped and longer than `max_segment_s` cut evenly.
+    """
+
+    min_pause_s: float = 0.3
+    min_segment_s: float = 0.5
+    max_segment_s: float = 12.0
+    threshold_db: float = -35.0
+
+    def __post_init__(self) -> None:
+        for name in ("min_pause_s", "min_segment_s", "max_segment_s", "threshold_db"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise OptionError(name, f"expected a finite number, got {value!r}")
+        if self.min_pause_s <= 0:
+            raise OptionError("min_pause_s", f"must be > 0 s, got {self.min_pause_s}")
+        if self.min_segment_s <= 0:
+            raise OptionError("min_segment_s", f"must be > 0 s, got {self.min_segment_s}")
+        if self.max_segment_s < self.min_segment_s:
+            raise OptionError("max_segment_s", f"must be >= min_segment_s ({self.min_segment_s} s), "
+                              f"got {self.max_segment_s}")
+        if self.threshold_db >= 0:
+            raise OptionError("threshold_db", f"must be below 0 dB (relative to the loudest frame), "
+                              f"got {self.threshold_db}")
 
 
-@dataclass(frozen=True)
-class Timeline:
-    """Per-segment predictions plus a duration-weighted aggregate over the whole recording."""
-
-    segments: list[Segment]
-    label: str
-    probabilities: dict[str, float]
-    duration_s: float
-
-
-def speech_regions(
-    wave: np.ndarray,
-    *,
-    min_pause_s: float = 0.3,
-    min_segment_s: float = 0.5,
-    max_segment_s: float = 12.0,
-    threshold_db: float = -35.0,
-) -> list[tuple[int, int]]:
-    """Sample ranges of speech: frames within `threshold_db` of the loudest, split at pauses >= `min_pause_s`."""
+def speech_regions(wave: npt.NDArray[np.float32], options: SegmentOptions | None = None) -> list[tuple[int, int]]:
+    """Sample ranges `[start, end)` of speech in a 16 kHz waveform (see `SegmentOptions`)."""
+    options = options or SegmentOptions()
     frame = int(FRAME_S * SAMPLE_RATE)
     count = wave.size // frame
     if count == 0:
-        return [(0, wave.size)] if wave.size else []
-    energy = np.sqrt(np.mean(wave[: count * frame].reshape(count, frame) ** 2, axis=1) + 1e-12)
+        return _fit_lengths([(0, wave.size)] if wave.size else [], options)
+    energy = np.sqrt(np.mean(wave[: count * frame].reshape(count, frame).astype(np.float64) ** 2, axis=1) + 1e-12)
     level = 20 * np.log10(energy / energy.max())
-    active = level > threshold_db
+    active = level > options.threshold_db
     regions: list[tuple[int, int]] = []
-    gap_frames = int(round(min_pause_s / FRAME_S))
-    start, silent_run = None, 0
+    gap_frames = max(1, int(round(options.min_pause_s / FRAME_S)))
+    start: int | None = None
+    silent_run = 0
     for index, is_active in enumerate(active):
         if is_active:
             start = index if start is None else start
@@ -64,12 +71,13 @@ def speech_regions(
                 start, silent_run = None, 0
     if start is not None:
         regions.append((start, count - silent_run))
-    samples = [(s * frame, min(wave.size, e * frame)) for s, e in regions]
-    return _fit_lengths(samples, int(min_segment_s * SAMPLE_RATE), int(max_segment_s * SAMPLE_RATE))
+    return _fit_lengths([(s * frame, min(wave.size, e * frame)) for s, e in regions], options)
 
 
-def _fit_lengths(regions: list[tuple[int, int]], shortest: int, longest: int) -> list[tuple[int, int]]:
-    """Cut over-long regions into equal pieces and drop blips shorter than `shortest`."""
+def _fit_lengths(regions: list[tuple[int, int]], options: SegmentOptions) -> list[tuple[int, int]]:
+    """Cut over-long regions into equal pieces and drop blips shorter than the minimum segment."""
+    shortest = int(options.min_segment_s * SAMPLE_RATE)
+    longest = max(1, int(options.max_segment_s * SAMPLE_RATE))
     fitted: list[tuple[int, int]] = []
     for start, end in regions:
         pieces = max(1, int(np.ceil((end - start) / longest)))
@@ -78,16 +86,15 @@ def _fit_lengths(regions: list[tuple[int, int]], shortest: int, longest: int) ->
     return fitted
 
 
-def predict_timeline(pipeline: Pipeline, wave: np.ndarray, **options: float) -> Timeline:
-    """Predict each speech region of `wave`; the aggregate weights class probabilities by duration."""
-    regions = speech_regions(wave, **options)
-    predictions = pipeline.batch([(wave[a:b], SAMPLE_RATE) for a, b in regions]) if regions else []
+def timeline(regions: Sequence[tuple[int, int]], predictions: Sequence[Prediction], labels: Sequence[str],
+             total_samples: int) -> Timeline:
+    """Segments and their duration-weighted mean class probabilities; no segments gives no label."""
     segments = [Segment(a / SAMPLE_RATE, b / SAMPLE_RATE, p) for (a, b), p in zip(regions, predictions)]
+    duration = total_samples / SAMPLE_RATE
+    if not segments:
+        return Timeline([], None, {}, duration)
     weights = np.array([s.end_s - s.start_s for s in segments])
-    if segments:
-        matrix = np.array([[s.prediction.probabilities[label] for label in pipeline.labels] for s in segments])
-        mean = (weights[:, None] * matrix).sum(axis=0) / weights.sum()
-    else:
-        mean = np.full(len(pipeline.labels), 1.0 / len(pipeline.labels))
-    probabilities = {label: float(p) for label, p in zip(pipeline.labels, mean)}
-    return Timeline(segments, max(probabilities, key=probabilities.get), probabilities, wave.size / SAMPLE_RATE)  # type: ignore[arg-type]
+    matrix = np.array([[s.prediction.probabilities[label] for label in labels] for s in segments])
+    mean = (weights[:, None] * matrix).sum(axis=0) / weights.sum()
+    probabilities = {label: float(p) for label, p in zip(labels, mean)}
+    return Timeline(segments, labels[int(np.argmax(mean))], probabilities, duration)

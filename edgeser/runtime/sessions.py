@@ -1,9 +1,11 @@
-"""onnxruntime sessions for a bundle's stages: providers and threads set in one place."""
+"""onnxruntime stage runners: providers, threads and session options set in one place."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from edgeser.errors import BundleError
@@ -34,3 +36,31 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
         return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
         raise BundleError(f"{path}: onnxruntime cannot load this graph ({' '.join(str(err).split())[:200]})") from None
+
+
+class OrtRunner:
+    """A `StageRunner` over one onnxruntime session: feeds by input name, every output by name.
+
+    `InferenceSession.run` is safe to call from several threads at once, so one runner may be shared.
+    """
+
+    def __init__(self, session: ort.InferenceSession, path: Path | None = None) -> None:
+        self.session = session
+        self.path = path
+        self.input_names = tuple(i.name for i in session.get_inputs())
+        self.output_names = tuple(o.name for o in session.get_outputs())
+
+    @classmethod
+    def load(cls, path: Path, providers: list[str] | None = None, threads: int | None = None) -> OrtRunner:
+        return cls(make_session(path, providers, threads), path)
+
+    def output_shape(self, name: str) -> list[int | str | None]:
+        """The declared shape of one output (ints for fixed axes, names for dynamic ones)."""
+        for output in self.session.get_outputs():
+            if output.name == name:
+                return list(output.shape)
+        raise BundleError(f"{self.path}: graph has no output {name!r}")
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self.session.run(None, {name: feeds[name] for name in self.input_names})
+        return dict(zip(self.output_names, outputs))

@@ -22,8 +22,7 @@ was kept in float and why (the measured drops).
 
 from __future__ import annotations
 
-import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,10 @@ import onnx
 
 from edgeser.audio import load_audio
 from edgeser.bundle import validate_bundle
-from edgeser.checkpoint import write_json_atomic
+from edgeser.checks.measures import cosine
+from edgeser.checks.report import REPORTS_DIR, write_report
 from edgeser.errors import DataError
+from edgeser.files import staging_dir
 from edgeser.metrics import classification_report
 from edgeser.quantize.graph import quantisable_groups, resolve_exclusions
 from edgeser.quantize.variants import (
@@ -92,46 +93,48 @@ class ControlledReport:
 
 
 class Evaluator:
-    """Runs configurations on the validation clips against fp32; builds and caches stage graphs."""
+    """Measures configurations on the validation clips against fp32: a candidate Pipeline per configuration,
+    made with `with_runners` from the fp32 one (which never changes); stage graphs are built once and cached.
+
+    `build_stage` makes the INT8 graph of a stage with given nodes kept float (quantize_stage_static by default).
+    """
 
     def __init__(self, bundle: Path, cache: Any, options: Int8Options, workdir: Path, waves: list[np.ndarray],
-                 labels: list[int], num_classes: int, threads: int | None) -> None:
+                 labels: list[int], num_classes: int, threads: int | None,
+                 build_stage: Callable[[str, Path, Path, frozenset[str]], StageReport] | None = None) -> None:
         from edgeser.runtime.pipeline import Pipeline
 
         self.bundle, self.cache, self.options, self.workdir = bundle, cache, options, workdir
         self.waves, self.labels, self.num_classes, self.threads = waves, labels, num_classes, threads
         self.manifest = validate_bundle(bundle, "fp32")
         self.fp32_paths = {s: bundle / e.path for s, e in self.manifest.precisions["fp32"].items()}
-        self.pipeline = Pipeline.load(bundle, "fp32", threads=threads)
-        self.fp32_sessions = dict(self.pipeline.sessions)
-        self.reference = [self.pipeline.run_stages([w]).logits[0] for w in waves]
+        self.fp32 = Pipeline.load(bundle, "fp32", threads=threads)
+        self.reference = [self.fp32.run_stages([w]).logits[0] for w in waves]
         self.ref_predictions = [int(np.argmax(x)) for x in self.reference]
         self.fp32_ua = classification_report(labels, self.ref_predictions, num_classes).ua
         self.graphs: dict[tuple[str, frozenset[str]], tuple[Path, StageReport]] = {}
         self.evaluations = 0
+        self.build_stage = build_stage or self._quantize_stage
+
+    def _quantize_stage(self, stage: str, fp32: Path, out: Path, float_nodes: frozenset[str]) -> StageReport:
+        with quiet_ort_logging():
+            return quantize_stage_static(stage, fp32, out, self.cache, self.options, self.workdir,
+                                         tuple(sorted(float_nodes)))
 
     def stage_graph(self, stage: str, float_nodes: frozenset[str]) -> tuple[Path, StageReport]:
         key = (stage, float_nodes)
         if key not in self.graphs:
             out = self.workdir / f"{stage}.{len(self.graphs)}.int8.onnx"
-            with quiet_ort_logging():
-                report = quantize_stage_static(stage, self.fp32_paths[stage], out, self.cache, self.options,
-                                               self.workdir, tuple(sorted(float_nodes)))
-            self.graphs[key] = (out, report)
+            self.graphs[key] = (out, self.build_stage(stage, self.fp32_paths[stage], out, float_nodes))
         return self.graphs[key]
 
     def measure(self, config: Config, what: str) -> Measurement:
-        from edgeser.runtime.sessions import make_session
+        from edgeser.runtime.sessions import OrtRunner
 
-        sessions = dict(self.fp32_sessions)
-        for stage, float_nodes in config.items():
-            if float_nodes is not None:
-                sessions[stage] = make_session(self.stage_graph(stage, float_nodes)[0], None, self.threads)
-        self.pipeline.sessions = sessions
-        try:
-            logits = [self.pipeline.run_stages([w]).logits[0] for w in self.waves]
-        finally:
-            self.pipeline.sessions = dict(self.fp32_sessions)
+        candidate = self.fp32.with_runners({
+            stage: OrtRunner.load(self.stage_graph(stage, float_nodes)[0], None, self.threads)
+            for stage, float_nodes in config.items() if float_nodes is not None})
+        logits = [candidate.run_stages([w]).logits[0] for w in self.waves]
         self.evaluations += 1
         predictions = [int(np.argmax(x)) for x in logits]
         ua = classification_report(self.labels, predictions, self.num_classes).ua
@@ -141,8 +144,7 @@ class Evaluator:
         flipped = np.array([p != f for p, f in zip(predictions, self.ref_predictions)])
         classes = np.array(self.labels)
         bound = float(np.mean([flipped[classes == c].mean() for c in np.unique(classes)]))
-        cosines = [float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) or 1.0))
-                   for a, b in zip(self.reference, logits)]
+        cosines = [cosine(a, b) for a, b in zip(self.reference, logits)]
         return Measurement(what, ua, 100 * (self.fp32_ua - ua), max(0.0, 100 * (self.fp32_ua - pessimistic)),
                            100 * bound, float(1.0 - flipped.mean()), float(np.mean(cosines)))
 
@@ -162,20 +164,21 @@ def quantize_controlled(
     min_agreement: float | None = None,
     threads: int | None = None,
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+    build_stage: Callable[[str, Path, Path, frozenset[str]], StageReport] | None = None,
 ) -> ControlledReport:
     """The most quantised INT8 configuration within `max_ua_drop` (points, pessimistic) on calibration-side clips."""
     from edgeser.calibrate import read_calibration, validation_slice
+    from edgeser.calibrate.cache import bundle_split
     from edgeser.data import load_corpus
-    from edgeser.data.splits import get_fold
 
     options = options or Int8Options()
     cache = read_calibration(bundle)
     manifest = validate_bundle(bundle, "fp32")
     data_spec = data_spec or cache.provenance["data_spec"]
     corpus = load_corpus(data_spec)
-    if fold_index is None:
-        fold_index = int(cache.provenance["fold"]) if cache.provenance.get("corpus") == corpus.name else 0
-    fold = get_fold(corpus, fold_index)
+    if fold_index is None and cache.provenance.get("corpus") == corpus.name:
+        fold_index = int(cache.provenance["fold"])
+    fold = bundle_split(bundle, manifest, corpus, fold_index).fold
     exclude = cache.ids if cache.provenance.get("corpus") == corpus.name else []
     known = {label: i for i, label in enumerate(manifest.labels)}
     slice_utts = [u for u in validation_slice(corpus, fold, exclude, validation_clips * 4)
@@ -189,9 +192,9 @@ def quantize_controlled(
         agreement_ok = min_agreement is None or m.agreement >= min_agreement - 1e-12
         return m.drop_bound <= max_ua_drop + 1e-9 and agreement_ok
 
-    with tempfile.TemporaryDirectory(prefix=".controlled.", dir=bundle) as tmp:
+    with staging_dir(bundle, "controlled") as tmp:
         click.echo(f"accuracy-controlled INT8: {len(waves)} calibration-side validation clips", err=True)
-        ev = Evaluator(bundle, cache, options, Path(tmp), waves, labels, len(manifest.labels), threads)
+        ev = Evaluator(bundle, cache, options, tmp, waves, labels, len(manifest.labels), threads, build_stage)
         report = ControlledReport(
             bundle=str(bundle), data=data_spec, fold=fold.index, held_out=fold.held_out,
             validation={"clips": len(waves), "ids": [u.id for u in slice_utts],
@@ -346,12 +349,7 @@ def render_markdown(report: ControlledReport) -> str:
 
 
 def write_reports(bundle: Path, report: ControlledReport) -> None:
-    reports = bundle / "reports"
-    reports.mkdir(exist_ok=True)
-    write_json_atomic(reports / "quantization.json", asdict(report))
-    tmp = reports / ".quantization.md.tmp"
-    tmp.write_text(report.to_markdown(), encoding="utf-8")
-    os.replace(tmp, reports / "quantization.md")
+    write_report(bundle / REPORTS_DIR, "quantization", report)
 
 
 __all__ = ["ControlledReport", "Measurement", "quantize_controlled"]

@@ -1,0 +1,65 @@
+"""`edgeser predict`: one line (or JSON object) per file; bad files are reported and the rest still run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from edgeser.bundle import PRECISIONS
+
+
+@click.command("predict")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="Bundle variant.")
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--long", "long_audio", is_flag=True, help="Split long recordings at pauses; print a timeline.")
+def predict_command(bundle: Path, files: tuple[str, ...], precision: str, threads: int | None, as_json: bool,
+                    long_audio: bool) -> None:
+    """Predict the emotion (and transcript) of each FILE; bad files are reported and the rest still run."""
+    from edgeser.errors import EdgeserError
+    from edgeser.runtime import Pipeline
+
+    pipe = Pipeline.load(bundle, precision, threads=threads)
+    failures = 0
+    for name in files:
+        try:
+            if long_audio:
+                timeline = pipe.long(name)
+                if as_json:
+                    click.echo(json.dumps({"file": name, **asdict(timeline)}, ensure_ascii=False))
+                elif timeline.label is None:
+                    click.echo(f"{name}\tno speech found\t0 segments ({timeline.duration_s:.2f} s)")
+                else:
+                    click.echo(f"{name}\t{timeline.label}\t{timeline.probabilities[timeline.label]:.3f}\t"
+                               f"{len(timeline.segments)} segments")
+                    for seg in timeline.segments:
+                        p = seg.prediction
+                        click.echo(f"  {seg.start_s:7.2f}-{seg.end_s:7.2f}\t{p.label}\t{p.confidence:.3f}\t"
+                                   f"{p.transcript or ''}")
+                continue
+            result = pipe(name)
+        except EdgeserError as err:
+            failures += 1
+            if as_json:
+                click.echo(json.dumps({"file": name, "error": str(err)}, ensure_ascii=False))
+            else:
+                click.secho(f"error: {err}", fg="red", err=True)
+            continue
+        if as_json:
+            click.echo(json.dumps({"file": name, **asdict(result)}, ensure_ascii=False))
+        else:
+            transcript = f"\t{result.transcript}" if result.transcript is not None else ""
+            click.echo(f"{name}\t{result.label}\t{result.confidence:.3f}{transcript}")
+    if failures:
+        click.secho(f"{failures} of {len(files)} file(s) failed", fg="red", err=True)
+        sys.exit(1)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(predict_command)

@@ -1,0 +1,211 @@
+"""Evaluation protocols and the one `Split` object train, calibrate, check and the controlled search share.
+
+A protocol turns a corpus and a fold index into training, validation and evaluation clips:
+
+| protocol | folds | evaluation | validation (model selection) |
+|---|---|---|---|
+| `speaker-independent` (default) | one per speaker (IEMOCAP: session; no speakers: stratified 5-fold) | the held-out speaker/session | whole training speakers next to the held-out one (>= 10 % of training clips); with one training speaker, a stratified 15 % of its clips |
+| `gcf2net-random-5fold` | 5, random stratified 80/20 (GCF2-Net, IEMOCAP) | one fifth | stratified 10 % of the rest |
+| `mscnn-10fold` | 10, 8/1/1 train/dev/test (MSCNN-SPU-ATT) | fold k | fold k+1 |
+| `saser-60-20-20` | 1, random 60/20/20 (SASER) | 20 % | 20 % |
+| `stfnet-holdout` | 1, random hold-out (STF-Net): 80/20 | 20 % | stratified 10 % of the rest |
+
+The paper protocols split clips at random, so one speaker's clips sit on both sides: they reproduce the papers'
+tables, and they overstate accuracy on unseen speakers. The default is the honest deployment estimate.
+
+A checkpoint records its split (`Split.provenance()`); `split_from_provenance` rebuilds exactly that split on a
+corpus and verifies it against the recorded ids hashes, so calibration and checks never run on clips the model
+was trained or selected on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeser.data.records import Corpus, Utterance
+from edgeser.data.splits import Fold, corpus_folds, stratified_kfold
+from edgeser.errors import SplitError
+
+DEFAULT_PROTOCOL = "speaker-independent"
+PROTOCOLS = ("speaker-independent", "gcf2net-random-5fold", "mscnn-10fold", "saser-60-20-20", "stfnet-holdout")
+MIN_VALIDATION_SHARE = 0.10
+SINGLE_SPEAKER_VALIDATION_SHARE = 0.15
+
+
+def fingerprint(ids: list[str] | tuple[str, ...]) -> str:
+    """Order-free 16-hex-digit hash of a set of clip ids."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Split:
+    """One fold of a protocol: which clips train, which select the model, which evaluate it."""
+
+    protocol: str
+    corpus: str
+    index: int
+    held_out: str
+    train_ids: tuple[str, ...]
+    validation_ids: tuple[str, ...]
+    eval_ids: tuple[str, ...]
+    seed: int = 0
+    validation_note: str = ""
+
+    def __post_init__(self) -> None:
+        sides = [set(self.train_ids), set(self.validation_ids), set(self.eval_ids)]
+        for a, b, what in ((0, 2, "training and evaluation"), (1, 2, "validation and evaluation"),
+                           (0, 1, "training and validation")):
+            overlap = sides[a] & sides[b]
+            if overlap:
+                raise SplitError(f"{self.corpus} fold {self.index}: {len(overlap)} clips in both {what}")
+
+    @property
+    def fold(self) -> Fold:
+        """The fold view: everything not evaluated (training + validation) against the evaluation clips."""
+        return Fold(self.index, self.held_out, self.train_ids + self.validation_ids, self.eval_ids)
+
+    def provenance(self, data_spec: str) -> dict[str, Any]:
+        """What a checkpoint records to rebuild and verify this split."""
+        return {
+            "data_spec": data_spec, "corpus": self.corpus, "protocol": self.protocol, "fold": self.index,
+            "held_out": self.held_out, "seed": self.seed,
+            "train_count": len(self.train_ids), "validation_count": len(self.validation_ids),
+            "eval_count": len(self.eval_ids), "train_ids_sha": fingerprint(self.train_ids),
+            "validation_ids_sha": fingerprint(self.validation_ids), "eval_ids_sha": fingerprint(self.eval_ids),
+            "validation": self.validation_note,
+        }  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------- protocols
+
+
+def _stratified_share(utterances: list[Utterance], share: float, seed: int) -> set[str]:
+    """A label-stratified random `share` of the clips (at least one per label with >= 2 clips)."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for utt in utterances:
+        by_label[utt.label].append(utt.id)
+    chosen: set[str] = set()
+    for label in sorted(by_label):
+        ids = sorted(by_label[label])
+        count = int(round(share * len(ids))) or (1 if len(ids) >= 2 else 0)
+        chosen |= {ids[i] for i in rng.permutation(len(ids))[:count]}
+    return chosen
+
+
+def _speaker_validation(corpus: Corpus, fold: Fold, seed: int) -> tuple[set[str], str]:
+    """Whole training speakers after the held-out one (cyclically) until >= 10 % of training clips."""
+    train = corpus.subset(set(fold.train_ids))
+    speakers = sorted({u.speaker for u in train})
+    evaluated = sorted({u.speaker for u in corpus.subset(set(fold.eval_ids))})
+    if len(speakers) < 2:
+        chosen = _stratified_share(train, SINGLE_SPEAKER_VALIDATION_SHARE, seed)
+        return chosen, (f"stratified {SINGLE_SPEAKER_VALIDATION_SHARE:.0%} of the only training speaker's "
+                        f"clips ({', '.join(speakers)}): not speaker-independent")
+    everyone = sorted({u.speaker for u in corpus.utterances})
+    start = max((everyone.index(s) for s in evaluated), default=-1)
+    order = [everyone[(start + k) % len(everyone)] for k in range(1, len(everyone) + 1)]
+    picked: list[str] = []
+    count = 0
+    for speaker in (s for s in order if s in speakers):
+        if count >= MIN_VALIDATION_SHARE * len(train) or len(picked) == len(speakers) - 1:
+            break
+        picked.append(speaker)
+        count += sum(u.speaker == speaker for u in train)
+    return ({u.id for u in train if u.speaker in picked},
+            f"training speaker(s) {', '.join(picked)} held out for model selection")
+
+
+def make_split(corpus: Corpus, protocol: str = DEFAULT_PROTOCOL, index: int = 0, seed: int = 0,
+               validation: bool = True) -> Split:
+    """Fold `index` of `protocol` on `corpus`; `validation=False` keeps every non-evaluation clip for training."""
+    if protocol not in PROTOCOLS:
+        raise SplitError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    utterances = corpus.utterances
+    if protocol == "speaker-independent":
+        folds = corpus_folds(corpus, seed=seed)
+    elif protocol == "gcf2net-random-5fold":
+        folds = stratified_kfold(utterances, 5, seed)
+    elif protocol == "mscnn-10fold":
+        folds = stratified_kfold(utterances, 10, seed)
+    else:
+        share = 0.2
+        folds = [_holdout(utterances, share, seed, protocol)]
+    if not 0 <= index < len(folds):
+        raise SplitError(f"{corpus.name} under {protocol} has folds 0..{len(folds) - 1}; got {index}")
+    fold = folds[index]
+    validation_ids: set[str] = set()
+    note = "none: the model is kept at its last epoch"
+    if validation:
+        if protocol == "speaker-independent" and corpus.fold_key in {"speaker", "group"}:
+            validation_ids, note = _speaker_validation(corpus, fold, seed)
+        elif protocol == "mscnn-10fold":
+            validation_ids = set(folds[(index + 1) % len(folds)].eval_ids)
+            note = f"fold {(index + 1) % len(folds)} of 10 (the paper's dev set)"
+        elif protocol == "saser-60-20-20":
+            rest = corpus.subset(set(fold.train_ids))
+            validation_ids = _stratified_share(rest, 0.25, seed + 1)  # 20 % of the whole corpus
+            note = "random 20 % of the corpus (the paper's validation set)"
+        else:
+            validation_ids = _stratified_share(corpus.subset(set(fold.train_ids)), MIN_VALIDATION_SHARE, seed + 1)
+            note = f"stratified {MIN_VALIDATION_SHARE:.0%} of the training clips"
+    train_ids = tuple(i for i in fold.train_ids if i not in validation_ids)
+    return Split(protocol, corpus.name, fold.index, fold.held_out, train_ids,
+                 tuple(i for i in fold.train_ids if i in validation_ids), fold.eval_ids, seed, note)
+
+
+def _holdout(utterances: list[Utterance], share: float, seed: int, protocol: str) -> Fold:
+    evaluated = _stratified_share(utterances, share, seed)
+    return Fold(0, f"{protocol}: random {share:.0%}", tuple(u.id for u in utterances if u.id not in evaluated),
+                tuple(u.id for u in utterances if u.id in evaluated))
+
+
+def split_from_provenance(corpus: Corpus, provenance: dict[str, Any] | None, fold_index: int | None = None,
+                          source: str = "the checkpoint") -> Split:
+    """The split a checkpoint was trained with, rebuilt on `corpus` and verified; or a default fold.
+
+    With provenance for this corpus, `fold_index` may only repeat the recorded fold (another fold's evaluation
+    clips are this model's training clips). Without provenance for this corpus (random weights, another corpus),
+    fold `fold_index` (default 0) of the default protocol.
+    """
+    provenance = provenance or {}
+    if provenance.get("corpus") != corpus.name:
+        return make_split(corpus, DEFAULT_PROTOCOL, 0 if fold_index is None else fold_index)
+    recorded = int(provenance.get("fold", 0))
+    if fold_index is not None and fold_index != recorded:
+        raise SplitError(f"{source} was trained on {corpus.name} fold {recorded}: fold {fold_index}'s evaluation "
+                         f"clips are its training clips; use fold {recorded}")
+    protocol = str(provenance.get("protocol", DEFAULT_PROTOCOL))
+    split = make_split(corpus, protocol, recorded, int(provenance.get("seed", 0)),
+                       validation="validation_ids_sha" in provenance)
+    limit = provenance.get("limit")
+    if limit:  # a smoke run trained on a seeded subset: the same subset
+        split = limited(split, int(limit), int(provenance.get("seed", 0)))
+    expected = provenance.get("eval_ids_sha")
+    if expected and fingerprint(split.eval_ids) != expected:
+        raise SplitError(f"{corpus.name} at {provenance.get('data_spec', '?')}: does not reproduce the evaluation "
+                         f"split {source} recorded (ids hash {fingerprint(split.eval_ids)} != {expected}); "
+                         f"the corpus changed or is another copy")
+    return split
+
+
+def limited(split: Split, limit: int, seed: int) -> Split:
+    """A seeded subset for smoke runs: `limit` training clips, `limit // 2` evaluation and validation clips."""
+    rng = np.random.default_rng(seed)
+
+    def pick(ids: tuple[str, ...], count: int) -> tuple[str, ...]:
+        if count >= len(ids):
+            return ids
+        chosen = sorted(rng.permutation(len(ids))[:count])
+        return tuple(ids[i] for i in chosen)
+
+    train = pick(split.train_ids, limit)
+    evaluated = pick(split.eval_ids, max(1, limit // 2))
+    validation = pick(split.validation_ids, max(1, limit // 2)) if split.validation_ids else ()
+    return Split(split.protocol, split.corpus, split.index, split.held_out, train, validation, evaluated,
+                 split.seed, split.validation_note + f" (smoke subset: --limit {limit})")

@@ -1,0 +1,173 @@
+"""Decoded clips, batches, the training loss, and evaluation through the stage contract."""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeser.audio import SAMPLE_RATE, load_audio
+from edgeser.data.records import Utterance
+from edgeser.metrics import cer, classification_report, wer
+from edgeser.modelling.base import SerModel, SerOutput
+from edgeser.modelling.runner import torch_runners
+from edgeser.stages import pad_batch
+from edgeser.training.config import TrainConfig
+
+
+@dataclass
+class Clip:
+    """A decoded training/evaluation example."""
+
+    id: str
+    audio: np.ndarray  # float32, 16 kHz
+    label: int
+    transcript: str
+    speaker: str = ""
+
+
+def load_clips(utterances: list[Utterance], labels: list[str], progress: str | None = None) -> list[Clip]:
+    """Decode every clip once (16 kHz mono); transcripts missing from the corpus become empty."""
+    index = {label: i for i, label in enumerate(labels)}
+    clips = []
+    with click.progressbar(utterances, label=progress or "loading audio", file=sys.stderr) as bar:
+        for utt in bar:
+            clips.append(Clip(utt.id, load_audio(utt.path), index[utt.label], utt.transcript or "", utt.speaker))
+    return clips
+
+
+def collate(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad waveforms to `[B, S]` with their lengths `[B]`."""
+    batch, lengths = pad_batch(waves)
+    return torch.from_numpy(batch), torch.from_numpy(lengths)
+
+
+def batches(clips: list[Clip], size: int, rng: np.random.Generator | None, bucketed: bool = False
+            ) -> Iterator[list[Clip]]:
+    """Shuffled batches (training), length-bucketed shuffled batches (`bucketed`: whole long clips pad
+    little), or length-sorted batches in order (evaluation, `rng` None)."""
+    if rng is None or bucketed:
+        order = sorted(range(len(clips)), key=lambda i: clips[i].audio.size)
+        groups = [order[start : start + size] for start in range(0, len(order), size)]
+        if rng is not None:
+            groups = [groups[i] for i in rng.permutation(len(groups))]
+        for group in groups:
+            yield [clips[i] for i in group]
+        return
+    order = list(rng.permutation(len(clips)))
+    for start in range(0, len(order), size):
+        yield [clips[i] for i in order[start : start + size]]
+
+
+def random_window(audio: np.ndarray, max_samples: int, rng: np.random.Generator) -> np.ndarray:
+    if audio.size <= max_samples:
+        return audio
+    start = int(rng.integers(0, audio.size - max_samples + 1))
+    return audio[start : start + max_samples]
+
+
+def ctc_targets(model: SerModel, transcripts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    assert model.vocab is not None
+    encoded = [model.vocab.encode(t) for t in transcripts]
+    lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
+    flat = torch.tensor([i for e in encoded for i in e], dtype=torch.long)
+    return flat, lengths
+
+
+def compute_loss(
+    model: SerModel, batch: list[Clip], rng: np.random.Generator, config: TrainConfig, device: torch.device,
+    stage: dict[str, Any],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One batch's training loss, `(1 - a) * CE + a * CTC`, with the paper's augmentation if any."""
+    crop = config.crop_for(model.ctc_head is None and not model.uses_text)
+    max_samples = int(config.max_seconds * SAMPLE_RATE)
+    audio = [random_window(c.audio, max_samples, rng) if crop == "random-window" else c.audio for c in batch]
+    waves, lengths = collate(audio)
+    waves, lengths = waves.to(device), lengths.to(device)
+    waves = model.augment_waveform(waves, lengths)
+    labels = torch.tensor([c.label for c in batch], dtype=torch.long, device=device)
+    ctc_weight = float(stage.get("ctc_weight", config.ctc_weight)) if model.ctc_head is not None else 0.0
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        if not stage.get("uses_text", True):  # the paper's audio-only SER head first (CmGI phase 1)
+            features, frame_lengths = model.audio_encoder(waves, lengths)
+            ctc = model.ctc_head(features) if model.ctc_head is not None else None
+            output = SerOutput(model.acoustic_logits(features, frame_lengths), frame_lengths, ctc)
+        elif model.uses_text:
+            ids, mask = model.tokenize([c.transcript for c in batch])
+            output = model(waves, lengths, ids.to(device), mask.to(device))
+        else:
+            output = model(waves, lengths)
+    ce = F.cross_entropy(output.logits.float(), labels)
+    parts = {"ce": float(ce.detach())}
+    loss = ce
+    if ctc_weight > 0 and output.ctc_log_probs is not None:
+        targets, target_lengths = ctc_targets(model, [c.transcript for c in batch])
+        log_probs = output.ctc_log_probs.float().transpose(0, 1)  # [F, B, V]
+        ctc = F.ctc_loss(
+            log_probs, targets.to(device), output.frame_lengths, target_lengths.to(device),
+            blank=model.vocab.blank_id if model.vocab else 0, zero_infinity=True,
+        )
+        loss = (1 - ctc_weight) * ce + ctc_weight * ctc
+        parts["ctc"] = float(ctc.detach())
+    parts["loss"] = float(loss.detach())
+    return loss, parts
+
+
+@dataclass
+class EvalResult:
+    """Predictions and metrics of one pass over a split."""
+
+    ids: list[str]
+    predictions: list[int]
+    probabilities: list[list[float]]
+    transcripts: list[str]
+    metrics: dict[str, Any]
+
+
+def evaluate(
+    model: SerModel, clips: list[Clip], *, batch_size: int = 16, text_source: str = "asr",
+    device: torch.device | None = None, per_speaker: bool = False,
+) -> EvalResult:
+    """Run the model as deployed, through the stage contract (`StageGraph` + PyTorch runners): the text branch
+    reads the model's own CTC transcript (`text_source="asr"`) or the ground truth (`"ground_truth"`)."""
+    model.eval()
+    graph = model.stage_graph()
+    runners = torch_runners(model, device)
+    ids: list[str] = []
+    predictions: list[int] = []
+    probabilities: list[list[float]] = []
+    transcripts: list[str] = []
+    for batch in batches(clips, batch_size, None):
+        truth = [c.transcript for c in batch] if text_source == "ground_truth" else None
+        run = graph.run(runners, [c.audio for c in batch], transcripts=truth)
+        logits = run.logits.astype(np.float64)
+        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+        ids += [c.id for c in batch]
+        predictions += probs.argmax(axis=-1).tolist()
+        probabilities += probs.tolist()
+        transcripts += run.transcripts or [""] * len(batch)
+    truth_by_id = {c.id: c for c in clips}
+    labels = [truth_by_id[i].label for i in ids]
+    metrics: dict[str, Any] = classification_report(labels, predictions, len(model.labels)).to_dict()
+    if model.ctc_head is not None:
+        references = [truth_by_id[i].transcript for i in ids]
+        metrics["cer"] = cer(references, transcripts)
+        metrics["wer"] = wer(references, transcripts)
+    if per_speaker:
+        by_speaker: dict[str, list[int]] = defaultdict(list)
+        for position, clip_id in enumerate(ids):
+            by_speaker[truth_by_id[clip_id].speaker].append(position)
+        metrics["per_speaker"] = {
+            speaker: {k: v for k, v in classification_report(
+                [labels[i] for i in rows], [predictions[i] for i in rows], len(model.labels)).to_dict().items()
+                if k != "confusion"}
+            for speaker, rows in sorted(by_speaker.items())}
+    return EvalResult(ids, predictions, probabilities, transcripts, metrics)

@@ -1,0 +1,206 @@
+"""`edgeser train`: one fold of a protocol, model selection on validation clips, one final evaluation.
+
+The kept checkpoint is the final-stage epoch with the best validation UA; validation clips come from the
+training side (`edgeser.data.protocols`). The evaluation clips are read once, after training, by the kept
+model: they never choose anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+
+from edgeser.checkpoint import load_checkpoint, save_checkpoint
+from edgeser.data import load_corpus
+from edgeser.data.protocols import DEFAULT_PROTOCOL, limited, make_split
+from edgeser.errors import ModelError
+from edgeser.files import atomic_dir, write_json_atomic, write_text_atomic
+from edgeser.modelling.base import SerModel
+from edgeser.modelling.registry import build_model, load_recipe
+from edgeser.training.batches import Clip, batches, compute_loss, evaluate, load_clips
+from edgeser.training.config import TrainConfig, apply_stage, lr_lambda, make_optimizer, resolve_device, stage_plan
+
+STATE_DIR = "train_state"
+METRICS_FILE = "metrics.jsonl"
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def train(
+    model_name: str,
+    size: str,
+    data_spec: str,
+    fold_index: int,
+    out_dir: Path,
+    *,
+    protocol: str = DEFAULT_PROTOCOL,
+    seed: int = 0,
+    device_name: str = "auto",
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+    limit: int | None = None,
+    log: Callable[[str], None] = lambda line: click.echo(line, err=True),
+) -> dict[str, Any]:
+    """Train one fold; returns the metrics written to `out_dir/checkpoint.json` (best, evaluation, history)."""
+    device = resolve_device(device_name)
+    seed_everything(seed)
+    recipe = load_recipe(model_name)
+    config = TrainConfig.from_recipe(recipe, size, overrides or {})
+    corpus = load_corpus(data_spec)
+    split = make_split(corpus, protocol, fold_index, seed)
+    if limit:
+        split = limited(split, limit, seed)
+    if not split.validation_ids:
+        raise ModelError(f"{corpus.name} fold {fold_index}: no validation clips to select the model on")
+    provenance = split.provenance(data_spec) | ({"limit": limit} if limit else {})
+    model = build_model(model_name, size, corpus.labels, overrides=model_overrides).to(device)
+
+    state_dir = out_dir / STATE_DIR
+    start_epoch, best, history = 0, None, []
+    plan = stage_plan(config)
+    optimizer = make_optimizer(model, config)
+    steps_per_epoch = math.ceil(math.ceil(len(split.train_ids) / config.batch_size) / config.grad_accumulation)
+    total_steps = steps_per_epoch * len(plan)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total_steps, int(config.warmup_ratio * total_steps), config.schedule))
+    if resume and (state_dir / "state.json").is_file():
+        start_epoch, best, history = restore_state(state_dir, model, optimizer, scheduler, provenance)
+        write_history(out_dir, history)  # the saved state is the truth, whatever happened after it
+        log(f"resuming at epoch {start_epoch + 1}/{len(plan)} (best validation UA so far "
+            f"{best['ua'] if best else 0:.4f})")
+    elif out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise ModelError(f"{out_dir}: output folder is not empty; pass --resume to continue or choose another")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    train_clips = load_clips(corpus.subset(split.train_ids), corpus.labels, f"loading {len(split.train_ids)} training clips")
+    validation_clips = load_clips(corpus.subset(split.validation_ids), corpus.labels,
+                                  f"loading {len(split.validation_ids)} validation clips")
+    crop = config.crop_for(model.ctc_head is None and not model.uses_text)
+    log(f"{model_name}/{size} on {corpus.name}, {protocol} fold {split.index} ({split.held_out}): "
+        f"{len(train_clips)} train, {len(validation_clips)} validation ({split.validation_note}), "
+        f"{len(split.eval_ids)} evaluation; {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"device {device}, crop {crop}")
+    for epoch in range(start_epoch, len(plan)):
+        stage = plan[epoch]
+        entry = train_epoch(model, train_clips, config, device, stage, epoch, len(plan), seed, optimizer, scheduler,
+                            bucketed=crop == "none")
+        result = evaluate(model, validation_clips, batch_size=config.batch_size, text_source=config.text_source_eval,
+                          device=device)
+        entry["validation"] = {k: v for k, v in result.metrics.items() if k != "confusion"}
+        history.append(entry)
+        # Earlier stages (CmGI's acoustic phase) do not train the deployed heads: only the final
+        # stage's epochs may become the kept checkpoint.
+        eligible = plan[epoch] is plan[-1]
+        improved = eligible and (best is None or result.metrics["ua"] > best["ua"])
+        log(f"epoch {epoch + 1}: loss {entry['train']['loss']:.4f}  validation UA {result.metrics['ua']:.4f}  "
+            f"WA {result.metrics['wa']:.4f}" + (f"  CER {result.metrics['cer']:.3f}" if "cer" in result.metrics else "")
+            + f"  ({entry['seconds']} s){'  *best' if improved else ''}")
+        if improved:
+            best = {**result.metrics, "epoch": epoch + 1}
+            save_checkpoint(model, out_dir, {"best": best, "history": history}, provenance, asdict(config))
+        save_state(state_dir, model, optimizer, scheduler, epoch + 1, best, history, provenance)
+        write_history(out_dir, history)
+    return final_evaluation(out_dir, corpus, split, config, best, history, device, log)
+
+
+def train_epoch(model: SerModel, clips: list[Clip], config: TrainConfig, device: torch.device, stage: dict[str, Any],
+                epoch: int, epochs: int, seed: int, optimizer: torch.optim.Optimizer, scheduler: Any,
+                bucketed: bool) -> dict[str, Any]:
+    """One pass over the training clips; returns the history entry (mean losses, seconds)."""
+    apply_stage(model, stage)
+    model.train()
+    rng = np.random.default_rng([seed, epoch])
+    started = time.perf_counter()
+    totals: dict[str, float] = {}
+    count = 0
+    with click.progressbar(list(batches(clips, config.batch_size, rng, bucketed=bucketed)),
+                           label=f"epoch {epoch + 1}/{epochs}", file=sys.stderr) as bar:
+        optimizer.zero_grad(set_to_none=True)
+        for index, batch in enumerate(bar, start=1):
+            loss, parts = compute_loss(model, batch, rng, config, device, stage)
+            (loss / config.grad_accumulation).backward()
+            if index % config.grad_accumulation == 0 or index == len(bar):
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0.0) + value * len(batch)
+            count += len(batch)
+    return {"epoch": epoch + 1, "stage": stage.get("name", "main"), "train": {k: v / count for k, v in totals.items()},
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def final_evaluation(out_dir: Path, corpus: Any, split: Any, config: TrainConfig, best: dict[str, Any] | None,
+                     history: list[dict[str, Any]], device: torch.device, log: Callable[[str], None]
+                     ) -> dict[str, Any]:
+    """The kept model on the evaluation clips, once; recorded in checkpoint.json beside the validation figures."""
+    if best is None:
+        raise ModelError(f"{out_dir}: no final-stage epoch ran, so no checkpoint was kept")
+    model = load_checkpoint(out_dir).to(device)
+    clips = load_clips(corpus.subset(split.eval_ids), corpus.labels, f"evaluating on {len(split.eval_ids)} clips")
+    result = evaluate(model, clips, batch_size=config.batch_size, text_source=config.text_source_eval, device=device,
+                      per_speaker=True)
+    evaluation = {**result.metrics, "epoch": best["epoch"], "text_source": config.text_source_eval}
+    info_path = out_dir / "checkpoint.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["metrics"] = {"best": best, "evaluation": evaluation, "history": history}
+    write_json_atomic(info_path, info)
+    log(f"kept epoch {best['epoch']} (validation UA {best['ua']:.4f}); evaluation ({split.held_out}): "
+        f"UA {evaluation['ua']:.4f} WA {evaluation['wa']:.4f}"
+        + (f" CER {evaluation['cer']:.3f}" if "cer" in evaluation else ""))
+    return info["metrics"]
+
+
+def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite `metrics.jsonl` (one epoch a line) atomically from the run's history."""
+    write_text_atomic(out_dir / METRICS_FILE, "".join(json.dumps(entry) + "\n" for entry in history))
+
+
+def save_state(
+    state_dir: Path, model: SerModel, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
+    best: dict[str, Any] | None, history: list[dict[str, Any]], provenance: dict[str, Any],
+) -> None:
+    """Everything needed to resume after `epoch`, written atomically as one folder."""
+    with atomic_dir(state_dir) as staging:
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "torch_rng": torch.get_rng_state()},
+            staging / "state.pt",
+        )
+        write_json_atomic(
+            staging / "state.json", {"epoch": epoch, "best": best, "history": history, "provenance": provenance}
+        )
+
+
+def restore_state(
+    state_dir: Path, model: SerModel, optimizer: torch.optim.Optimizer, scheduler: Any, provenance: dict[str, Any]
+) -> tuple[int, dict[str, Any] | None, list[dict[str, Any]]]:
+    meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
+    if meta["provenance"] != provenance:
+        raise ModelError(f"{state_dir}: saved run used other data, fold or protocol; cannot resume with these settings")
+    payload = torch.load(state_dir / "state.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["torch_rng"])
+    return int(meta["epoch"]), meta["best"], meta["history"]
