@@ -112,15 +112,19 @@ def _short(err: Exception) -> str:
 def to_mono_16k(samples: npt.ArrayLike, sample_rate: int, *, source: str = "<array>") -> npt.NDArray[np.float32]:
     """Down-mix `[S]` or `[S, C]` samples to mono and resample to 16 kHz with soxr (high quality)."""
     audio = np.asarray(samples)
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)
-    elif audio.ndim != 1:
+    if audio.ndim not in (1, 2):
         raise AudioError(source, f"expected 1-D mono or 2-D [samples, channels] audio, got shape {audio.shape}")
-    if not np.issubdtype(audio.dtype, np.floating):
-        if np.issubdtype(audio.dtype, np.integer):
-            audio = audio.astype(np.float64) / float(np.iinfo(audio.dtype).max)
-        else:
-            raise AudioError(source, f"unsupported sample dtype {audio.dtype}")
+    if audio.dtype == np.bool_ or not (np.issubdtype(audio.dtype, np.floating)
+                                       or np.issubdtype(audio.dtype, np.integer)):
+        raise AudioError(source, f"unsupported sample dtype {audio.dtype}")
+    if np.issubdtype(audio.dtype, np.integer):
+        # PCM scaling: signed ints are two's complement around 0, unsigned ones offset binary around the middle
+        # (8-bit WAV); full scale is 2 ** (bits - 1), as soundfile decodes files.
+        bits = np.iinfo(audio.dtype).bits
+        middle = 0.0 if np.issubdtype(audio.dtype, np.signedinteger) else float(2 ** (bits - 1))
+        audio = (audio.astype(np.float64) - middle) / float(2 ** (bits - 1))
+    if audio.ndim == 2:
+        audio = audio.mean(axis=channel_axis(audio.shape, source))
     if sample_rate <= 0:
         raise AudioError(source, f"invalid sample rate {sample_rate}")
     if sample_rate < MIN_SAMPLE_RATE:
@@ -131,6 +135,20 @@ def to_mono_16k(samples: npt.ArrayLike, sample_rate: int, *, source: str = "<arr
             raise AudioError(source, "contains NaN or infinite samples")
         audio = soxr.resample(audio, sample_rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
     return np.ascontiguousarray(audio)
+
+
+MAX_CHANNELS = 32
+
+
+def channel_axis(shape: tuple[int, ...], source: str) -> int:
+    """The channel axis of a 2-D array: the short one (at most 32 channels); `[S, C]` when both are short."""
+    rows, columns = shape
+    if columns <= MAX_CHANNELS and (rows > MAX_CHANNELS or rows >= columns):
+        return 1
+    if rows <= MAX_CHANNELS:
+        return 0
+    raise AudioError(source, f"2-D audio of shape {shape} has no channel axis of at most {MAX_CHANNELS}; pass "
+                             "[samples] or [samples, channels]")
 
 
 def check_waveform(
@@ -150,7 +168,7 @@ def check_waveform(
     if duration < min_duration:
         raise AudioError(source, f"too short: {duration:.3f} s (minimum {min_duration:g} s)")
     if max_duration is not None and duration > max_duration:
-        raise AudioError(source, f"too long: {duration:.1f} s (maximum {max_duration:g} s; split long recordings)")
+        raise AudioError(source, too_long(duration, max_duration))
     if on_silent != "ignore" and float(np.max(np.abs(audio))) < SILENCE_PEAK:
         if on_silent == "error":
             raise AudioError(source, "all-silent audio (peak below -80 dBFS)")
@@ -178,6 +196,22 @@ def _wav_shortfall(handle: BinaryIO, total: int) -> int:
     return 0
 
 
+def _refuse_truncated(source: AudioSource, target: str | io.BytesIO) -> None:
+    if isinstance(target, io.BytesIO):
+        missing = _wav_shortfall(target, len(source))
+        target.seek(0)
+    else:
+        with open(target, "rb") as handle:
+            missing = _wav_shortfall(handle, Path(target).stat().st_size)
+    if missing:
+        raise AudioError(_describe(source), f"truncated WAV: {missing} bytes of audio data missing")
+
+
+def too_long(duration: float, max_duration: float) -> str:
+    return (f"too long: {duration:.1f} s (maximum {max_duration:g} s); split long recordings with "
+            "`edgeser predict --long` or `Pipeline.long`")
+
+
 def load_audio(
     source: AudioSource,
     *,
@@ -187,18 +221,18 @@ def load_audio(
 ) -> npt.NDArray[np.float32]:
     """Decode a file path or the bytes of a file to checked mono float32 at 16 kHz.
 
-    The container is detected from the content (libsndfile), never from the extension.
+    The container is detected from the content (libsndfile), never from the extension. An over-long file is
+    refused from its header, before anything is decoded.
     """
     name = _describe(source)
     target = _open_target(source)
-    if isinstance(target, io.BytesIO):
-        missing = _wav_shortfall(target, len(source))
-        target.seek(0)
-    else:
-        with open(target, "rb") as handle:
-            missing = _wav_shortfall(handle, Path(target).stat().st_size)
-    if missing:
-        raise AudioError(name, f"truncated WAV: {missing} bytes of audio data missing")
+    _refuse_truncated(source, target)
+    if max_duration is not None:
+        header = probe(source)
+        if header.duration > max_duration:
+            raise AudioError(name, too_long(header.duration, max_duration))
+        if isinstance(target, io.BytesIO):
+            target.seek(0)
     try:
         samples, sample_rate = sf.read(target, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
@@ -210,3 +244,39 @@ def load_audio(
     audio = to_mono_16k(samples, int(sample_rate), source=name)
     check_waveform(audio, source=name, min_duration=min_duration, max_duration=max_duration, on_silent=on_silent)
     return audio
+
+
+def scan_audio(source: AudioSource, *, min_duration: float = MIN_DURATION_S, block_seconds: float = 10.0,
+               on_silent: SilencePolicy = "error") -> AudioInfo:
+    """Check a whole file as `load_audio` would (readable, complete, finite, long enough, not silent), decoding
+    it in blocks so memory stays small whatever its length; returns its header."""
+    info = probe(source)
+    target = _open_target(source)
+    _refuse_truncated(source, target)
+    peak, frames = 0.0, 0
+    try:
+        with sf.SoundFile(target) as handle:
+            block = max(1, int(block_seconds * handle.samplerate))
+            while True:
+                data = handle.read(block, dtype="float32", always_2d=True)
+                if data.size == 0:
+                    break
+                if not np.all(np.isfinite(data)):
+                    raise AudioError(info.path, "contains NaN or infinite samples")
+                peak = max(peak, float(np.max(np.abs(data.mean(axis=1)))))
+                frames += data.shape[0]
+    except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        raise AudioError(info.path, f"unreadable or corrupt audio ({_short(err)})") from None
+    if frames == 0:
+        raise AudioError(info.path, "empty audio (0 samples)")
+    if info.sample_rate < MIN_SAMPLE_RATE:
+        raise AudioError(info.path, f"sample rate {info.sample_rate} Hz is below the {MIN_SAMPLE_RATE} Hz minimum "
+                                    "for speech")
+    duration = frames / info.sample_rate
+    if duration < min_duration:
+        raise AudioError(info.path, f"too short: {duration:.3f} s (minimum {min_duration:g} s)")
+    if on_silent != "ignore" and peak < SILENCE_PEAK:
+        if on_silent == "error":
+            raise AudioError(info.path, "all-silent audio (peak below -80 dBFS)")
+        warnings.warn(f"{info.path}: all-silent audio (peak below -80 dBFS)", stacklevel=2)
+    return info

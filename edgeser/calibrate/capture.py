@@ -89,6 +89,14 @@ def token_bucket(length: int) -> int:
     return size
 
 
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """Concatenate batch-1 arrays, zero-padding axis 1 to the widest."""
+    if arrays[0].ndim >= 2:
+        width = max(a.shape[1] for a in arrays)
+        arrays = [_pad_axis1(a, width) for a in arrays]
+    return np.concatenate(arrays)
+
+
 def _pad_axis1(array: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros((array.shape[0], size, *array.shape[2:]), dtype=array.dtype)
     out[:, : array.shape[1]] = array
@@ -132,7 +140,8 @@ def capture_stage_inputs(
                 if name in wanted:
                     group.setdefault(name, []).append(value)
             captured.clip_groups.append(key)
-    captured.groups = {key: {name: np.concatenate(values) for name, values in tensors.items()}
+    # Encoders may emit a few padding frames beyond the layout's count: one width per group, zero-padded.
+    captured.groups = {key: {name: _stack(values) for name, values in tensors.items()}
                        for key, tensors in sorted(rows.items())}
     return captured
 

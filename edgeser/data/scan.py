@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edgeser.audio import load_audio
+from edgeser.audio import scan_audio
 from edgeser.data.records import Corpus, FileProblem, Utterance
 from edgeser.errors import AudioError
 
@@ -42,12 +42,13 @@ class CorpusSummary:
 def decode_check(
     utterances: Iterable[Utterance], on_each: Callable[[Utterance], None] | None = None
 ) -> tuple[list[Utterance], list[FileProblem]]:
-    """Decode every clip with the toolkit's loader; keep the good ones, report every bad one."""
+    """Decode and check every clip in blocks (what the toolkit's loader refuses is bad); memory stays small
+    whatever the files' lengths."""
     good: list[Utterance] = []
     problems: list[FileProblem] = []
     for utt in utterances:
         try:
-            load_audio(utt.path)
+            scan_audio(utt.path)
         except AudioError as err:
             problems.append(FileProblem(str(utt.path), err.problem))
         else:

@@ -1,0 +1,146 @@
+"""Crash safety: a kill at any rename of export, calibrate and quantize leaves the old or the new bundle complete
+at --out, and the next run removes the staging the killed one left."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeser.bundle import validate_bundle
+from edgeser.files import STAGING_MARK, atomic_dir, clean_stale_staging, staging_dir, write_json_atomic
+from tests.conftest import REPO, write_audio
+
+DRIVER = REPO / "tests" / "fault_driver.py"
+
+
+def run(args: list[str], fault_at: int | None, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if fault_at is None:
+        command = [sys.executable, "-m", "edgeser.cli", *args]
+    else:
+        command = [sys.executable, str(DRIVER), *args]
+        env["EDGESER_FAULT_AT"] = str(fault_at)
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def debris(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".edgeser-" in p.name)
+
+
+def each_fault(args: list[str], cwd: Path, check: callable) -> int:  # type: ignore[valid-type]
+    """Kill the command before rename 1, 2, ... until it completes; `check()` after every kill. Returns N."""
+    fault = 1
+    while True:
+        done = run(args, fault, cwd)
+        if done.returncode != 137:
+            assert done.returncode == 0, done.stderr
+            check()
+            return fault - 1
+        check()
+        fault += 1
+        assert fault < 40, "more renames than expected"
+
+
+@pytest.fixture(scope="module")
+def stfnet_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two tiny stfnet checkpoints with different weights: the old and the new bundle are told apart."""
+    import torch
+
+    from edgeser.checkpoint import save_checkpoint
+    from edgeser.modelling.registry import build_model
+
+    root = tmp_path_factory.mktemp("ckpts")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model("stfnet", "small", ["angry", "happy", "sad", "neutral"]).eval()  # 47 k parameters
+        paths.append(save_checkpoint(model, root / f"stfnet{seed}", {}, {"data_spec": "tests"}))
+    return paths[0], paths[1]
+
+
+def test_kill_at_every_rename_of_export_keeps_a_complete_bundle(stfnet_checkpoints, tmp_path: Path) -> None:
+    old, new = stfnet_checkpoints
+    out = tmp_path / "build" / "stfnet"
+    assert run(["export", "--model", "stfnet", "--checkpoint", str(old), "--out", str(out)], None, tmp_path).returncode == 0
+
+    def check() -> None:
+        manifest = validate_bundle(out, "fp32")  # complete: manifest, every graph, checksums
+        assert manifest.source_checkpoint["path"] in {str(old), str(new)}
+
+    renames = each_fault(["export", "--model", "stfnet", "--checkpoint", str(new), "--out", str(out)], tmp_path, check)
+    assert renames >= 2  # the manifest write and the swap at least
+    assert validate_bundle(out).source_checkpoint["path"] == str(new)
+    assert debris(out.parent) == []  # the last, complete run removed what the killed ones left
+    assert list(tmp_path.iterdir()) == [tmp_path / "build"]  # nothing written to the working directory
+
+
+def test_kill_at_every_rename_of_calibrate_and_quantize(stfnet_checkpoints, tmp_path: Path) -> None:
+    old, _ = stfnet_checkpoints
+    bundle = tmp_path / "stfnet"
+    assert run(["export", "--model", "stfnet", "--checkpoint", str(old), "--out", str(bundle)], None,
+               tmp_path).returncode == 0
+    rows = ["path,label,speaker"]
+    for i in range(8):
+        clip = write_audio(tmp_path / "clips" / f"c{i}.wav", seconds=1.0 + 0.2 * i)
+        rows.append(f"{clip},{['angry', 'happy', 'sad', 'neutral'][i % 4]},s{i % 2}")
+    (tmp_path / "clips.csv").write_text("\n".join(rows) + "\n")
+    calibrate = ["calibrate", str(bundle), "--data", str(tmp_path / "clips.csv"), "--samples", "4"]
+    assert run(calibrate, None, tmp_path).returncode == 0
+    first = json.loads((bundle / "calibration" / "calibration.json").read_text())["created"]
+
+    def calibrated() -> None:
+        validate_bundle(bundle, "fp32")
+        json.loads((bundle / "calibration" / "calibration.json").read_text())  # old or new, never half
+        assert (bundle / "calibration" / "inputs.npz").is_file()
+
+    assert each_fault(calibrate, tmp_path, calibrated) >= 2
+    assert json.loads((bundle / "calibration" / "calibration.json").read_text())["created"] >= first
+
+    def quantised() -> None:
+        manifest = validate_bundle(bundle, "fp32")
+        if "int8" in manifest.precisions:
+            validate_bundle(bundle, "int8")  # listed means complete
+
+    assert each_fault(["quantize", str(bundle), "--int8", "--min-width", "0"], tmp_path, quantised) >= 2
+    validate_bundle(bundle, "int8")
+    assert debris(bundle) == [] and debris(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clips", "clips.csv", "stfnet"]  # no scratch in cwd
+
+
+def test_stale_staging_of_a_dead_process_is_removed_and_a_live_one_kept(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", (
+        "import os, sys; from pathlib import Path; from edgeser.files import staging_dir\n"
+        f"with staging_dir(Path({str(tmp_path)!r}), 'bundle') as s:\n"
+        "    (s / 'big.onnx').write_bytes(b'x' * 1000); os._exit(9)")],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert dead.returncode == 9 and len(debris(tmp_path)) == 2  # the folder and its lock
+    with staging_dir(tmp_path, "other") as live:  # the next writer in the folder cleans the dead one's
+        (live / "f").write_text("busy")
+        assert debris(tmp_path) == sorted([live.name, live.name + ".lock"])
+        assert clean_stale_staging(tmp_path) == []  # a live writer's staging is never taken
+        assert (live / "f").read_text() == "busy"
+    assert debris(tmp_path) == []
+
+
+def test_atomic_dir_refuses_a_file_and_keeps_the_old_folder_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "bundle"
+    target.write_text("not a folder")
+    with pytest.raises(FileExistsError):
+        with atomic_dir(target):
+            pass
+    target.unlink()
+    with atomic_dir(target) as staging:
+        write_json_atomic(staging / "a.json", {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as staging:
+            write_json_atomic(staging / "a.json", {"v": 2})
+            raise RuntimeError("fails half way")
+    assert json.loads((target / "a.json").read_text()) == {"v": 1} and debris(tmp_path) == []
+    shutil.rmtree(target)
+    assert STAGING_MARK.startswith(".edgeser-")
