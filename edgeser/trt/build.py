@@ -90,12 +90,12 @@ def inspect_engine(trt: Any, logger: Any, plan: bytes) -> dict[str, Any]:
 
 
 def runtime_versions() -> dict[str, Any]:
+    """CUDA runtime and driver versions (for the manifest)."""
+    from edgeser.trt.engines import cuda_call
+
     cudart = import_cudart()
-    versions: dict[str, Any] = {}
-    for key, call in (("cuda_runtime", "cudaRuntimeGetVersion"), ("cuda_driver", "cudaDriverGetVersion")):
-        result = getattr(cudart, call)()
-        versions[key] = int(result[1]) if int(getattr(result[0], "value", result[0])) == 0 else None
-    return versions
+    return {"cuda_runtime": int(cuda_call(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")),
+            "cuda_driver": int(cuda_call(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion"))}
 
 
 def build_engines(bundle: Path, options: BuildOptions, log: Any = None) -> dict[str, Any]:
