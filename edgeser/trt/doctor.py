@@ -73,12 +73,13 @@ class DoctorReport:
 
     def to_markdown(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
-        lines = [f"# TensorRT doctor: {self.bundle} ({self.target}) — {verdict}", "",
-                 f"{len(self.errors)} error(s), {len(self.warnings)} warning(s) over "
-                 f"{', '.join(self.precisions)}.", "",
-                 f"Operator table: {self.table['repository']} `{self.table['path']}` @ {self.table['commit'][:12]} "
-                 f"(TensorRT {self.table['table_version']} matrix{', derived for this line' if self.table['derived'] else ''}"
-                 f"; checked from TensorRT {self.table['checked_from']}).", "",
+        derived = ", derived for this line" if self.table["derived"] else ""
+        summary = (f"{len(self.errors)} error(s), {len(self.warnings)} warning(s) over "
+                   f"{', '.join(self.precisions)}.")
+        source = (f"Operator table: {self.table['repository']} `{self.table['path']}` @ {self.table['commit'][:12]} "
+                  f"(TensorRT {self.table['table_version']} matrix{derived}; checked from TensorRT "
+                  f"{self.table['checked_from']}).")
+        lines = [f"# TensorRT doctor: {self.bundle} ({self.target}) — {verdict}", "", summary, "", source, "",
                  "## Stages", ""]
         rows = [[s.precision, s.stage, str(s.nodes), str(s.opset), str(s.qdq.get("quantize", 0)),
                  str(s.qdq.get("dequantize", 0)), str(s.qdq.get("per_channel_weights", 0)),

@@ -3,6 +3,7 @@ tensors are constants (initializers, Constant nodes, and what folds from them)."
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,12 +89,10 @@ def load_graph(path: Path) -> GraphFacts:
                           "pip install 'edgeser[export]'") from None
     try:
         model = onnx.load(str(path))
-    except Exception as err:  # onnx raises DecodeError and friends
+    except Exception as err:  # noqa: BLE001 - onnx raises DecodeError and friends
         raise BundleError(f"{path}: not a readable ONNX graph ({' '.join(str(err).split())[:160]})") from None
-    try:
+    with contextlib.suppress(Exception):  # inference helps with element types; graphs without it still check
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is a help here, not a requirement
-        pass
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     facts = GraphFacts(path, model, opset)
     graph = model.graph

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def parse_target(text: str) -> Target:
     return Target(major, max(floor, table_floor))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_table(major: int) -> dict[str, Any]:
     path = DATA / f"onnx-tensorrt-{major}.json"
     try:

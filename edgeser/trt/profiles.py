@@ -87,24 +87,6 @@ def axis_ranges(manifest: Any, stats: dict[str, dict[str, int]] | None) -> dict[
     return ranges
 
 
-def default_profiles(manifest: Any, stats: dict[str, dict[str, int]] | None, stages: list[str]) -> tuple[
-        Profiles, list[str]]:
-    """Profiles for every input of `stages` from the derivable axes; also the inputs left uncovered."""
-    ranges = axis_ranges(manifest, stats)
-    profiles: Profiles = {}
-    missing: list[str] = []
-    for stage in stages:
-        for spec in manifest.stages[stage].inputs:
-            dims = [ranges.get(d) if isinstance(d, str) else (int(d),) * 3 for d in spec.shape]
-            if any(d is None for d in dims):
-                unknown = [d for d in spec.shape if isinstance(d, str) and d not in ranges]
-                missing.append(f"{stage}:{spec.name} (axis {', '.join(unknown)})")
-                continue
-            profiles.setdefault(stage, {})[spec.name] = InputProfile(
-                *(tuple(d[i] for d in dims) for i in range(3)))  # type: ignore[index]
-    return profiles, missing
-
-
 _SHAPE = re.compile(r"^\d+(x\d+)*$")
 
 
@@ -152,12 +134,34 @@ def validate_profiles(manifest: Any, profiles: Profiles) -> None:
 
 def resolve_profiles(bundle: Path, manifest: Any, stages: list[str], options: tuple[str, ...] = ()) -> tuple[
         Profiles, list[str], str]:
-    """Default profiles with `--profile` overrides applied and validated; also uncovered inputs and the source."""
+    """Default profiles with `--profile` overrides applied and validated; also uncovered inputs and the source.
+
+    An override also sets its named axes for the stage's other inputs (a waveform batch range applies to
+    `lengths` too), so one override per axis is enough.
+    """
     stats = length_stats(bundle)
-    profiles, _ = default_profiles(manifest, stats, stages)
+    base = axis_ranges(manifest, stats)
+    overrides: Profiles = {}
     for text in options:
         stage, name, profile = parse_profile_option(text)
-        profiles.setdefault(stage, {})[name] = profile
+        overrides.setdefault(stage, {})[name] = profile
+    validate_profiles(manifest, overrides)
+    profiles: Profiles = {}
+    for stage in stages:
+        ranges = dict(base)
+        for name, profile in overrides.get(stage, {}).items():
+            spec = next(t for t in manifest.stages[stage].inputs if t.name == name)
+            for axis, dim in enumerate(spec.shape):
+                if isinstance(dim, str):
+                    ranges[dim] = (profile.min[axis], profile.opt[axis], profile.max[axis])
+        for spec in manifest.stages[stage].inputs:
+            if spec.name in overrides.get(stage, {}):
+                profiles.setdefault(stage, {})[spec.name] = overrides[stage][spec.name]
+                continue
+            dims = [ranges.get(d) if isinstance(d, str) else (int(d),) * 3 for d in spec.shape]
+            if all(d is not None for d in dims):
+                profiles.setdefault(stage, {})[spec.name] = InputProfile(
+                    *(tuple(d[i] for d in dims) for i in range(3)))  # type: ignore[index]
     validate_profiles(manifest, profiles)
     missing = [f"{stage}:{spec.name}" for stage in stages for spec in manifest.stages[stage].inputs
                if any(isinstance(d, str) for d in spec.shape) and spec.name not in profiles.get(stage, {})]
