@@ -98,6 +98,20 @@ def test_per_channel_activation_and_wrong_weight_axis_are_errors(tmp_path: Path)
     assert any(f.rule == "per-channel" and "needs axis 1" in f.message for f in axis)
 
 
+def test_qdq_pairs_on_float_weights_count_as_weights(tmp_path: Path) -> None:
+    """Q -> DQ on a float weight (onnxruntime's AddQDQPairToWeight) is per-channel weight quantisation."""
+    path = qdq_matmul(tmp_path, name="pair")
+    model = onnx.load(str(path))
+    weight = next(i for i in model.graph.initializer if i.name == "W")
+    weight.CopyFrom(init("W", (numpy_helper.to_array(weight).astype(np.float32) * 0.01)))
+    model.graph.node.insert(0, helper.make_node("QuantizeLinear", ["W", "ws", "wz"], ["Wq"], name="qw", axis=1))
+    for node in model.graph.node:
+        if node.name == "dqw":
+            node.input[0] = "Wq"
+    onnx.save(model, str(path))
+    assert [f for f in findings(path) if f.severity == "error"] == []
+
+
 def test_computed_and_negative_scales_are_errors(tmp_path: Path) -> None:
     assert "scale" in rules(qdq_matmul(tmp_path, scale_value=-0.5, name="neg"))
     path = qdq_matmul(tmp_path, name="computed")

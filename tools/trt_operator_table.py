@@ -45,7 +45,10 @@ TABLE: dict[str, tuple[str | None, dict]] = {
     "AveragePool": (F, dict(POOL)), "BatchNormalization": (F, {}), "Bernoulli": (None, {}), "BitShift": (None, {}),
     "BitwiseAnd": (None, {}), "BitwiseNot": (None, {}), "BitwiseOr": (None, {}), "BitwiseXor": (None, {}),
     "BlackmanWindow": (HALF, {}), "Cast": (f"{F} {I} UINT8 {B}", {}), "CastLike": (f"{F} {I} UINT8 {B}", {}),
-    "Ceil": (F, {}), "Col2Im": (None, {}), "Celu": (F, {}), "CenterCropPad": (None, {}), "Clip": (F, {}),
+    "Ceil": (F, {}), "Col2Im": (None, {}), "Celu": (F, {}), "CenterCropPad": (None, {}),
+    # The matrix lists floating types only; the 10.x importer (onnxOpImporters.cpp, Clip) clips INT32 and INT64
+    # with elementwise max/min, so those are listed too.
+    "Clip": (f"{F} {I}", {"note": "INT32/INT64 through elementwise max/min (parser source)"}),
     "Compress": (None, {}), "Concat": (f"{F} {I} {B}", {}), "ConcatFromSequence": (None, {}),
     "Constant": (f"{F} FP8 FP4 INT4 {I} {B}",
                  {"forbidden_attrs": ["sparse_value", "value_string", "value_strings"]}),

@@ -154,7 +154,7 @@ def engine_tensors(engine: Any, trt: Any) -> list[EngineTensor]:
         dtype = numpy_dtype(engine.get_tensor_dtype(name).name, name)
         shape = tuple(int(d) for d in engine.get_tensor_shape(name))
         low = high = None
-        if is_input:
+        if is_input and any(d < 0 for d in shape):  # dynamic inputs carry profile 0's min/opt/max
             low, _, high = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(name, 0))
         tensors.append(EngineTensor(name, is_input, dtype, shape, low, high))
     return tensors
@@ -188,7 +188,8 @@ class TensorRTRunner:
         arrays = {t.name: check_feed(t, feeds[t.name], self.stage) for t in self.inputs}
         for tensor in self.inputs:
             array = arrays[tensor.name]
-            state.context.set_input_shape(tensor.name, array.shape)
+            if state.context.set_input_shape(tensor.name, array.shape) is False:
+                raise EngineShapeError(f"{self.stage}: TensorRT refused shape {array.shape} for {tensor.name}")
             pointer = state.buffers.get(tensor.name, array.nbytes)
             self.device.to_device(pointer, array, state.stream)
             state.context.set_tensor_address(tensor.name, pointer)

@@ -83,6 +83,10 @@ def check_qdq(facts: GraphFacts, node: Any, add: Any) -> None:
         return
     # --- per-channel: weights only, on the consumer's output-channel axis
     weight = data if facts.is_weight(data) else None
+    source = facts.producer.get(data)
+    if weight is None and is_dq and source is not None and source.op_type == "QuantizeLinear" \
+            and facts.is_weight(source.input[0]):
+        weight = source.input[0]  # a Q/DQ pair on a float weight (onnxruntime's AddQDQPairToWeight)
     if weight is None:
         add(ERROR, "per-channel", f"{op} has {values.size} scales on an activation: TensorRT quantises "
                                   "activations per tensor", node)
