@@ -107,11 +107,11 @@ def build_engines(bundle: Path, options: BuildOptions, log: Any = None) -> dict[
     unknown = [s for s in stages if s not in files]
     if unknown:
         raise EngineError(f"{bundle}: the {options.precision} variant has no stage(s) {', '.join(unknown)}")
+    identity = current_identity()  # TensorRT, cuda-python and a GPU first: without them nothing else matters
     profiles, missing, profile_source = resolve_profiles(bundle, manifest, stages, options.profiles)
     if missing:
         raise ProfileError(f"{bundle}: no optimisation profile for {', '.join(missing)}: run `edgeser calibrate` "
                            "(profiles default to the clips' lengths) or pass --profile STAGE:INPUT=MIN,OPT,MAX")
-    identity = current_identity()
     trt = import_tensorrt()
     logger = trt.Logger(trt.ILogger.Severity.WARNING)
     builder = trt.Builder(logger)
