@@ -32,8 +32,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeser.audio import SAMPLE_RATE, load_audio
 from edgeser.quantize.check import machine_info, percentiles, torch_stage_times
+
+from edgeser.audio import SAMPLE_RATE, load_audio
 from edgeser.runtime.pipeline import Pipeline
 from edgeser.runtime.sessions import make_session
 
@@ -88,7 +89,6 @@ class TorchRunner:
 
     def __init__(self, bundle: Path, threads: int) -> None:
         import torch
-
         from edgeser.export.parity import reference_model
 
         torch.set_num_threads(threads)

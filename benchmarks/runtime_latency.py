@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from edgeser.quantize.check import machine_info
 
 from edgeser.audio import SAMPLE_RATE, load_audio
 from edgeser.data import load_corpus
-from edgeser.quantize.check import machine_info
 
 LENGTHS_S = (2.0, 4.5, 10.0)
 

@@ -10,7 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal, Union
+from typing import BinaryIO, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +26,7 @@ MIN_SAMPLE_RATE = 8_000
 # Peak below this (about -80 dBFS) counts as digital silence.
 SILENCE_PEAK = 1e-4
 
-AudioSource = Union[str, Path, bytes]
+AudioSource = str | Path | bytes
 SilencePolicy = Literal["error", "warn", "ignore"]
 
 # Extension -> the soundfile container names it should hold.
@@ -198,7 +198,7 @@ def _wav_shortfall(handle: BinaryIO, total: int) -> int:
 
 def _refuse_truncated(source: AudioSource, target: str | io.BytesIO) -> None:
     if isinstance(target, io.BytesIO):
-        missing = _wav_shortfall(target, len(source))
+        missing = _wav_shortfall(target, target.getbuffer().nbytes)
         target.seek(0)
     else:
         with open(target, "rb") as handle:

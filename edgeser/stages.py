@@ -236,8 +236,8 @@ class StageGraph:
         if not waves:
             raise BundleError(f"{self.source}: no waveforms to run")
         if not self.supports_padded_batch and len(waves) > 1:
-            return stack_runs([self.run(runners, [w], transcripts=None if transcripts is None else [t])
-                               for w, t in zip(waves, transcripts or [None] * len(waves))])  # type: ignore[list-item]
+            return stack_runs([self.run(runners, [wave], transcripts=None if transcripts is None else [transcripts[i]])
+                               for i, wave in enumerate(waves)])
         timings: dict[str, float] = {}
         raw: dict[str, dict[str, np.ndarray]] = {}
         batch, lengths = pad_batch(waves)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +17,7 @@ import numpy.typing as npt
 BLANK = "<blank>"
 WORD_DELIMITER = "|"
 # Lower-case Latin letters, the apostrophe and the German letters EMO-DB needs.
-DEFAULT_CHARACTERS = list("abcdefghijklmnopqrstuvwxyz'") + ["ä", "ö", "ü", "ß"]
+DEFAULT_CHARACTERS = [*list("abcdefghijklmnopqrstuvwxyz'"), "ä", "ö", "ü", "ß"]
 
 
 def normalise_transcript(text: str) -> str:
@@ -81,9 +82,9 @@ class CtcVocab:
         return {"tokens": list(self.tokens), "blank_id": self.blank_id, "word_delimiter": self.word_delimiter}
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> CtcVocab:
+    def from_dict(cls, data: dict[str, Any]) -> CtcVocab:
         return cls(
-            tokens=tuple(data["tokens"]),  # type: ignore[arg-type]
-            blank_id=int(data.get("blank_id", 0)),  # type: ignore[arg-type]
+            tokens=tuple(data["tokens"]),
+            blank_id=int(data.get("blank_id", 0)),
             word_delimiter=str(data.get("word_delimiter", WORD_DELIMITER)),
         )

@@ -10,10 +10,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from edgeser.errors import ModelError  # noqa: E402
-from edgeser.modelling import backbones  # noqa: E402
-from edgeser.modelling.registry import build_from_config, build_model, load_recipe  # noqa: E402
-from edgeser.text import CtcVocab  # noqa: E402
+from edgeser.errors import ModelError
+from edgeser.modelling import backbones
+from edgeser.modelling.registry import build_from_config, build_model, load_recipe
+from edgeser.text import CtcVocab
 
 LABELS = ["angry", "happy", "neutral", "sad"]
 MODELS = ["cmgi", "gcf2net"]

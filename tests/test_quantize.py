@@ -14,13 +14,13 @@ from click.testing import CliRunner
 from edgeser.audio import load_audio
 from edgeser.bundle import validate_bundle
 from edgeser.calibrate import calibrate_bundle, read_calibration, select_calibration_set
+from edgeser.checks.controlled import quantize_controlled
+from edgeser.checks.variants import VariantResult, check_calibration_leak, gate_failures
 from edgeser.cli import main
 from edgeser.data import load_corpus
 from edgeser.data.splits import get_fold
 from edgeser.errors import BundleError, SplitError
 from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_dynamic
-from edgeser.checks.variants import VariantResult, check_calibration_leak, gate_failures
-from edgeser.checks.controlled import quantize_controlled
 from edgeser.runtime import Pipeline
 from tests.conftest import label_flipping_graph, write_label_flipping_variant
 from tests.test_splits import synthetic_corpus

@@ -11,7 +11,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from edgeser.checks.measures import Agreement
-from edgeser.stages import AUDIO_ENCODER, CTC_HEAD, FUSION_HEAD, TEXT_ENCODER, StageGraph, StageRun, StageRunner
+from edgeser.stages import (
+    AUDIO_ENCODER,
+    CTC_HEAD,
+    FUSION_HEAD,
+    TEXT_ENCODER,
+    StageGraph,
+    StageRun,
+    StageRunner,
+)
 
 # The output of each stage that is compared.
 PRIMARY = {AUDIO_ENCODER: "features", CTC_HEAD: "log_probs", TEXT_ENCODER: "token_features", FUSION_HEAD: "logits"}

@@ -15,7 +15,7 @@ INT8_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int
 
 def cpu_info() -> dict[str, Any]:
     """CPU model name and the int8-relevant flags present (Linux /proc/cpuinfo; elsewhere what platform says)."""
-    model, flags = platform.processor() or "unknown", set()
+    model, flags = platform.processor() or "unknown", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")

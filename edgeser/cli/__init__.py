@@ -96,9 +96,12 @@ def main() -> None:
 
 def _register() -> None:
     from edgeser.cli import check, data, export, predict, quantize, train
+    from edgeser.trt.commands import build_trt_command, doctor_command
 
     for module in (data, train, export, check, predict, quantize):
         module.register(main)
+    main.add_command(doctor_command)
+    main.add_command(build_trt_command)
 
 
 _register()

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from edgeser.bundle import PRECISIONS
+from edgeser.runtime.pipeline import BACKENDS
 
 
 @click.command("predict")
@@ -17,15 +18,18 @@ from edgeser.bundle import PRECISIONS
 @click.argument("files", nargs=-1, required=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="Bundle variant.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True,
+              help="onnxruntime on the CPU, onnxruntime's CUDA or TensorRT execution provider, or the TensorRT "
+                   "engines of `edgeser build-trt`.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--long", "long_audio", is_flag=True, help="Split long recordings at pauses; print a timeline.")
-def predict_command(bundle: Path, files: tuple[str, ...], precision: str, threads: int | None, as_json: bool,
-                    long_audio: bool) -> None:
+def predict_command(bundle: Path, files: tuple[str, ...], precision: str, threads: int | None, backend: str,
+                    as_json: bool, long_audio: bool) -> None:
     """Predict the emotion (and transcript) of each FILE; bad files are reported and the rest still run."""
     from edgeser.errors import EdgeserError
     from edgeser.runtime import Pipeline
 
-    pipe = Pipeline.load(bundle, precision, threads=threads)
+    pipe = Pipeline.load(bundle, precision, threads=threads, backend=backend)
     failures = 0
     for name in files:
         try:

@@ -93,7 +93,7 @@ def _stratified_share(utterances: list[Utterance], share: float, seed: int) -> s
     chosen: set[str] = set()
     for label in sorted(by_label):
         ids = sorted(by_label[label])
-        count = int(round(share * len(ids))) or (1 if len(ids) >= 2 else 0)
+        count = round(share * len(ids)) or (1 if len(ids) >= 2 else 0)
         chosen |= {ids[i] for i in rng.permutation(len(ids))[:count]}
     return chosen
 

@@ -14,11 +14,10 @@ import onnx
 import torch
 
 from edgeser.bundle import MANIFEST, TOKENIZER, BundleManifest, StageFile, apply_frame_layout
-from edgeser.files import sha256_of
 from edgeser.checkpoint import load_checkpoint, read_checkpoint_info
-from edgeser.files import atomic_dir, tool_versions, write_json_atomic
 from edgeser.errors import BundleError, ModelError
 from edgeser.export.stages import StageExport, stage_exports
+from edgeser.files import atomic_dir, sha256_of, tool_versions, write_json_atomic
 from edgeser.modelling.base import SerModel
 from edgeser.modelling.registry import build_model, model_class, zoo_dir
 

@@ -24,8 +24,8 @@ import click
 import onnx
 
 from edgeser.bundle import MANIFEST, StageFile, read_manifest, validate_bundle
-from edgeser.files import atomic_dir, sha256_of, staging_dir, working_directory, write_json_atomic
 from edgeser.errors import BundleError
+from edgeser.files import atomic_dir, sha256_of, staging_dir, working_directory, write_json_atomic
 from edgeser.quantize.graph import (
     DEFAULT_OP_TYPES,
     DYNAMIC_OP_TYPES,
@@ -174,7 +174,7 @@ def preprocess(source: Path, target: Path) -> str:
             # gives up: run it inside the private work folder.
             with working_directory(target.parent):
                 quant_pre_process(str(source), str(target), skip_symbolic_shape=skip_symbolic)
-        except Exception as err:  # noqa: BLE001 - symbolic shape inference fails on some exported graphs
+        except Exception as err:
             LOG.debug("%s: %s failed (%s)", source, label, err)
             continue
         name_nodes(target)

@@ -7,7 +7,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Union
 
 import numpy as np
 import numpy.typing as npt
@@ -21,9 +20,11 @@ from edgeser.runtime.sessions import OrtRunner
 from edgeser.stages import FUSION_HEAD, StageGraph, StageRun, StageRunner
 
 # A path, the bytes of a file, or (samples, sample_rate).
-AudioInput = Union[str, Path, bytes, tuple[npt.ArrayLike, float]]
+AudioInput = str | Path | bytes | tuple[npt.ArrayLike, float]
 MAX_CLIP_SECONDS = 30.0
-BACKENDS = ("onnxruntime",)
+# onnxruntime on the CPU (or `providers`), onnxruntime's CUDA or TensorRT execution providers, or edgeser's
+# own TensorRT engines (`edgeser build-trt`).
+BACKENDS = ("onnxruntime", "cuda", "tensorrt-ep", "tensorrt")
 
 
 def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
@@ -81,8 +82,14 @@ class Pipeline:
         providers: list[str] | None = None,
         threads: int | None = None,
         verify_checksums: bool = True,
+        device: int = 0,
     ) -> Pipeline:
-        """Validate the bundle (schema, files, checksums, labels) and open one runner per stage."""
+        """Validate the bundle (schema, files, checksums, labels) and open one runner per stage.
+
+        `backend`: "onnxruntime" (CPU, or the given onnxruntime `providers`), "cuda" or "tensorrt-ep"
+        (onnxruntime's execution providers, options set in `edgeser.runtime.providers`), or "tensorrt" (the
+        engines `edgeser build-trt` made for this GPU and TensorRT version). `device` is the GPU index.
+        """
         if precision not in PRECISIONS:
             raise OptionError("precision", f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if backend not in BACKENDS:
@@ -93,11 +100,25 @@ class Pipeline:
         manifest = validate_bundle(root, precision, verify_checksums)
         graph = StageGraph.from_manifest(manifest, root)
         files = manifest.precisions[precision]
-        runners = {stage: OrtRunner.load(root / files[stage].path, providers, threads) for stage in graph.stages}
-        width = runners[FUSION_HEAD].output_shape(graph.outputs[FUSION_HEAD][0])[-1]
-        if isinstance(width, int) and width != len(graph.labels):
-            raise BundleError(f"{root}: bundle.json lists {len(graph.labels)} labels but the fusion head "
-                              f"({files[FUSION_HEAD].path}) outputs {width} classes")
+        runners: dict[str, StageRunner]
+        if backend == "tensorrt":
+            from edgeser.runtime.tensorrt import tensorrt_runners
+
+            runners = dict(tensorrt_runners(root, manifest, precision, device))
+        else:
+            from edgeser.runtime.providers import provider_plan
+
+            runners = {}
+            for stage in graph.stages:
+                plan = provider_plan(backend, root, precision, stage=stage, device=device)
+                chosen, options = (providers, None) if providers and backend == "onnxruntime" else (
+                    plan.providers, plan.options)
+                runners[stage] = OrtRunner.load(root / files[stage].path, chosen, threads, options)
+            head = runners[FUSION_HEAD]
+            width = head.output_shape(graph.outputs[FUSION_HEAD][0])[-1] if isinstance(head, OrtRunner) else None
+            if isinstance(width, int) and width != len(graph.labels):
+                raise BundleError(f"{root}: bundle.json lists {len(graph.labels)} labels but the fusion head "
+                                  f"({files[FUSION_HEAD].path}) outputs {width} classes")
         return cls(graph, runners, precision=precision, backend=backend, root=root, manifest=manifest)
 
     def with_runners(self, runners: Mapping[str, StageRunner]) -> Pipeline:

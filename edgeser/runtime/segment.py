@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def speech_regions(wave: npt.NDArray[np.float32], options: SegmentOptions | None
     level = 20 * np.log10(energy / energy.max())
     active = level > options.threshold_db
     regions: list[tuple[int, int]] = []
-    gap_frames = max(1, int(round(options.min_pause_s / FRAME_S)))
+    gap_frames = max(1, round(options.min_pause_s / FRAME_S))
     start: int | None = None
     silent_run = 0
     for index, is_active in enumerate(active):
@@ -82,7 +83,7 @@ def _fit_lengths(regions: list[tuple[int, int]], options: SegmentOptions) -> lis
     for start, end in regions:
         pieces = max(1, int(np.ceil((end - start) / longest)))
         bounds = np.linspace(start, end, pieces + 1).astype(int)
-        fitted += [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b - a >= shortest]
+        fitted += [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b - a >= shortest]
     return fitted
 
 

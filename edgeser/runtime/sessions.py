@@ -12,7 +12,7 @@ from edgeser.errors import BundleError
 
 
 def make_session(path: Path, providers: list[str] | None = None, threads: int | None = None,
-                 spin: bool = False) -> ort.InferenceSession:
+                 spin: bool = False, provider_options: list[dict[str, str]] | None = None) -> ort.InferenceSession:
     """An inference session with full graph optimisation; `threads` bounds intra-op parallelism.
 
     Worker spinning is off unless `spin`: each stage session owns a thread pool, and a finished stage's
@@ -33,7 +33,8 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
     if unknown:
         raise BundleError(f"execution provider(s) {unknown} not available here (available: {available})")
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        return ort.InferenceSession(str(path), sess_options=options, providers=chosen,
+                                    provider_options=provider_options)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
         raise BundleError(f"{path}: onnxruntime cannot load this graph ({' '.join(str(err).split())[:200]})") from None
 
@@ -51,8 +52,9 @@ class OrtRunner:
         self.output_names = tuple(o.name for o in session.get_outputs())
 
     @classmethod
-    def load(cls, path: Path, providers: list[str] | None = None, threads: int | None = None) -> OrtRunner:
-        return cls(make_session(path, providers, threads), path)
+    def load(cls, path: Path, providers: list[str] | None = None, threads: int | None = None,
+             provider_options: list[dict[str, str]] | None = None) -> OrtRunner:
+        return cls(make_session(path, providers, threads, provider_options=provider_options), path)
 
     def output_shape(self, name: str) -> list[int | str | None]:
         """The declared shape of one output (ints for fixed axes, names for dynamic ones)."""

@@ -28,7 +28,14 @@ from edgeser.files import atomic_dir, write_json_atomic, write_text_atomic
 from edgeser.modelling.base import SerModel
 from edgeser.modelling.registry import build_model, load_recipe
 from edgeser.training.batches import Clip, batches, compute_loss, evaluate, load_clips
-from edgeser.training.config import TrainConfig, apply_stage, lr_lambda, make_optimizer, resolve_device, stage_plan
+from edgeser.training.config import (
+    TrainConfig,
+    apply_stage,
+    lr_lambda,
+    make_optimizer,
+    resolve_device,
+    stage_plan,
+)
 
 STATE_DIR = "train_state"
 METRICS_FILE = "metrics.jsonl"

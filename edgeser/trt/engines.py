@@ -88,7 +88,7 @@ def import_cudart() -> Any:
         from cuda.bindings import runtime
     except ImportError:
         try:
-            from cuda import cudart as runtime  # type: ignore[no-redef]
+            from cuda import cudart as runtime
         except ImportError:
             raise TensorRTUnavailable("cuda-python is not installed (TensorRT's device buffers need it): "
                                       "pip install 'edgeser[trt]'") from None
@@ -99,7 +99,7 @@ def cuda_call(result: Any, what: str) -> Any:
     """Unpack cuda-python's `(error, value...)` tuples; raise TensorRTUnavailable on an error code."""
     items = result if isinstance(result, tuple) else (result,)
     error = items[0]
-    if int(getattr(error, "value", error)) != 0:
+    if int(getattr(error, "value", error) or 0) != 0:
         name = getattr(error, "name", str(error))
         raise TensorRTUnavailable(f"CUDA call {what} failed: {name}")
     rest = items[1:]
@@ -181,7 +181,8 @@ def verified_engine_bytes(folder: Path, manifest: dict[str, Any], stage: str) ->
     if path.stat().st_size != entry["bytes"] or sha256_of(path) != entry["sha256"]:
         raise EngineError(f"{path}: checksum does not match {ENGINE_MANIFEST}; an engine is executable code, "
                           "refusing to load a changed one (rebuild with `edgeser build-trt`)")
-    return path.read_bytes()
+    data: bytes = path.read_bytes()
+    return data
 
 
 def find_engine_dir(bundle: Path, identity: DeviceIdentity, precision: str) -> Path:

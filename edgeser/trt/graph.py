@@ -89,7 +89,7 @@ def load_graph(path: Path) -> GraphFacts:
                           "pip install 'edgeser[export]'") from None
     try:
         model = onnx.load(str(path))
-    except Exception as err:  # noqa: BLE001 - onnx raises DecodeError and friends
+    except Exception as err:
         raise BundleError(f"{path}: not a readable ONNX graph ({' '.join(str(err).split())[:160]})") from None
     with contextlib.suppress(Exception):  # inference helps with element types; graphs without it still check
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)

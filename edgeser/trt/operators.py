@@ -68,7 +68,8 @@ def parse_target(text: str) -> Target:
 def load_table(major: int) -> dict[str, Any]:
     path = DATA / f"onnx-tensorrt-{major}.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        table: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return table
     except (OSError, json.JSONDecodeError) as err:
         raise TargetError(f"{path}: operator table unreadable ({err}); reinstall edgeser") from None
 
@@ -81,4 +82,5 @@ def table_source(major: int) -> dict[str, Any]:
 
 
 def op_entry(major: int, op_type: str) -> dict[str, Any] | None:
-    return load_table(major)["ops"].get(op_type)
+    entry: dict[str, Any] | None = load_table(major)["ops"].get(op_type)
+    return entry

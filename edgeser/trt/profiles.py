@@ -99,7 +99,7 @@ def parse_profile_option(text: str) -> tuple[str, str, InputProfile]:
         raise ProfileError(f"--profile {text!r}: expected STAGE:INPUT=MIN,OPT,MAX with shapes like 1x16000, "
                            "e.g. audio_encoder:waveform=1x8000,1x64000,8x160000")
     parsed = [tuple(int(v) for v in s.split("x")) for s in shapes]
-    return stage.strip(), name.strip(), InputProfile(*parsed)  # type: ignore[arg-type]
+    return stage.strip(), name.strip(), InputProfile(parsed[0], parsed[1], parsed[2])
 
 
 def validate_profiles(manifest: Any, profiles: Profiles) -> None:
