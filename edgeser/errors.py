@@ -32,3 +32,11 @@ class ModelError(EdgeserError, ValueError):
 
 class BundleError(EdgeserError, ValueError):
     """An exported bundle is missing files, tampered with, or from another schema version."""
+
+
+class ServingError(EdgeserError, RuntimeError):
+    """A model repository cannot be written, or an inference server cannot be started, reached or used."""
+
+
+class ClusterError(EdgeserError, RuntimeError):
+    """A Ray cluster cannot be reached or a corpus-scale job cannot run on it."""
