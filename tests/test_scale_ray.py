@@ -178,3 +178,39 @@ def test_ray_target_and_usage_errors(cmgi_bundle: Path) -> None:
     assert result.exit_code == 2 and "--out" in result.output
     with pytest.raises(EdgeserError, match="--workers must be at least 1"):
         RayOptions(workers=0)
+
+
+def test_a_batch_that_fails_whole_is_scored_clip_by_clip(cmgi_bundle: Path, tmp_path: Path) -> None:
+    """No Ray needed: the actor's logic on one batch, with a Pipeline whose batched call fails."""
+    from edgeser.runtime import Pipeline
+
+    class BrokenBatch:
+        def __init__(self, pipe: Pipeline) -> None:
+            self.pipe = pipe
+
+        def read(self, path: str) -> np.ndarray:
+            return self.pipe.read(path)
+
+        def batch(self, inputs: list, batch_size: int) -> list:  # type: ignore[type-arg]
+            raise RuntimeError("a library failure in the padded batch")
+
+        def __call__(self, audio: tuple) -> object:  # type: ignore[type-arg]
+            if np.asarray(audio[0]).size > 24_000:
+                raise ValueError("this clip breaks the model")
+            return self.pipe(audio)
+
+    scorer = ClipScorer.__new__(ClipScorer)
+    pipe = Pipeline.load(cmgi_bundle)
+    scorer.pipe, scorer.labels = BrokenBatch(pipe), pipe.labels
+    clips = {"short": tone(0.8, seed=1), "long": tone(2.0, seed=2)}
+    for name, wave in clips.items():
+        sf.write(tmp_path / f"{name}.wav", wave, 16_000)
+    paths = [str(tmp_path / "short.wav"), str(tmp_path / "long.wav"), str(tmp_path / "absent.wav")]
+    batch = {"index": np.arange(3), "id": np.array(["s", "l", "a"]), "path": np.array(paths),
+             "duration_s": np.array([0.8, 2.0, 0.0]), "reference_label": np.array(LABELS[:3]),
+             "reference_transcript": np.array(["", "", ""])}
+    rows = scorer(batch).to_pylist()
+    assert [r["id"] for r in rows] == ["s", "l", "a"]
+    assert rows[0]["error"] is None and rows[0]["label"] == pipe((clips["short"], 16_000)).label
+    assert rows[1]["label"] is None and "unexpected ValueError: this clip breaks the model" in rows[1]["error"]
+    assert "file not found" in rows[2]["error"]
