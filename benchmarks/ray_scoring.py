@@ -128,28 +128,28 @@ def to_markdown(report: dict) -> str:  # type: ignore[type-arg]
     per_machine = s["one_worker"] * 2 * s["efficiency_2"]
     return "\n".join([
         f"# Corpus scoring on Ray: `{report['bundle']}` on {report['corpus']}", "",
-        f"{report['clips']} clips ({report['audio_hours']:.2f} h of audio), listed {report['times']} times in the Ray "
+        (f"{report['clips']} clips ({report['audio_hours']:.2f} h of audio), listed {report['times']} times in the Ray "
         f"runs (the in-process runs take them once), batches of {report['batch_size']} neighbours in duration, after "
         f"one warm-up run; local Ray with 2 CPUs (started in {report['ray_start_s']} s), one CPU and one "
-        f"onnxruntime thread per worker. {report['rounds']} rounds, each figure per round.", "",
+        f"onnxruntime thread per worker. {report['rounds']} rounds, each figure per round."), "",
         *markdown_table(["run", "clips/s (whole run)", "clips/s (steady, fixed cost off)",
                          "fixed cost s (actors + load)"], rows), "",
-        f"Steady rate: {s['one_worker']:.1f} clips/s with 1 worker, {s['two_workers']:.1f} with 2 (scaling "
+        (f"Steady rate: {s['one_worker']:.1f} clips/s with 1 worker, {s['two_workers']:.1f} with 2 (scaling "
         f"efficiency {s['efficiency_2']:.2f}). Driver work per clip: index {1e3 * report['driver_index_s_per_clip']:.2f}"
         f" ms (reading the corpus, probing each header), Parquet {1e3 * report['driver_write_s_per_clip']:.3f} ms: "
         f"the driver alone caps a cluster at about {report['driver_bound_clips_per_second']:.0f} clips/s. Mean file "
-        f"{report['mean_file_bytes'] / 1e3:.0f} kB.", "",
+        f"{report['mean_file_bytes'] / 1e3:.0f} kB."), "",
         "## Projection to N machines", "",
-        f"Workers share nothing but the driver, so N machines of this kind give about N x {per_machine:.0f} clips/s "
+        (f"Workers share nothing but the driver, so N machines of this kind give about N x {per_machine:.0f} clips/s "
         f"(this machine's two-worker steady rate) until the driver's {report['driver_bound_clips_per_second']:.0f} "
         f"clips/s index-and-write bound, i.e. up to about "
         f"{report['driver_bound_clips_per_second'] / max(per_machine, 1e-9):.0f} machines for this model; past that, "
         "shard the index (one manifest per driver) or read it with Ray too. The shared storage must then deliver "
         f"N x {per_machine * report['mean_file_bytes'] / 1e6:.1f} MB/s. Each run also pays the fixed cost above "
-        "once (actors start and load the bundle in parallel, so it does not grow with N).", "",
-        f"Machine: {m['cpu']} ({m['cpu_class']}), {m['logical_cores']} cores, load {m['load_average']} before and "
+        "once (actors start and load the bundle in parallel, so it does not grow with N)."), "",
+        (f"Machine: {m['cpu']} ({m['cpu_class']}), {m['logical_cores']} cores, load {m['load_average']} before and "
         f"{report['load_after']} after; onnxruntime {m['versions'].get('onnxruntime')}. Command: "
-        f"`{report['command']}`.", ""])
+        f"`{report['command']}`."), ""])
 
 
 if __name__ == "__main__":

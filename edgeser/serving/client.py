@@ -30,6 +30,7 @@ from edgeser.serving.repository import (
     TRANSCRIPT,
     WAVEFORM,
 )
+from edgeser.stages import pad_batch
 
 PROTOCOLS = ("http", "grpc")
 NUMPY_TO_TRITON = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "int8": "INT8",
@@ -132,11 +133,10 @@ class TritonClient:
 
     def predict_batch(self, waves: list[npt.NDArray[np.float32]]) -> list[RemotePrediction]:
         """Several clips in one request (zero-padded together, with their lengths)."""
-        lengths = np.array([[w.size] for w in waves], dtype=np.int64)
-        batch = np.zeros((len(waves), int(lengths.max()) if len(waves) else 0), dtype=np.float32)
-        for row, wave in enumerate(waves):
-            batch[row, : wave.size] = np.asarray(wave, dtype=np.float32)
-        result = self.connection.infer({WAVEFORM: batch, LENGTH: lengths},
+        if not waves:
+            return []
+        batch, lengths = pad_batch([np.asarray(w, dtype=np.float32).reshape(-1) for w in waves])
+        result = self.connection.infer({WAVEFORM: batch, LENGTH: lengths.reshape(-1, 1)},
                                        [LABEL, PROBABILITIES, LOGITS, TRANSCRIPT])
         labels, texts = result.as_numpy(LABEL), result.as_numpy(TRANSCRIPT)
         probabilities, logits = result.as_numpy(PROBABILITIES), result.as_numpy(LOGITS)
