@@ -50,3 +50,11 @@ class MissingDependencyError(EdgeserError, ImportError):
         self.module = module
         self.extra = extra
         super().__init__(f"{purpose} needs {module}, which is not installed: pip install 'edgeser[{extra}]'")
+
+
+class ServingError(EdgeserError, RuntimeError):
+    """A model repository cannot be written, or an inference server cannot be started, reached or used."""
+
+
+class ClusterError(EdgeserError, RuntimeError):
+    """A Ray cluster cannot be reached or a corpus-scale job cannot run on it."""

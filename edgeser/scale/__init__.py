@@ -1,0 +1,1 @@
+"""Corpus-scale scoring on a Ray cluster (`edgeser predict --ray`, `edgeser check --ray`); needs the `ray` extra."""
