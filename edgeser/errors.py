@@ -58,3 +58,7 @@ class ServingError(EdgeserError, RuntimeError):
 
 class ClusterError(EdgeserError, RuntimeError):
     """A Ray cluster cannot be reached or a corpus-scale job cannot run on it."""
+
+
+class OutputError(EdgeserError, OSError):
+    """An output cannot be written where it was asked for (a read-only folder, a file in the way...)."""

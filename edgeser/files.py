@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from edgeser.errors import OutputError
+
 STAGING_MARK = ".edgeser-tmp-"
 ASIDE_MARK = ".edgeser-old-"
 # `.<target name>.edgeser-tmp-<pid>-<token>` (a folder or file) and its `<...>.lock`.
@@ -176,11 +178,18 @@ def staging_dir(parent: Path, name: str, kind: str = "tmp") -> Iterator[Path]:
     Stale staging of dead processes in `parent` is cleaned first. If this process is killed, the next writer in
     `parent` removes the folder.
     """
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{parent / name}: cannot create its folder ({err.strerror or err})") from None
     clean_stale_staging(parent)
     mark = STAGING_MARK if kind == "tmp" else ASIDE_MARK
     path = parent / f".{name}{mark}{os.getpid()}-{secrets.token_hex(4)}"
     lock = path.with_name(path.name + ".lock")
+    try:
+        lock.touch()
+    except OSError as err:
+        raise OutputError(f"{parent / name}: cannot write in {parent} ({err.strerror or err})") from None
     with _held_lock(lock):
         try:
             path.mkdir()
@@ -235,7 +244,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     At every instant `target` is either the old folder or the complete new one.
     """
     if target.exists() and not target.is_dir():
-        raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(target))
+        raise OutputError(f"{target}: exists and is not a folder")
     with staging_dir(target.parent, target.name) as staging:
         yield staging
         swap_in(staging, target)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgeser.bundle import validate_bundle
+from edgeser.errors import OutputError
 from edgeser.files import STAGING_MARK, atomic_dir, clean_stale_staging, staging_dir, write_json_atomic
 from tests.conftest import REPO, write_audio
 
@@ -131,7 +132,7 @@ def test_stale_staging_of_a_dead_process_is_removed_and_a_live_one_kept(tmp_path
 def test_atomic_dir_refuses_a_file_and_keeps_the_old_folder_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "bundle"
     target.write_text("not a folder")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OutputError, match="exists and is not a folder"):
         with atomic_dir(target):
             pass
     target.unlink()

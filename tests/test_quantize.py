@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -46,10 +47,14 @@ def quantised(cmgi_bundle: Path, shared_data: Path, tmp_path_factory: pytest.Tem
     """The tiny cmgi bundle calibrated on 8 TESS training-side clips, with int8, int8-dynamic and fp16
     variants (every width quantised)."""
     bundle = copy_bundle(cmgi_bundle, tmp_path_factory.mktemp("quantised") / "cmgi")
-    calibrate_bundle(bundle, tess(shared_data), fold_index=0, samples=8)
-    quantize_int8(bundle, EVERY_WIDTH)
-    quantize_int8_dynamic(bundle, min_width=0)
-    convert_fp16(bundle)
+    workdir = tmp_path_factory.mktemp("cwd")
+    with contextlib.chdir(workdir):  # onnxruntime's shape inference falls back to scratch files in the cwd
+        calibrate_bundle(bundle, tess(shared_data), fold_index=0, samples=8)
+        quantize_int8(bundle, EVERY_WIDTH)
+        quantize_int8_dynamic(bundle, min_width=0)
+        convert_fp16(bundle)
+    assert list(workdir.iterdir()) == []  # the working directory holds nothing new
+    assert not [p for p in bundle.iterdir() if ".edgeser-" in p.name]  # nor the bundle any scratch
     return bundle
 
 

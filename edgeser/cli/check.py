@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgeser.cli import EdgeserGroup, emit_report
+from edgeser.scale.commands import check_on_ray, ray_option, ray_scoring_options
 
 THREADS = click.IntRange(min=1)
 FRACTION = click.FloatRange(0.0, 1.0)
@@ -70,14 +71,30 @@ def check_parity_command(
 @click.option("--min-agreement", type=FRACTION, help="Gate: exit 1 if a variant agrees with float on less than this (0..1).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of Markdown.")
+@ray_option
+@ray_scoring_options
+@click.option("--min-ua", type=FRACTION, help="With --ray: exit 1 if UA (0..1) over the corpus is below this.")
+@click.option("--max-errors", type=click.IntRange(min=0), help="With --ray: exit 1 if more clips than this fail.")
 def check_variants_command(
     bundle: Path, data_spec: str, fold_index: int | None, limit: int | None, precisions: str | None, no_float: bool,
     threads: int | None, warmup: int, max_ua_drop: float | None, min_agreement: float | None, no_plots: bool,
-    as_json: bool,
+    as_json: bool, ray_address: str | None, out: Path | None, workers: int, cpus_per_worker: float,
+    gpus_per_worker: float, batch_size: int, unordered: bool, min_ua: float | None, max_errors: int | None,
 ) -> None:
     """Every variant (PyTorch float, fp32, int8, int8-dynamic, fp16) on the evaluation split: size, latency,
-    real-time factor, UA/WA/F1 and CER/WER change, agreement and per-stage cosine; reports/ as JSON, MD, PNG."""
+    real-time factor, UA/WA/F1 and CER/WER change, agreement and per-stage cosine; reports/ as JSON, MD, PNG.
+
+    With `--ray [ADDRESS] --out results.parquet`, evaluate one variant (the first of --precisions, else fp32)
+    over every clip of the corpus on Ray instead.
+    """
     from edgeser.checks.variants import check_variants
+
+    if ray_address is not None:
+        precision = csv(precisions)[0] if precisions else "fp32"
+        check_on_ray(bundle, ray_address, data_spec, out, precision, as_json, min_ua, max_errors, workers=workers,
+                     cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
+                     unordered=unordered)
+        return
 
     report = check_variants(
         bundle, data_spec, fold_index=fold_index, limit=limit, precisions=csv(precisions) if precisions else None,

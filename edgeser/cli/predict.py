@@ -11,11 +11,12 @@ import click
 
 from edgeser.bundle import PRECISIONS
 from edgeser.runtime.pipeline import BACKENDS
+from edgeser.scale.commands import predict_on_ray, ray_option, ray_scoring_options
 
 
 @click.command("predict")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.argument("files", nargs=-1, required=True)
+@click.argument("files", nargs=-1)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="Bundle variant.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True,
@@ -23,11 +24,25 @@ from edgeser.runtime.pipeline import BACKENDS
                    "engines of `edgeser build-trt`.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--long", "long_audio", is_flag=True, help="Split long recordings at pauses; print a timeline.")
+@ray_option
+@ray_scoring_options
 def predict_command(bundle: Path, files: tuple[str, ...], precision: str, threads: int | None, backend: str,
-                    as_json: bool, long_audio: bool) -> None:
-    """Predict the emotion (and transcript) of each FILE; bad files are reported and the rest still run."""
+                    as_json: bool, long_audio: bool, ray_address: str | None, out: Path | None, workers: int,
+                    cpus_per_worker: float, gpus_per_worker: float, batch_size: int, unordered: bool) -> None:
+    """Predict the emotion (and transcript) of each FILE; bad files are reported and the rest still run.
+
+    With `--ray [ADDRESS] SPEC_OR_MANIFEST --out results.parquet`, score a whole corpus on Ray instead.
+    """
     from edgeser.errors import EdgeserError
     from edgeser.runtime import Pipeline
+
+    if ray_address is not None:
+        predict_on_ray(bundle, ray_address, files, out, precision, as_json, workers=workers,
+                       cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
+                       unordered=unordered)
+        return
+    if not files:
+        raise click.UsageError("give at least one FILE (or --ray SPEC --out results.parquet for a corpus)")
 
     pipe = Pipeline.load(bundle, precision, threads=threads, backend=backend)
     failures = 0

@@ -215,7 +215,10 @@ def read_manifest(path: Path) -> Corpus:
 
 
 def _manifest_rows(path: Path) -> list[dict[str, object]]:
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the manifest as UTF-8") from None
     if path.suffix.lower() in {".jsonl", ".ndjson"}:
         rows = []
         for number, line in enumerate(text.splitlines(), start=1):

@@ -93,8 +93,10 @@ class CorpusBuilder:
         )
 
     def build(self) -> Corpus:
-        if not self.utterances and not self.problems:
-            raise DataError(f"{self.root}: no {self.name} utterances found (is this the corpus root?)")
+        if not self.utterances:
+            seen = f"; {len(self.problems)} file(s) unusable, e.g. {self.problems[0].path}: {self.problems[0].reason}" \
+                if self.problems else ""
+            raise DataError(f"{self.root}: no {self.name} utterances found (is this the corpus root?){seen}")
         self.utterances.sort(key=lambda u: u.id)
         return Corpus(
             self.name, self.root, self.labels, self.utterances, self.problems, self.fold_key, self.dropped

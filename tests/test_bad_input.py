@@ -1,0 +1,331 @@
+"""Bad input, as a new user gives it: every case ends with one line naming the input and the problem (exit 1,
+or 2 for usage), no traceback, and nothing lost or half written. The Python API raises edgeser's own errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from edgeser.cli import main
+from edgeser.errors import AudioError, EdgeserError, OptionError
+from edgeser.runtime import Failure, Pipeline, Prediction, SegmentOptions
+from tests.conftest import REPO, tone, write_audio
+
+
+@pytest.fixture(scope="module")
+def stfnet_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped stfnet default exported once (read-only for tests: copy before changing it)."""
+    out = tmp_path_factory.mktemp("bad") / "stfnet"
+    result = CliRunner().invoke(main, ["export", "--model", "stfnet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipe(stfnet_bundle: Path) -> Pipeline:
+    return Pipeline.load(stfnet_bundle, threads=1)
+
+
+def cli(args: list[str], cwd: Path | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def one_line_error(stderr: str, *names: str) -> str:
+    """The single `error:` line, checked to name each of `names`; no traceback anywhere."""
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr
+    for name in names:
+        assert name in errors[0], (name, errors[0])
+    return errors[0]
+
+
+def copy(bundle: Path, target: Path) -> Path:
+    return Path(shutil.copytree(bundle, target))
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_bad_bundles(stfnet_bundle: Path, tmp_path: Path) -> None:
+    clip = write_audio(tmp_path / "clip.wav", seconds=1.0)
+    code, _, err = cli(["predict", str(tmp_path / "nope"), str(clip)])
+    assert code == 1 and "bundle folder not found" in one_line_error(err, "nope")
+    cases = ((json.dumps([1, 2]), "expected a JSON object, got list"),
+             (json.dumps("text"), "expected a JSON object, got str"), ("{not json", "corrupt manifest"))
+    for index, (body, problem) in enumerate(cases):
+        broken = copy(stfnet_bundle, tmp_path / f"b{index}")
+        (broken / "bundle.json").write_text(body)
+        code, _, err = cli(["predict", str(broken), str(clip)])
+        assert code == 1 and problem in one_line_error(err, "bundle.json")
+    labels = copy(stfnet_bundle, tmp_path / "labels")
+    manifest = json.loads((labels / "bundle.json").read_text())
+    manifest["labels"] = manifest["labels"][:4]
+    (labels / "bundle.json").write_text(json.dumps(manifest))
+    code, _, err = cli(["predict", str(labels), str(clip)])
+    assert code == 1 and "4 labels but the fusion head outputs 7 logits" in one_line_error(err, "bundle.json")
+    manifest["stages"]["fusion_head"]["outputs"][0]["shape"] = ["batch", 4]  # a consistent lie: the graph says 7
+    (labels / "bundle.json").write_text(json.dumps(manifest))
+    code, _, err = cli(["predict", str(labels), str(clip)])
+    assert code == 1 and "lists 4 labels but the fusion head" in one_line_error(err, str(labels))
+    tampered = copy(stfnet_bundle, tmp_path / "tampered")
+    with (tampered / "fp32" / "fusion_head.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    code, _, err = cli(["predict", str(tampered), str(clip)])
+    assert code == 1 and "checksum mismatch" in one_line_error(err, "fusion_head.onnx")
+
+
+def test_cli_bad_audio_files_are_reported_and_the_rest_still_run(stfnet_bundle: Path, tmp_path: Path) -> None:
+    good = write_audio(tmp_path / "good.wav", seconds=1.0)
+    long = tmp_path / "long.wav"
+    sf.write(long, np.zeros(31 * 16_000, np.float32) + 0.1, 16_000)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    code, out, err = cli(["predict", str(stfnet_bundle), str(tmp_path / "missing.wav"), str(empty), str(long),
+                          str(good)])
+    assert code == 1 and out.startswith(str(good)) and len(out.splitlines()) == 1  # the good file still ran
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 3 and "Traceback" not in err
+    assert "missing.wav: file not found" in lines[0] and "empty.wav: empty file" in lines[1]
+    assert "long.wav: too long: 31.0 s" in lines[2] and "--long" in lines[2]
+    assert "3 of 4 file(s) failed" in err
+
+
+def test_cli_long_without_speech_says_so_and_invents_no_label(stfnet_bundle: Path, tmp_path: Path) -> None:
+    short = write_audio(tmp_path / "short.wav", seconds=0.3)
+    noise = np.random.default_rng(0).normal(0, 1e-4, 5 * 16_000).astype(np.float32)
+    noise[40_000] = 0.9  # one click: the only frame near the loudest level, far shorter than a segment
+    clicky = tmp_path / "click.wav"
+    sf.write(clicky, noise, 16_000)
+    code, out, _ = cli(["predict", str(stfnet_bundle), str(short), str(clicky), "--long"])
+    assert code == 0 and out.count("no speech found") == 2
+    assert not any(label in out for label in ("angry", "bored", "neutral"))
+    code, out, _ = cli(["predict", str(stfnet_bundle), str(short), "--long", "--json"])
+    record = json.loads(out)
+    assert record["label"] is None and record["segments"] == [] and record["probabilities"] == {}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["predict", "B", "x.wav", "--threads", "-3"], "-3 is not in the range x>=1"),
+        (["predict", "B", "x.wav", "--precision", "int9"], "'int9' is not one of"),
+        (["predict", "B", "x.wav", "--backend", "gpu"], "'gpu' is not one of"),
+        (["predict", "B"], "give at least one FILE"),
+        (["check", "parity", "B", "--data", "emodb:x", "--limit", "-5"], "-5 is not in the range x>=1"),
+        (["check", "parity", "B", "--data", "emodb:x", "--limit", "0"], "0 is not in the range x>=1"),
+        (["check", "variants", "B", "--data", "emodb:x", "--min-agreement", "1.5"], "1.5 is not in the range"),
+        (["calibrate", "B", "--data", "emodb:x", "--samples", "0"], "0 is not in the range x>=1"),
+        (["export", "--model", "nosuch"], "'nosuch' is not one of 'cmgi', 'gcf2net'"),
+        (["train", "--model", "stfnet", "--data", "emodb:x", "--protocol", "nosuch"], "'nosuch' is not one of"),
+        (["quantize", "B"], "choose at least one of --int8, --int8-dynamic, --fp16"),
+    ],
+)
+def test_cli_usage_errors_exit_2_naming_the_option(args: list[str], needle: str) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
+
+
+def test_cli_export_never_loses_work(stfnet_bundle: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me")
+    code, _, err = cli(["export", "--model", "stfnet", "--out", str(a_file)])
+    assert code == 1 and "exists and is not a folder" in one_line_error(err, str(a_file))
+    code, _, err = cli(["export", "--model", "stfnet", "--out", str(a_file / "bundle")])
+    assert code == 1 and "is a file, not a folder" in one_line_error(err, "a-file")
+    assert a_file.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"jpg")
+    code, _, err = cli(["export", "--model", "stfnet", "--out", str(foreign)])
+    assert code == 1 and "not an edgeser bundle; refusing" in one_line_error(err, "photos")
+    worked = copy(stfnet_bundle, tmp_path / "worked")
+    (worked / "calibration").mkdir()
+    (worked / "reports" / "variants.md").write_text("results")
+    code, _, err = cli(["export", "--model", "stfnet", "--out", str(worked)])
+    assert code == 1 and "calibration, reports/" in one_line_error(err, "--force")
+    assert (worked / "reports" / "variants.md").read_text() == "results"
+    code, _, err = cli(["export", "--model", "stfnet", "--random-weights", "--checkpoint", str(worked),
+                        "--out", str(tmp_path / "x")])
+    assert code == 1 and "exclude each other" in one_line_error(err)
+    code, _, err = cli(["export", "--model", "stfnet", "--out", "/sys/edgeser-test-bundle"])
+    assert code == 1 and "cannot write" in one_line_error(err, "/sys")
+
+
+def test_cli_random_weights_means_random_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = cli(["export", "--model", "stfnet", "--random-weights"])
+    assert code == 0 and "build/stfnet-small-random" in out  # not the demo bundle's folder
+    manifest = json.loads((tmp_path / "build" / "stfnet-small-random" / "bundle.json").read_text())
+    assert manifest["source_checkpoint"]["kind"] == "random_weights"
+
+
+def test_cli_bad_data(stfnet_bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("path,label\nstimme_ärger.wav,angry\n".encode("latin-1"))
+    code, _, err = cli(["data", "summary", str(latin1)])
+    assert code == 1 and "UTF-8" in one_line_error(err, "latin1.csv")
+    code, _, err = cli(["data", "summary", "foo:bar"])
+    assert code == 1 and "expected NAME:PATH" in one_line_error(err, "foo:bar")
+    code, _, err = cli(["check", "parity", str(stfnet_bundle), "--data", f"tess:{shared_data / 'emodb'}"])
+    assert code == 1 and one_line_error(err, "tess")
+    code, _, err = cli(["data", "summary", f"tess:{shared_data / 'emodb'}"])
+    assert code == 1 and one_line_error(err, "tess")
+    code, _, err = cli(["quantize", str(stfnet_bundle), "--int8"])
+    assert code == 1 and "run `edgeser calibrate" in one_line_error(err, str(stfnet_bundle))
+    code, _, err = cli(["calibrate", str(stfnet_bundle), "--data", f"emodb:{shared_data / 'emodb'}", "--ids",
+                        str(tmp_path / "none.txt")])
+    assert code == 1 and "ids file not found" in one_line_error(err, "none.txt")
+    code, _, err = cli(["check", str(stfnet_bundle), "--data", f"emodb:{shared_data / 'emodb'}", "--fold", "3"])
+    assert code == 1 and "trained on emodb fold 0" in one_line_error(err, "fold 3")
+
+
+def test_cli_on_the_lean_install_names_the_extra(tmp_path: Path) -> None:
+    """Without torch (the runtime-only install), export says which extra to install; predict still works."""
+    script = textwrap.dedent(
+        """
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {"torch", "transformers", "optimum"}:
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        sys.meta_path.insert(0, Block())
+        from edgeser.cli import main
+        main(["export", "--model", "stfnet", "--out", sys.argv[1]], prog_name="edgeser")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "b")], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert done.returncode == 1 and "pip install 'edgeser[export]'" in one_line_error(done.stderr, "torch")
+
+
+# ------------------------------------------------------------------------------------------------ Python API
+
+
+def _raises(call: Callable[[], object], error: type[Exception], *names: str) -> str:
+    with pytest.raises(error) as caught:
+        call()
+    message = str(caught.value)
+    assert isinstance(caught.value, EdgeserError) and "\n" not in message
+    for name in names:
+        assert name in message, (name, message)
+    return message
+
+
+def test_api_bad_options(stfnet_bundle: Path, pipe: Pipeline) -> None:
+    _raises(lambda: Pipeline.load(stfnet_bundle, threads="two"), OptionError, "threads", "'two'")  # type: ignore[arg-type]
+    _raises(lambda: Pipeline.load(stfnet_bundle, threads=0), OptionError, "threads", "0")
+    _raises(lambda: Pipeline.load(stfnet_bundle, threads=True), OptionError, "threads")  # type: ignore[arg-type]
+    _raises(lambda: Pipeline.load(stfnet_bundle, "int4"), OptionError, "precision", "int4")
+    _raises(lambda: Pipeline.load(stfnet_bundle, backend="gpu"), OptionError, "backend", "gpu")
+    _raises(lambda: pipe.batch([(tone(1.0), 16_000)], batch_size=0), OptionError, "batch_size", "0")
+    _raises(lambda: SegmentOptions(max_segment_s=0), OptionError, "max_segment_s")
+    _raises(lambda: SegmentOptions(min_pause_s=-1), OptionError, "min_pause_s")
+    _raises(lambda: SegmentOptions(threshold_db=3), OptionError, "threshold_db")
+    _raises(lambda: SegmentOptions(min_segment_s=float("nan")), OptionError, "min_segment_s")
+    _raises(lambda: pipe.long((tone(2.0), 16_000), "fast"), OptionError, "options")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="bogus"):  # Python's own one-line error for an unknown keyword
+        pipe.long((tone(2.0), 16_000), bogus=1)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("audio", "needle"),
+    [
+        ((tone(1.0), float("nan")), "invalid sample rate nan"),
+        ((tone(1.0), 0), "invalid sample rate 0"),
+        ((tone(1.0), 16_000.5), "invalid sample rate 16000.5"),
+        ((tone(1.0), "16k"), "invalid sample rate '16k'"),
+        ((tone(1.0), 4_000), "below the 8000 Hz minimum"),
+        (tone(1.0), "pass arrays as (samples, sample_rate)"),
+        (123, "unsupported input"),
+        ((np.zeros((2, 2, 16_000), np.float32), 16_000), "got shape (2, 2, 16000)"),
+        ((np.ones(16_000, bool), 16_000), "unsupported sample dtype bool"),
+        ((np.ones(16_000, np.complex64), 16_000), "unsupported sample dtype complex64"),
+        ((np.full(16_000, np.nan, np.float32), 16_000), "NaN or infinite"),
+        ((np.full(16_000, 128, np.uint8), 16_000), "all-silent"),  # 8-bit PCM silence is 128, not a DC offset
+        ((np.zeros(800, np.float32) + 0.1, 16_000), "too short"),
+        ((np.zeros(0, np.float32), 16_000), "empty audio"),
+        (b"", "empty input"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt garbage", "unreadable or corrupt"),
+        ((np.zeros((40, 40), np.float32), 16_000), "no channel axis of at most 32"),
+    ],
+)
+def test_api_bad_audio(pipe: Pipeline, audio: object, needle: str) -> None:
+    _raises(lambda: pipe(audio), AudioError, needle)  # type: ignore[arg-type]
+
+
+def test_api_arrays_are_read_as_people_mean_them(pipe: Pipeline) -> None:
+    wave = tone(1.0)
+    channels_first = np.stack([wave, wave])  # [2, S]: the short axis is the channels
+    assert pipe((channels_first, 16_000)).duration_s == pytest.approx(1.0)
+    as_int16 = np.round(wave * 32768).astype(np.int16)
+    as_uint8 = (np.round(wave * 128) + 128).clip(0, 255).astype(np.uint8)
+    reference = pipe((wave, 16_000)).logits
+    assert np.allclose(pipe((as_int16, 16_000)).logits, reference, atol=1e-3)
+    assert np.allclose(pipe((as_uint8, 16_000)).logits, reference, atol=0.1)  # 8-bit: coarse, but centred
+
+
+def test_api_batch_gives_each_input_its_own_result(pipe: Pipeline, tmp_path: Path) -> None:
+    good = write_audio(tmp_path / "good.wav", seconds=1.2)
+    results = pipe.batch([good, tmp_path / "missing.wav", (tone(0.8), 16_000), b""], batch_size=2)
+    assert [type(r) for r in results] == [Prediction, Failure, Prediction, Failure]
+    assert results[1].source.endswith("missing.wav") and "file not found" in results[1].error  # type: ignore[union-attr]
+    assert results[3].error == "<0 bytes>: empty input (0 bytes)"  # type: ignore[union-attr]
+    assert results[0].label == pipe(good).label  # type: ignore[union-attr]
+
+
+def test_refusing_an_hour_of_48k_stereo_decides_from_the_header(tmp_path: Path) -> None:
+    """A 1-hour 48 kHz stereo WAV (a sparse file: the header is real, the data zeros) is refused from its header
+    with a pointer to --long, in well under 200 MB; `data summary` checks it in blocks, also under 200 MB."""
+    rate, channels, frames = 48_000, 2, 3600 * 48_000
+    data_bytes = frames * channels * 2
+    header = (b"RIFF" + (36 + data_bytes).to_bytes(4, "little") + b"WAVE" + b"fmt " + (16).to_bytes(4, "little")
+              + (1).to_bytes(2, "little") + channels.to_bytes(2, "little") + rate.to_bytes(4, "little")
+              + (rate * channels * 2).to_bytes(4, "little") + (channels * 2).to_bytes(2, "little")
+              + (16).to_bytes(2, "little") + b"data" + data_bytes.to_bytes(4, "little"))
+    path = tmp_path / "hour.wav"
+    with path.open("wb") as handle:  # a real 16-bit PCM header; the hour of samples is a sparse run of zeros
+        handle.write(header)
+        handle.truncate(len(header) + data_bytes)
+    assert sf.info(path).frames == frames
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{path},angry\n")
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+
+        def peak_mb():  # VmHWM: this process image's peak RSS (ru_maxrss would carry pytest's over exec)
+            line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+            return int(line.split()[1]) // 1024
+
+        from edgeser.audio import load_audio
+        from edgeser.errors import AudioError
+        try:
+            load_audio(sys.argv[1], max_duration=30.0)
+        except AudioError as err:
+            print(err)
+        print(peak_mb())
+        from edgeser.data import load_corpus
+        from edgeser.data.scan import summarise
+        print(summarise(load_corpus(sys.argv[2])).problems[0].reason)
+        print(peak_mb())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path), str(manifest)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    message, refuse_mb, reason, scan_mb = done.stdout.splitlines()
+    assert "too long: 3600.0 s (maximum 30 s)" in message and "--long" in message
+    assert int(refuse_mb) < 200 and int(scan_mb) < 200, done.stdout
+    assert reason == "all-silent audio (peak below -80 dBFS)"
