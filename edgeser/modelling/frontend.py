@@ -316,12 +316,17 @@ class FeatureFrontend(nn.Module):
         """
         with torch.autocast(device_type=waveform.device.type, enabled=False):
             power, frame_lengths = self.spectrogram(waveform.float(), lengths)
-            features = self.log_mel(power, frame_lengths)
-            if self.kind == "mfcc":
-                features = torch.matmul(features, self.dct_matrix)  # zero rows stay zero
-            if self.deltas is not None:
-                features = self.deltas(features, frame_lengths)
+            features = self.features_from_power(power, frame_lengths)
         return features, frame_lengths
+
+    def features_from_power(self, power: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """The rest of the front end on a power spectrum `[B, F, K]` (so a second feature set can share one STFT)."""
+        features = self.log_mel(power, frame_lengths)
+        if self.kind == "mfcc":
+            features = torch.matmul(features, self.dct_matrix)  # zero rows stay zero
+        if self.deltas is not None:
+            features = self.deltas(features, frame_lengths)
+        return features
 
 
 def build_frontend(config: dict[str, Any], sample_rate: int = 16_000) -> FeatureFrontend:
