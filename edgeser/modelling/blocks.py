@@ -147,13 +147,21 @@ class TransformerEncoder(nn.Module):
 
 
 class CtcHead(nn.Module):
-    """`ctc_head` stage: dropout + FC on the frame features -> log-softmax over the CTC vocabulary."""
+    """`ctc_head` stage: dropout + FC on the frame features -> log-softmax over the CTC vocabulary.
 
-    def __init__(self, in_dim: int, vocab_size: int, dropout: float = 0.0) -> None:
+    `leading=True` reads only the first `in_dim` feature columns (an encoder that appends utterance-level
+    columns, such as mscnn's x-vector, keeps them out of the ASR head).
+    """
+
+    def __init__(self, in_dim: int, vocab_size: int, dropout: float = 0.0, leading: bool = False) -> None:
         super().__init__()
+        self.in_dim = in_dim
+        self.leading = leading
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(in_dim, vocab_size)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features `[B, F, Da]` -> log_probs `[B, F, V]`."""
+        if self.leading:
+            features = features[..., : self.in_dim]
         return torch.log_softmax(self.proj(self.dropout(features)), dim=-1)

@@ -11,21 +11,33 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeser.errors import ModelError
 from edgeser.modelling.backbones import PretrainedFusionModel
 from edgeser.modelling.base import fusion_masks, lengths_to_mask, masked_mean
 from edgeser.modelling.blocks import MaskedMultiHeadAttention
 from edgeser.text import CtcVocab
+
+BOUNDED_GATE = "sigmoid_of_linear"  # G = sigmoid(f(concat(s, c))), in (0, 1)
+LITERAL_GATE = "linear_of_sigmoid"  # G = f(sigmoid(concat(s, c))), Eq. 6 as printed
+GATES = (BOUNDED_GATE, LITERAL_GATE)
 
 
 class CmgiFusionHead(nn.Module):
     """Cross-modal gated interaction (Eqs. 3-7): SA per modality, CA both ways, temporal gates, pool, FC.
 
     s = SA(x) per modality (Eq. 3); c^a = CA(query s^a, key/value s^t), c^t = CA(query s^t, key/value s^a)
-    (Eq. 4); G = f(sigmoid(concat(s, c))) with f a linear map 2d -> d applied per frame/token (Eq. 6, as
-    written: the sigmoid comes before f); output = concat(s * G, c * (1 - G)); logits =
-    FC(concat(mp(output^a), mp(output^t))) with masked mean pooling (Eq. 7). Both modalities are first
-    projected to a common `dim` (identity where a modality already has it); the paper does not say how
-    HuBERT's 1024 meets BERT's 768.
+    (Eq. 4); a gate G from concat(s, c) per frame/token with f a linear map 2d -> d (Eq. 6); output =
+    concat(s * G, c * (1 - G)); logits = FC(concat(mp(output^a), mp(output^t))) with masked mean pooling
+    (Eq. 7). Both modalities are first projected to a common `dim` (identity where a modality already has
+    it); the paper does not say how HuBERT's 1024 meets BERT's 768.
+
+    `gate` chooses the order of f and the sigmoid:
+    - "sigmoid_of_linear": G = sigmoid(f(concat(s, c))), G in (0, 1) so 1 - G is its complement: the gated
+      fusion the paper builds on (its Eq. 5 cites a gated-fusion model) and what "gate" means; the recipes'
+      choice;
+    - "linear_of_sigmoid": G = f(sigmoid(concat(s, c))), Eq. 6 as printed; G is unbounded (an affine map of
+      values in (0, 1)) and 1 - G no complement. The default when a config names no gate, so checkpoints
+      from before the choice existed (which all used it) rebuild as trained.
     """
 
     def __init__(
@@ -37,8 +49,12 @@ class CmgiFusionHead(nn.Module):
         heads: int = 1,
         attention_dropout: float = 0.0,
         dropout: float = 0.1,
+        gate: str = LITERAL_GATE,
     ) -> None:
         super().__init__()
+        if gate not in GATES:
+            raise ModelError(f"cmgi fusion.gate must be one of {', '.join(GATES)}, got {gate!r}")
+        self.gate = gate
         self.audio_proj: nn.Module = nn.Linear(audio_dim, dim) if audio_dim != dim else nn.Identity()
         self.text_proj: nn.Module = nn.Linear(text_dim, dim) if text_dim != dim else nn.Identity()
         self.audio_self = MaskedMultiHeadAttention(dim, dim, dim, heads, dropout=attention_dropout, out_proj=False)
@@ -50,10 +66,16 @@ class CmgiFusionHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(4 * dim, num_classes)
 
-    @staticmethod
-    def _gated(s: torch.Tensor, c: torch.Tensor, gate: nn.Module) -> torch.Tensor:
+    def gate_values(self, s: torch.Tensor, c: torch.Tensor, f: nn.Module) -> torch.Tensor:
+        """The temporal-aware gate G `[B, T, d]` of one modality from s, c `[B, T, d]` (see `gate`)."""
+        joined = torch.cat([s, c], dim=-1)
+        if self.gate == BOUNDED_GATE:
+            return torch.sigmoid(f(joined))
+        return f(torch.sigmoid(joined))
+
+    def _gated(self, s: torch.Tensor, c: torch.Tensor, f: nn.Module) -> torch.Tensor:
         """Temporal-aware gated fusion of one modality: `[B, T, d]` x2 -> `[B, T, 2d]`."""
-        g = gate(torch.sigmoid(torch.cat([s, c], dim=-1)))
+        g = self.gate_values(s, c, f)
         return torch.cat([s * g, c * (1.0 - g)], dim=-1)
 
     def forward(
@@ -101,7 +123,10 @@ class CmgiModel(PretrainedFusionModel):
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
         super().__init__(config, labels, vocab if vocab is not None else CtcVocab(),
                          freeze_feature_encoder_default=False)
-        fusion = config.get("fusion", {})
+        fusion = config.setdefault("fusion", {})
+        # A config without a gate predates the choice: those checkpoints used the literal order. Recording the
+        # resolved value keeps every checkpoint saved from here on explicit.
+        fusion.setdefault("gate", LITERAL_GATE)
         audio_dim = self.audio_encoder.hidden_size
         self.fusion_head = CmgiFusionHead(
             audio_dim,
@@ -111,6 +136,7 @@ class CmgiModel(PretrainedFusionModel):
             heads=int(fusion.get("heads", 1)),
             attention_dropout=float(fusion.get("attention_dropout", 0.0)),
             dropout=float(fusion.get("dropout", 0.1)),
+            gate=str(fusion["gate"]),
         )
         self.acoustic_classifier = nn.Linear(audio_dim, len(self.labels))  # phase-1 SER head only
 

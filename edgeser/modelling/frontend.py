@@ -314,14 +314,26 @@ class FeatureFrontend(nn.Module):
         Always float32, also under a training autocast: low-precision power spectra and mel sums lose the
         quiet bands (see DESIGN.md: keep the whole front end out of reduced precision).
         """
+        features, frame_lengths, _ = self.forward_with_power(waveform, lengths)
+        return features, frame_lengths
+
+    def forward_with_power(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward`, also returning the power spectrum `[B, F, n_fft // 2 + 1]` it was computed from."""
         with torch.autocast(device_type=waveform.device.type, enabled=False):
             power, frame_lengths = self.spectrogram(waveform.float(), lengths)
-            features = self.log_mel(power, frame_lengths)
-            if self.kind == "mfcc":
-                features = torch.matmul(features, self.dct_matrix)  # zero rows stay zero
-            if self.deltas is not None:
-                features = self.deltas(features, frame_lengths)
-        return features, frame_lengths
+            features = self.features_from_power(power, frame_lengths)
+        return features, frame_lengths, power
+
+    def features_from_power(self, power: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        """The rest of the front end on a power spectrum `[B, F, K]` (so a second feature set can share one STFT)."""
+        features = self.log_mel(power, frame_lengths)
+        if self.kind == "mfcc":
+            features = torch.matmul(features, self.dct_matrix)  # zero rows stay zero
+        if self.deltas is not None:
+            features = self.deltas(features, frame_lengths)
+        return features
 
 
 def build_frontend(config: dict[str, Any], sample_rate: int = 16_000) -> FeatureFrontend:

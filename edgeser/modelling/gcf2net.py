@@ -2,6 +2,20 @@
 
 Paper: "global-aware Cross-modal feature Fusion Network"; IEMOCAP and MELD. Its equations are images in our
 copy, so the structure follows the text and Figures 1-2 as described (see each class docstring).
+
+Model size. The paper reports "128.63 MB parameters" with an "input size 0.78 MB" for audio (245, 768) and text
+(22, 768) features: the input is (245 + 22) x 768 float32 = 0.782 MiB, so the units are MiB of float32 and the
+count it reports is 128.63 x 2^20 / 4 = 33.72 M parameters (+-1.3 k for the rounding), for the part that reads
+those features, i.e. the fusion network. Built as the text describes, the `paper` fusion head has 27,235,588:
+8 ResCMFA blocks (4 A-T + 4 T-A) x 2,954,496 (multi-head attention 4 x 590,592, Linear 590,592, LayerNorm 1,536)
+= 23,635,968; the global-aware block 3,596,544 (LayerNorm 1,536, FC 768 -> 3072 2,362,368, LayerNorm 3,072,
+token mixing 49,152, FC 1536 -> 768 1,180,416); the classifier 3,076 (4 classes); plus the CTC head 25,377
+(33 symbols): 27.26 M, 6.46 M short. gMLP's dense token mixing (its spatial projection over the 267 positions
+of the reported input, 267 x 267 + 267 = 71,556, where the depthwise conv has 49,152) adds only 22 k, so it is
+not the missing part; nor is any other element the paper describes (the gap is ~10.9 768 x 768 Linear layers,
+or 1.8 global-aware blocks, or 2.2 ResCMFA blocks). The figure cannot be reproduced from the text; summary
+tools that count a module once per call, or parts outside the fusion network, would explain a larger count,
+but the paper gives neither. The `paper` size keeps the architecture as described.
 """
 
 from __future__ import annotations
@@ -42,9 +56,10 @@ class GlobalAwareBlock(nn.Module):
     """Global-aware block (gMLP of Liu et al. 2021, as cited): LN -> FC to 4Df -> GELU -> split into two 2Df
     halves u, v -> LN(v) -> conv over time -> u * v -> FC to Df, with gMLP's residual.
 
-    gMLP's spatial projection is a dense map over a fixed sequence length; with variable lengths it is a
-    depthwise Conv1d along time (kernel `kernel_size`, zero beyond the valid length, gMLP's near-zero weight /
-    unit bias initialisation so the block starts as u * 1).
+    gMLP's spatial projection is a dense map over a fixed sequence length (every position mixes with every
+    other: "global"); with variable lengths it is a depthwise Conv1d along time (kernel `kernel_size`, 31 steps
+    = 0.62 s of audio frames, zero beyond the valid length, gMLP's near-zero weight / unit bias initialisation
+    so the block starts as u * 1): a local mixing, and a named deviation of both sizes.
     """
 
     def __init__(self, dim: int, expansion: int = 4, kernel_size: int = 31) -> None:

@@ -10,17 +10,24 @@ feature maps h_k: s_k = softmax_k(e_g . h_k), S_g = sum_k s_k h_k (Eqs. 4-6); ev
 reduced by an FC layer and classified (softmax + cross-entropy). Adam lr 5e-4, gradient clipping 1,
 dropout 0.3, batch 64. IEMOCAP 4-class, 10-fold: WA 80.3 / UA 81.4 (ground-truth text).
 
-Stage split: `audio_encoder` = MFCC front end + audio multi-scale CNN, per-frame maps `[B, F, Da]`;
-`ctc_head` = FC + log-softmax on those maps (so the model runs speech-only end to end);
-`text_encoder` = embedding lookup + text multi-scale CNN, returning `[h | word vectors]` per token
-`[B, L, Dt + E]` (the word vectors feed SWEM); `fusion_head` = SPUs + SWEM + attention + FC.
+X-vectors (Snyder et al. 2018) are appended to the audio SPU vector (Table 2: ~1 point without them).
+
+Stage split: `audio_encoder` = MFCC front end + audio multi-scale CNN, per-frame maps `[B, F, Da]`, and
+with an `xvector` config (the `paper` size) the x-vector branch on the same STFT, whose `[B, 512]` vector
+is repeated on every valid frame: `[B, F, Da + 512]`; `ctc_head` = FC + log-softmax on the maps (so the
+model runs speech-only end to end); `text_encoder` = embedding lookup + text multi-scale CNN, returning
+`[h | word vectors]` per token `[B, L, Dt + E]` (the word vectors feed SWEM); `fusion_head` = SPUs
+(+ x-vector) + SWEM + attention + FC.
 
 Choices where the paper is silent or cannot be followed here: kernel sizes (audio 5/7/9/11, text 2/3/4/5,
 as in a public re-implementation); "same" padding so maps keep the sequence length; the hidden FC size
 (256) with ReLU; the attention scores are scaled by 1/sqrt(Dt) (unscaled dot products of 512-d ReLU
 maps saturate the softmax) and go through a learned projection only when audio and text widths differ;
-no X-vectors (they need a pre-trained Kaldi TDNN; the paper's ablation credits them with ~1 point);
-50-d GloVe (the packaged size); MFCC standardised by a masked running-statistics norm.
+the x-vector extractor is the x-vector TDNN trained jointly with the emotion loss, not Kaldi's VoxCeleb
+model (no pre-trained extractor is available offline; see `xvector.py`), and the `small` size has none;
+GloVe is 50-d, the only size packaged here (the paper: 300-d; `text.embedding_dim` is a recipe field and
+must match the installed vectors); MFCC standardised by a masked running-statistics norm; the paper's ASR
+transcripts come from Google's API, edgeser's from the model's own CTC head.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from edgeser.modelling.base import fusion_masks, lengths_to_mask, masked_mean
 from edgeser.modelling.blocks import NEG_INF, mask_time, masked_max, masked_std
 from edgeser.modelling.frontend import MaskedFeatureNorm, build_frontend
 from edgeser.modelling.words import WordEmbedding, WordFusionModel
+from edgeser.modelling.xvector import XVectorBranch
 from edgeser.text import CtcVocab
 
 
@@ -65,17 +73,26 @@ class MultiScaleCnn(nn.Module):
 
 
 class MscnnAudioEncoder(nn.Module):
-    """`audio_encoder`: waveform -> MFCC + deltas (96-d) -> audio multi-scale CNN maps `[B, F, Da]` at the MFCC rate."""
+    """`audio_encoder`: waveform -> MFCC + deltas (96-d) -> audio multi-scale CNN maps `[B, F, Da]` at the MFCC rate;
+    with an `xvector` config, the clip's x-vector (from the same STFT) follows each valid frame's maps:
+    `[B, F, Da + E]` (zero beyond the frames; the CTC head reads the first Da columns only)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        self.frontend = build_frontend(config.get("frontend", {}), int(config.get("sample_rate", 16_000)))
+        sample_rate = int(config.get("sample_rate", 16_000))
+        self.frontend = build_frontend(config.get("frontend", {}), sample_rate)
         audio = config.get("audio", {})
         self.norm = MaskedFeatureNorm(self.frontend.out_dim)
         self.cnn = MultiScaleCnn(
             self.frontend.out_dim, list(audio.get("kernels", [5, 7, 9, 11])), int(audio.get("filters", 128))
         )
-        self.out_dim = self.cnn.out_dim
+        self.xvector: XVectorBranch | None = None
+        if config.get("xvector"):
+            self.xvector = XVectorBranch(sample_rate, self.frontend.spectrogram.n_fft, config["xvector"])
+        self.maps_dim = self.cnn.out_dim
+        self.xvector_dim = self.xvector.out_dim if self.xvector is not None else 0
+        self.out_dim = self.maps_dim + self.xvector_dim
+        self.ctc_dim = self.maps_dim
 
     def frame_layout(self) -> list[tuple[int, int, int, int]]:
         """The multi-scale CNN keeps the MFCC frame rate ("same" padding): the front end's framing only."""
@@ -83,9 +100,13 @@ class MscnnAudioEncoder(nn.Module):
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """waveform `[B, S]`, lengths `[B]` -> features `[B, F, Da]`, frame_lengths `[B]`."""
-        features, frame_lengths = self.frontend(waveform, lengths)
+        features, frame_lengths, power = self.frontend.forward_with_power(waveform, lengths)
         mask = lengths_to_mask(frame_lengths, features.shape[1])
-        return self.cnn(self.norm(features, mask), mask), frame_lengths
+        maps = self.cnn(self.norm(features, mask), mask)
+        if self.xvector is None:
+            return maps, frame_lengths
+        vectors = self.xvector(power, frame_lengths).unsqueeze(1).expand(-1, maps.shape[1], -1)
+        return torch.cat([maps, mask_time(vectors, mask)], dim=-1), frame_lengths
 
 
 class MscnnTextEncoder(nn.Module):
@@ -114,15 +135,18 @@ class MscnnFusionHead(nn.Module):
     """`fusion_head`: audio SPU, text SPU, SWEM max/avg, audio-context attention over text maps; FC, ReLU, FC."""
 
     def __init__(
-        self, audio_dim: int, text_dim: int, embedding_dim: int, num_classes: int, hidden: int, dropout: float
+        self, audio_dim: int, text_dim: int, embedding_dim: int, num_classes: int, hidden: int, dropout: float,
+        xvector_dim: int = 0,
     ) -> None:
         super().__init__()
+        self.audio_dim = audio_dim
+        self.xvector_dim = xvector_dim
         self.text_dim = text_dim
         # e_g . h_k needs equal widths; a learned map bridges them only when the configs differ.
         self.context: nn.Module = (
             nn.Linear(audio_dim, text_dim, bias=False) if audio_dim != text_dim else nn.Identity()
         )
-        in_dim = 3 * audio_dim + 3 * text_dim + 2 * embedding_dim + 3 * text_dim
+        in_dim = 3 * audio_dim + xvector_dim + 3 * text_dim + 2 * embedding_dim + 3 * text_dim
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
             nn.Linear(in_dim, hidden),
@@ -150,15 +174,18 @@ class MscnnFusionHead(nn.Module):
         audio_mask, text_mask = fusion_masks(features, frame_lengths, attention_mask)
         maps = token_features[..., : self.text_dim]
         vectors = token_features[..., self.text_dim :]
+        audio_maps = features[..., : self.audio_dim]
         audio_spu = [
-            masked_max(features, audio_mask),
-            masked_mean(features, audio_mask),
-            masked_std(features, audio_mask),
+            masked_max(audio_maps, audio_mask),
+            masked_mean(audio_maps, audio_mask),
+            masked_std(audio_maps, audio_mask),
         ]
+        # The x-vector is repeated on every valid frame; every clip has at least one frame.
+        xvector = [features[:, 0, self.audio_dim :]] if self.xvector_dim else []
         text_spu = [masked_max(maps, text_mask), masked_mean(maps, text_mask), masked_std(maps, text_mask)]
         swem = [masked_max(vectors, text_mask), masked_mean(vectors, text_mask)]
         attended = [self.attend(e, maps, text_mask) for e in audio_spu]
-        return self.classifier(torch.cat([*audio_spu, *text_spu, *swem, *attended], dim=-1))
+        return self.classifier(torch.cat([*audio_spu, *xvector, *text_spu, *swem, *attended], dim=-1))
 
 
 class MscnnSpuAttModel(WordFusionModel):
@@ -170,10 +197,11 @@ class MscnnSpuAttModel(WordFusionModel):
         super().__init__(config, labels, vocab, MscnnAudioEncoder, MscnnTextEncoder)
         fusion = config.get("fusion", {})
         self.fusion_head = MscnnFusionHead(
-            self.audio_encoder.out_dim,
+            self.audio_encoder.maps_dim,
             self.text_encoder.cnn_dim,
             self.text_encoder.embedding_dim,
             len(labels),
             int(fusion.get("hidden", 256)),
             float(fusion.get("dropout", 0.3)),
+            xvector_dim=self.audio_encoder.xvector_dim,
         )

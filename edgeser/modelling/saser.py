@@ -18,6 +18,13 @@ The paper's equations did not survive in the text we have, so the pieces are wri
   N = LayerNorm(T + Att(T -> S)); masked means of M over frames and N over words, concatenated, dropout, FC.
   The residuals keep a speech-only path when the transcript is empty;
 - GRU: unidirectional over right-padded words (padding-safe and exportable, no packing).
+
+Recipe choices: `cnn.channels` sets the number of CNN modules (3, the paper's best on IEMOCAP, in `paper`;
+2, its best on EMO-DB, in `paper-emodb`). The paper's "regularization parameter 0.01", listed apart from
+Adam's weight decay 1e-3, is read as the lambda of an L2 term on the output FC's weights in the loss
+(`training.l2_penalty`, applied by the trainer through `train_hooks.l2_penalty`). Its transcripts come from
+speech recognition, so the paper recipes evaluate on the model's own CTC transcript (the paper used an
+external ASR; edgeser adds the CTC head for it).
 """
 
 from __future__ import annotations

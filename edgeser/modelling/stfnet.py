@@ -2,27 +2,39 @@
 
 An and Ruan 2021, "Speech emotion recognition algorithm based on deep learning algorithm fusion of temporal
 and spatial features": 40 MFCC x 282 frames as a 1-channel image; two parallel CNNs and a Transformer
-encoder; concat; FC to 8 classes; AWGN augmentation; SGD (momentum 0.9, lr 0.01, batch 16, weight decay
-1e-4, up to 200 epochs); RAVDESS hold-out 80.46 %. The paper gives no layer sizes: they follow the public
-implementation it mirrors (same 40 x 282 map, same AWGN scheme): per CNN three blocks of Conv 3x3 (16, 32,
-64 channels) -> BatchNorm -> ReLU -> MaxPool -> Dropout 0.3 with pools 2x2, 4x4, 4x4; the Transformer
-branch max-pools the map by 4 in time and runs 4 encoder layers (d = 40 MFCC, 4 heads, feed-forward 512,
-dropout 0.4, no positional encoding) and averages over time; AWGN at an SNR drawn from 15-30 dB.
+encoder; concat; FC to 8 classes; AWGN doubling the data (2880 native + 2880 noisy maps); SGD (momentum 0.9,
+lr 0.01, batch 16, weight decay 1e-4, up to 200 epochs); RAVDESS hold-out 80.46 %. The paper gives no layer
+sizes: they follow the public implementation it mirrors (IliaZenkov/transformer-cnn-emotion-recognition:
+same 40 x 282 map, same AWGN scheme): per CNN three blocks of Conv 3x3 (16, 32, 64 channels) -> BatchNorm ->
+ReLU -> MaxPool -> Dropout 0.3 with pools 2x2, 4x4, 4x4, flattened (64 x 1 x 8 = 512 each); the Transformer
+branch max-pools the map by 4 in time (282 -> 70) and runs 4 encoder layers (d = 40 MFCC, 4 heads,
+feed-forward 512, dropout 0.4, no positional encoding) and averages over time; FC 1064 -> classes; AWGN at
+an SNR drawn from 15-29 dB (integers).
 
-Changes for edge deployment with dynamic length (no fixed 282-frame input):
+`paper` size (a `map` section in the config): that network on that map. `audio_encoder` computes the map
+in the graph (`mfcc_map.FixedMfccMap`: samples [0.5 s, 3.5 s) of the 16 kHz clip, zero-padded, upsampled x3
+to 48 kHz, MFCC with n_fft 1024 / window 512 / hop 512, reflection padding), standardises every map element
+with training-set statistics (`MapScaler`, the implementation's StandardScaler) and returns one "frame" per
+clip, `[B, 1, 1064]`; `fusion_head` is the FC. Deviations: the input is 16 kHz (nothing above 8 kHz, where
+RAVDESS at 48 kHz has energy); the scaler is fitted while training rather than in a pass before it; offline
+AWGN noise is scaled to the whole clip, not to the zero-padded 3 s window.
+
+`small` size (no `map`; the shipped checkpoint), changed for edge deployment with dynamic length:
+- 16 kHz framing (n_fft 512, 25 ms window, 10 ms hop), variable length;
 - the CNN pools keep the frequency sizes (2, 4, 4) but pool time by (2, 2, 1), so both branches share one
   frame rate (/4, 40 ms at a 10 ms hop) and `audio_encoder` returns one per-frame fused sequence
   `[B, F, 64 + 64 + 40]`;
 - the CNNs' flatten over a fixed time axis becomes masked mean pooling over frames (in `fusion_head`), as
   the Transformer branch already averaged over time;
-- the MFCC map is standardised per coefficient by a masked running-statistics norm (the public code fits a
-  StandardScaler on the training set).
+- the MFCC map is standardised per coefficient by a masked running-statistics norm;
+- AWGN on the fly (probability 0.5 per training clip, SNR uniform in 15-30 dB).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +43,8 @@ from edgeser.errors import ModelError
 from edgeser.modelling.base import SerModel, lengths_to_mask, masked_mean
 from edgeser.modelling.blocks import TransformerEncoder, mask_time
 from edgeser.modelling.frontend import MaskedFeatureNorm, build_frontend
+from edgeser.modelling.mfcc_map import ONE_FRAME_STEP, FixedMfccMap, MapScaler, pooled_sizes
+from edgeser.modelling.train_hooks import awgn_copies
 from edgeser.text import CtcVocab
 
 DEFAULT_SNR_DB = (
@@ -96,12 +110,17 @@ class SpatialCnn(nn.Module):
             )
         self.out_dim = previous * height
 
-    def forward(self, image: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """image `[B, 1, C, T]`, lengths `[B]` -> features `[B, T', out_dim]`, lengths `[B]`."""
+    def maps(self, image: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image `[B, 1, C, T]`, lengths `[B]` -> feature maps `[B, channels, C', T']`, lengths `[B]`."""
         x = image
         for block, pool in zip(self.blocks, self.time_pools):
             x = block(mask_time(x, lengths_to_mask(lengths, x.shape[3]), time_dim=3))
             lengths = torch.div(lengths, pool, rounding_mode="trunc")  # lengths >= 0: trunc == floor
+        return x, lengths
+
+    def forward(self, image: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image `[B, 1, C, T]`, lengths `[B]` -> features `[B, T', out_dim]`, lengths `[B]`."""
+        x, lengths = self.maps(image, lengths)
         b, c, h, t = x.shape
         x = x.permute(0, 3, 1, 2).reshape(b, t, c * h)
         return x, lengths
@@ -166,6 +185,63 @@ class StfNetAudioEncoder(nn.Module):
         return mask_time(features, mask), frame_lengths
 
 
+class StfNetMapEncoder(nn.Module):
+    """`audio_encoder` of the `paper` size: the fixed 40 x 282 MFCC map, the two CNNs flattened and the Transformer
+    averaged over time, as the implementation; one "frame" per clip `[B, 1, 2 * 512 + 40]`, frame length 1."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.frontend = FixedMfccMap(
+            config["map"], config.get("frontend", {}), int(config.get("sample_rate", 16_000))
+        )
+        n_feat, frames = self.frontend.n_mfcc, self.frontend.frames
+        self.scaler = MapScaler((n_feat, frames))
+        cnn = config.get("cnn", {})
+        time_pools = list(cnn.get("time_pools", [2, 4, 4]))
+        self.cnns = nn.ModuleList(
+            SpatialCnn(
+                n_feat,
+                list(cnn.get("channels", [16, 32, 64])),
+                list(cnn.get("freq_pools", [2, 4, 4])),
+                time_pools,
+                float(cnn.get("dropout", 0.3)),
+            )
+            for _ in range(int(cnn.get("branches", 2)))
+        )
+        cnn_frames = pooled_sizes(frames, time_pools)
+        tr = config.get("transformer", {})
+        self.time_pool = int(tr.get("time_pool", 4))
+        heads = int(tr.get("heads", 4))
+        if cnn_frames < 1 or frames // self.time_pool < 1:
+            raise ModelError(f"stfnet: time pools leave nothing of the {frames}-frame map")
+        if n_feat % heads:
+            raise ModelError(f"stfnet transformer: {n_feat} MFCC features are not divisible by {heads} heads")
+        self.transformer = TransformerEncoder(
+            n_feat,
+            heads,
+            int(tr.get("ff_dim", 512)),
+            int(tr.get("layers", 4)),
+            float(tr.get("dropout", 0.4)),
+            positional=bool(tr.get("positional_encoding", False)),
+        )
+        self.out_dim = sum(c.out_dim * cnn_frames for c in self.cnns) + n_feat
+
+    def frame_layout(self) -> list[tuple[int, int, int, int]]:
+        """One frame for every clip, whatever its length."""
+        return [ONE_FRAME_STEP]
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """waveform `[B, S]`, lengths `[B]` -> features `[B, 1, out_dim]`, frame_lengths `[B]` (all 1)."""
+        image = self.scaler(self.frontend(waveform, lengths))  # [B, C, T], the whole window is valid
+        full = torch.full_like(lengths, image.shape[2])
+        # torch.flatten of [B, channels, C', T'] as the implementation: channel-major.
+        spatial = [torch.flatten(cnn.maps(image.unsqueeze(1), full)[0], 1) for cnn in self.cnns]
+        pooled = F.max_pool1d(image, self.time_pool, self.time_pool).transpose(1, 2)  # [B, T // 4, C]
+        temporal = self.transformer(pooled, torch.ones_like(pooled[..., 0], dtype=torch.bool)).mean(dim=1)
+        features = torch.cat([*spatial, temporal], dim=-1).unsqueeze(1)
+        return features, torch.ones_like(lengths)
+
+
 class StfNetFusionHead(nn.Module):
     """`fusion_head` of an audio-only model: masked mean over frames, then one FC to the classes."""
 
@@ -179,25 +255,36 @@ class StfNetFusionHead(nn.Module):
 
 
 class StfNetModel(SerModel):
-    """Audio-only STFNet; `augment_waveform` applies the paper's AWGN augmentation in training."""
+    """Audio-only STFNet: the fixed-map encoder when the config has a `map` section (`paper`), else the
+    variable-length one (`small`, the shipped checkpoint); the paper's AWGN augmentation in training.
+
+    `awgn.mode`: "online" (each training clip gets noise with probability `awgn.probability`, default), "offline"
+    (the paper: `awgn.copies` noisy copies of every training clip added to the data once, by the trainer through
+    `offline_augmentation`) or "off". SNRs are drawn from `awgn.snr_db`, as integers when `awgn.integer_snr`.
+    """
 
     name = "stfnet"
 
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
         super().__init__(config, labels, vocab)
-        self.audio_encoder = StfNetAudioEncoder(config)
+        self.audio_encoder = StfNetMapEncoder(config) if "map" in config else StfNetAudioEncoder(config)
         self.fusion_head = StfNetFusionHead(self.audio_encoder.out_dim, len(labels))
         awgn_config = config.get("awgn", {})
+        self.awgn_mode = str(awgn_config.get("mode", "online"))
+        if self.awgn_mode not in ("online", "offline", "off"):
+            raise ModelError(f"stfnet awgn.mode must be 'online', 'offline' or 'off', got {self.awgn_mode!r}")
         self.awgn_probability = float(awgn_config.get("probability", 0.5))
         self.awgn_snr_db = tuple(float(v) for v in awgn_config.get("snr_db", DEFAULT_SNR_DB))
+        self.awgn_copies = int(awgn_config.get("copies", 1))
+        self.awgn_integer_snr = bool(awgn_config.get("integer_snr", False))
 
     def augment_waveform(
         self, waveform: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Training-time AWGN: each clip gets noise with probability `awgn.probability` (default 0.5: the paper
-        doubles its data with one noisy copy per clip) at an SNR in `awgn.snr_db` (default 15-30 dB).
-        Identity in eval mode. waveform `[B, S]`, lengths `[B]` -> `[B, S]`."""
-        if not self.training or self.awgn_probability <= 0.0:
+        """Training-time AWGN ("online" mode): each clip gets noise with probability `awgn.probability` (default
+        0.5: on average the share of noisy clips the paper's doubling gives) at an SNR in `awgn.snr_db` (default
+        15-30 dB). Identity in eval mode and in the other modes. waveform `[B, S]`, lengths `[B]` -> `[B, S]`."""
+        if not self.training or self.awgn_mode != "online" or self.awgn_probability <= 0.0:
             return waveform
         noisy = awgn(waveform, lengths, self.awgn_snr_db, generator)  # type: ignore[arg-type]
         chosen = (
@@ -210,3 +297,12 @@ class StfNetModel(SerModel):
     ) -> torch.Tensor:
         """Alias of `augment_waveform`."""
         return self.augment_waveform(waveform, lengths, generator)
+
+    def offline_augmentation(self, waves: list[np.ndarray], seed: int) -> list[list[np.ndarray]]:
+        """The noisy copies ("offline" mode) to add to the training clips once: `awgn.copies` per clip, in clip
+        order (the paper: 2880 native + 2880 noisy maps); empty lists in the other modes."""
+        if self.awgn_mode != "offline":
+            return [[] for _ in waves]
+        return awgn_copies(
+            waves, copies=self.awgn_copies, snr_db=self.awgn_snr_db, integer_snr=self.awgn_integer_snr, seed=seed
+        )

@@ -8,16 +8,13 @@ whitespace/punctuation/clitic pre-tokenizer) is what the runtime saves as `token
 table starts from the GloVe vectors (50-d: the only GloVe size packaged here; the papers used 300-d);
 with `embeddings="trainable"` it starts random.
 
-The package stores its words in a Parquet file; without pyarrow a small reader here decodes that one
-file (Thrift compact page headers, Snappy, PLAIN / dictionary pages).
+The package stores its words in a Parquet file, read with pyarrow (the `export` extra).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -63,218 +60,28 @@ def glove_root() -> Path:
 
 @functools.lru_cache(maxsize=4)
 def glove_words(count: int) -> tuple[str, ...]:
-    """The `count` most frequent GloVe words, in the vectors' row order."""
+    """The `count` most frequent GloVe words, in the vectors' row order (read with pyarrow)."""
     path = glove_root() / GLOVE_INDEX
     try:
         import pyarrow.parquet as pq  # type: ignore[import-not-found]
     except ImportError:
-        words = read_parquet_strings(path, count)
-    else:
-        table = pq.read_table(path)
-        words = [str(w) for w in table.column(0).slice(0, count).to_pylist()]
-    return tuple(words[:count])
+        raise ModelError(
+            f"reading the GloVe word list ({path.name}) needs pyarrow: pip install 'edgeser[export]'"
+        ) from None
+    try:
+        column = pq.read_table(path).column(0)
+    except (OSError, ValueError) as err:  # pyarrow.ArrowException subclasses both
+        raise ModelError(f"{path}: cannot read the GloVe word list ({err}); reinstall {GLOVE_PACKAGE}") from None
+    words = column.slice(0, count).to_pylist()
+    if any(word is None for word in words):
+        raise ModelError(f"{path}: the GloVe word list has empty entries; reinstall {GLOVE_PACKAGE}")
+    return tuple(str(word) for word in words)
 
 
 def glove_vectors(count: int) -> np.ndarray:
     """The first `count` GloVe vectors `[count, 50]` float32 (rows match `glove_words`)."""
     vectors = np.load(glove_root() / GLOVE_VECTORS, mmap_mode="r")
     return np.asarray(vectors[:count], dtype=np.float32)
-
-
-# ----------------------------------------------------------------------- a minimal Parquet string reader
-
-
-class _Thrift:
-    """Thrift compact-protocol decoder: structs become dicts of field id -> value."""
-
-    def __init__(self, data: bytes, pos: int = 0) -> None:
-        self.data = data
-        self.pos = pos
-
-    def _byte(self) -> int:
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
-
-    def varint(self) -> int:
-        result = shift = 0
-        while True:
-            byte = self._byte()
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return result
-
-    def _zigzag(self) -> int:
-        value = self.varint()
-        return (value >> 1) ^ -(value & 1)
-
-    def value(self, kind: int) -> Any:
-        if kind in (1, 2):
-            return kind == 1
-        if kind == 3:
-            return self._byte()
-        if kind in (4, 5, 6):
-            return self._zigzag()
-        if kind == 7:
-            self.pos += 8
-            return struct.unpack_from("<d", self.data, self.pos - 8)[0]
-        if kind == 8:
-            size = self.varint()
-            self.pos += size
-            return self.data[self.pos - size : self.pos]
-        if kind in (9, 10):
-            header = self._byte()
-            size = header >> 4 if header >> 4 != 15 else self.varint()
-            return [self.value(header & 15) for _ in range(size)]
-        if kind == 11:
-            size = self.varint()
-            if not size:
-                return {}
-            types = self._byte()
-            return {self.value(types >> 4): self.value(types & 15) for _ in range(size)}
-        if kind == 12:
-            return self.struct()
-        raise ValueError(f"unknown thrift type {kind}")
-
-    def struct(self) -> dict[int, Any]:
-        fields: dict[int, Any] = {}
-        field_id = 0
-        while True:
-            header = self._byte()
-            if header == 0:
-                return fields
-            delta = header >> 4
-            field_id = field_id + delta if delta else self._zigzag()
-            fields[field_id] = self.value(header & 15)
-
-
-def _snappy_decompress(data: bytes) -> bytes:
-    reader = _Thrift(data)
-    size = reader.varint()
-    out = bytearray()
-    pos = reader.pos
-    while pos < len(data):
-        tag = data[pos]
-        pos += 1
-        kind = tag & 3
-        if kind == 0:  # literal
-            length = tag >> 2
-            if length >= 60:
-                extra = length - 59
-                length = int.from_bytes(data[pos : pos + extra], "little")
-                pos += extra
-            length += 1
-            out += data[pos : pos + length]
-            pos += length
-            continue
-        if kind == 1:
-            length = 4 + ((tag >> 2) & 7)
-            offset = ((tag >> 5) << 8) | data[pos]
-            pos += 1
-        elif kind == 2:
-            length = (tag >> 2) + 1
-            offset = int.from_bytes(data[pos : pos + 2], "little")
-            pos += 2
-        else:
-            length = (tag >> 2) + 1
-            offset = int.from_bytes(data[pos : pos + 4], "little")
-            pos += 4
-        start = len(out) - offset
-        if offset >= length:
-            out += out[start : start + length]
-        else:  # overlapping copy: repeat the last `offset` bytes
-            for i in range(length):
-                out.append(out[start + i])
-    if len(out) != size:
-        raise ValueError("snappy stream length mismatch")
-    return bytes(out)
-
-
-def _decompress(codec: int, data: bytes) -> bytes:
-    if codec == 0:
-        return data
-    if codec == 1:
-        return _snappy_decompress(data)
-    if codec == 2:
-        return zlib.decompress(data, 16 + zlib.MAX_WBITS)
-    raise ValueError(f"parquet codec {codec} is not supported without pyarrow")
-
-
-def _plain_strings(data: bytes, count: int, pos: int = 0) -> list[str]:
-    words = []
-    for _ in range(count):
-        size = int.from_bytes(data[pos : pos + 4], "little")
-        words.append(data[pos + 4 : pos + 4 + size].decode("utf-8"))
-        pos += 4 + size
-    return words
-
-
-def _rle_bitpacked(data: bytes, pos: int, bit_width: int, count: int) -> list[int]:
-    """Parquet's RLE / bit-packed hybrid encoding of `count` small integers."""
-    reader = _Thrift(data, pos)
-    values: list[int] = []
-    byte_width = (bit_width + 7) // 8
-    mask = (1 << bit_width) - 1
-    while len(values) < count:
-        header = reader.varint()
-        if header & 1:  # bit-packed groups of 8
-            groups = header >> 1
-            chunk = data[reader.pos : reader.pos + groups * bit_width]
-            reader.pos += groups * bit_width
-            bits = int.from_bytes(chunk, "little")
-            values.extend((bits >> (i * bit_width)) & mask for i in range(groups * 8))
-        else:
-            run = header >> 1
-            value = int.from_bytes(data[reader.pos : reader.pos + byte_width], "little")
-            reader.pos += byte_width
-            values.extend([value] * run)
-    return values[:count]
-
-
-def read_parquet_strings(path: Path, count: int) -> list[str]:
-    """The first `count` values of the only column of a flat string Parquet file (no nulls expected)."""
-    try:
-        data = path.read_bytes()
-        footer = int.from_bytes(data[-8:-4], "little")
-        meta = _Thrift(data, len(data) - 8 - footer).struct()
-        optional = meta[2][-1].get(3, 0) == 1
-        words: list[str] = []
-        dictionary: list[str] = []
-        for group in meta[4]:
-            column = group[1][0][3]
-            codec, pos = column[4], column.get(11, column[9])
-            end = pos + column[7]
-            while pos < end and len(words) < count:
-                reader = _Thrift(data, pos)
-                header = reader.struct()
-                body = data[reader.pos : reader.pos + header[3]]
-                pos = reader.pos + header[3]
-                if header[1] == 2:  # dictionary page
-                    dictionary = _plain_strings(_decompress(codec, body), header[7][1])
-                    continue
-                if header[1] == 0:  # data page v1: levels and values compressed together
-                    page, num_values, encoding = _decompress(codec, body), header[5][1], header[5][2]
-                    offset = 4 + int.from_bytes(page[:4], "little") if optional else 0
-                elif header[1] == 3:  # data page v2: levels stored uncompressed before the values
-                    v2 = header[8]
-                    levels = v2.get(5, 0) + v2.get(6, 0)
-                    values = body[levels:] if not v2.get(7, True) else _decompress(codec, body[levels:])
-                    page, num_values, encoding, offset = values, v2[1], v2[4], 0
-                    if v2.get(2, 0):
-                        raise ValueError("null words")
-                else:
-                    continue
-                if encoding == 0:
-                    words.extend(_plain_strings(page, num_values, offset))
-                elif encoding in (2, 8):
-                    indices = _rle_bitpacked(page, offset + 1, page[offset], num_values)
-                    words.extend(dictionary[i] for i in indices)
-                else:
-                    raise ValueError(f"encoding {encoding}")
-        return words[:count]
-    except (ValueError, KeyError, IndexError, UnicodeDecodeError) as err:
-        raise ModelError(f"{path}: cannot read the GloVe word list ({err}); pip install pyarrow") from None
 
 
 # ------------------------------------------------------------------------------- vocabulary and modules
@@ -371,5 +178,7 @@ class WordFusionModel(SerModel):
         self.tokenizer = build_word_tokenizer(words)
         self.audio_encoder = audio_encoder(config)
         ctc_size = len(vocab if vocab is not None else CtcVocab())
-        self.ctc_head = CtcHead(self.audio_encoder.out_dim, ctc_size, float(config.get("ctc_dropout", 0.1)))
+        ctc_dim = int(getattr(self.audio_encoder, "ctc_dim", self.audio_encoder.out_dim))
+        self.ctc_head = CtcHead(ctc_dim, ctc_size, float(config.get("ctc_dropout", 0.1)),
+                                leading=ctc_dim != self.audio_encoder.out_dim)
         self.text_encoder = text_encoder(words, text_config)
