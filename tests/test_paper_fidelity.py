@@ -164,7 +164,7 @@ def test_saser_regularisation_term() -> None:
     every.backward()
     assert weight.grad is not None and torch.allclose(weight.grad, weight.detach())  # d(0.5 w^2)/dw = w
     config = TrainConfig.from_recipe(load_recipe("saser"), "paper", {})
-    assert config.extra["l2_penalty"] == spec and config.weight_decay == 1e-3
+    assert config.l2_penalty == spec and config.weight_decay == 1e-3
 
 
 def test_saser_emodb_size_has_two_cnn_modules(batch) -> None:  # noqa: F811

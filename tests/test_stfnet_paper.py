@@ -212,7 +212,8 @@ def test_paper_recipe_trains_as_the_paper() -> None:
     assert (config.optimizer, config.momentum, config.lr, config.batch_size, config.weight_decay, config.epochs) == (
         "sgd", 0.9, 0.01, 16, 1e-4, 200
     )
-    assert config.warmup_ratio == 0.0 and config.grad_clip is None and config.extra["lr_schedule"] == "constant"
+    assert config.warmup_ratio == 0.0 and config.grad_clip is None and config.lr_schedule == "constant"
+    assert config.protocol == "stfnet-holdout"
     assert config.max_seconds >= 3.5  # the graph reads its own window: no random crop before it
     small = copy.deepcopy(recipe["sizes"]["small"])
     assert "map" not in small and small["cnn"]["time_pools"] == [2, 2, 1]

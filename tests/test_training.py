@@ -160,3 +160,25 @@ def test_the_kept_epoch_is_chosen_without_looking_at_evaluation_clips(
     validation_ua = [h["validation"]["ua"] for h in metrics["history"]]
     assert metrics["best"]["epoch"] == 1 + int(np.argmax(validation_ua))
     assert metrics["evaluation"]["epoch"] == metrics["best"]["epoch"] and "per_speaker" in metrics["evaluation"]
+
+
+def test_trainer_applies_the_recipes_paper_options(real_clips) -> None:  # type: ignore[no-untyped-def]
+    """SASER's L2 term reaches the loss; STF-Net's offline AWGN adds one noisy copy per training clip; a
+    constant schedule keeps the learning rate; grad_clip null means no clipping."""
+    from edgeser.training.config import lr_lambda
+    from edgeser.training.loop import offline_copies
+
+    clips, labels = real_clips
+    model = build_model("saser", "small", labels, overrides=tiny("saser"))
+    config = training.TrainConfig(ctc_weight=0.1, l2_penalty={"weight": 0.01, "scope": "classifier"}, grad_clip=None)
+    _, parts = training.compute_loss(model, clips[:4], np.random.default_rng(0), config, torch.device("cpu"), {})
+    weight = model.fusion_head.classifier.weight
+    assert parts["l2"] == pytest.approx(0.01 * float(weight.pow(2).sum()), rel=1e-5)
+    assert parts["loss"] == pytest.approx((0.9 * parts["ce"] + 0.1 * parts["ctc"]) + parts["l2"], rel=1e-5)
+    paper = build_model("stfnet", "paper", labels, overrides={"random_weights": True})
+    extra = offline_copies(paper, clips[:3], seed=0)
+    assert [c.id for c in extra] == [f"{c.id}#awgn0" for c in clips[:3]]
+    assert all(e.audio.shape == c.audio.shape and not np.array_equal(e.audio, c.audio) for e, c in zip(extra, clips))
+    assert offline_copies(build_model("stfnet", "small", labels), clips[:3], seed=0) == []
+    assert [lr_lambda(100, 0, "constant")(s) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    assert lr_lambda(100, 10, "cosine")(99) < 0.01

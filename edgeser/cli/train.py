@@ -16,8 +16,9 @@ from edgeser.modelling import MODEL_NAMES
 @click.option("--data", "data_spec", required=True, help="Data spec, e.g. emodb:../shared/data/emodb.")
 @click.option("--fold", "fold_index", type=click.IntRange(min=0), default=0, show_default=True,
               help="Fold of the protocol (held-out speaker/session for the default).")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default=DEFAULT_PROTOCOL, show_default=True,
-              help="Evaluation protocol: speaker-independent (deployment estimate) or a paper's own split.")
+@click.option("--protocol", type=click.Choice([*PROTOCOLS, "paper"]), default=DEFAULT_PROTOCOL, show_default=True,
+              help="Evaluation protocol: speaker-independent (the deployment estimate), a paper's own split, or "
+                   "`paper`: the one the model's recipe names.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Checkpoint folder [runs/MODEL-SIZE-CORPUS-foldK].")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epoch count.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size.")

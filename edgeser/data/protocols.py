@@ -8,7 +8,7 @@ A protocol turns a corpus and a fold index into training, validation and evaluat
 | `gcf2net-random-5fold` | 5, random stratified 80/20 (GCF2-Net, IEMOCAP) | one fifth | stratified 10 % of the rest |
 | `mscnn-10fold` | 10, 8/1/1 train/dev/test (MSCNN-SPU-ATT) | fold k | fold k+1 |
 | `saser-60-20-20` | 1, random 60/20/20 (SASER) | 20 % | 20 % |
-| `stfnet-holdout` | 1, random hold-out (STF-Net): 80/20 | 20 % | stratified 10 % of the rest |
+| `stfnet-holdout` | 1, random hold-out (STF-Net; its implementation splits 80/10/10 per emotion) | 10 % | 10 % |
 
 The paper protocols split clips at random, so one speaker's clips sit on both sides: they reproduce the papers'
 tables, and they overstate accuracy on unseen speakers. The default is the honest deployment estimate.
@@ -134,8 +134,7 @@ def make_split(corpus: Corpus, protocol: str = DEFAULT_PROTOCOL, index: int = 0,
     elif protocol == "mscnn-10fold":
         folds = stratified_kfold(utterances, 10, seed)
     else:
-        share = 0.2
-        folds = [_holdout(utterances, share, seed, protocol)]
+        folds = [_holdout(utterances, 0.2 if protocol == "saser-60-20-20" else 0.1, seed, protocol)]
     if not 0 <= index < len(folds):
         raise SplitError(f"{corpus.name} under {protocol} has folds 0..{len(folds) - 1}; got {index}")
     fold = folds[index]
@@ -147,10 +146,11 @@ def make_split(corpus: Corpus, protocol: str = DEFAULT_PROTOCOL, index: int = 0,
         elif protocol == "mscnn-10fold":
             validation_ids = set(folds[(index + 1) % len(folds)].eval_ids)
             note = f"fold {(index + 1) % len(folds)} of 10 (the paper's dev set)"
-        elif protocol == "saser-60-20-20":
+        elif protocol in ("saser-60-20-20", "stfnet-holdout"):
+            share = 0.2 if protocol == "saser-60-20-20" else 0.1
             rest = corpus.subset(set(fold.train_ids))
-            validation_ids = _stratified_share(rest, 0.25, seed + 1)  # 20 % of the whole corpus
-            note = "random 20 % of the corpus (the paper's validation set)"
+            validation_ids = _stratified_share(rest, share / (1 - share), seed + 1)  # `share` of the whole corpus
+            note = f"random {share:.0%} of the corpus (the paper's validation set)"
         else:
             validation_ids = _stratified_share(corpus.subset(set(fold.train_ids)), MIN_VALIDATION_SHARE, seed + 1)
             note = f"stratified {MIN_VALIDATION_SHARE:.0%} of the training clips"

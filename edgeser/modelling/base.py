@@ -113,6 +113,15 @@ class SerModel(nn.Module):
         return waveform
 
     @property
+    def offline_copies_per_clip(self) -> int:
+        """Augmented copies of each training clip the recipe adds once before training (STF-Net paper: 1)."""
+        return 0
+
+    def offline_augmentation(self, waves: list[Any], seed: int) -> list[list[Any]]:
+        """The `offline_copies_per_clip` augmented copies of each training waveform, in clip order."""
+        return [[] for _ in waves]
+
+    @property
     def has_acoustic_head(self) -> bool:
         """True where the paper trains an audio-only SER head first (`acoustic_logits`)."""
         return False

@@ -292,11 +292,9 @@ class StfNetModel(SerModel):
         )
         return torch.where(chosen.unsqueeze(1), noisy, waveform)
 
-    def augment(
-        self, waveform: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Alias of `augment_waveform`."""
-        return self.augment_waveform(waveform, lengths, generator)
+    @property
+    def offline_copies_per_clip(self) -> int:
+        return self.awgn_copies if self.awgn_mode == "offline" else 0
 
     def offline_augmentation(self, waves: list[np.ndarray], seed: int) -> list[list[np.ndarray]]:
         """The noisy copies ("offline" mode) to add to the training clips once: `awgn.copies` per clip, in clip

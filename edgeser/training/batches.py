@@ -18,6 +18,7 @@ from edgeser.data.records import Utterance
 from edgeser.metrics import cer, classification_report, wer
 from edgeser.modelling.base import SerModel, SerOutput
 from edgeser.modelling.runner import torch_runners
+from edgeser.modelling.train_hooks import l2_penalty
 from edgeser.stages import pad_batch
 from edgeser.training.config import TrainConfig
 
@@ -116,6 +117,10 @@ def compute_loss(
         )
         loss = (1 - ctc_weight) * ce + ctc_weight * ctc
         parts["ctc"] = float(ctc.detach())
+    penalty = l2_penalty(model, config.l2_penalty)
+    if penalty is not None:  # a paper's explicit L2 term (SASER's "regularization parameter")
+        loss = loss + penalty
+        parts["l2"] = float(penalty.detach())
     parts["loss"] = float(loss.detach())
     return loss, parts
 

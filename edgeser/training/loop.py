@@ -71,6 +71,10 @@ def train(
     seed_everything(seed)
     recipe = load_recipe(model_name)
     config = TrainConfig.from_recipe(recipe, size, overrides or {})
+    if protocol == "paper":
+        if not config.protocol:
+            raise ModelError(f"{model_name}/{size}: the recipe names no paper protocol; choose one with --protocol")
+        protocol = config.protocol
     corpus = load_corpus(data_spec)
     split = make_split(corpus, protocol, fold_index, seed)
     if limit:
@@ -84,10 +88,12 @@ def train(
     start_epoch, best, history = 0, None, []
     plan = stage_plan(config)
     optimizer = make_optimizer(model, config)
-    steps_per_epoch = math.ceil(math.ceil(len(split.train_ids) / config.batch_size) / config.grad_accumulation)
+    copies = model.offline_copies_per_clip
+    steps_per_epoch = math.ceil(math.ceil(len(split.train_ids) * (1 + copies) / config.batch_size)
+                                / config.grad_accumulation)
     total_steps = steps_per_epoch * len(plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, int(config.warmup_ratio * total_steps), config.schedule))
+        optimizer, lr_lambda(total_steps, int(config.warmup_ratio * total_steps), config.lr_schedule))
     if resume and (state_dir / "state.json").is_file():
         start_epoch, best, history = restore_state(state_dir, model, optimizer, scheduler, provenance)
         write_history(out_dir, history)  # the saved state is the truth, whatever happened after it
@@ -98,6 +104,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     train_clips = load_clips(corpus.subset(split.train_ids), corpus.labels, f"loading {len(split.train_ids)} training clips")
+    train_clips += offline_copies(model, train_clips, seed)  # the paper's offline augmentation (training side only)
     validation_clips = load_clips(corpus.subset(split.validation_ids), corpus.labels,
                                   f"loading {len(split.validation_ids)} validation clips")
     crop = config.crop_for(model.ctc_head is None and not model.uses_text)
@@ -128,6 +135,15 @@ def train(
     return final_evaluation(out_dir, corpus, split, config, best, history, device, log)
 
 
+def offline_copies(model: SerModel, clips: list[Clip], seed: int) -> list[Clip]:
+    """Noisy copies of the training clips where the model's recipe augments offline (STF-Net paper)."""
+    if not model.offline_copies_per_clip:
+        return []
+    copies = model.offline_augmentation([c.audio for c in clips], seed)
+    return [Clip(f"{c.id}#awgn{k}", wave, c.label, c.transcript, c.speaker)
+            for c, waves in zip(clips, copies) for k, wave in enumerate(waves)]
+
+
 def train_epoch(model: SerModel, clips: list[Clip], config: TrainConfig, device: torch.device, stage: dict[str, Any],
                 epoch: int, epochs: int, seed: int, optimizer: torch.optim.Optimizer, scheduler: Any,
                 bucketed: bool) -> dict[str, Any]:
@@ -145,7 +161,7 @@ def train_epoch(model: SerModel, clips: list[Clip], config: TrainConfig, device:
             loss, parts = compute_loss(model, batch, rng, config, device, stage)
             (loss / config.grad_accumulation).backward()
             if index % config.grad_accumulation == 0 or index == len(bar):
-                if config.grad_clip > 0:
+                if config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 scheduler.step()
