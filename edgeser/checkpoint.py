@@ -66,9 +66,11 @@ def save_checkpoint(
     )
     directory.mkdir(parents=True, exist_ok=True)
     weights_tmp = directory / f".{WEIGHTS_FILE}.tmp"
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(weights_tmp))
-    info_dict = info.__dict__ | {"weights_sha256": sha256_of(weights_tmp)}
+    full = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    packaged = packaged_entries(model, full)
+    referenced = {key for entry in packaged for key in entry["keys"]}
+    save_file({k: v for k, v in full.items() if k not in referenced}, str(weights_tmp))
+    info_dict = info.__dict__ | {"weights_sha256": sha256_of(weights_tmp), "packaged_weights": packaged}
     if model.tokenizer is not None:
         tokenizer_tmp = directory / f".{TOKENIZER_FILE}.tmp"
         model.tokenizer.save(str(tokenizer_tmp))
@@ -76,6 +78,37 @@ def save_checkpoint(
     os.replace(weights_tmp, directory / WEIGHTS_FILE)
     write_json_atomic(directory / CHECKPOINT_FILE, info_dict)
     return directory
+
+
+def tensors_sha256(tensors: dict[str, Any]) -> str:
+    """One digest of named tensors (names, dtypes, shapes and bytes, in name order)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def packaged_entries(model: Any, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The weights a checkpoint references from installed packages instead of copying them (see
+    `SerModel.packaged_weights`): per package, its version, the state-dict keys and their digest."""
+    import importlib.metadata as metadata
+
+    entries = []
+    for prefix, package in model.packaged_weights().items():
+        keys = sorted(k for k in state if k.startswith(prefix))
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            version = "?"
+        entries.append({"package": package, "version": version, "prefix": prefix, "keys": keys,
+                        "sha256": tensors_sha256({k: state[k] for k in keys})})
+    return entries
 
 
 def read_checkpoint_info(directory: Path) -> dict[str, Any]:
@@ -92,6 +125,22 @@ def read_checkpoint_info(directory: Path) -> dict[str, Any]:
     if int(info.get("schema", 0)) > CHECKPOINT_SCHEMA:
         raise ModelError(f"{path}: checkpoint schema {info.get('schema')} is newer than this edgeser supports")
     return info
+
+
+def check_packaged(directory: Path, model: Any, entries: list[dict[str, Any]]) -> set[str]:
+    """Verify that the freshly built model's package weights are exactly the ones the checkpoint was trained
+    with; returns their keys (absent from the weights file by design)."""
+    current = model.state_dict()
+    keys: set[str] = set()
+    for entry in entries:
+        missing = [k for k in entry["keys"] if k not in current]
+        if missing:
+            raise ModelError(f"{directory}: weights from {entry['package']} ({missing[0]}) are not in the model")
+        if tensors_sha256({k: current[k] for k in entry["keys"]}) != entry["sha256"]:
+            raise ModelError(f"{directory}: the installed {entry['package']} gives other weights than the checkpoint "
+                             f"was trained with ({entry['package']} {entry['version']}); install that version")
+        keys |= set(entry["keys"])
+    return keys
 
 
 def load_checkpoint(directory: Path | str) -> Any:
@@ -113,7 +162,9 @@ def load_checkpoint(directory: Path | str) -> Any:
         config["text"] = dict(config["text"], tokenizer_file=str(directory / TOKENIZER_FILE))
     model = build_from_config(info["model"], config, info["labels"], vocab)
     state = load_file(str(directory / WEIGHTS_FILE))
+    referenced = check_packaged(directory, model, info.get("packaged_weights") or [])
     missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in referenced]
     if missing or unexpected:
         raise ModelError(
             f"{directory}: weights do not fit model {info['model']!r} "

