@@ -10,12 +10,11 @@ include serve.mk
 setup:
 	$(INSTALL)
 
-# Export the shipped default (stfnet small, trained on EMO-DB), prove it matches PyTorch on 200 real
-# clips, and predict three held-out clips with the torch-free runtime.
+# The whole edge pipeline on the shipped cmgi default: export -> calibrate -> INT8 -> TensorRT readiness
+# (doctor) -> check every variant against PyTorch float on held-out clips -> predict a few; one closing table.
+# Uses the full TESS corpus under $(DATA) when it is there, else the held-out clips shipped in demo/tess/.
 demo: setup
-	edgeser export --model stfnet --out build/stfnet --force
-	edgeser check parity build/stfnet --data emodb:$(DATA)/emodb --limit 200
-	edgeser predict build/stfnet $(DATA)/emodb/wav/03a01Wa.flac $(DATA)/emodb/wav/03a05Tc.flac $(DATA)/emodb/wav/03b10Nc.flac
+	edgeser demo --data $(DATA)
 
 # Style and types (ruff; mypy, strict on the lean runtime), then the tests.
 lint:

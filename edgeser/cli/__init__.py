@@ -95,11 +95,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from edgeser.cli import check, data, export, predict, quantize, train
+    from edgeser.cli import check, data, demo, export, predict, quantize, train
     from edgeser.serving.commands import export_triton_command, serve_command
     from edgeser.trt.commands import build_trt_command, doctor_command
 
-    for module in (data, train, export, check, predict, quantize):
+    for module in (demo, data, train, export, check, predict, quantize):
         module.register(main)
     for command in (doctor_command, build_trt_command, export_triton_command, serve_command):
         main.add_command(command)

@@ -1,0 +1,32 @@
+"""`edgeser demo`: the whole edge pipeline on the shipped cmgi default, closing with one table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+
+@click.command("demo")
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder holding tess/ (the full corpus) [the clips shipped in demo/tess/].")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("build/demo-cmgi"), show_default=True,
+              help="Bundle folder the demo owns (replaced each run).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Another cmgi checkpoint [the shipped default].")
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Held-out clips the check runs every variant on (evenly spread).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def demo_command(data: Path | None, out: Path, checkpoint: Path | None, limit: int, threads: int,
+                 as_json: bool) -> None:
+    """Export, calibrate, INT8, TensorRT readiness, check against float on held-out clips, predict a few."""
+    from edgeser.demo import render, run_demo
+
+    result = run_demo(out, data, checkpoint=checkpoint, limit=limit, threads=threads)
+    click.echo(json.dumps(asdict(result), indent=2, default=str) if as_json else render(result))
+
+
+def register(main: click.Group) -> None:
+    main.add_command(demo_command)
