@@ -374,3 +374,20 @@ def test_accuracy_controlled_mode_keeps_everything_int8_within_a_loose_bound(qua
     assert not report.float_stages and set(report.quantized_stages) == {"audio_encoder", "ctc_head", "text_encoder",
                                                                          "fusion_head"}
     assert "Nothing kept in float" in (bundle / "reports" / "quantization.md").read_text()
+
+
+def test_check_lists_tensorrt_engines_and_says_why_they_did_not_run(quantised: Path, shared_data: Path,
+                                                                   tmp_path: Path) -> None:
+    """Engines built by `build-trt` join the check where this machine can run them; here (no TensorRT, no GPU)
+    their row says why not, and the ONNX variants are still checked."""
+    from edgeser.checks.variants import check_variants
+
+    bundle = copy_bundle(quantised, tmp_path / "b")
+    folder = bundle / "trt" / "nvidia-h200-sm90-trt10.16.1" / "int8"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    report = check_variants(bundle, tess(shared_data), limit=2, precisions=["int8"], include_float=False, warmup=0,
+                            threads=1, plots=False)
+    row = report.variant("tensorrt-int8")
+    assert row is not None and row.status == "not run" and "TensorRT" in row.note
+    assert report.variant("int8").status == "ok" and report.passed

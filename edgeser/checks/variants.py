@@ -239,8 +239,10 @@ def check_variants(
         entries = manifest.precisions[precision]
         runs[precision].result.stage_bytes = {s: e.bytes for s, e in entries.items()}
         runs[precision].result.size_bytes = sum(e.bytes for e in entries.values())
+    engines = tensorrt_variants(bundle, wanted, waves, warmup, reference_runs, threads)
+    runs.update(engines)
 
-    order = ([FLOAT] if include_float else []) + wanted
+    order = ([FLOAT] if include_float else []) + wanted + list(engines)
     results = [runs[name].result for name in order]
     baseline = runs[order[0]]
     for name in order:
@@ -271,6 +273,27 @@ def check_variants(
 
     write_report(bundle / REPORTS_DIR, REPORT_NAME, report, draw_plots if plots else None)
     return report
+
+
+def tensorrt_variants(bundle: Path, precisions: list[str], waves: list[np.ndarray], warmup: int,
+                      references: list[StageRun], threads: int | None) -> dict[str, VariantRun]:
+    """TensorRT engines (`edgeser build-trt`) of these precisions, where this machine can run them: a row
+    `tensorrt-<precision>` each; engines built elsewhere or a machine without TensorRT give a `not run` row."""
+    from edgeser.errors import EdgeserError
+    from edgeser.runtime.pipeline import Pipeline
+
+    built = {p.parent.name for p in (bundle / "trt").glob("*/*/manifest.json")} if (bundle / "trt").is_dir() else set()
+    rows: dict[str, VariantRun] = {}
+    for precision in [p for p in precisions if p in built]:
+        name = f"tensorrt-{precision}"
+        try:
+            pipe = Pipeline.load(bundle, precision, backend="tensorrt", threads=threads)
+        except EdgeserError as err:
+            rows[name] = VariantRun(VariantResult(name, status="not run", note=f"{name}: {err}"), [], [], [])
+            continue
+        rows[name] = run_variant(pipe, name, waves, warmup, references, keep_runs=False)
+        rows[name].result.note = "TensorRT engines; frame lengths from the bundle layout"
+    return rows
 
 
 def gate_failures(results: list[VariantResult], max_ua_drop: float | None, min_agreement: float | None

