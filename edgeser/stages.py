@@ -263,21 +263,22 @@ class StageGraph:
         return StageRun(values, texts, timings, raw)
 
 
+def stack_padded(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Concatenate arrays along axis 0, zero-padding axis 1 (time, tokens) to the widest; 1-D arrays as they are."""
+    if arrays[0].ndim < 2:
+        return np.concatenate(arrays)
+    longest = max(a.shape[1] for a in arrays)
+    out = np.zeros((sum(a.shape[0] for a in arrays), longest, *arrays[0].shape[2:]), dtype=arrays[0].dtype)
+    row = 0
+    for array in arrays:
+        out[row : row + array.shape[0], : array.shape[1]] = array
+        row += array.shape[0]
+    return out
+
+
 def stack_runs(runs: Sequence[StageRun]) -> StageRun:
     """Join single-clip runs into one batch-shaped run (zero-padded along axis 1), timings summed."""
-    values: dict[str, np.ndarray] = {}
-    for name in runs[0].values:
-        arrays = [r.values[name] for r in runs]
-        if arrays[0].ndim >= 2:
-            longest = max(a.shape[1] for a in arrays)
-            out = np.zeros((sum(a.shape[0] for a in arrays), longest, *arrays[0].shape[2:]), dtype=arrays[0].dtype)
-            row = 0
-            for array in arrays:
-                out[row : row + array.shape[0], : array.shape[1]] = array
-                row += array.shape[0]
-            values[name] = out
-        else:
-            values[name] = np.concatenate(arrays)
+    values = {name: stack_padded([r.values[name] for r in runs]) for name in runs[0].values}
     timings: dict[str, float] = {}
     for run in runs:
         for key, value in run.timings_ms.items():

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgeser.audio import SAMPLE_RATE
 from edgeser.runtime.pipeline import Pipeline
+from edgeser.stages import stack_padded
 
 DEFAULT_BUCKETS_S = (2.0, 4.0)
 MIN_TOKEN_BUCKET = 8
@@ -89,14 +90,6 @@ def token_bucket(length: int) -> int:
     return size
 
 
-def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-    """Concatenate batch-1 arrays, zero-padding axis 1 to the widest."""
-    if arrays[0].ndim >= 2:
-        width = max(a.shape[1] for a in arrays)
-        arrays = [_pad_axis1(a, width) for a in arrays]
-    return np.concatenate(arrays)
-
-
 def _pad_axis1(array: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros((array.shape[0], size, *array.shape[2:]), dtype=array.dtype)
     out[:, : array.shape[1]] = array
@@ -141,7 +134,7 @@ def capture_stage_inputs(
                     group.setdefault(name, []).append(value)
             captured.clip_groups.append(key)
     # Encoders may emit a few padding frames beyond the layout's count: one width per group, zero-padded.
-    captured.groups = {key: {name: _stack(values) for name, values in tensors.items()}
+    captured.groups = {key: {name: stack_padded(values) for name, values in tensors.items()}
                        for key, tensors in sorted(rows.items())}
     return captured
 
