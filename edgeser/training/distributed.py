@@ -137,7 +137,7 @@ def process_world(device_name: str) -> Iterator[World]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     created = not dist.is_initialized()
     if created:
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     elif dist.get_backend() != backend:
         raise ModelError(f"the process group uses {dist.get_backend()}, but training on {device.type} needs {backend}")
     try:

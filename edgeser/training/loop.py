@@ -137,6 +137,9 @@ def train_world(
         f"{len(train_clips)} train, {len(validation_clips)} validation ({split.validation_note}), "
         f"{len(split.eval_ids)} evaluation; {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"device {device}" + (f" x {world.size} processes" if world.distributed else "") + f", crop {crop}")
+    if config.batch_size < world.size:
+        log(f"warning: batch size {config.batch_size} is smaller than the {world.size} processes: every process "
+            "computes each batch whole (no speed-up); raise --batch-size or start fewer processes")
     for epoch in range(start_epoch, len(plan)):
         stage = plan[epoch]
         entry = train_epoch(model, train_clips, config, device, stage, epoch, len(plan), seed, optimizer, scheduler,
@@ -164,7 +167,7 @@ def train_world(
 
 
 def start_mode(out_dir: Path, state_dir: Path, resume: bool) -> str:
-    """"resume", "fresh", or "error:MESSAGE" for an output folder that holds another run."""
+    """How a run starts in `out_dir`: "resume", "fresh", or "error:MESSAGE" (the folder holds another run)."""
     if resume and (state_dir / "state.json").is_file():
         return "resume"
     if out_dir.exists() and any(out_dir.iterdir()) and not resume:
