@@ -21,13 +21,16 @@ from edgeser.modelling import MODEL_NAMES
                    "`paper`: the one the model's recipe names.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Checkpoint folder [runs/MODEL-SIZE-CORPUS-foldK].")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epoch count.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Override the recipe's batch size.")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Override the recipe's batch size: the global batch, split across the processes under torchrun.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's learning rate.")
 @click.option("--text-source-eval", type=click.Choice(["asr", "ground-truth"]),
               help="Text the text branch reads when evaluating: the model's own CTC transcript (deployment) or "
                    "the ground truth (the papers' GT rows) [the recipe's].")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu or cuda[:N]; under torchrun auto/cuda puts each process on cuda:LOCAL_RANK (NCCL), "
+                   "cpu runs gloo.")
 @click.option("--limit", type=click.IntRange(min=2), help="Use at most N training clips (smoke runs).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 def train_command(
@@ -35,9 +38,13 @@ def train_command(
     epochs: int | None, batch_size: int | None, lr: float | None, text_source_eval: str | None, seed: int,
     device: str, limit: int | None, resume: bool,
 ) -> None:
-    """Train a zoo model on one fold: keep the epoch with the best validation UA, then evaluate it once."""
+    """Train a zoo model on one fold: keep the epoch with the best validation UA, then evaluate it once.
+
+    Launched by `torchrun --nproc-per-node N -m edgeser.cli train ...` it trains with DistributedDataParallel
+    over N processes (same global batch and seed as one process; rank 0 writes and prints)."""
     from edgeser.data.spec import parse_spec
     from edgeser.training import train
+    from edgeser.training.distributed import main_process
 
     if out_dir is None:
         out_dir = Path("runs") / f"{model_name}-{size}-{parse_spec(data_spec)[0]}-fold{fold_index}"
@@ -47,6 +54,8 @@ def train_command(
         overrides={"epochs": epochs, "batch_size": batch_size, "lr": lr,
                    "text_source_eval": text_source_eval.replace("-", "_") if text_source_eval else None},
     )
+    if not main_process():
+        return
     best, evaluation = metrics["best"], metrics["evaluation"]
     click.echo(
         f"kept epoch {best['epoch']} (validation UA {best['ua']:.4f}); evaluation UA {evaluation['ua']:.4f} "

@@ -369,9 +369,7 @@ class MaskedFeatureNorm(nn.Module):
         """x `[B, T, D]`, mask `[B, T]` bool -> normalised `[B, T, D]`, zero beyond the valid frames."""
         weights = mask.unsqueeze(-1).to(x.dtype)
         if self.training:
-            count = weights.sum().clamp_min(1.0)
-            mean = (x * weights).sum(dim=(0, 1)) / count
-            var = (((x - mean) ** 2) * weights).sum(dim=(0, 1)) / count
+            mean, var = self.batch_moments(x, weights)
             with torch.no_grad():
                 # The first batch sets the estimates outright (the initial 0/1 are arbitrary for dB features).
                 momentum = 1.0 if int(self.num_batches_tracked) == 0 else self.momentum
@@ -382,3 +380,10 @@ class MaskedFeatureNorm(nn.Module):
             mean, var = self.running_mean, self.running_var
         scale = self.weight * torch.rsqrt(var + self.eps)
         return ((x - mean) * scale + self.bias) * weights
+
+    def batch_moments(self, x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and (biased) variance per feature over the valid frames (`weights` `[B, T, 1]`) of the batch."""
+        count = weights.sum().clamp_min(1.0)
+        mean = (x * weights).sum(dim=(0, 1)) / count
+        var = (((x - mean) ** 2) * weights).sum(dim=(0, 1)) / count
+        return mean, var

@@ -12,6 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,15 @@ from edgeser.errors import ModelError
 from edgeser.files import atomic_dir, write_json_atomic, write_text_atomic
 from edgeser.modelling.base import SerModel
 from edgeser.modelling.registry import build_model, load_recipe
-from edgeser.training.batches import Clip, batches, compute_loss, evaluate, load_clips
+from edgeser.training.batches import Clip, TrainingLoss, batches, compute_loss, evaluate, load_clips
 from edgeser.training.config import (
     TrainConfig,
     apply_stage,
     lr_lambda,
     make_optimizer,
-    resolve_device,
     stage_plan,
 )
+from edgeser.training.distributed import World, process_world, quiet, synchronise_norms, unsynchronised
 
 STATE_DIR = "train_state"
 METRICS_FILE = "metrics.jsonl"
@@ -66,8 +67,23 @@ def train(
     limit: int | None = None,
     log: Callable[[str], None] = lambda line: click.echo(line, err=True),
 ) -> dict[str, Any]:
-    """Train one fold; returns the metrics written to `out_dir/checkpoint.json` (best, evaluation, history)."""
-    device = resolve_device(device_name)
+    """Train one fold; returns the metrics written to `out_dir/checkpoint.json` (best, evaluation, history).
+
+    Under torchrun every process runs this with the same arguments (`edgeser.training.distributed`): the
+    recipe's batch size is the global batch, rank 0 writes and logs, every rank returns the same metrics."""
+    with process_world(device_name) as world:
+        return train_world(world, model_name, size, data_spec, fold_index, out_dir, protocol=protocol, seed=seed,
+                           resume=resume, overrides=overrides, model_overrides=model_overrides, limit=limit,
+                           log=log if world.main else quiet)
+
+
+def train_world(
+    world: World, model_name: str, size: str, data_spec: str, fold_index: int, out_dir: Path, *, protocol: str,
+    seed: int, resume: bool, overrides: dict[str, Any] | None, model_overrides: dict[str, Any] | None,
+    limit: int | None, log: Callable[[str], None],
+) -> dict[str, Any]:
+    """`train` in one of the training processes (the only one without torchrun)."""
+    device = world.device
     seed_everything(seed)
     recipe = load_recipe(model_name)
     config = TrainConfig.from_recipe(recipe, size, overrides or {})
@@ -83,6 +99,7 @@ def train(
         raise ModelError(f"{corpus.name} fold {fold_index}: no validation clips to select the model on")
     provenance = split.provenance(data_spec) | ({"limit": limit} if limit else {})
     model = build_model(model_name, size, corpus.labels, overrides=model_overrides).to(device)
+    synchronise_norms(model, world)
 
     state_dir = out_dir / STATE_DIR
     start_epoch, best, history = 0, None, []
@@ -94,30 +111,41 @@ def train(
     total_steps = steps_per_epoch * len(plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, int(config.warmup_ratio * total_steps), config.lr_schedule))
-    if resume and (state_dir / "state.json").is_file():
+    # Rank 0 decides for everyone (one answer even where the ranks' views of the folder could differ).
+    start = world.broadcast(start_mode(out_dir, state_dir, resume) if world.main else None)
+    if start.startswith("error:"):
+        raise ModelError(start.removeprefix("error:"))
+    if start == "resume":
+        if not (state_dir / "state.json").is_file():
+            raise ModelError(f"{state_dir}: rank {world.rank} cannot see the saved state; every process must see "
+                             "the output folder (one machine or a shared file system)")
         start_epoch, best, history = restore_state(state_dir, model, optimizer, scheduler, provenance)
-        write_history(out_dir, history)  # the saved state is the truth, whatever happened after it
+        if world.main:
+            write_history(out_dir, history)  # the saved state is the truth, whatever happened after it
         log(f"resuming at epoch {start_epoch + 1}/{len(plan)} (best validation UA so far "
             f"{best['ua'] if best else 0:.4f})")
-    elif out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise ModelError(f"{out_dir}: output folder is not empty; pass --resume to continue or choose another")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if world.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
-    train_clips = load_clips(corpus.subset(split.train_ids), corpus.labels, f"loading {len(split.train_ids)} training clips")
+    train_clips = load_clips(corpus.subset(split.train_ids), corpus.labels,
+                             f"loading {len(split.train_ids)} training clips", quiet=not world.main)
     train_clips += offline_copies(model, train_clips, seed)  # the paper's offline augmentation (training side only)
     validation_clips = load_clips(corpus.subset(split.validation_ids), corpus.labels,
-                                  f"loading {len(split.validation_ids)} validation clips")
+                                  f"loading {len(split.validation_ids)} validation clips", quiet=not world.main)
     crop = config.crop_for(model.ctc_head is None and not model.uses_text)
     log(f"{model_name}/{size} on {corpus.name}, {protocol} fold {split.index} ({split.held_out}): "
         f"{len(train_clips)} train, {len(validation_clips)} validation ({split.validation_note}), "
         f"{len(split.eval_ids)} evaluation; {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"device {device}, crop {crop}")
+        f"device {device}" + (f" x {world.size} processes" if world.distributed else "") + f", crop {crop}")
+    if config.batch_size < world.size:
+        log(f"warning: batch size {config.batch_size} is smaller than the {world.size} processes: every process "
+            "computes each batch whole (no speed-up); raise --batch-size or start fewer processes")
     for epoch in range(start_epoch, len(plan)):
         stage = plan[epoch]
         entry = train_epoch(model, train_clips, config, device, stage, epoch, len(plan), seed, optimizer, scheduler,
-                            bucketed=crop == "none")
+                            bucketed=crop == "none", world=world)
         result = evaluate(model, validation_clips, batch_size=config.batch_size, text_source=config.text_source_eval,
-                          device=device)
+                          device=device, world=world)
         entry["validation"] = {k: v for k, v in result.metrics.items() if k != "confusion"}
         history.append(entry)
         # Earlier stages (CmGI's acoustic phase) do not train the deployed heads: only the final
@@ -129,10 +157,22 @@ def train(
             + f"  ({entry['seconds']} s){'  *best' if improved else ''}")
         if improved:
             best = {**result.metrics, "epoch": epoch + 1}
-            save_checkpoint(model, out_dir, {"best": best, "history": history}, provenance, asdict(config))
-        save_state(state_dir, model, optimizer, scheduler, epoch + 1, best, history, provenance)
-        write_history(out_dir, history)
-    return final_evaluation(out_dir, corpus, split, config, best, history, device, log)
+        if world.main:  # one writer; the others wait until the epoch is on disk
+            if improved:
+                save_checkpoint(model, out_dir, {"best": best, "history": history}, provenance, asdict(config))
+            save_state(state_dir, model, optimizer, scheduler, epoch + 1, best, history, provenance)
+            write_history(out_dir, history)
+        world.barrier()
+    return final_evaluation(out_dir, corpus, split, config, best, history, world, log)
+
+
+def start_mode(out_dir: Path, state_dir: Path, resume: bool) -> str:
+    """How a run starts in `out_dir`: "resume", "fresh", or "error:MESSAGE" (the folder holds another run)."""
+    if resume and (state_dir / "state.json").is_file():
+        return "resume"
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        return f"error:{out_dir}: output folder is not empty; pass --resume to continue or choose another"
+    return "fresh"
 
 
 def offline_copies(model: SerModel, clips: list[Clip], seed: int) -> list[Clip]:
@@ -146,52 +186,81 @@ def offline_copies(model: SerModel, clips: list[Clip], seed: int) -> list[Clip]:
 
 def train_epoch(model: SerModel, clips: list[Clip], config: TrainConfig, device: torch.device, stage: dict[str, Any],
                 epoch: int, epochs: int, seed: int, optimizer: torch.optim.Optimizer, scheduler: Any,
-                bucketed: bool) -> dict[str, Any]:
-    """One pass over the training clips; returns the history entry (mean losses, seconds)."""
+                bucketed: bool, world: World | None = None) -> dict[str, Any]:
+    """One pass over the training clips; returns the history entry (mean losses, seconds).
+
+    With several processes each rank trains on its slice of every global batch (`World.shard`) through
+    DistributedDataParallel, and the epoch's mean losses are summed over the ranks."""
+    world = world or World(device)
     apply_stage(model, stage)
     model.train()
+    net = world.wrap(TrainingLoss(model, config))  # rebuilt every epoch: a stage may change what trains
     rng = np.random.default_rng([seed, epoch])
     started = time.perf_counter()
     totals: dict[str, float] = {}
     count = 0
-    with click.progressbar(list(batches(clips, config.batch_size, rng, bucketed=bucketed)),
-                           label=f"epoch {epoch + 1}/{epochs}", file=sys.stderr) as bar:
+    groups = list(batches(clips, config.batch_size, rng, bucketed=bucketed))
+    progress = click.progressbar(groups, label=f"epoch {epoch + 1}/{epochs}", file=sys.stderr) if world.main \
+        else nullcontext(groups)
+    with progress as bar:
         optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(bar, start=1):
-            loss, parts = compute_loss(model, batch, rng, config, device, stage)
-            (loss / config.grad_accumulation).backward()
-            if index % config.grad_accumulation == 0 or index == len(bar):
+            step = index % config.grad_accumulation == 0 or index == len(groups)
+            shard = world.shard(len(batch))
+            # A rank's slice weighs its share of the global batch times the world (DDP averages over ranks); a
+            # batch smaller than the world is computed whole everywhere, with local statistics, counted once.
+            if shard is None:
+                scale, owned = 1.0, len(batch) if world.main else 0
+            else:
+                scale, owned = (shard.stop - shard.start) * world.size / len(batch), shard.stop - shard.start
+            with (
+                nullcontext() if step or not world.distributed else net.no_sync(),
+                unsynchronised(model) if shard is None else nullcontext(),
+            ):
+                loss, parts = compute_loss(model, batch, rng, config, device, stage, shard=shard, net=net,
+                                           forward_seed=world.forward_seed(seed, epoch, index))
+                (loss * (scale / config.grad_accumulation)).backward()
+            if step:
                 if config.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             for key, value in parts.items():
-                totals[key] = totals.get(key, 0.0) + value * len(batch)
-            count += len(batch)
+                totals[key] = totals.get(key, 0.0) + value * owned
+            count += owned
+    seconds = time.perf_counter() - started
+    if world.distributed:
+        gathered = world.gather((totals, count, seconds))
+        totals = {key: sum(part[0][key] for part in gathered) for key in gathered[0][0]}
+        count, seconds = sum(part[1] for part in gathered), max(part[2] for part in gathered)
     return {"epoch": epoch + 1, "stage": stage.get("name", "main"), "train": {k: v / count for k, v in totals.items()},
-            "seconds": round(time.perf_counter() - started, 1)}
+            "seconds": round(seconds, 1)}
 
 
 def final_evaluation(out_dir: Path, corpus: Any, split: Any, config: TrainConfig, best: dict[str, Any] | None,
-                     history: list[dict[str, Any]], device: torch.device, log: Callable[[str], None]
+                     history: list[dict[str, Any]], world: World, log: Callable[[str], None]
                      ) -> dict[str, Any]:
     """The kept model on the evaluation clips, once; recorded in checkpoint.json beside the validation figures."""
     if best is None:
         raise ModelError(f"{out_dir}: no final-stage epoch ran, so no checkpoint was kept")
-    model = load_checkpoint(out_dir).to(device)
-    clips = load_clips(corpus.subset(split.eval_ids), corpus.labels, f"evaluating on {len(split.eval_ids)} clips")
-    result = evaluate(model, clips, batch_size=config.batch_size, text_source=config.text_source_eval, device=device,
-                      per_speaker=True)
+    model = load_checkpoint(out_dir).to(world.device)
+    clips = load_clips(corpus.subset(split.eval_ids), corpus.labels, f"evaluating on {len(split.eval_ids)} clips",
+                       quiet=not world.main)
+    result = evaluate(model, clips, batch_size=config.batch_size, text_source=config.text_source_eval,
+                      device=world.device, per_speaker=True, world=world)
     evaluation = {**result.metrics, "epoch": best["epoch"], "text_source": config.text_source_eval}
-    info_path = out_dir / "checkpoint.json"
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    info["metrics"] = {"best": best, "evaluation": evaluation, "history": history}
-    write_json_atomic(info_path, info)
+    metrics = {"best": best, "evaluation": evaluation, "history": history}
+    if world.main:
+        info_path = out_dir / "checkpoint.json"
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info["metrics"] = metrics
+        write_json_atomic(info_path, info)
+    world.barrier()
     log(f"kept epoch {best['epoch']} (validation UA {best['ua']:.4f}); evaluation ({split.held_out}): "
         f"UA {evaluation['ua']:.4f} WA {evaluation['wa']:.4f}"
         + (f" CER {evaluation['cer']:.3f}" if "cer" in evaluation else ""))
-    return info["metrics"]
+    return metrics
 
 
 def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -207,7 +276,7 @@ def save_state(
     with atomic_dir(state_dir) as staging:
         torch.save(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "torch_rng": torch.get_rng_state()},
+             "torch_rng": torch.get_rng_state()} | cuda_rng(model),
             staging / "state.pt",
         )
         write_json_atomic(
@@ -226,4 +295,13 @@ def restore_state(
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["torch_rng"])
+    device = next(model.parameters()).device
+    if "cuda_rng" in payload and device.type == "cuda":
+        torch.cuda.set_rng_state(payload["cuda_rng"], device)
     return int(meta["epoch"]), meta["best"], meta["history"]
+
+
+def cuda_rng(model: SerModel) -> dict[str, torch.Tensor]:
+    """The CUDA generator state of the model's device (the waveform augmentation's stream on GPUs)."""
+    device = next(model.parameters()).device
+    return {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
