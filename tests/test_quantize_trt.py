@@ -11,13 +11,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgeser.audio import load_audio
 from edgeser.bench.runners import onnxruntime_runners
 from edgeser.bundle import read_manifest, sha256_of, validate_bundle
 from edgeser.calibrate import calibrate_bundle
 from edgeser.checks.measures import cosine
 from edgeser.data import load_corpus
 from edgeser.data.splits import get_fold
-from edgeser.audio import load_audio
 from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_tensorrt
 from edgeser.quantize.fp16 import precision_conflicts, tensor_types
 from edgeser.quantize.fuse import fuse_parallel_matmuls
