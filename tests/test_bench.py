@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from edgeser.bench import clips as clip_module
 from edgeser.bench.clips import Speech, load_speech
 from edgeser.bench.commands import bench_command
-from edgeser.bench.core import cpu_class_notes
 from edgeser.bench.measure import Plan, measure_cell
 from edgeser.bundle import read_manifest
 from edgeser.errors import DataError
 from edgeser.quantize import convert_fp16
+from edgeser.quantize.speed import cpu_class_notes
 
 
 @pytest.fixture(scope="module")

@@ -210,3 +210,32 @@ def test_int8_stays_float_where_it_is_slower(cmgi_bundle: Path, shared_data: Pat
     assert manifest.precisions["int8"]["audio_encoder"].sha256 == sha256_of(bundle / "fp32" / "audio_encoder.onnx")
     text = stages["text_encoder"]
     assert text["precision"] == "int8" and text["speed"]["kept"] == "int8" and text["speed"]["speedup"] == 2.5
+
+
+def test_first_conv_as_framing_and_one_gemm_computes_the_same(cmgi_bundle: Path) -> None:
+    import onnxruntime as ort
+
+    from edgeser.quantize.fuse import frame_first_conv
+    from edgeser.quantize.graph import first_conv
+
+    source = cmgi_bundle / "fp32" / "audio_encoder.onnx"
+    model = onnx.load(str(source))
+    conv = first_conv(GraphInfo(model))[0]
+    gemm = frame_first_conv(model, conv)
+    onnx.checker.check_model(model)
+    assert gemm is not None and conv not in {n.name for n in model.graph.node}
+    scope = conv.rsplit("/", 2)[0] + "/"  # .../conv_layers.0/: the Transpose to [B, T, C] went with the conv
+
+    def transposes(graph: onnx.ModelProto) -> int:
+        return sum(n.op_type == "Transpose" and n.name.startswith(scope) for n in graph.graph.node)
+
+    assert transposes(model) == transposes(onnx.load(str(source))) - 1
+    before, after = ort.InferenceSession(str(source)), ort.InferenceSession(model.SerializeToString())
+    rng = np.random.default_rng(0)
+    for length in (16_000, 16_003, 40_017):  # frame counts from the lengths; a padded batch of two
+        waves = (0.1 * rng.standard_normal((2, length))).astype(np.float32)
+        feeds = {"waveform": waves, "lengths": np.array([length, length - 4_000])}
+        for x, y in zip(before.run(None, feeds), after.run(None, feeds)):
+            np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-5)
+    no_stride = onnx.load(str(source))
+    assert frame_first_conv(no_stride, "no such node") is None

@@ -63,7 +63,10 @@ def bench_command(bundle: Path, lengths: str, batch_sizes: str, threads_list: st
         precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()) if precisions else None,
         providers=tuple(providers) or None, compare=compare, nncf=nncf, clips=clip_sources, rounds=rounds,
         warmup=warmup, cold_start=not no_cold_start, plots=not no_plots)
-    report = run_bench(bundle, options, out_dir, command=shlex.join(["edgeser", *sys.argv[1:]]))
+    args = sys.argv[1:]
+    args = args[1:] if args[:1] == ["bench"] else args
+    command = f"{click.get_current_context().command_path} {shlex.join(args)}"
+    report = run_bench(bundle, options, out_dir, command=command)
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, default=str))
     else:

@@ -38,6 +38,7 @@ from edgeser.bundle import BundleManifest, validate_bundle
 from edgeser.checks.machine import machine_info
 from edgeser.checks.report import write_report
 from edgeser.errors import BundleError
+from edgeser.quantize.speed import cpu_class_notes
 
 PRECISION_ORDER = ("fp32", "int8", "int8-trt", "int8-dynamic", "fp16")
 DEFAULT_INT8 = "int8"  # what `edgeser quantize --int8` writes: the row `--compare` is about
@@ -109,15 +110,16 @@ def comparison_rows(bundle: Path, workdir: Path, speech_waves: list[np.ndarray],
     return rows
 
 
-def cpu_class_notes(manifest: BundleManifest, machine: dict[str, Any]) -> list[str]:
-    """Variants whose INT8 speed decisions were measured on another CPU class than this one."""
-    notes = []
-    for precision, settings in manifest.extra.get("quantization", {}).items():
-        measured = settings.get("measured_on") or {}
-        if measured.get("cpu_class") and measured["cpu_class"] != machine.get("cpu_class"):
-            notes.append(f"{precision} was quantised on a {measured['cpu_class']} CPU ({measured.get('cpu')}); "
-                         f"this machine is {machine.get('cpu_class')}: which stages pay in INT8 may differ here")
-    return notes
+def quiet_torch_threads() -> str:
+    """PyTorch's OpenMP workers wait passively, as the runtime's onnxruntime workers do (no spinning).
+
+    With spinning workers, a 2-core machine that is busy with anything else turns every parallel region into a
+    wait for a preempted thread: the tiny cmgi took 1.2-2.4 s per clip in PyTorch with 2 threads against 73 ms
+    passive (load 4). Set before PyTorch loads OpenMP; a value the user set is kept. Returns the policy in force.
+    """
+    if "torch" in sys.modules:
+        return os.environ.get("OMP_WAIT_POLICY", "unset") + " (PyTorch was already loaded)"
+    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def run_bench(bundle: Path, options: BenchOptions, out_dir: Path | None = None, command: str | None = None,
@@ -134,6 +136,7 @@ def run_bench(bundle: Path, options: BenchOptions, out_dir: Path | None = None, 
     speech = load_speech(options.clips, max(options.lengths_s) * max(options.batches) + 1.0)
     progress(f"speech: {speech.seconds:.0f} s from {speech.files} files of {speech.source}")
     rows = bundle_rows(bundle, manifest, options)
+    torch_threads = quiet_torch_threads() if options.compare else None
     with tempfile.TemporaryDirectory(prefix="edgeser-bench-") as tmp:
         if options.compare:
             rows += comparison_rows(bundle, Path(tmp), speech.clips(4.0, NNCF_SAMPLES), options, progress)
@@ -155,6 +158,7 @@ def run_bench(bundle: Path, options: BenchOptions, out_dir: Path | None = None, 
                 "threads": list(options.threads), "rounds": options.rounds, "warmup": options.warmup,
                 "interleaved_rounds": True, "clip_source": speech.source, "compare": options.compare,
                 "providers": list(options.providers) if options.providers else ["CPUExecutionProvider"],
+                "pytorch_omp_wait_policy": torch_threads,
                 "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
                 "command": command or shlex.join([sys.executable, *sys.argv])}
     variants = [{**r.to_dict(), "error": failed.get(r.name)} for r in rows]

@@ -239,7 +239,7 @@ def write_openvino_nncf(bundle: Path, workdir: Path, waves: Sequence[np.ndarray]
     try:
         import nncf
     except ImportError:
-        raise BundleError("the NNCF row needs the package nncf (pip install nncf)") from None
+        raise BundleError("the NNCF row needs the package nncf (pip install 'edgeser[bench]')") from None
     import openvino
 
     from edgeser.stages import StageGraph

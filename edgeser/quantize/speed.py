@@ -103,3 +103,14 @@ def measured_on(threads: int | None) -> dict[str, Any]:
     from edgeser.checks.machine import cpu_info
 
     return {**cpu_info(), "threads": threads or os.cpu_count() or 1, "onnxruntime": onnxruntime.__version__}
+
+
+def cpu_class_notes(manifest: Any, machine: dict[str, Any]) -> list[str]:
+    """Variants whose INT8 speed decisions were measured on another CPU class than `machine` (machine_info)."""
+    notes = []
+    for precision, settings in manifest.extra.get("quantization", {}).items():
+        measured = settings.get("measured_on") or {}
+        if measured.get("cpu_class") and measured["cpu_class"] != machine.get("cpu_class"):
+            notes.append(f"{precision} was quantised on a {measured['cpu_class']} CPU ({measured.get('cpu')}); "
+                         f"this machine is {machine.get('cpu_class')}: which stages pay in INT8 may differ here")
+    return notes

@@ -27,7 +27,7 @@ import onnx
 from edgeser.bundle import MANIFEST, StageFile, read_manifest, sha256_of, validate_bundle
 from edgeser.checkpoint import atomic_dir, write_json_atomic
 from edgeser.errors import BundleError
-from edgeser.quantize.fuse import fuse_parallel_matmuls, union_ranges
+from edgeser.quantize.fuse import frame_first_conv, fuse_parallel_matmuls, union_ranges
 from edgeser.quantize.graph import (
     DEFAULT_OP_TYPES,
     DYNAMIC_OP_TYPES,
@@ -79,6 +79,7 @@ class Int8Options:
     # Time each quantised stage against fp32 on this CPU and keep float those INT8 would slow down (speed.py).
     speed_gate: bool = True
     fuse_projections: bool = True  # one MatMul for projections reading one activation (q/k/v); see fuse.py
+    frame_first_conv: bool = True  # the waveform's first conv as framing + MatMul, no Transpose; see fuse.py
     speed_threads: int | None = None  # threads the stages are timed with [all logical cores]
 
     @classmethod
@@ -278,14 +279,21 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
     extra = tuple(float_nodes) + tuple(options.float_nodes.get(stage, ()))
     reasons = exclusions.reasons | {n: "accuracy-controlled: kept float" for n in extra if n not in exclusions.reasons}
     ranges = activation_ranges(prepared, stage, cache, options, workdir)
-    source, merged = prepared, {}
+    source, merged, framed = prepared, {}, None
+    rewritten = onnx.load(str(prepared))
     if options.fuse_projections and "MatMul" in options.op_types:
-        fused = onnx.load(str(prepared))
-        merged = fuse_parallel_matmuls(fused, skip=reasons)
+        merged = fuse_parallel_matmuls(rewritten, skip=reasons)
+    first = next((name for name, why in reasons.items() if why == "first-conv"), None)
+    if options.frame_first_conv and first is not None:
+        framed = frame_first_conv(rewritten, first)
+        if framed is not None:
+            reasons = {**reasons, framed: "first-conv"}
+    if merged or framed:
+        source = workdir / f"{out.stem}.rewritten.onnx"
+        onnx.save(rewritten, str(source))
         if merged:
-            source = workdir / f"{out.stem}.fused.onnx"
-            onnx.save(fused, str(source))
-            ranges = union_ranges(ranges, merged, model, fused, workdir / f"{out.stem}.ranges.json")
+            ranges = union_ranges(ranges, merged, model, rewritten, workdir / f"{out.stem}.ranges.json")
+    del rewritten
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress to stdout
         quantize_static(
             str(source), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
@@ -362,6 +370,7 @@ def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: s
         "target": options.target, "symmetric_activations": options.symmetric_activations, "dedicated_qdq": options.dedicated_qdq,
         "quantize_bias": options.quantize_bias, "per_channel_axis": dict(PER_CHANNEL_AXIS),
         "speed_gate": options.speed_gate, "fuse_projections": options.fuse_projections,
+        "frame_first_conv": options.frame_first_conv,
         "measured_on": measured_on(options.speed_threads) if options.speed_gate else None,
         "calibration": {k: provenance.get(k) for k in ("data_spec", "corpus", "fold", "held_out", "pool", "count",
                                                        "ids_sha", "labels", "buckets_s", "groups", "ids")},
