@@ -136,14 +136,13 @@ def merged_name(members: list[str]) -> str:
     return "/".join([*common, f"{FUSED_SUFFIX}[{leaf}]", "MatMul"])
 
 
-def union_ranges(ranges_path: Path, merged: dict[str, list[str]], original: onnx.ModelProto,
+def union_ranges(ranges_path: Path, merged: dict[str, list[str]], before: dict[str, str],
                  fused: onnx.ModelProto, target: Path) -> Path:
     """The cached activation ranges plus, for each merged MatMul's output, the union of its members' output
-    ranges (what the concatenated output spans); written to `target`."""
+    ranges (`before`: node name -> output before merging); written to `target`."""
     from onnxruntime.quantization.calibrate import TensorData, load_tensors_data, save_tensors_data
 
     ranges = load_tensors_data(ranges_path)
-    before = {n.name: n.output[0] for n in original.graph.node}
     after = {n.name: n.output[0] for n in fused.graph.node}
     for name, members in merged.items():
         known = [ranges.data[before[m]] for m in members if before.get(m) in ranges.data]

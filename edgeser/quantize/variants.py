@@ -268,6 +268,28 @@ def prepared_graph(fp32: Path, stage: str, workdir: Path) -> tuple[Path, str]:
     return prepared, how
 
 
+def rewrite_for_quantisation(model: onnx.ModelProto, prepared: Path, reasons: dict[str, str], ranges: Path,
+                             options: Int8Options, stem: Path) -> tuple[Path, dict[str, list[str]], dict[str, str], Path]:
+    """Apply the float-exact rewrites of fuse.py to `model` (in place) where `options` ask for them.
+
+    Returns the graph to quantise (`prepared` when nothing changed, else `<stem>.rewritten.onnx`), the merged
+    projections, the float nodes with any new first-conv node, and the ranges (with the merged outputs' ranges).
+    """
+    before = {node.name: node.output[0] for node in model.graph.node}
+    merged = fuse_parallel_matmuls(model, skip=reasons) if options.fuse_projections and "MatMul" in options.op_types else {}
+    first = next((name for name, why in reasons.items() if why == "first-conv"), None)
+    framed = frame_first_conv(model, first) if options.frame_first_conv and first is not None else None
+    if framed is not None:
+        reasons = {**reasons, framed: "first-conv"}
+    if not merged and framed is None:
+        return prepared, merged, reasons, ranges
+    source = stem.with_name(f"{stem.name}.rewritten.onnx")
+    onnx.save(model, str(source))
+    if merged:
+        ranges = union_ranges(ranges, merged, before, model, stem.with_name(f"{stem.name}.ranges.json"))
+    return source, merged, reasons, ranges
+
+
 def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options: Int8Options, workdir: Path,
                           float_nodes: tuple[str, ...] = ()) -> StageReport:
     """Static QDQ INT8 of one stage graph; `float_nodes` stay float on top of the exclusions."""
@@ -278,22 +300,12 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
     exclusions: Exclusions = resolve_exclusions(model, options.exclude, options.min_width)
     extra = tuple(float_nodes) + tuple(options.float_nodes.get(stage, ()))
     reasons = exclusions.reasons | {n: "accuracy-controlled: kept float" for n in extra if n not in exclusions.reasons}
-    ranges = activation_ranges(prepared, stage, cache, options, workdir)
-    source, merged, framed = prepared, {}, None
-    rewritten = onnx.load(str(prepared))
-    if options.fuse_projections and "MatMul" in options.op_types:
-        merged = fuse_parallel_matmuls(rewritten, skip=reasons)
-    first = next((name for name, why in reasons.items() if why == "first-conv"), None)
-    if options.frame_first_conv and first is not None:
-        framed = frame_first_conv(rewritten, first)
-        if framed is not None:
-            reasons = {**reasons, framed: "first-conv"}
-    if merged or framed:
-        source = workdir / f"{out.stem}.rewritten.onnx"
-        onnx.save(rewritten, str(source))
-        if merged:
-            ranges = union_ranges(ranges, merged, model, rewritten, workdir / f"{out.stem}.ranges.json")
-    del rewritten
+    cached_ranges = activation_ranges(prepared, stage, cache, options, workdir)
+    effective = Exclusions(reasons).effective(model, options.op_types)
+    quantisable = len(quantisable_nodes(model, options.op_types))
+    source, merged, reasons, ranges = rewrite_for_quantisation(model, prepared, reasons, cached_ranges, options,
+                                                               workdir / out.stem)
+    del model
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress to stdout
         quantize_static(
             str(source), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
@@ -302,8 +314,8 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
             nodes_to_exclude=list(reasons), calibrate_method=calibration_method(options.method),
             calibration_cache_path=str(ranges), extra_options=quantizer_options(options),
         )
-    if source != prepared:
-        source.unlink()
+    for scratch in {source, ranges} - {prepared, cached_ranges}:
+        scratch.unlink()
     quantized = onnx.load(str(out))
     stripped: list[str] = []
     if options.quantize_outputs and (options.float_inputs_into or merged):
@@ -311,13 +323,11 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
     detached = detach_shape_reads(quantized)
     if stripped or detached:
         onnx.save(quantized, str(out))
-    effective = Exclusions(reasons).effective(model, options.op_types)
-    quantisable = len(quantisable_nodes(model, options.op_types))
     if quantisable == len(effective):
         shutil.copyfile(fp32, out)  # nothing left to quantise: the float graph, not a re-optimised copy
         return StageReport("fp32", 0, effective, op_counts(out), how)
     return StageReport("int8", quantisable - len(effective), effective, op_counts(out), how,
-                       float_outputs=len(stripped), fused={name: members for name, members in merged.items()})
+                       float_outputs=len(stripped), fused=dict(merged))
 
 
 def static_stage_writer(cache: Any, options: Int8Options, workdir: Path) -> Callable[[str, Path, Path], StageReport]:
