@@ -115,16 +115,24 @@ def test_tensorrt_int8_runs_in_onnxruntime_and_follows_fp32(trt_bundle: Path, he
     assert np.mean([cosine(a.logits, b.logits) for a, b in runs]) > MIN_TRT_LOGIT_COSINE
 
 
-def test_quantised_graphs_read_shapes_from_float_tensors(trt_bundle: Path) -> None:
-    """A Shape read through a DequantizeLinear would give the activation's Q a second DQ (see detach_shape_reads)."""
+def test_float_readers_of_quantised_activations_read_the_float_tensor(trt_bundle: Path) -> None:
+    """A Shape or a residual Add reading a quantised GEMM input through its DequantizeLinear would give the Q a
+    second DQ, and the residual stream a rounded copy (see detach_float_reads)."""
+    from edgeser.quantize.graph import category_nodes
+
+    residual_reads = 0
     for stage, model in graphs(trt_bundle, "int8-trt").items():
         info = GraphInfo(model)
-        for node in model.graph.node:
-            if node.op_type == "Shape":
-                producer = info.producer.get(node.input[0])
-                assert producer is None or producer.op_type != "DequantizeLinear", f"{stage}: {node.name}"
+        residual = set(category_nodes(model)["residual-add"])
         for q in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
             assert len(info.consumers.get(q.output[0], [])) == 1, f"{stage}: {q.name} feeds several DQ nodes"
+            dq = info.consumers[q.output[0]][0]
+            readers = info.consumers.get(dq.output[0], [])
+            if any(r.op_type in ("MatMul", "Conv", "Gemm") for r in readers):  # a quantised GEMM input
+                floats = [r.name for r in readers if r.op_type == "Shape" or r.name in residual]
+                assert not floats, f"{stage}: {floats} read {dq.name}"
+                residual_reads += sum(c.name in residual for c in info.consumers.get(q.input[0], []))
+    assert residual_reads >= 6  # the post-LN text encoder: each layer's residual reads what its q/k/v GEMM quantises
 
 
 def test_projections_reading_one_activation_become_one_gemm(cmgi_bundle: Path) -> None:

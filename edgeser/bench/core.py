@@ -76,12 +76,19 @@ def bundle_rows(bundle: Path, manifest: BundleManifest, options: BenchOptions) -
     missing = [p for p in wanted if p not in present]
     if missing:
         raise BundleError(f"{bundle}: no precision(s) {', '.join(missing)} (present: {', '.join(present)})")
+    from edgeser.bundle import PRECISIONS
+
     rows = []
     for precision in wanted:
         note = "GPU format: slower than fp32 on a CPU" if precision == "fp16" and not options.providers else ""
-        rows.append(VariantSpec(row_name(precision, options.providers), "runtime", str(bundle), precision,
-                                providers=options.providers, note=note,
-                                bytes=sum(e.bytes for e in manifest.precisions[precision].values())))
+        files = manifest.precisions[precision]
+        kind, paths = "runtime", {}
+        if precision not in PRECISIONS:  # a variant this runtime does not load by name: its graphs, same chain
+            kind, paths = "graphs", {stage: str(bundle / e.path) for stage, e in files.items()}
+            note = "run as its onnxruntime graphs through the stage graph (the runtime does not list this precision)"
+        rows.append(VariantSpec(row_name(precision, options.providers), kind, str(bundle), precision,
+                                providers=options.providers, paths=paths, note=note,
+                                bytes=sum(e.bytes for e in files.values())))
     return rows
 
 

@@ -34,7 +34,7 @@ from edgeser.quantize.graph import (
     NARROW_WIDTH,
     TENSORRT_CATEGORIES,
     Exclusions,
-    detach_shape_reads,
+    detach_float_reads,
     quantisable_nodes,
     resolve_exclusions,
     strip_output_qdq,
@@ -320,7 +320,7 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
     stripped: list[str] = []
     if options.quantize_outputs and (options.float_inputs_into or merged):
         stripped = strip_output_qdq(quantized, options.float_inputs_into, producers=merged)
-    detached = detach_shape_reads(quantized)
+    detached = detach_float_reads(quantized)
     if stripped or detached:
         onnx.save(quantized, str(out))
     if quantisable == len(effective):
