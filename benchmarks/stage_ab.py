@@ -25,11 +25,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeser.audio import load_audio  # noqa: E402
-from edgeser.bench.clips import load_speech  # noqa: E402
-from edgeser.checks.machine import machine_info  # noqa: E402
-from edgeser.checks.measures import cosine  # noqa: E402
-from edgeser.runtime.sessions import make_session  # noqa: E402
+from edgeser.audio import load_audio
+from edgeser.bench.clips import load_speech
+from edgeser.checks.machine import machine_info
+from edgeser.checks.measures import cosine
+from edgeser.runtime.sessions import make_session
 
 
 def optimised_ops(path: Path) -> dict[str, int]:
@@ -95,16 +95,16 @@ def main() -> None:
     outputs = {name: [s.run(None, feeds(c))[0] for c in clips] for name, s in sessions.items()}
     reference = next(iter(graphs))
     rows = {}
-    for name in graphs:
+    for name, path in graphs.items():
         cosines = [cosine(a, b) for a, b in zip(outputs[reference], outputs[name])]
         p50 = float(np.median(times[name]))
-        rows[name] = {"path": str(graphs[name]), "p50_ms": p50, "min_ms": float(np.min(times[name])),
+        rows[name] = {"path": str(path), "p50_ms": p50, "min_ms": float(np.min(times[name])),
                       "ratio": p50 / float(np.median(times[reference])), "cosine_mean": float(np.mean(cosines)),
-                      "cosine_min": float(np.min(cosines)), "optimised_ops": optimised_ops(graphs[name])}
+                      "cosine_min": float(np.min(cosines)), "optimised_ops": optimised_ops(path)}
     machine = machine_info(args.threads)
     lines = [f"# Audio-encoder A/B, {args.seconds:g} s clip, {args.threads} threads, {args.rounds} interleaved rounds",
-             "", f"{machine['cpu']} ({machine['cpu_class']}; {', '.join(machine['cpu_flags'])}), load {load_before} -> "
-             f"{load_after}; cosine over {len(clips)} held-out TESS clips of ~{np.mean([c.size for c in clips]) / 16e3:.1f} s.",
+             "", (f"{machine['cpu']} ({machine['cpu_class']}; {', '.join(machine['cpu_flags'])}), load {load_before} -> "
+             f"{load_after}; cosine over {len(clips)} held-out TESS clips of ~{np.mean([c.size for c in clips]) / 16e3:.1f} s."),
              "", f"| graph | p50 ms | vs {reference} | feature cos mean / min | onnxruntime runs |", "|---|---|---|---|---|"]
     for name, r in rows.items():
         ops = ", ".join(f"{k} {v}" for k, v in r["optimised_ops"].items())
