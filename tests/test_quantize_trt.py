@@ -188,15 +188,14 @@ def test_mixed_float_inputs_are_found() -> None:
     assert precision_conflicts(helper.make_model(graph)) == ["mixed (Add): float16, float32"]  # Pow's exponent is free
 
 
-def test_int8_stays_float_where_it_is_slower(cmgi_bundle: Path, shared_data: Path, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_int8_stays_float_where_it_is_slower(trt_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
     """The speed gate: each quantised stage timed against fp32; the slower-in-INT8 stages keep the fp32 graph, and
     the figures and the CPU are in the settings. Timings are injected: nothing here depends on this machine."""
     from edgeser.checks.machine import cpu_info
     from edgeser.quantize import speed
 
-    bundle = Path(shutil.copytree(cmgi_bundle, tmp_path / "b"))
-    calibrate_bundle(bundle, f"tess:{shared_data / 'tess'}", fold_index=0, samples=4)
+    bundle = Path(shutil.copytree(trt_bundle, tmp_path / "b"))  # calibrated, activation ranges cached
     timed: list[str] = []
 
     def fake_timer(fp32: Path, int8: Path, feeds: dict, threads: int, rounds: int) -> tuple[float, float]:
