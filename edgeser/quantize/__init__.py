@@ -1,13 +1,14 @@
 """Quantised bundle variants (static INT8 QDQ, dynamic INT8, FP16), accuracy-controlled INT8, and variant checks."""
 
+from edgeser.quantize.ranges import METHODS
 from edgeser.quantize.variants import (
-    METHODS,
     Int8Options,
     StageReport,
     add_precision,
     convert_fp16,
     quantize_int8,
     quantize_int8_dynamic,
+    quantize_int8_tensorrt,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "convert_fp16",
     "quantize_int8",
     "quantize_int8_dynamic",
+    "quantize_int8_tensorrt",
 ]

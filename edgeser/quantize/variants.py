@@ -26,23 +26,23 @@ import onnx
 from edgeser.bundle import MANIFEST, StageFile, read_manifest, validate_bundle
 from edgeser.errors import BundleError
 from edgeser.files import atomic_dir, sha256_of, staging_dir, working_directory, write_json_atomic
+from edgeser.quantize.fuse import frame_first_conv, fuse_parallel_matmuls, union_ranges
 from edgeser.quantize.graph import (
     DEFAULT_OP_TYPES,
     DYNAMIC_OP_TYPES,
     NARROW_WIDTH,
+    TENSORRT_CATEGORIES,
     Exclusions,
+    detach_float_reads,
     quantisable_nodes,
     resolve_exclusions,
     strip_output_qdq,
 )
+from edgeser.quantize.ranges import activation_ranges, calibration_method
+from edgeser.quantize.speed import measured_on
 
 LOG = logging.getLogger(__name__)
-METHODS = ("minmax", "percentile", "entropy")
-FP16_OP_BLOCK_LIST = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Log", "Exp", "Erf",
-                      "LogSoftmax", "CumSum", "Range")  # fmt: skip
-# Items per collect_data call (one shape per call). Histogram calibrators hold every calibrated tensor of the
-# items of a call: HuBERT-large peaks near 10 GB of RAM at 8 items, so they get 2.
-CALIBRATION_CHUNK = {"minmax": 8, "percentile": 2, "entropy": 2}
+TENSORRT_PRECISION = "int8-trt"
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,12 @@ class Int8Options:
     per_channel: bool = True
     activation_type: str = "QUInt8"
     weight_type: str = "QInt8"
+    # TensorRT's ONNX parser takes symmetric INT8 only: activations QInt8 with zero point 0, float biases (it has
+    # no INT32 DequantizeLinear), and one Q/DQ pair per consumer. See `Int8Options.tensorrt()`.
+    symmetric_activations: bool = False
+    dedicated_qdq: bool = False
+    quantize_bias: bool = True
+    target: str = "cpu"  # cpu (onnxruntime) or tensorrt: what the graph is made for, recorded in its settings
     percentile: float = 99.999
     matmul_weights_only: bool = False  # True: leave activation x activation MatMuls (attention) in float
     quantize_outputs: bool = True  # False: Q/DQ only on node inputs (outputs stay float until the next consumer)
@@ -69,6 +75,21 @@ class Int8Options:
     float_inputs_into: tuple[str, ...] = ("residual-add", "gelu")
     stages: tuple[str, ...] | None = None  # None: every stage; others are copied from fp32
     float_nodes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # extra per-stage float nodes
+    # Time each quantised stage against fp32 on this CPU and keep float those INT8 would slow down (speed.py).
+    speed_gate: bool = True
+    fuse_projections: bool = True  # one MatMul for projections reading one activation (q/k/v); see fuse.py
+    frame_first_conv: bool = True  # the waveform's first conv as framing + MatMul, no Transpose; see fuse.py
+    speed_threads: int | None = None  # threads the stages are timed with [all logical cores]
+
+    @classmethod
+    def tensorrt(cls, **changes: Any) -> Int8Options:
+        """The settings of graphs TensorRT builds (explicit quantisation, strongly typed): signed symmetric
+        activations, symmetric per-channel weights on the output-channel axis, float biases, dedicated Q/DQ."""
+        base = {"activation_type": "QInt8", "weight_type": "QInt8", "symmetric_activations": True,
+                "dedicated_qdq": True, "quantize_bias": False, "per_channel": True, "target": "tensorrt",
+                "speed_gate": False,  # a GPU graph: this CPU's INT8 speed says nothing about it
+                "exclude": TENSORRT_CATEGORIES}
+        return cls(**{**base, **changes})
 
     def signature(self) -> str:
         """What cached activation ranges depend on besides the calibration inputs: op types, percentile, and the
@@ -90,6 +111,8 @@ class StageReport:
     preprocess: str = ""
     seconds: float = 0.0
     float_outputs: int = 0  # quantised nodes whose output Q/DQ was removed (it fed residual Adds / GELU)
+    speed: dict[str, Any] = field(default_factory=dict)  # fp32 vs int8 ms on this CPU (SpeedCheck.to_dict)
+    fused: dict[str, list[str]] = field(default_factory=dict)  # merged MatMul -> the projections it replaced
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -215,87 +238,23 @@ def quant_type(name: str) -> Any:
         raise BundleError(f"unknown quantisation type {name!r}; use QInt8 or QUInt8") from None
 
 
-def calibration_method(name: str) -> Any:
-    from onnxruntime.quantization import CalibrationMethod
-
-    table = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-             "entropy": CalibrationMethod.Entropy}
-    if name not in table:
-        raise BundleError(f"unknown calibration method {name!r}; choose {', '.join(METHODS)}")
-    return table[name]
-
-
 # --------------------------------------------------------------------------------------------- static INT8
 
 
-def robust_collector(calibrator: Any) -> None:
-    """Give a histogram calibrator a collector that survives near-constant tensors.
-
-    onnxruntime's `HistogramCollector` starts each absolute-value histogram at `[min |x|, max |x|]` in float32
-    and fails ("Too many bins for data range") when that span is below 2048 float32 steps, e.g. the uniform
-    attention probabilities of a freshly initialised model. Such first histograms start at 0 here instead;
-    everything else is onnxruntime's own code.
-    """
-    import numpy as np
-    from onnxruntime.quantization.calibrate import HistogramCalibrater, HistogramCollector
-
-    if not isinstance(calibrator, HistogramCalibrater) or calibrator.collector is not None:
-        return
-
-    class RobustHistogramCollector(HistogramCollector):  # type: ignore[misc]
-        def collect_absolute_value(self, name_to_arr: dict[str, Any]) -> None:
-            rest = {}
-            for tensor, data in name_to_arr.items():
-                values = np.asarray(data).ravel()
-                magnitudes = np.abs(values)
-                if tensor in self.histogram_dict or values.size == 0:
-                    rest[tensor] = data
-                    continue
-                low, high = float(np.nanmin(magnitudes)), float(np.nanmax(magnitudes))
-                if high - low > 4 * self.num_bins * float(np.spacing(np.float32(high))):
-                    rest[tensor] = data
-                    continue
-                hist, edges = np.histogram(magnitudes, bins=self.num_bins, range=(0.0, high if high > 0 else 1.0))
-                self.histogram_dict[tensor] = (hist, edges.astype(magnitudes.dtype), np.nanmin(values),
-                                               np.nanmax(values))
-            if rest:
-                super().collect_absolute_value(rest)
-
-    calibrator.collector = RobustHistogramCollector(
-        method=calibrator.method, symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
-        num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,
-        scenario=calibrator.scenario)
-
-
-def activation_ranges(prepared: Path, stage: str, cache: Any, options: Int8Options, workdir: Path) -> Path:
-    """Activation ranges of `stage` from the cached calibration inputs, computed once per method and cached."""
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-
-    from edgeser.calibrate.reader import StageDataReader
-
-    target = cache.ranges_path(stage, options.method, options.signature())
-    if target.is_file():
-        return target
-    extra = {"percentile": options.percentile} if options.method == "percentile" else {}
-    calibrator = create_calibrator(
-        prepared, list(options.op_types), augmented_model_path=str(workdir / f"{stage}.augmented.onnx"),
-        calibrate_method=calibration_method(options.method), extra_options=extra,
-    )
-    robust_collector(calibrator)
-    inputs = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]
-    with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress to stdout
-        for _, feeds in cache.stage_feeds(stage, inputs):
-            chunk = CALIBRATION_CHUNK[options.method]
-            for start in range(0, len(feeds), chunk):
-                calibrator.collect_data(StageDataReader(feeds[start : start + chunk]))
-        ranges = calibrator.compute_data()
-    del calibrator
-    save_tensors_data(ranges, target)
-    return target
+# Per-channel weight axis per op type: the output-channel axis, which is what TensorRT's explicit quantisation
+# requires (Conv weights [Cout, Cin/g, k...]: axis 0; MatMul weights [K, N]: axis 1, the output columns; Gemm:
+# onnxruntime takes 0 with transB=1, else 1). onnxruntime's own defaults are the same; they are written out here
+# so a change there cannot move them.
+PER_CHANNEL_AXIS = {"Conv": 0, "MatMul": 1}
 
 
 def quantizer_options(options: Int8Options) -> dict[str, Any]:
-    extra: dict[str, Any] = {"MatMulConstBOnly": options.matmul_weights_only}
+    extra: dict[str, Any] = {"MatMulConstBOnly": options.matmul_weights_only,
+                             "QDQOpTypePerChannelSupportToAxis": dict(PER_CHANNEL_AXIS),
+                             "ActivationSymmetric": options.symmetric_activations,
+                             "WeightSymmetric": True,
+                             "DedicatedQDQPair": options.dedicated_qdq,
+                             "QuantizeBias": options.quantize_bias}
     if not options.quantize_outputs:
         extra["OpTypesToExcludeOutputQuantization"] = list(options.op_types)
     return extra
@@ -312,6 +271,28 @@ def prepared_graph(fp32: Path, stage: str, workdir: Path) -> tuple[Path, str]:
     return prepared, how
 
 
+def rewrite_for_quantisation(model: onnx.ModelProto, prepared: Path, reasons: dict[str, str], ranges: Path,
+                             options: Int8Options, stem: Path) -> tuple[Path, dict[str, list[str]], dict[str, str], Path]:
+    """Apply the float-exact rewrites of fuse.py to `model` (in place) where `options` ask for them.
+
+    Returns the graph to quantise (`prepared` when nothing changed, else `<stem>.rewritten.onnx`), the merged
+    projections, the float nodes with any new first-conv node, and the ranges (with the merged outputs' ranges).
+    """
+    before = {node.name: node.output[0] for node in model.graph.node}
+    merged = fuse_parallel_matmuls(model, skip=reasons) if options.fuse_projections and "MatMul" in options.op_types else {}
+    first = next((name for name, why in reasons.items() if why == "first-conv"), None)
+    framed = frame_first_conv(model, first) if options.frame_first_conv and first is not None else None
+    if framed is not None:
+        reasons = {**reasons, framed: "first-conv"}
+    if not merged and framed is None:
+        return prepared, merged, reasons, ranges
+    source = stem.with_name(f"{stem.name}.rewritten.onnx")
+    onnx.save(model, str(source))
+    if merged:
+        ranges = union_ranges(ranges, merged, before, model, stem.with_name(f"{stem.name}.ranges.json"))
+    return source, merged, reasons, ranges
+
+
 def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options: Int8Options, workdir: Path,
                           float_nodes: tuple[str, ...] = ()) -> StageReport:
     """Static QDQ INT8 of one stage graph; `float_nodes` stay float on top of the exclusions."""
@@ -322,28 +303,34 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
     exclusions: Exclusions = resolve_exclusions(model, options.exclude, options.min_width)
     extra = tuple(float_nodes) + tuple(options.float_nodes.get(stage, ()))
     reasons = exclusions.reasons | {n: "accuracy-controlled: kept float" for n in extra if n not in exclusions.reasons}
-    ranges = activation_ranges(prepared, stage, cache, options, workdir)
+    cached_ranges = activation_ranges(prepared, stage, cache, options, workdir)
+    effective = Exclusions(reasons).effective(model, options.op_types)
+    quantisable = len(quantisable_nodes(model, options.op_types))
+    source, merged, reasons, ranges = rewrite_for_quantisation(model, prepared, reasons, cached_ranges, options,
+                                                               workdir / out.stem)
+    del model
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress to stdout
         quantize_static(
-            str(prepared), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+            str(source), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(options.op_types), per_channel=options.per_channel,
             activation_type=quant_type(options.activation_type), weight_type=quant_type(options.weight_type),
             nodes_to_exclude=list(reasons), calibrate_method=calibration_method(options.method),
             calibration_cache_path=str(ranges), extra_options=quantizer_options(options),
         )
+    for scratch in {source, ranges} - {prepared, cached_ranges}:
+        scratch.unlink()
+    quantized = onnx.load(str(out))
     stripped: list[str] = []
-    if options.float_inputs_into and options.quantize_outputs:
-        quantized = onnx.load(str(out))
-        stripped = strip_output_qdq(quantized, options.float_inputs_into)
-        if stripped:
-            onnx.save(quantized, str(out))
-    effective = Exclusions(reasons).effective(model, options.op_types)
-    quantisable = len(quantisable_nodes(model, options.op_types))
+    if options.quantize_outputs and (options.float_inputs_into or merged):
+        stripped = strip_output_qdq(quantized, options.float_inputs_into, producers=merged)
+    detached = detach_float_reads(quantized)
+    if stripped or detached:
+        onnx.save(quantized, str(out))
     if quantisable == len(effective):
         shutil.copyfile(fp32, out)  # nothing left to quantise: the float graph, not a re-optimised copy
         return StageReport("fp32", 0, effective, op_counts(out), how)
     return StageReport("int8", quantisable - len(effective), effective, op_counts(out), how,
-                       float_outputs=len(stripped))
+                       float_outputs=len(stripped), fused=dict(merged))
 
 
 def static_stage_writer(cache: Any, options: Int8Options, workdir: Path) -> Callable[[str, Path, Path], StageReport]:
@@ -353,9 +340,27 @@ def static_stage_writer(cache: Any, options: Int8Options, workdir: Path) -> Call
         if options.stages is not None and stage not in options.stages:
             shutil.copyfile(fp32, out)
             return StageReport("fp32", float_nodes={"*": "whole stage kept in float"}, op_counts=op_counts(out))
-        return quantize_stage_static(stage, fp32, out, cache, options, workdir)
+        report = quantize_stage_static(stage, fp32, out, cache, options, workdir)
+        if options.speed_gate and report.precision == "int8":
+            report = keep_if_faster(report, stage, fp32, out, cache, options)
+        return report
 
     return write
+
+
+def keep_if_faster(report: StageReport, stage: str, fp32: Path, out: Path, cache: Any, options: Int8Options
+                   ) -> StageReport:
+    """Time the written INT8 graph against fp32 on this CPU; where INT8 is slower, `out` becomes the fp32 graph."""
+    from edgeser.checks.machine import cpu_info
+    from edgeser.quantize.speed import check_speed
+
+    check = check_speed(cache, stage, fp32, out, options.speed_threads)
+    report.speed = check.to_dict()
+    if check.pays:
+        return report
+    shutil.copyfile(fp32, out)
+    return StageReport("fp32", 0, {"*": check.reason(cpu_info()["cpu_class"])}, op_counts(out), report.preprocess,
+                       speed=report.speed)
 
 
 def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: str = "int8"
@@ -375,12 +380,24 @@ def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: s
         "min_width": options.min_width,
         "float_inputs_into": list(options.float_inputs_into) if options.quantize_outputs else [],
         "percentile": options.percentile if options.method == "percentile" else None,
+        "target": options.target, "symmetric_activations": options.symmetric_activations, "dedicated_qdq": options.dedicated_qdq,
+        "quantize_bias": options.quantize_bias, "per_channel_axis": dict(PER_CHANNEL_AXIS),
+        "speed_gate": options.speed_gate, "fuse_projections": options.fuse_projections,
+        "frame_first_conv": options.frame_first_conv,
+        "measured_on": measured_on(options.speed_threads) if options.speed_gate else None,
         "calibration": {k: provenance.get(k) for k in ("data_spec", "corpus", "fold", "held_out", "pool", "count",
                                                        "ids_sha", "labels", "buckets_s", "groups", "ids")},
     }  # fmt: skip
     with staging_dir(bundle, "quantize") as tmp:
         return write_variant(bundle, precision, static_stage_writer(cache, options, tmp), settings,
                              f"int8 ({options.method})")
+
+
+def quantize_int8_tensorrt(bundle: Path, options: Int8Options | None = None) -> dict[str, StageReport]:
+    """Static INT8 for TensorRT (`Int8Options.tensorrt()`: signed symmetric activations with zero point 0,
+    symmetric per-channel weights on the output-channel axis, constant scales, float biases, dedicated Q/DQ);
+    writes `bundle/int8-trt/`. It runs in onnxruntime too, so `edgeser check` measures its accuracy on CPU."""
+    return quantize_int8(bundle, options or Int8Options.tensorrt(), precision=TENSORRT_PRECISION)
 
 
 # --------------------------------------------------------------------------------------------- dynamic INT8
@@ -418,22 +435,14 @@ def quantize_int8_dynamic(bundle: Path, op_types: tuple[str, ...] = DYNAMIC_OP_T
 
 
 def convert_fp16(bundle: Path, exclude: tuple[str, ...] | None = None) -> dict[str, StageReport]:
-    """FP16 weights and activations with FP32 inputs/outputs; numerically sensitive ops and the front end stay
-    FP32. A GPU format: on CPU it is usually slower than FP32. Writes `bundle/fp16/`."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_OP_BLOCK_LIST))
+    """FP16 weights and activations with FP32 inputs/outputs and explicit casts around the ops kept in FP32
+    (numerically sensitive ops and the front end): a graph a strongly typed TensorRT network builds as it is
+    (see fp16.py). A GPU format: on CPU it is usually slower than FP32. Writes `bundle/fp16/`."""
+    from edgeser.quantize.fp16 import fp16_graph, fp16_settings
 
     def write(stage: str, fp32: Path, out: Path) -> StageReport:
-        model = onnx.load(str(fp32))
-        patterns = ("frontend", "first-conv") if exclude is None else exclude
-        exclusions = resolve_exclusions(model, patterns)
-        converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked,
-                                             node_block_list=exclusions.names, disable_shape_infer=False)
+        converted, kept = fp16_graph(fp32, exclude)
         onnx.save(converted, str(out))
-        return StageReport("fp16", 0, exclusions.reasons, op_counts(out), "none")
+        return StageReport("fp16", 0, kept, op_counts(out), "none")
 
-    settings = {"kind": "fp16", "keep_io_types": True, "op_block_list": blocked,
-                "exclude": list(exclude) if exclude is not None else ["frontend", "first-conv"],
-                "note": "GPU format: on CPU, FP16 runs slower than FP32 (or not at all)"}
-    return write_variant(bundle, "fp16", write, settings, "fp16")
+    return write_variant(bundle, "fp16", write, fp16_settings(exclude), "fp16")
