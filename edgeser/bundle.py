@@ -20,7 +20,8 @@ __all__ = ["MANIFEST", "PRECISIONS", "TOKENIZER", "BundleManifest", "StageFile",
 BUNDLE_SCHEMA = 1
 MANIFEST = "bundle.json"
 TOKENIZER = "tokenizer.json"
-PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
+# int8: the CPU default (u8 activations); int8-trt: symmetric s8 Q/DQ for TensorRT; int8-dynamic: CPU only.
+PRECISIONS = ("fp32", "fp16", "int8", "int8-trt", "int8-dynamic")
 
 
 @dataclass(frozen=True)

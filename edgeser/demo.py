@@ -1,6 +1,7 @@
 """`edgeser demo`: the whole edge pipeline on the shipped cmgi default, ending in one table a person reads.
 
-    export -> calibrate -> INT8 -> TensorRT readiness (doctor) -> check against float -> predict a few clips
+    export -> calibrate -> INT8 (CPU and TensorRT variants) -> TensorRT readiness (doctor) -> check against float
+      -> predict a few clips
 
 Data: the full TESS corpus when `--data DIR` holds `tess/` (the default checkpoint was trained on speaker YAF and
 is evaluated on the held-out speaker OAF), else the held-out and calibration clips shipped in the repository
@@ -55,6 +56,7 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
     from edgeser.data import load_corpus
     from edgeser.export.exporter import export_bundle
     from edgeser.quantize import Int8Options, quantize_int8
+    from edgeser.quantize.variants import quantize_int8_tensorrt
     from edgeser.runtime import Pipeline
 
     say = log or (lambda line: click.echo(line, err=True))
@@ -72,14 +74,15 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
     mark = step("calibrate", f"calibrate on training-side clips of {spec}")
     calibrate_bundle(out, spec, samples=64, threads=threads)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
-    mark = step("quantize", "write the INT8 variant")
+    mark = step("quantize", "write the INT8 variants: int8 for this CPU, int8-trt for TensorRT")
     quantize_int8(out, Int8Options())
+    quantize_int8_tensorrt(out, Int8Options.tensorrt())
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     mark = step("doctor", "check TensorRT readiness offline (doctor)")
     result.doctor = doctor(out)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     mark = step("check", f"check every variant against PyTorch float on {limit} held-out clips")
-    report = check_variants(out, spec, limit=limit, threads=threads, precisions=["fp32", "int8"])
+    report = check_variants(out, spec, limit=limit, threads=threads, precisions=["fp32", "int8", "int8-trt"])
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     for v in report.variants:
         if v.status != "ok":
@@ -110,7 +113,7 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
 
 
 def doctor(bundle: Path) -> dict[str, Any]:
-    """TensorRT 10 readiness of the fp32 and int8 graphs: errors and warnings, and where the report is."""
+    """TensorRT 10 readiness of the graphs meant for it (fp32, int8-trt): errors and warnings, and the report."""
     from edgeser.checks.report import REPORTS_DIR, write_report
     from edgeser.trt.doctor import run_doctor
     from edgeser.trt.operators import parse_target

@@ -26,7 +26,7 @@ def test_demo_runs_the_whole_pipeline_on_the_shipped_clips(tiny_cmgi_checkpoint:
                                        "--limit", "6", "--threads", "1"])
     assert result.exit_code == 0, result.output
     text = result.stdout
-    for row in ("pytorch", "fp32", "int8"):
+    for row in ("pytorch", "fp32", "int8", "int8-trt"):
         assert f"\n{row} " in text
     assert "held-out clips (int8, torch-free runtime):" in text and "true " in text and "heard:" in text
     assert "TensorRT 10 readiness" in text and "reports and plots:" in text

@@ -35,7 +35,7 @@ from edgeser.errors import BundleError, DataError, SplitError
 from edgeser.metrics import cer, classification_report, wer
 from edgeser.stages import StageRun
 
-ONNX_ORDER = ("fp32", "int8", "int8-dynamic", "fp16")
+ONNX_ORDER = ("fp32", "int8", "int8-trt", "int8-dynamic", "fp16")
 FLOAT = "pytorch"
 REPORT_NAME = "variants"
 WARMUP_RUNS = 3
@@ -82,6 +82,7 @@ class VariantsReport:
     calibration: dict[str, Any] = field(default_factory=dict)
     plots: list[str] = field(default_factory=list)
     protocol: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. a bundle quantised on another CPU class
 
     def variant(self, name: str) -> VariantResult | None:
         return next((v for v in self.variants if v.name == name), None)
@@ -269,6 +270,9 @@ def check_variants(
         passed=not failures, failures=failures, machine=machine_info(threads), calibration=calibration,
         protocol=split.protocol,
     )
+    from edgeser.quantize.speed import cpu_class_notes
+
+    report.notes = cpu_class_notes(manifest, report.machine)
     from edgeser.checks.variants_report import draw_plots
 
     write_report(bundle / REPORTS_DIR, REPORT_NAME, report, draw_plots if plots else None)

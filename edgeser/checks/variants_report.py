@@ -75,7 +75,7 @@ def render_markdown(report: Any) -> str:
     lines += ["", ("Cosine with onnxruntime fp32 (mean / min); each stage fed the fp32 upstream outputs; "
                    "end to end on the logits:"), "",
               *markdown_table(["variant", *cos_stages, "logits end to end", "transcripts = fp32"], rows)]
-    notes = [f"- {v.name}: {v.note}" for v in report.variants if v.note]
+    notes = [f"- {v.name}: {v.note}" for v in report.variants if v.note] + [f"- {n}" for n in report.notes]
     if notes:
         lines += ["", *notes]
     gates = ", ".join(f"{k} {v}" for k, v in report.gates.items() if v is not None) or "none"

@@ -101,7 +101,9 @@ def _register() -> None:
 
     for module in (demo, data, train, export, check, predict, quantize):
         module.register(main)
-    for command in (doctor_command, build_trt_command, export_triton_command, serve_command):
+    from edgeser.bench.commands import bench_command
+
+    for command in (doctor_command, build_trt_command, export_triton_command, serve_command, bench_command):
         main.add_command(command)
 
 

@@ -51,14 +51,17 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
 
 @click.command("quantize")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--int8", "int8", is_flag=True, help="Static INT8 (QDQ, per-channel weights) from the calibration cache.")
+@click.option("--int8", "int8", is_flag=True, help="Static INT8 (QDQ, per-channel weights) from the calibration cache: "
+              "the CPU default (u8 activations).")
+@click.option("--int8-trt", "int8_trt", is_flag=True, help="Static INT8 for TensorRT (int8-trt/): signed symmetric "
+              "activations with zero point 0, per-channel weights on the output axis, float biases, dedicated Q/DQ.")
 @click.option("--int8-dynamic", "int8_dynamic", is_flag=True, help="Dynamic INT8 (MatMul weights; no calibration).")
 @click.option("--fp16", "fp16", is_flag=True, help="FP16 for GPUs (sensitive ops and the front end stay FP32).")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile",
               show_default=True, help="Calibration method of --int8.")
 @click.option("--exclude", multiple=True, help="Keep these in float instead of the defaults: categories "
               "(frontend, first-conv, layernorm, softmax, residual-add, gelu, narrow, grouped-conv, "
-              "gather-activations), node-name globs, or 'none'. Repeatable.")
+              "gather-activations, feature-convs), node-name globs, or 'none'. Repeatable.")
 @click.option("--min-width", type=click.IntRange(min=0), help="MatMul/Gemm/Conv nodes with fewer input features or output "
               "channels stay float (the `narrow` category) [64; 0 quantises every width].")
 @click.option("--op-types", help="Op types --int8 quantises [MatMul,Conv,Gemm,Gather].")
@@ -71,31 +74,36 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
 @click.option("--fold", "fold_index", type=click.IntRange(min=0), help="Fold for --max-ua-drop [the calibration fold].")
 @click.option("--validation-clips", type=click.IntRange(min=1), default=64, show_default=True, help="Clips --max-ua-drop measures on.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads (for --max-ua-drop).")
+@click.option("--no-speed-gate", is_flag=True, help="--int8: keep INT8 stages even where they run slower than fp32 "
+              "on this CPU (by default such a stage stays fp32, and bundle.json records the timings).")
+@click.option("--speed-threads", type=click.IntRange(min=1), help="Threads the speed gate times stages with [all cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def quantize_command(
-    bundle: Path, int8: bool, int8_dynamic: bool, fp16: bool, method: str, exclude: tuple[str, ...],
+    bundle: Path, int8: bool, int8_trt: bool, int8_dynamic: bool, fp16: bool, method: str, exclude: tuple[str, ...],
     op_types: str | None, dynamic_op_types: str, min_width: int | None, max_ua_drop: float | None,
     min_agreement: float | None, data_spec: str | None, fold_index: int | None, validation_clips: int,
-    threads: int | None, as_json: bool,
+    threads: int | None, no_speed_gate: bool, speed_threads: int | None, as_json: bool,
 ) -> None:
-    """Write INT8 / dynamic INT8 / FP16 variants into BUNDLE (int8/, int8-dynamic/, fp16/), listed in bundle.json."""
+    """Write INT8 / INT8 for TensorRT / dynamic INT8 / FP16 variants into BUNDLE (int8/, int8-trt/,
+    int8-dynamic/, fp16/), listed in bundle.json."""
     from dataclasses import asdict
 
     from edgeser.bundle import read_manifest
     from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_dynamic
     from edgeser.quantize.graph import DEFAULT_OP_TYPES, NARROW_WIDTH
+    from edgeser.quantize.variants import quantize_int8_tensorrt
 
     if max_ua_drop is not None:
         int8 = True
-    if not (int8 or int8_dynamic or fp16):
-        raise click.UsageError("choose at least one of --int8, --int8-dynamic, --fp16")
+    if not (int8 or int8_trt or int8_dynamic or fp16):
+        raise click.UsageError("choose at least one of --int8, --int8-trt, --int8-dynamic, --fp16")
     excluded = tuple(exclude) if exclude else None
     min_width = NARROW_WIDTH if min_width is None else min_width
     written: dict[str, Any] = {}
     if int8:
         chosen_ops = tuple(csv(op_types)) if op_types else DEFAULT_OP_TYPES
-        options = Int8Options(method=method, op_types=chosen_ops, exclude=excluded,
-                              min_width=min_width)
+        options = Int8Options(method=method, op_types=chosen_ops, exclude=excluded, min_width=min_width,
+                              speed_gate=not no_speed_gate, speed_threads=speed_threads)
         if max_ua_drop is not None:
             from edgeser.checks.controlled import quantize_controlled
 
@@ -107,6 +115,11 @@ def quantize_command(
                 click.echo(report.to_markdown())
         else:
             quantize_int8(bundle, options)
+    if int8_trt:
+        trt_changes: dict[str, Any] = {"method": method, "min_width": min_width}
+        if excluded is not None:
+            trt_changes["exclude"] = excluded
+        quantize_int8_tensorrt(bundle, Int8Options.tensorrt(**trt_changes))
     if int8_dynamic:
         quantize_int8_dynamic(bundle, op_types=tuple(csv(dynamic_op_types)), exclude=excluded,
                               min_width=min_width)
@@ -114,7 +127,8 @@ def quantize_command(
         convert_fp16(bundle, exclude=excluded)
     manifest = read_manifest(bundle)
     fp32_bytes = sum(e.bytes for e in manifest.precisions["fp32"].values())
-    for precision in [p for p, on in (("int8", int8), ("int8-dynamic", int8_dynamic), ("fp16", fp16)) if on]:
+    chosen = (("int8", int8), ("int8-trt", int8_trt), ("int8-dynamic", int8_dynamic), ("fp16", fp16))
+    for precision in [p for p, on in chosen if on]:
         files = manifest.precisions[precision]
         settings = manifest.extra.get("quantization", {}).get(precision, {})
         size = sum(e.bytes for e in files.values())

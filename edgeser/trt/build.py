@@ -39,7 +39,7 @@ from edgeser.trt.profiles import InputProfile, ProfileError, resolve_profiles
 class BuildOptions:
     """What `edgeser build-trt` builds and how."""
 
-    precision: str  # the bundle variant whose graphs are built: "int8" or "fp16" (or another listed variant)
+    precision: str  # the bundle variant whose graphs are built: "int8-trt" or "fp16" (or another listed variant)
     profiles: tuple[str, ...] = ()  # --profile STAGE:INPUT=MIN,OPT,MAX overrides
     workspace_mb: int | None = None  # None: TensorRT's default (the device's memory)
     timing_cache: Path | None = None  # None: BUNDLE/trt/timing-<machine>.cache

@@ -47,7 +47,7 @@ def doctor_command(bundle: Path, target: str, precisions: tuple[str, ...], profi
 
 @click.command("build-trt")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--int8", "precision", flag_value="int8", help="Build the int8 (QDQ) graphs.")
+@click.option("--int8", "precision", flag_value="int8-trt", help="Build the int8-trt graphs (symmetric Q/DQ: `quantize --int8-trt`).")
 @click.option("--fp16", "precision", flag_value="fp16", help="Build the fp16 graphs.")
 @click.option("--variant", default=None, help="Build this variant of bundle.json instead (e.g. a second int8).")
 @click.option("--profile", "profiles", multiple=True, metavar="STAGE:INPUT=MIN,OPT,MAX",

@@ -62,6 +62,7 @@ class DoctorReport:
     findings: list[Finding]
     passed: bool = False
     plots: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # variants not meant for TensorRT -> why not checked
 
     @property
     def errors(self) -> list[Finding]:
@@ -75,7 +76,9 @@ class DoctorReport:
         verdict = "PASS" if self.passed else "FAIL"
         derived = ", derived for this line" if self.table["derived"] else ""
         summary = (f"{len(self.errors)} error(s), {len(self.warnings)} warning(s) over "
-                   f"{', '.join(self.precisions)}.")
+                   f"{', '.join(self.precisions)}."
+                   + "".join(f" Not checked: {p} ({why}; check it with --precision {p})."
+                             for p, why in self.skipped.items()))
         source = (f"Operator table: {self.table['repository']} `{self.table['path']}` @ {self.table['commit'][:12]} "
                   f"(TensorRT {self.table['table_version']} matrix{derived}; checked from TensorRT "
                   f"{self.table['checked_from']}).")
@@ -223,6 +226,11 @@ def qdq_counts(facts: GraphFacts, counts: Counter[str]) -> dict[str, int]:
             "per_channel_weights": per_channel, "casts": counts.get("Cast", 0)}
 
 
+# Variants written for onnxruntime on the CPU, not for TensorRT: the doctor skips them unless asked.
+CPU_VARIANTS = {"int8": "the CPU INT8 variant (u8 activations); `quantize --int8-trt` writes TensorRT's",
+                "int8-dynamic": "dynamic INT8 runs on onnxruntime's CPU kernels only"}
+
+
 def run_doctor(bundle: Path, target: Target, precisions: list[str] | None = None,
                profile_options: tuple[str, ...] = ()) -> DoctorReport:
     """Check the bundle's graphs of `precisions` (default: every listed one) for `target`."""
@@ -231,7 +239,8 @@ def run_doctor(bundle: Path, target: Target, precisions: list[str] | None = None
     from edgeser.trt.profiles import resolve_profiles
 
     manifest = validate_bundle(bundle, "fp32")
-    chosen = precisions or list(manifest.precisions)
+    skipped = {} if precisions else {p: CPU_VARIANTS[p] for p in manifest.precisions if p in CPU_VARIANTS}
+    chosen = precisions or [p for p in manifest.precisions if p not in CPU_VARIANTS]
     unknown = [p for p in chosen if p not in manifest.precisions]
     if unknown:
         raise BundleError(f"{bundle}: no {', '.join(unknown)} variant (available: {', '.join(manifest.precisions)})")
@@ -252,7 +261,7 @@ def run_doctor(bundle: Path, target: Target, precisions: list[str] | None = None
     table = {**table_source(target.major), "checked_from": f"{target.floor[0]}.{target.floor[1]}"}
     report = DoctorReport(str(bundle), target.label, table, chosen,
                           {s: {n: p.as_dict() for n, p in inputs.items()} for s, inputs in profiles.items()},
-                          source, summaries, findings)
+                          source, summaries, findings, skipped=skipped)
     report.passed = not report.errors
     return report
 
