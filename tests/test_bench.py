@@ -63,7 +63,7 @@ def test_rounds_are_interleaved_and_alternate() -> None:
     chains = {name: chain(name) for name in ("a", "b", "c")}
     plan = Plan((1.0,), (1,), (1,), rounds=3, warmup=1)
     cells = measure_cell(chains, [np.zeros(16_000, np.float32)], 1.0, 1, 1, plan, "a", lambda _: None)
-    assert calls == ["a", "b", "c"] + ["a", "b", "c", "c", "b", "a", "a", "b", "c"]  # warm-up, then rounds
+    assert calls == ["a", "b", "c", "a", "b", "c", "c", "b", "a", "a", "b", "c"]  # warm-up, then three rounds
     summary = cells[0].summary()
     assert summary["runs"] == 3 and summary["feature_cosine"] == pytest.approx(1.0) and summary["label_agreement"] == 1.0
     assert {"p50_ms", "p90_ms", "p99_ms", "rtf", "clips_per_s", "stages_p50_ms"} <= set(summary)

@@ -157,9 +157,19 @@ def test_the_kept_epoch_is_chosen_without_looking_at_evaluation_clips(
     assert len(seen) == 4  # three epochs on validation, then one final evaluation
     assert all(ids == set(split.validation_ids) for ids in seen[:3])
     assert seen[3] == set(split.eval_ids)
-    validation_ua = [h["validation"]["ua"] for h in metrics["history"]]
-    assert metrics["best"]["epoch"] == 1 + int(np.argmax(validation_ua))
+    ranks = [(h["validation"]["ua"], -h["validation"]["loss"]) for h in metrics["history"]]
+    assert metrics["best"]["epoch"] == 1 + max(range(len(ranks)), key=lambda i: (ranks[i], -i))
     assert metrics["evaluation"]["epoch"] == metrics["best"]["epoch"] and "per_speaker" in metrics["evaluation"]
+
+
+def test_equal_validation_ua_is_settled_by_the_lower_validation_loss() -> None:
+    """UA saturates at 1.0 on an easy validation set; the epoch that is surer of the right labels is kept, and
+    a later epoch never displaces an equally good earlier one."""
+    assert loop.better({"ua": 0.9, "loss": 5.0}, {"ua": 0.8, "loss": 0.1})
+    assert not loop.better({"ua": 0.8, "loss": 0.1}, {"ua": 0.9, "loss": 5.0})
+    assert loop.better({"ua": 1.0, "loss": 0.2}, {"ua": 1.0, "loss": 0.3})
+    assert not loop.better({"ua": 1.0, "loss": 0.3}, {"ua": 1.0, "loss": 0.3})
+    assert loop.better({"ua": 1.0, "loss": 0.3}, {"ua": 1.0})  # a best saved before losses were recorded
 
 
 def test_trainer_applies_the_recipes_paper_options(real_clips) -> None:  # type: ignore[no-untyped-def]

@@ -119,7 +119,7 @@ def render_markdown(report: BenchReport) -> str:
             lines += [f"batch {b}, threads {t}:", ""]
             table = [[v["name"], *[_ms((report.cell(v["name"], x, b, t) or {}).get("p50_ms")) for x in s["lengths_s"]]]
                      for v in report.variants]
-            lines += markdown_table(["variant", *[f"{x:g} s" for x in s["lengths_s"]]], table) + [""]
+            lines += [*markdown_table(["variant", *[f"{x:g} s" for x in s["lengths_s"]]], table), ""]
     if report.accuracy:
         lines += [(f"## Accuracy (from reports/variants.json: {report.accuracy[0].get('data')}, "
                   f"{report.accuracy[0].get('clips')} clips)"), ""]

@@ -216,6 +216,9 @@ def evaluate(
     truth_by_id = {c.id: c for c in clips}
     labels = [truth_by_id[i].label for i in ids]
     metrics: dict[str, Any] = classification_report(labels, predictions, len(model.labels)).to_dict()
+    # Mean negative log-likelihood of the true label: it still ranks checkpoints once UA saturates.
+    metrics["loss"] = float(-np.mean([np.log(max(p[y], 1e-12)) for p, y in zip(probabilities, labels)])) \
+        if labels else 0.0
     if model.ctc_head is not None:
         references = [truth_by_id[i].transcript for i in ids]
         metrics["cer"] = cer(references, transcripts)

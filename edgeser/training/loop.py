@@ -154,9 +154,9 @@ def train_world(
         # Earlier stages (CmGI's acoustic phase) do not train the deployed heads: only the final
         # stage's epochs may become the kept checkpoint.
         eligible = plan[epoch] is plan[-1]
-        improved = eligible and (best is None or result.metrics["ua"] > best["ua"])
+        improved = eligible and (best is None or better(result.metrics, best))
         log(f"epoch {epoch + 1}: loss {entry['train']['loss']:.4f}  validation UA {result.metrics['ua']:.4f}  "
-            f"WA {result.metrics['wa']:.4f}" + (f"  CER {result.metrics['cer']:.3f}" if "cer" in result.metrics else "")
+            f"WA {result.metrics['wa']:.4f}  loss {result.metrics['loss']:.4f}" + (f"  CER {result.metrics['cer']:.3f}" if "cer" in result.metrics else "")
             + f"  ({entry['seconds']} s){'  *best' if improved else ''}")
         if improved:
             best = {**result.metrics, "epoch": epoch + 1}
@@ -167,6 +167,14 @@ def train_world(
             write_history(out_dir, history)
         world.barrier()
     return final_evaluation(out_dir, corpus, split, config, best, history, world, log)
+
+
+def better(metrics: dict[str, Any], best: dict[str, Any]) -> bool:
+    """Validation UA decides; at equal UA (it saturates at 1.0 on an easy validation set) the lower validation
+    loss does. A best from an older run without a loss counts as infinitely lossy."""
+    if metrics["ua"] != best["ua"]:
+        return bool(metrics["ua"] > best["ua"])
+    return bool(metrics.get("loss", float("inf")) < best.get("loss", float("inf")))
 
 
 def start_mode(out_dir: Path, state_dir: Path, resume: bool) -> str:
