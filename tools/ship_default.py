@@ -50,12 +50,20 @@ def run_summary(run: Path) -> dict[str, Any]:
             "seconds": sum(h.get("seconds", 0) for h in history), "size": info["size"], "model": info["model"]}
 
 
+def variant_figures(variant: Any, fp32: Any, nodes: dict[str, int]) -> dict[str, Any]:
+    return {"agreement": variant.agreement, "logit_cosine": variant.logit_cosine,
+            "ua_delta": variant.delta.get("ua"), "cer_delta": variant.delta.get("cer"), "quantised_nodes": nodes,
+            "size_mb": {"fp32": fp32.size_bytes / 1e6, "int8": variant.size_bytes / 1e6},
+            "p50_ms": {"fp32": fp32.latency_ms["end_to_end"]["p50"], "int8": variant.latency_ms["end_to_end"]["p50"]}}
+
+
 def int8_figures(checkpoint: Path, data: str, threads: int) -> dict[str, Any]:
-    """Export, calibrate, default INT8, check on every evaluation clip of the checkpoint's fold."""
+    """Export, calibrate, the default INT8 and TensorRT's INT8, check both on every evaluation clip of the
+    checkpoint's fold."""
     from edgeser.calibrate import calibrate_bundle
     from edgeser.checks.variants import check_variants
     from edgeser.export.exporter import export_bundle
-    from edgeser.quantize import quantize_int8
+    from edgeser.quantize import quantize_int8, quantize_int8_tensorrt
 
     work = Path(tempfile.mkdtemp(prefix="ship-"))
     try:
@@ -63,18 +71,14 @@ def int8_figures(checkpoint: Path, data: str, threads: int) -> dict[str, Any]:
         info = json.loads((checkpoint / "checkpoint.json").read_text())
         export_bundle(info["model"], bundle, checkpoint=checkpoint)
         calibrate_bundle(bundle, data, samples=64, threads=threads)
-        stages = quantize_int8(bundle)
-        report = check_variants(bundle, data, precisions=["fp32", "int8"], threads=threads, plots=False)
+        stages = {"int8": quantize_int8(bundle), "int8-trt": quantize_int8_tensorrt(bundle)}
+        report = check_variants(bundle, data, precisions=["fp32", *stages], threads=threads, plots=False)
         variants = {v.name: v for v in report.variants}
-        int8, fp32 = variants["int8"], variants["fp32"]
-        return {
-            "clips": report.clips, "agreement": int8.agreement, "logit_cosine": int8.logit_cosine,
-            "ua_delta": int8.delta.get("ua"), "cer_delta": int8.delta.get("cer"),
-            "quantised_nodes": {s: r.quantized_nodes for s, r in stages.items()},
-            "size_mb": {"fp32": fp32.size_bytes / 1e6, "int8": int8.size_bytes / 1e6},
-            "p50_ms": {"fp32": fp32.latency_ms["end_to_end"]["p50"], "int8": int8.latency_ms["end_to_end"]["p50"]},
-            "machine": report.machine.get("cpu"), "cpu_class": report.machine.get("cpu_class"),
-        }
+        figures = {name: variant_figures(variants[name], variants["fp32"],
+                                         {s: r.quantized_nodes for s, r in reports.items()})
+                   for name, reports in stages.items()}
+        return {"clips": report.clips, **figures["int8"], "int8-trt": figures["int8-trt"],
+                "machine": report.machine.get("cpu"), "cpu_class": report.machine.get("cpu_class")}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -115,18 +119,26 @@ def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: 
                 f"{pct(sum(r['evaluation']['wer'] for r in runs) / len(runs))} |")
     lines += [row + " | | |", ""]
     if int8 is not None:
-        quantised = sum(int8["quantised_nodes"].values())
         lines += ["## INT8 against float", "",
-                  (f"Default `edgeser quantize --int8` of the shipped checkpoint, checked on all {int8['clips']} "
-                   f"evaluation clips of its fold ({int8['machine']}, {int8['cpu_class']}): label agreement with "
-                   f"PyTorch float {pct(int8['agreement'])} %, logit cosine mean/min "
-                   f"{int8['logit_cosine'].get('mean', 0):.5f} / {int8['logit_cosine'].get('min', 0):.5f}, "
-                   f"UA change {int8['ua_delta']:+.2f} points"
-                   + (f", CER change {int8['cer_delta']:+.2f} points" if int8.get("cer_delta") is not None else "")
-                   + f"; {quantised} nodes in INT8; {int8['size_mb']['fp32']:.1f} -> {int8['size_mb']['int8']:.1f} MB; "
-                   f"p50 {int8['p50_ms']['fp32']:.1f} -> {int8['p50_ms']['int8']:.1f} ms per clip."
-                   + ("" if quantised else " Every layer is narrower than --min-width 64: INT8 computes what fp32 "
-                      "does, so this model is not quantised by default.")), ""]
+                  f"Checked on all {int8['clips']} evaluation clips of the shipped fold ({int8['machine']}, "
+                  f"{int8['cpu_class']}), against PyTorch float:", ""]
+        for name, how, figures in (("int8", "default `edgeser quantize --int8` (onnxruntime CPU)", int8),
+                                   ("int8-trt", "`edgeser quantize --int8-trt` (symmetric Q/DQ for TensorRT, run "
+                                                "here in onnxruntime)", int8.get("int8-trt"))):
+            if figures is None:
+                continue
+            quantised = sum(figures["quantised_nodes"].values())
+            lines.append(
+                f"- `{name}`, {how}: label agreement {pct(figures['agreement'])} %, logit cosine mean/min "
+                f"{figures['logit_cosine'].get('mean', 0):.5f} / {figures['logit_cosine'].get('min', 0):.5f}, "
+                f"UA change {figures['ua_delta']:+.2f} points"
+                + (f", CER change {figures['cer_delta']:+.2f} points" if figures.get("cer_delta") is not None else "")
+                + f"; {quantised} nodes in INT8; {figures['size_mb']['fp32']:.1f} -> "
+                f"{figures['size_mb']['int8']:.1f} MB; p50 {figures['p50_ms']['fp32']:.1f} -> "
+                f"{figures['p50_ms']['int8']:.1f} ms per clip."
+                + ("" if quantised else " Every layer is narrower than --min-width 64: INT8 computes what fp32 "
+                   "does, so this model is not quantised by default."))
+        lines.append("")
     lines += ["## Reproduce", "", "```", *commands, "```", ""]
     return "\n".join(lines)
 

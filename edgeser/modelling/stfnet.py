@@ -72,6 +72,15 @@ def awgn(
     return (waveform + noise * noise_std.unsqueeze(1)) * mask
 
 
+def stfnet_transformer(n_feat: int, tr: dict[str, Any]) -> TransformerEncoder:
+    """STF-Net's temporal branch: a Transformer encoder over the MFCC frames (recipe `transformer` block)."""
+    heads = int(tr.get("heads", 4))
+    if n_feat % heads:
+        raise ModelError(f"stfnet transformer: {n_feat} MFCC features are not divisible by {heads} heads")
+    return TransformerEncoder(n_feat, heads, int(tr.get("ff_dim", 512)), int(tr.get("layers", 4)),
+                              float(tr.get("dropout", 0.4)), positional=bool(tr.get("positional_encoding", False)))
+
+
 class SpatialCnn(nn.Module):
     """Conv 3x3 -> BatchNorm -> ReLU -> MaxPool -> Dropout blocks over a `[B, 1, C, T]` feature image.
 
@@ -149,18 +158,8 @@ class StfNetAudioEncoder(nn.Module):
             for _ in range(int(cnn.get("branches", 2)))
         )
         tr = config.get("transformer", {})
-        heads = int(tr.get("heads", 4))
-        if n_feat % heads:
-            raise ModelError(f"stfnet transformer: {n_feat} MFCC features are not divisible by {heads} heads")
         self.positional = bool(tr.get("positional_encoding", False))
-        self.transformer = TransformerEncoder(
-            n_feat,
-            heads,
-            int(tr.get("ff_dim", 512)),
-            int(tr.get("layers", 4)),
-            float(tr.get("dropout", 0.4)),
-            positional=self.positional,
-        )
+        self.transformer = stfnet_transformer(n_feat, tr)
         self.out_dim = sum(c.out_dim for c in self.cnns) + n_feat
 
     def frame_layout(self) -> list[tuple[int, int, int, int]]:
@@ -211,19 +210,9 @@ class StfNetMapEncoder(nn.Module):
         cnn_frames = pooled_sizes(frames, time_pools)
         tr = config.get("transformer", {})
         self.time_pool = int(tr.get("time_pool", 4))
-        heads = int(tr.get("heads", 4))
         if cnn_frames < 1 or frames // self.time_pool < 1:
             raise ModelError(f"stfnet: time pools leave nothing of the {frames}-frame map")
-        if n_feat % heads:
-            raise ModelError(f"stfnet transformer: {n_feat} MFCC features are not divisible by {heads} heads")
-        self.transformer = TransformerEncoder(
-            n_feat,
-            heads,
-            int(tr.get("ff_dim", 512)),
-            int(tr.get("layers", 4)),
-            float(tr.get("dropout", 0.4)),
-            positional=bool(tr.get("positional_encoding", False)),
-        )
+        self.transformer = stfnet_transformer(n_feat, tr)
         self.out_dim = sum(c.out_dim * cnn_frames for c in self.cnns) + n_feat
 
     def frame_layout(self) -> list[tuple[int, int, int, int]]:

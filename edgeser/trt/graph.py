@@ -42,13 +42,7 @@ class GraphFacts:
 
     def is_weight(self, name: str) -> bool:
         """An initializer or Constant output, possibly through Identity/Cast (what the parser holds as weights)."""
-        seen = 0
-        while name and name not in self.values and seen < 8:
-            node = self.producer.get(name)
-            if node is None or node.op_type not in PASS_THROUGH:
-                return False
-            name, seen = node.input[0], seen + 1
-        return bool(name) and name in self.values
+        return self.weight_value(name) is not None
 
     def weight_value(self, name: str) -> np.ndarray | None:
         seen = 0
@@ -57,7 +51,7 @@ class GraphFacts:
             if node is None or node.op_type not in PASS_THROUGH:
                 return None
             name, seen = node.input[0], seen + 1
-        return self.values.get(name)
+        return self.values.get(name) if name else None
 
     def is_constant(self, name: str) -> bool:
         """A build-time constant: a weight, or computed only from weights and static shapes."""
