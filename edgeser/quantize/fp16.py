@@ -11,12 +11,15 @@ builder refuses and a weakly typed one resolves by guessing). `precision_conflic
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from edgeser.errors import BundleError
 from edgeser.quantize.graph import resolve_exclusions
+
+if TYPE_CHECKING:
+    from edgeser.quantize.variants import StageReport
 
 FP16_OP_BLOCK_LIST = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Log", "Exp", "Erf",
                       "LogSoftmax", "CumSum", "Range")  # fmt: skip
@@ -91,3 +94,17 @@ def fp16_settings(exclude: tuple[str, ...] | None) -> dict[str, Any]:
             "op_block_list": sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_OP_BLOCK_LIST)),
             "exclude": list(exclude) if exclude is not None else ["frontend", "first-conv"],
             "note": "GPU format: on CPU, FP16 runs slower than FP32 (or not at all)"}
+
+
+def convert_fp16(bundle: Path, exclude: tuple[str, ...] | None = None) -> dict[str, StageReport]:
+    """FP16 weights and activations with FP32 inputs/outputs and explicit casts around the ops kept in FP32
+    (numerically sensitive ops and the front end): a graph a strongly typed TensorRT network builds as it is
+    (see fp16.py). A GPU format: on CPU it is usually slower than FP32. Writes `bundle/fp16/`."""
+    from edgeser.quantize.variants import StageReport, op_counts, write_variant
+
+    def write(stage: str, fp32: Path, out: Path) -> StageReport:
+        converted, kept = fp16_graph(fp32, exclude)
+        onnx.save(converted, str(out))
+        return StageReport("fp16", 0, kept, op_counts(out), "none")
+
+    return write_variant(bundle, "fp16", write, fp16_settings(exclude), "fp16")

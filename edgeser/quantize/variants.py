@@ -29,7 +29,6 @@ from edgeser.files import atomic_dir, sha256_of, staging_dir, working_directory,
 from edgeser.quantize.fuse import frame_first_conv, fuse_parallel_matmuls, union_ranges
 from edgeser.quantize.graph import (
     DEFAULT_OP_TYPES,
-    DYNAMIC_OP_TYPES,
     NARROW_WIDTH,
     TENSORRT_CATEGORIES,
     Exclusions,
@@ -398,51 +397,3 @@ def quantize_int8_tensorrt(bundle: Path, options: Int8Options | None = None) -> 
     symmetric per-channel weights on the output-channel axis, constant scales, float biases, dedicated Q/DQ);
     writes `bundle/int8-trt/`. It runs in onnxruntime too, so `edgeser check` measures its accuracy on CPU."""
     return quantize_int8(bundle, options or Int8Options.tensorrt(), precision=TENSORRT_PRECISION)
-
-
-# --------------------------------------------------------------------------------------------- dynamic INT8
-
-
-def quantize_int8_dynamic(bundle: Path, op_types: tuple[str, ...] = DYNAMIC_OP_TYPES,
-                          exclude: tuple[str, ...] | None = None, per_channel: bool = True,
-                          min_width: int = NARROW_WIDTH) -> dict[str, StageReport]:
-    """Dynamic INT8 (weights int8, activations quantised at run time), MatMul only by default; writes
-    `bundle/int8-dynamic/`. The front end stays float (a ConvInteger/MatMulInteger there wrecks accuracy)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with staging_dir(bundle, "quantize") as tmp:
-        def write(stage: str, fp32: Path, out: Path) -> StageReport:
-            prepared = tmp / f"{stage}.prepared.onnx"
-            how = preprocess(fp32, prepared)
-            model = onnx.load(str(prepared))
-            exclusions = resolve_exclusions(model, exclude, min_width)
-            quantize_dynamic(str(prepared), str(out), op_types_to_quantize=list(op_types), per_channel=per_channel,
-                             weight_type=QuantType.QInt8, nodes_to_exclude=exclusions.names)
-            effective = exclusions.effective(model, op_types)
-            quantisable = len(quantisable_nodes(model, op_types))
-            if quantisable == len(effective):
-                shutil.copyfile(fp32, out)  # nothing left to quantise: the float graph, as for static INT8
-                return StageReport("fp32", 0, effective, op_counts(out), how)
-            return StageReport("int8-dynamic", quantisable - len(effective), effective, op_counts(out), how)
-
-        settings = {"kind": "dynamic", "op_types": list(op_types), "per_channel": per_channel,
-                    "weight_type": "QInt8", "exclude": list(exclude) if exclude is not None else "default",
-                    "min_width": min_width}
-        return write_variant(bundle, "int8-dynamic", write, settings, "int8-dynamic")
-
-
-# --------------------------------------------------------------------------------------------- FP16
-
-
-def convert_fp16(bundle: Path, exclude: tuple[str, ...] | None = None) -> dict[str, StageReport]:
-    """FP16 weights and activations with FP32 inputs/outputs and explicit casts around the ops kept in FP32
-    (numerically sensitive ops and the front end): a graph a strongly typed TensorRT network builds as it is
-    (see fp16.py). A GPU format: on CPU it is usually slower than FP32. Writes `bundle/fp16/`."""
-    from edgeser.quantize.fp16 import fp16_graph, fp16_settings
-
-    def write(stage: str, fp32: Path, out: Path) -> StageReport:
-        converted, kept = fp16_graph(fp32, exclude)
-        onnx.save(converted, str(out))
-        return StageReport("fp16", 0, kept, op_counts(out), "none")
-
-    return write_variant(bundle, "fp16", write, fp16_settings(exclude), "fp16")
