@@ -135,8 +135,8 @@ def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: 
     if int8 is not None:
         lines += ["## INT8 against float", "",
                   f"Checked on all {int8['clips']} evaluation clips of the shipped fold ({int8['machine']}, "
-                  f"{int8['cpu_class']}, load average {int8.get('load_average', '?')}: latencies are this run's, "
-                  "not a benchmark; `edgeser bench` measures them), against PyTorch float:", ""]
+                  f"{int8['cpu_class']}), against PyTorch float. Speed is not measured here (the check runs the variants "
+                  "one after the other, beside other work): `edgeser bench` compares them in interleaved rounds.", ""]
         for name, how, figures in (("int8", "default `edgeser quantize --int8` (onnxruntime CPU)", int8),
                                    ("int8-trt", "`edgeser quantize --int8-trt` (symmetric Q/DQ for TensorRT, run "
                                                 "here in onnxruntime)", int8.get("int8-trt"))):
@@ -149,8 +149,7 @@ def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: 
                 f"UA change {figures['ua_delta']:+.2f} points"
                 + (f", CER change {figures['cer_delta']:+.2f} points" if figures.get("cer_delta") is not None else "")
                 + f"; {quantised} nodes in INT8; {figures['size_mb']['fp32']:.1f} -> "
-                f"{figures['size_mb']['int8']:.1f} MB; p50 {figures['p50_ms']['fp32']:.1f} -> "
-                f"{figures['p50_ms']['int8']:.1f} ms per clip."
+                f"{figures['size_mb']['int8']:.1f} MB."
                 + ("" if quantised else " Every layer is narrower than --min-width 64: INT8 computes what fp32 "
                    "does, so this model is not quantised by default."))
         lines.append("")
