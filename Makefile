@@ -14,7 +14,7 @@ setup:
 # (doctor) -> check every variant against PyTorch float on held-out clips -> predict a few; one closing table.
 # Uses the full TESS corpus under $(DATA) when it is there, else the held-out clips shipped in demo/tess/.
 demo: setup
-	edgeser demo --data $(DATA)
+	$(PYTHON) -m edgeser.cli demo --data $(DATA)
 
 # Style and types (ruff; mypy, strict on the lean runtime), then the tests.
 lint:
