@@ -50,12 +50,17 @@ def float_pipeline(bundle: Path, checkpoint: Path | None = None, threads: int | 
 
 
 def float_size(bundle: Path, model_parameters: Any = None) -> tuple[int | None, str]:
-    """Bytes of the float model on disk (the checkpoint's safetensors) and what the figure is."""
+    """Bytes of the float model as it runs (its parameters), or of its checkpoint file, and what the figure is.
+
+    A checkpoint may reference packaged weights (MiniLM, GloVe) instead of holding them, so its file can be much
+    smaller than the model: the parameter bytes are the figure that compares with the exported graphs."""
     source = read_manifest(bundle).source_checkpoint
     weights = Path(str(source.get("path", ""))) / "model.safetensors" if source.get("kind") == "checkpoint" else None
-    if weights is not None and weights.is_file():
-        return weights.stat().st_size, "size: the checkpoint's safetensors file"
+    on_disk = weights.stat().st_size if weights is not None and weights.is_file() else None
     if model_parameters is not None:
+        file_note = f"; its checkpoint file holds {on_disk / 1e6:.1f} MB" if on_disk is not None else ""
         return int(sum(p.numel() * p.element_size() for p in model_parameters)), \
-            "size: parameter bytes (random weights, no file)"
+            f"size: parameter bytes of the float model{file_note}"
+    if on_disk is not None:
+        return on_disk, "size: the checkpoint's safetensors file"
     return None, ""
