@@ -130,3 +130,24 @@ def test_export_refuses_missing_checkpoint_and_wrong_model(tiny_cmgi_checkpoint:
     with pytest.raises(ModelError, match="no shipped checkpoint for gcf2net/paper"):
         exporter.export_bundle("gcf2net", tmp_path / "b", size="paper")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("name", ["cmgi", "gcf2net", "mscnn_spu_att", "saser", "stfnet"])
+def test_export_with_no_other_flag_exports_the_shipped_trained_default(name: str, tmp_path: Path) -> None:
+    """`edgeser export --model NAME` exports NAME's shipped default: a trained checkpoint (its card gives the
+    held-out figures and INT8 agreement), within the size budget, runnable by the runtime."""
+    from click.testing import CliRunner
+
+    from edgeser.cli import main
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "checkpoints" / name
+    assert (shipped / "model.safetensors").stat().st_size <= 20e6  # packaged MiniLM / GloVe are referenced
+    card = json.loads((shipped / "card.json").read_text())
+    assert card["runs"] and all("ua" in run["evaluation"] for run in card["runs"]) and card["int8"]["agreement"] > 0
+    result = CliRunner().invoke(main, ["export", "--model", name, "--out", str(tmp_path / name)])
+    assert result.exit_code == 0, result.output
+    manifest = validate_bundle(tmp_path / name)
+    assert manifest.source_checkpoint["kind"] == "checkpoint"
+    assert Path(str(manifest.source_checkpoint["path"])).resolve() == shipped.resolve()
+    prediction = Pipeline.load(tmp_path / name, threads=1)((tone(1.5), 16_000))
+    assert prediction.label in manifest.labels
