@@ -135,42 +135,15 @@ def onnxruntime_runners(paths: Mapping[str, str], threads: int, providers: Seque
     return runners
 
 
-@dataclass
-class TorchStage:
-    """One stage of the PyTorch model as a `StageRunner` (inference mode, batch as given)."""
+def torch_runners(bundle: Path, threads: int) -> dict[str, Any]:
+    """The bundle's PyTorch source model, one runner per stage: the float reference every check uses."""
+    from edgeser.checks.reference import float_pipeline
 
-    module: Any
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
-        with torch.inference_mode():
-            outputs = self.module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names])
-        outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-        return {name: value.numpy() for name, value in zip(self.output_names, outputs)}
-
-
-def torch_runners(bundle: Path, threads: int) -> dict[str, TorchStage]:
-    """The bundle's PyTorch source model, one runner per stage (the one place bench builds it)."""
-    import torch
-
-    from edgeser.export.parity import reference_model
-    from edgeser.stages import StageGraph
-
-    torch.set_num_threads(threads)
-    model = reference_model(bundle, None).eval()
-    prepare = getattr(model, "prepare_for_export", None)
-    if prepare is not None:
-        prepare()
-    graph = StageGraph.from_manifest(read_manifest(bundle), bundle)
-    return {stage: TorchStage(getattr(model, stage), graph.inputs[stage], graph.outputs[stage])
-            for stage in graph.stages}
+    return dict(float_pipeline(bundle, threads=threads).runners)
 
 
 def torch_parameter_bytes(bundle: Path) -> int:
-    from edgeser.export.parity import reference_model
+    from edgeser.checks.reference import reference_model
 
     model = reference_model(bundle, None)
     return int(sum(p.numel() * p.element_size() for p in model.parameters()))
