@@ -140,12 +140,18 @@ def read_manifest(root: Path) -> BundleManifest:
     return BundleManifest.from_dict(data, str(path))
 
 
+# The quantize flag that writes each derived variant (named in the error when one is missing).
+QUANTIZE_FLAGS = {"int8": "--int8", "int8-trt": "--int8-trt", "int8-dynamic": "--int8-dynamic", "fp16": "--fp16"}
+
+
 def validate_bundle(root: Path, precision: str = "fp32", verify_checksums: bool = True) -> BundleManifest:
     """Check the manifest, that `precision` exists, and every file it names is present and unchanged."""
     manifest = read_manifest(root)
     if not isinstance(precision, str) or precision not in manifest.precisions:
         available = ", ".join(manifest.precisions) or "none"
-        raise BundleError(f"{root}: no {precision!r} variant in this bundle (available: {available})")
+        how = QUANTIZE_FLAGS.get(precision) if isinstance(precision, str) else None
+        hint = f"; `edgeser quantize {root} {how}` writes it" if how else ""
+        raise BundleError(f"{root}: no {precision!r} variant in this bundle (available: {available}){hint}")
     files = manifest.precisions[precision]
     missing_stages = set(manifest.stages) - set(files)
     if missing_stages:

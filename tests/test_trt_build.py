@@ -201,4 +201,4 @@ def test_build_trt_without_tensorrt_is_one_line_and_exit_1(cmgi_bundle: Path, tm
 def test_build_trt_usage_and_bundle_errors(cmgi_bundle: Path) -> None:
     assert build_cli(str(cmgi_bundle)).exit_code == 2
     result = build_cli(str(cmgi_bundle), "--int8")
-    assert result.exit_code == 1 and "no 'int8' variant" in result.output
+    assert result.exit_code == 1 and "no 'int8-trt' variant" in result.output and "quantize" in result.output
