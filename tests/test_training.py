@@ -183,7 +183,7 @@ def test_trainer_applies_the_recipes_paper_options(real_clips) -> None:  # type:
     config = training.TrainConfig(ctc_weight=0.1, l2_penalty={"weight": 0.01, "scope": "classifier"}, grad_clip=None)
     _, parts = training.compute_loss(model, clips[:4], np.random.default_rng(0), config, torch.device("cpu"), {})
     weight = model.fusion_head.classifier.weight
-    assert parts["l2"] == pytest.approx(0.01 * float(weight.pow(2).sum()), rel=1e-5)
+    assert parts["l2"] == pytest.approx(0.01 * float(weight.detach().pow(2).sum()), rel=1e-5)
     assert parts["loss"] == pytest.approx((0.9 * parts["ce"] + 0.1 * parts["ctc"]) + parts["l2"], rel=1e-5)
     paper = build_model("stfnet", "paper", labels, overrides={"random_weights": True})
     extra = offline_copies(paper, clips[:3], seed=0)
