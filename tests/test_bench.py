@@ -15,6 +15,7 @@ from edgeser.bench.clips import Speech, load_speech
 from edgeser.bench.commands import bench_command
 from edgeser.bench.measure import Plan, measure_cell
 from edgeser.bundle import read_manifest
+from edgeser.demo import SHIPPED_CLIPS
 from edgeser.errors import DataError
 from edgeser.quantize import convert_fp16
 from edgeser.quantize.speed import cpu_class_notes
@@ -41,7 +42,9 @@ def test_without_speech_bench_says_what_to_pass(bench_bundle: Path, tmp_path: Pa
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGESER_DATA", str(tmp_path / "nothing"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(clip_module, "DEMO_CLIPS", tmp_path / "no-demo-clips")
+    assert clip_module.resolve_sources([]) == [f"manifest:{SHIPPED_CLIPS}"]  # a fresh clone: the shipped clips
+    assert load_speech([], 3.0).seconds >= 3.0
+    monkeypatch.setattr(clip_module, "SHIPPED_CLIPS", tmp_path / "no-demo-clips" / "manifest.csv")
     result = CliRunner().invoke(bench_command, [str(bench_bundle), "--out", str(tmp_path / "r")])
     assert isinstance(result.exception, DataError)
     assert "no speech to cut benchmark clips from: pass --clips" in str(result.exception)

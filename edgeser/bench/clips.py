@@ -4,7 +4,7 @@ Where the speech comes from, first that exists:
 
 1. `--clips SOURCE` (repeatable): audio files, folders of audio files, or corpus specs (`tess:/data/tess`);
 2. the real corpora under `$EDGESER_DATA` or `../shared/data` (EMO-DB, else TESS);
-3. the held-out clips that ship with the package (`edgeser/data/demo_clips/`).
+3. the TESS clips that ship in the repository for the main job (`demo/tess/`, `edgeser.demo.SHIPPED_CLIPS`).
 
 A clip of L seconds is consecutive utterances joined end to end and cut to exactly L seconds, so every
 length, 1 s to 30 s, is real speech with real pauses. Batches get distinct clips (successive windows).
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from edgeser.audio import SAMPLE_RATE, load_audio
+from edgeser.demo import SHIPPED_CLIPS
 from edgeser.errors import DataError
 
 DEFAULT_LENGTHS_S = (1.0, 2.0, 4.5, 10.0, 30.0)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3"}
-DEMO_CLIPS = Path(__file__).resolve().parents[1] / "data" / "demo_clips"
 DEFAULT_CORPORA = ("emodb", "tess")
 MAX_FILES = 400  # enough speech for a batch of 8 x 30 s; a corpus is read from its start
 
@@ -71,8 +71,8 @@ def resolve_sources(sources: Sequence[str]) -> list[str]:
     if root is not None:
         name = next(n for n in DEFAULT_CORPORA if (root / n).is_dir())
         return [f"{name}:{root / name}"]
-    if DEMO_CLIPS.is_dir() and audio_files(DEMO_CLIPS):
-        return [str(DEMO_CLIPS)]
+    if SHIPPED_CLIPS.is_file():
+        return [f"manifest:{SHIPPED_CLIPS}"]
     raise DataError("no speech to cut benchmark clips from: pass --clips (audio files, a folder or a corpus "
                     "spec such as tess:/data/tess), or set EDGESER_DATA to a folder with emodb/ or tess/")
 

@@ -112,27 +112,13 @@ def stage_graph_chain(bundle: str, runners: Mapping[str, Any]) -> Chain:
     return run
 
 
-@dataclass
-class OrtRunner:
-    """An onnxruntime session as a `StageRunner` (the runtime's session settings)."""
-
-    session: Any
-    input_names: tuple[str, ...]
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(None, {n: feeds[n] for n in self.input_names})))
-
-
 def onnxruntime_runners(paths: Mapping[str, str], threads: int, providers: Sequence[str] | None
-                        ) -> dict[str, OrtRunner]:
-    from edgeser.runtime.sessions import make_session
+                        ) -> dict[str, Any]:
+    """The runtime's onnxruntime stage runner (its session settings) on each given graph file."""
+    from edgeser.runtime.sessions import OrtRunner
 
-    runners = {}
-    for stage, path in paths.items():
-        session = make_session(Path(path), list(providers) if providers else None, threads)
-        runners[stage] = OrtRunner(session, tuple(i.name for i in session.get_inputs()))
-    return runners
+    return {stage: OrtRunner.load(Path(path), list(providers) if providers else None, threads)
+            for stage, path in paths.items()}
 
 
 def torch_runners(bundle: Path, threads: int) -> dict[str, Any]:
