@@ -155,9 +155,10 @@ def train_world(
         # stage's epochs may become the kept checkpoint.
         eligible = plan[epoch] is plan[-1]
         improved = eligible and (best is None or better(result.metrics, best))
+        cer_text = f"  CER {result.metrics['cer']:.3f}" if "cer" in result.metrics else ""
         log(f"epoch {epoch + 1}: loss {entry['train']['loss']:.4f}  validation UA {result.metrics['ua']:.4f}  "
-            f"WA {result.metrics['wa']:.4f}  loss {result.metrics['loss']:.4f}" + (f"  CER {result.metrics['cer']:.3f}" if "cer" in result.metrics else "")
-            + f"  ({entry['seconds']} s){'  *best' if improved else ''}")
+            f"WA {result.metrics['wa']:.4f}  loss {result.metrics['loss']:.4f}{cer_text}"
+            f"  ({entry['seconds']} s){'  *best' if improved else ''}")
         if improved:
             best = {**result.metrics, "epoch": epoch + 1}
         if world.main:  # one writer; the others wait until the epoch is on disk
