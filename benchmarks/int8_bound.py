@@ -8,12 +8,14 @@ How the bound is measured:
    N = Cout/groups, batch = groups), from the shapes the fp32 graph computes (onnxruntime, extra outputs);
 2. each distinct shape is built as a one-node onnxruntime graph `MatMulInteger(u8 [batch, M, K], s8 [K, N])`
    (the kernel the runtime's static INT8 GEMMs run on: QLinearMatMul and MatMulIntegerToFloat use it too) and
-   timed with the runtime's session settings and `--threads`;
+   timed with the runtime's session settings, `--threads` and `--spin`;
 3. bound = sum over GEMMs of their measured time: the stage with every GEMM in INT8 and nothing else (no
-   quantisation, no element-wise work, no attention softmax). The positional conv counts in INT8 even where the
-   graph keeps it float, so the bound is a true lower bound;
+   quantisation, no element-wise work, no attention softmax). The positional conv and attention's two activation
+   GEMMs count in INT8 even where the graph keeps them float (the int8 graph runs attention as a float
+   MultiHeadAttention), so the bound is a true lower bound;
 4. the bundle's INT8 graph of the stage (and the fp32 graph) run on the same input in the same interleaved
-   rounds as the GEMMs, so background load hits bound and graph alike: % of bound = bound / INT8 p50.
+   rounds as the GEMMs, so background load hits bound and graph alike: % of bound = bound / INT8 p50, and per
+   round (that round's GEMMs against that round's INT8 run: the steadier figure on a shared machine).
 
 Prints a table and writes benchmarks/results/int8_bound-<model>-<cpu class>.{json,md} (with the machine).
 """
@@ -98,6 +100,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--clips", action="append", default=[], help="Speech source (see edgeser bench --clips).")
     parser.add_argument("--graph", type=Path, help="Time this INT8 graph of the stage instead of the bundle's.")
+    parser.add_argument("--spin", action="store_true",
+                        help="Workers spin during runs (the runtime's `spin`), for the GEMMs and the graphs alike.")
     args = parser.parse_args()
     manifest = validate_bundle(args.bundle, "fp32" if args.graph else args.precision)
     wave = load_speech(args.clips, args.seconds + 1).clips(args.seconds, 1)[0]
@@ -108,11 +112,11 @@ def main() -> None:
         for index, shape in enumerate(shapes):
             path = Path(tmp) / f"gemm{index}.onnx"
             gemm_feeds = integer_gemm(shape, path)
-            session = make_session(path, None, args.threads)
+            session = make_session(path, None, args.threads, args.spin)
             runs[shape] = (lambda s=session, f=gemm_feeds: s.run(None, f))
         paths = {"fp32": args.bundle / manifest.precisions["fp32"][args.stage].path,
                  args.precision: args.graph or args.bundle / manifest.precisions[args.precision][args.stage].path}
-        graphs = {p: make_session(path, None, args.threads) for p, path in paths.items()}
+        graphs = {p: make_session(path, None, args.threads, args.spin) for p, path in paths.items()}
         for name, session in graphs.items():
             runs[name] = (lambda s=session: s.run(None, feeds))
         times: dict[object, list[float]] = {key: [] for key in runs}
@@ -126,6 +130,9 @@ def main() -> None:
                 times[key].append((time.perf_counter() - started) * 1e3)
         load_after = [round(x, 2) for x in os.getloadavg()]
     median = {key: float(np.median(v)) for key, v in times.items()}
+    # each round's bound against the same round's INT8 run: pairs what the machine did at one time
+    per_round = [sum(count * times[s][r] for s, count in shapes.items()) / times[args.precision][r]
+                 for r in range(args.rounds)]
     macs = sum(count * b * m * k * n for (b, m, k, n), count in shapes.items())
     bound_ms = sum(count * median[shape] for shape, count in shapes.items())
     int8_ms, fp32_ms = median[args.precision], median["fp32"]
@@ -133,29 +140,36 @@ def main() -> None:
     result = {
         "bundle": str(args.bundle), "model": f"{manifest.model}/{manifest.size}", "stage": args.stage,
         "precision": args.precision, "graph": str(args.graph) if args.graph else None, "seconds": args.seconds,
-        "threads": args.threads, "rounds": args.rounds,
+        "threads": args.threads, "rounds": args.rounds, "spin": args.spin,
         "gmac": macs / 1e9, "bound_ms": bound_ms, "int8_gop_per_s": 2 * macs / bound_ms / 1e6,
         "int8_graph_ms": int8_ms, "fp32_graph_ms": fp32_ms, "fraction_of_bound": bound_ms / int8_ms,
+        "fraction_per_round": {"median": float(np.median(per_round)), "min": min(per_round), "max": max(per_round),
+                               "quartiles": [float(q) for q in np.percentile(per_round, [25, 75])]},
         "gemms": [{"batch": s[0], "m": s[1], "k": s[2], "n": s[3], "count": c, "ms_each": median[s],
                    "gop_per_s": 2 * np.prod(s) / median[s] / 1e6} for _, s, c in rows],
         "load_before": load_before, "load_after": load_after, "machine": machine_info(args.threads),
         "command": "python " + " ".join(sys.argv),
     }
     m = result["machine"]
-    lines = [f"# INT8 bound: {result['model']} {args.stage}, {args.seconds:g} s, {args.threads} threads", "",
+    lines = [f"# INT8 bound: {result['model']} {args.stage}, {args.seconds:g} s, {args.threads} threads"
+             f"{', spinning workers' if args.spin else ''}", "",
              (f"{m['cpu']} ({m['cpu_class']}; {', '.join(m['cpu_flags'])}), load {load_before} -> {load_after}, "
              f"{args.rounds} interleaved rounds."), "",
              f"- GEMM work: {result['gmac']:.2f} GMAC in {sum(shapes.values())} GEMMs",
              (f"- INT8 bound (MatMulInteger u8 x s8, per shape): **{bound_ms:.0f} ms** "
              f"({result['int8_gop_per_s']:.0f} GOP/s)"),
              (f"- bundle {args.precision}: {int8_ms:.0f} ms p50 -> **{100 * result['fraction_of_bound']:.1f} %** of "
-             f"the bound; fp32 {fp32_ms:.0f} ms"), "",
+             f"the bound; fp32 {fp32_ms:.0f} ms"),
+             (f"- per round (that round's bound / that round's {args.precision} run): median "
+             f"{100 * result['fraction_per_round']['median']:.1f} %, quartiles "
+             f"{' / '.join(f'{100 * q:.1f}' for q in result['fraction_per_round']['quartiles'])} %, range "
+             f"{100 * min(per_round):.1f} to {100 * max(per_round):.1f} %"), "",
              "| batch x M x K x N | count | ms each | GOP/s |", "|---|---|---|---|"]
     lines += [f"| {g['batch']} x {g['m']} x {g['k']} x {g['n']} | {g['count']} | {g['ms_each']:.2f} | "
               f"{g['gop_per_s']:.0f} |" for g in result["gemms"]]
     lines += ["", f"Command: `{result['command']}`"]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"int8_bound-{manifest.model}-{manifest.size}-{m['cpu_class']}"
+    out = RESULTS / f"int8_bound-{manifest.model}-{manifest.size}-{m['cpu_class']}{'-spin' if args.spin else ''}"
     out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

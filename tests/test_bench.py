@@ -103,6 +103,18 @@ def test_bench_writes_the_table_plots_and_machine(bench_bundle: Path, shared_dat
     assert "| edgeser fp32 |" in result.output  # the table is printed too
 
 
+def test_spinning_workers_are_a_setting_of_the_report(bench_bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "reports"
+    args = [str(bench_bundle), "--lengths", "1", "--threads", "1", "--rounds", "1", "--warmup", "0", "--spin",
+            "--precisions", "fp32", "--no-cold-start", "--no-plots", "--clips", f"tess:{shared_data / 'tess'}",
+            "--out", str(out)]
+    result = CliRunner().invoke(bench_command, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    assert report["settings"]["spin"] is True and all(v["spin"] for v in report["variants"])
+    assert "onnxruntime workers spin during runs" in (out / "bench.md").read_text()
+
+
 def test_cold_start_and_peak_memory_come_from_a_fresh_interpreter(bench_bundle: Path, shared_data: Path,
                                                                    tmp_path: Path) -> None:
     args = [str(bench_bundle), "--lengths", "1", "--threads", "1", "--rounds", "1", "--warmup", "0",

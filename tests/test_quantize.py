@@ -147,6 +147,9 @@ def test_int8_is_qdq_with_float_exclusions_and_listed(quantised: Path) -> None:
     for add in bias_adds:  # the residual stream gets the MatMul output at full precision
         assert {producer[i].op_type for i in add.input if i in producer} == {"MatMul"}, add.name
     assert settings["stages"]["text_encoder"]["float_outputs"] >= 12
+    # attention runs as onnxruntime's float MultiHeadAttention in the CPU graph (quantize/ort_fusions.py)
+    assert settings["fuse_attention"] and settings["stages"]["text_encoder"]["attention"] == 6
+    assert [n.op_type for n in text.node].count("MultiHeadAttention") == 6
     audio = onnx.load(str(quantised / "int8/audio_encoder.onnx")).graph
     producer = {o: n for n in audio.node for o in n.output}
     # the first conv is framing + a float Gemm in the int8 graph (quantize/fuse.py: frame_first_conv)

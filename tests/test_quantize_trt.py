@@ -62,6 +62,7 @@ def test_tensorrt_int8_has_zero_points_of_zero_and_constant_scales(trt_bundle: P
     assert settings["target"] == "tensorrt" and settings["symmetric_activations"] and not settings["quantize_bias"]
     seen = 0
     for stage, model in graphs(trt_bundle, "int8-trt").items():
+        assert not [n.op_type for n in model.graph.node if n.domain], f"{stage}: contrib ops TensorRT cannot parse"
         values = initializer_values(model)
         for node in model.graph.node:
             if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):

@@ -107,12 +107,18 @@ def test_unknown_precision_and_missing_variant(cmgi_bundle: Path) -> None:
         Pipeline.load(cmgi_bundle, "fp16")
 
 
-def test_stage_sessions_do_not_spin_between_stages(pipe: Pipeline) -> None:
-    """Each stage owns a thread pool: spinning workers of a finished stage would take the next one's cores."""
-    for stage, runner in pipe.runners.items():
-        options = runner.session.get_session_options()
-        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0", stage
-        assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0", stage
+def test_stage_sessions_do_not_spin_between_stages(pipe: Pipeline, cmgi_bundle: Path) -> None:
+    """Each stage owns a thread pool: spinning workers of a finished stage would take the next one's cores.
+    By default workers wait passively; with `spin` they spin during a run and stop when it returns."""
+    spinning = Pipeline.load(cmgi_bundle, spin=True)
+    for expected, pipeline in (("0", pipe), ("1", spinning)):
+        for stage, runner in pipeline.runners.items():
+            options = runner.session.get_session_options()
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected, stage
+            assert options.get_session_config_entry("session.inter_op.allow_spinning") == expected, stage
+            assert options.get_session_config_entry("session.force_spinning_stop") == "1", stage
+    wave = tone(1.5)
+    np.testing.assert_allclose(spinning.predict_waveform(wave).logits, pipe.predict_waveform(wave).logits, atol=1e-5)
 
 
 def test_one_pipeline_shared_between_threads(pipe: Pipeline) -> None:

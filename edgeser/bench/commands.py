@@ -41,11 +41,14 @@ def _numbers(value: str, kind: type, option: str) -> tuple:  # type: ignore[type
 @click.option("--warmup", type=int, default=2, show_default=True, help="Warm-up runs per row and setting.")
 @click.option("--no-cold-start", is_flag=True, help="Skip cold start and peak memory (fresh interpreters).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
+@click.option("--spin", is_flag=True, help="onnxruntime workers spin during a run instead of waiting passively "
+              "(faster on an otherwise idle CPU, slower beside other busy processes).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Report folder [BUNDLE/reports].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of Markdown.")
 def bench_command(bundle: Path, lengths: str, batch_sizes: str, threads_list: str | None, precisions: str | None,
                   providers: tuple[str, ...], compare: bool, nncf: bool, clip_sources: tuple[str, ...], rounds: int,
-                  warmup: int, no_cold_start: bool, no_plots: bool, out_dir: Path | None, as_json: bool) -> None:
+                  warmup: int, no_cold_start: bool, no_plots: bool, spin: bool, out_dir: Path | None,
+                  as_json: bool) -> None:
     """Latency of every variant of BUNDLE on this machine: p50/p90/p99, real-time factor, throughput, cold
     start, peak memory and per-stage times, by clip length, batch size and thread count, in interleaved rounds.
     Writes bench.json, bench.md and plots into BUNDLE/reports (or --out); progress goes to stderr."""
@@ -62,7 +65,7 @@ def bench_command(bundle: Path, lengths: str, batch_sizes: str, threads_list: st
         threads=_numbers(threads_list, int, "--threads") if threads_list else (os.cpu_count() or 1,),
         precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()) if precisions else None,
         providers=tuple(providers) or None, compare=compare, nncf=nncf, clips=clip_sources, rounds=rounds,
-        warmup=warmup, cold_start=not no_cold_start, plots=not no_plots)
+        warmup=warmup, cold_start=not no_cold_start, plots=not no_plots, spin=spin)
     args = sys.argv[1:]
     args = args[1:] if args[:1] == ["bench"] else args
     command = f"{click.get_current_context().command_path} {shlex.join(args)}"

@@ -61,6 +61,7 @@ class BenchOptions:
     warmup: int = 2
     cold_start: bool = True
     plots: bool = True
+    spin: bool = False  # onnxruntime workers spin during runs; PyTorch's OpenMP keeps its own default then
 
 
 def row_name(precision: str, providers: tuple[str, ...] | None) -> str:
@@ -87,7 +88,7 @@ def bundle_rows(bundle: Path, manifest: BundleManifest, options: BenchOptions) -
             kind, paths = "graphs", {stage: str(bundle / e.path) for stage, e in files.items()}
             note = "run as its onnxruntime graphs through the stage graph (the runtime does not list this precision)"
         rows.append(VariantSpec(row_name(precision, options.providers), kind, str(bundle), precision,
-                                providers=options.providers, paths=paths, note=note,
+                                providers=options.providers, paths=paths, note=note, spin=options.spin,
                                 bytes=sum(e.bytes for e in files.values())))
     return rows
 
@@ -98,7 +99,7 @@ def comparison_rows(bundle: Path, workdir: Path, speech_waves: list[np.ndarray],
                         note="the bundle's source model in PyTorch (eval, inference mode); size: parameter bytes")]
     progress("writing quantize_dynamic graphs (onnxruntime defaults)")
     paths = write_quantize_dynamic(bundle, workdir)
-    rows.append(VariantSpec(QUANTIZE_DYNAMIC, "graphs", str(bundle), "int8-dynamic", paths=paths,
+    rows.append(VariantSpec(QUANTIZE_DYNAMIC, "graphs", str(bundle), "int8-dynamic", paths=paths, spin=options.spin,
                             bytes=sum(Path(p).stat().st_size for p in paths.values()),
                             note="onnxruntime quantize_dynamic(model, out) defaults on the fp32 graphs"))
     fp32 = {stage: str(bundle / e.path) for stage, e in validate_bundle(bundle, "fp32", False).precisions["fp32"].items()}
@@ -117,8 +118,9 @@ def comparison_rows(bundle: Path, workdir: Path, speech_waves: list[np.ndarray],
     return rows
 
 
-def quiet_torch_threads() -> str:
-    """PyTorch's OpenMP workers wait passively, as the runtime's onnxruntime workers do (no spinning).
+def quiet_torch_threads(spin: bool = False) -> str:
+    """PyTorch's OpenMP workers wait passively, as the runtime's onnxruntime workers do (no spinning); with
+    `spin` (onnxruntime workers spinning too) OpenMP keeps its own default.
 
     With spinning workers, a 2-core machine that is busy with anything else turns every parallel region into a
     wait for a preempted thread: the tiny cmgi took 1.2-2.4 s per clip in PyTorch with 2 threads against 73 ms
@@ -126,6 +128,8 @@ def quiet_torch_threads() -> str:
     """
     if "torch" in sys.modules:
         return os.environ.get("OMP_WAIT_POLICY", "unset") + " (PyTorch was already loaded)"
+    if spin:
+        return os.environ.get("OMP_WAIT_POLICY", "unset (OpenMP default)")
     return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -143,7 +147,7 @@ def run_bench(bundle: Path, options: BenchOptions, out_dir: Path | None = None, 
     speech = load_speech(options.clips, max(options.lengths_s) * max(options.batches) + 1.0)
     progress(f"speech: {speech.seconds:.0f} s from {speech.files} files of {speech.source}")
     rows = bundle_rows(bundle, manifest, options)
-    torch_threads = quiet_torch_threads() if options.compare else None
+    torch_threads = quiet_torch_threads(options.spin) if options.compare else None
     with tempfile.TemporaryDirectory(prefix="edgeser-bench-") as tmp:
         if options.compare:
             rows += comparison_rows(bundle, Path(tmp), speech.clips(4.0, NNCF_SAMPLES), options, progress)
@@ -165,7 +169,7 @@ def run_bench(bundle: Path, options: BenchOptions, out_dir: Path | None = None, 
                 "threads": list(options.threads), "rounds": options.rounds, "warmup": options.warmup,
                 "interleaved_rounds": True, "clip_source": speech.source, "compare": options.compare,
                 "providers": list(options.providers) if options.providers else ["CPUExecutionProvider"],
-                "pytorch_omp_wait_policy": torch_threads,
+                "pytorch_omp_wait_policy": torch_threads, "spin": options.spin,
                 "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
                 "command": command or shlex.join([sys.executable, *sys.argv])}
     variants = [{**r.to_dict(), "error": failed.get(r.name)} for r in rows]

@@ -90,7 +90,8 @@ def render_markdown(report: BenchReport) -> str:
              f"{s.get('load_before')} / {s.get('load_after')}; {versions}."), "",
              (f"Clips: real speech from {s['clip_source']} cut to {', '.join(f'{x:g}' for x in s['lengths_s'])} s; "
              f"batches {s['batches']}; threads {s['threads']}; {s['rounds']} interleaved rounds after "
-             f"{s['warmup']} warm-up runs per setting."), ""]
+             f"{s['warmup']} warm-up runs per setting; onnxruntime workers "
+             f"{'spin during runs' if s.get('spin') else 'wait passively'}."), ""]
     lines += [f"## {seconds:g} s clip, batch {batch}, threads {threads}", ""]
     torch = report.cell(PYTORCH, seconds, batch, threads)
     header = ["variant", "size MB", "p50 ms", "p90", "p99", "RTF", "clips/s", "vs PyTorch", "feature cos",

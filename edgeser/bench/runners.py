@@ -43,6 +43,7 @@ class VariantSpec:
     paths: dict[str, str] = field(default_factory=dict)  # stage -> graph file (graphs, openvino)
     bytes: int | None = None
     note: str = ""
+    spin: bool = False  # onnxruntime workers spin during runs (runtime and graphs rows)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +70,7 @@ def load_chain(spec: VariantSpec, threads: int) -> Chain:
     if spec.kind == "pytorch":
         return stage_graph_chain(spec.bundle, torch_runners(Path(spec.bundle), threads))
     if spec.kind == "graphs":
-        return stage_graph_chain(spec.bundle, onnxruntime_runners(spec.paths, threads, spec.providers))
+        return stage_graph_chain(spec.bundle, onnxruntime_runners(spec.paths, threads, spec.providers, spec.spin))
     if spec.kind == "openvino":
         return stage_graph_chain(spec.bundle, openvino_runners(spec.paths, threads))
     raise BundleError(f"benchmark row {spec.name!r}: unknown kind {spec.kind!r}")
@@ -82,7 +83,7 @@ def runtime_chain(spec: VariantSpec, threads: int) -> Chain:
     """The bundle's own variant through `edgeser.runtime.Pipeline` (what an application embeds)."""
     from edgeser.runtime import Pipeline
 
-    options: dict[str, Any] = {"threads": threads}
+    options: dict[str, Any] = {"threads": threads, "spin": spec.spin}
     if spec.providers:
         options["providers"] = list(spec.providers)
     if spec.backend not in ("onnxruntime", ""):
@@ -112,12 +113,12 @@ def stage_graph_chain(bundle: str, runners: Mapping[str, Any]) -> Chain:
     return run
 
 
-def onnxruntime_runners(paths: Mapping[str, str], threads: int, providers: Sequence[str] | None
-                        ) -> dict[str, Any]:
+def onnxruntime_runners(paths: Mapping[str, str], threads: int, providers: Sequence[str] | None,
+                        spin: bool = False) -> dict[str, Any]:
     """The runtime's onnxruntime stage runner (its session settings) on each given graph file."""
     from edgeser.runtime.sessions import OrtRunner
 
-    return {stage: OrtRunner.load(Path(path), list(providers) if providers else None, threads)
+    return {stage: OrtRunner.load(Path(path), list(providers) if providers else None, threads, spin=spin)
             for stage, path in paths.items()}
 
 

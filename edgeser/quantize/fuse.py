@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 FUSED_SUFFIX = "fused_proj"
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def opset_version(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 18)
 
 
@@ -81,7 +81,7 @@ def fuse_parallel_matmuls(model: onnx.ModelProto, skip: Iterable[str] = ()) -> d
             for add, bias in adds:
                 drop.add(add.name)
                 uses[bias] -= 1
-        if _opset(model) >= 13:
+        if opset_version(model) >= 13:
             model.graph.initializer.append(numpy_helper.from_array(np.array(sizes, np.int64), sizes_name))
             split = helper.make_node("Split", [fused_out, sizes_name], outputs, name=f"{name}/Split", axis=-1)
         else:
@@ -174,7 +174,7 @@ def frame_first_conv(model: onnx.ModelProto, conv_name: str) -> str | None:
     weight = numpy_helper.to_array(inits[conv.input[1]])
     kernel, stride = weight.shape[-1], (attrs.get("strides") or [1])[0]
     if (weight.ndim != 3 or weight.shape[1] != 1 or attrs.get("group", 1) != 1 or any(attrs.get("pads", [0]))
-            or any(d != 1 for d in attrs.get("dilations", [1])) or kernel % stride or _opset(model) < 13):
+            or any(d != 1 for d in attrs.get("dilations", [1])) or kernel % stride or opset_version(model) < 13):
         return None
     after = [n for n in model.graph.node if conv.output[0] in n.input]
     if len(after) != 1 or after[0].op_type != "Transpose" or list(helper.get_attribute_value(after[0].attribute[0])) != [0, 2, 1]:

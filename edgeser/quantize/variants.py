@@ -37,6 +37,7 @@ from edgeser.quantize.graph import (
     resolve_exclusions,
     strip_output_qdq,
 )
+from edgeser.quantize.ort_fusions import fuse_attention
 from edgeser.quantize.ranges import activation_ranges, calibration_method
 from edgeser.quantize.speed import measured_on
 
@@ -78,6 +79,9 @@ class Int8Options:
     speed_gate: bool = True
     fuse_projections: bool = True  # one MatMul for projections reading one activation (q/k/v); see fuse.py
     frame_first_conv: bool = True  # the waveform's first conv as framing + MatMul, no Transpose; see fuse.py
+    # attention cores as onnxruntime's CPU MultiHeadAttention (float, com.microsoft); see ort_fusions.py. Only for
+    # graphs onnxruntime runs: TensorRT's parser does not know the op.
+    fuse_attention: bool = True
     speed_threads: int | None = None  # threads the stages are timed with [all logical cores]
 
     @classmethod
@@ -87,6 +91,7 @@ class Int8Options:
         base = {"activation_type": "QInt8", "weight_type": "QInt8", "symmetric_activations": True,
                 "dedicated_qdq": True, "quantize_bias": False, "per_channel": True, "target": "tensorrt",
                 "speed_gate": False,  # a GPU graph: this CPU's INT8 speed says nothing about it
+                "fuse_attention": False,  # com.microsoft ops: TensorRT's parser does not know them
                 "exclude": TENSORRT_CATEGORIES}
         return cls(**{**base, **changes})
 
@@ -112,6 +117,7 @@ class StageReport:
     float_outputs: int = 0  # quantised nodes whose output Q/DQ was removed (it fed residual Adds / GELU)
     speed: dict[str, Any] = field(default_factory=dict)  # fp32 vs int8 ms on this CPU (SpeedCheck.to_dict)
     fused: dict[str, list[str]] = field(default_factory=dict)  # merged MatMul -> the projections it replaced
+    attention: int = 0  # attention cores written as MultiHeadAttention (ort_fusions.py)
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -278,12 +284,13 @@ def rewrite_for_quantisation(model: onnx.ModelProto, prepared: Path, reasons: di
     projections, the float nodes with any new first-conv node, and the ranges (with the merged outputs' ranges).
     """
     before = {node.name: node.output[0] for node in model.graph.node}
+    attention = fuse_attention(model) if options.fuse_attention else []
     merged = fuse_parallel_matmuls(model, skip=reasons) if options.fuse_projections and "MatMul" in options.op_types else {}
     first = next((name for name, why in reasons.items() if why == "first-conv"), None)
     framed = frame_first_conv(model, first) if options.frame_first_conv and first is not None else None
     if framed is not None:
         reasons = {**reasons, framed: "first-conv"}
-    if not merged and framed is None:
+    if not merged and framed is None and not attention:
         return prepared, merged, reasons, ranges
     source = stem.with_name(f"{stem.name}.rewritten.onnx")
     onnx.save(model, str(source))
@@ -328,8 +335,9 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
     if quantisable == len(effective):
         shutil.copyfile(fp32, out)  # nothing left to quantise: the float graph, not a re-optimised copy
         return StageReport("fp32", 0, effective, op_counts(out), how)
-    return StageReport("int8", quantisable - len(effective), effective, op_counts(out), how,
-                       float_outputs=len(stripped), fused=dict(merged))
+    counts = op_counts(out)
+    return StageReport("int8", quantisable - len(effective), effective, counts, how, float_outputs=len(stripped),
+                       fused=dict(merged), attention=counts.get("MultiHeadAttention", 0))
 
 
 def static_stage_writer(cache: Any, options: Int8Options, workdir: Path) -> Callable[[str, Path, Path], StageReport]:
@@ -382,7 +390,7 @@ def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: s
         "target": options.target, "symmetric_activations": options.symmetric_activations, "dedicated_qdq": options.dedicated_qdq,
         "quantize_bias": options.quantize_bias, "per_channel_axis": dict(PER_CHANNEL_AXIS),
         "speed_gate": options.speed_gate, "fuse_projections": options.fuse_projections,
-        "frame_first_conv": options.frame_first_conv,
+        "frame_first_conv": options.frame_first_conv, "fuse_attention": options.fuse_attention,
         "measured_on": measured_on(options.speed_threads) if options.speed_gate else None,
         "calibration": {k: provenance.get(k) for k in ("data_spec", "corpus", "fold", "held_out", "pool", "count",
                                                        "ids_sha", "labels", "buckets_s", "groups", "ids")},

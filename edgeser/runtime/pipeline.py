@@ -83,12 +83,15 @@ class Pipeline:
         threads: int | None = None,
         verify_checksums: bool = True,
         device: int = 0,
+        spin: bool = False,
     ) -> Pipeline:
         """Validate the bundle (schema, files, checksums, labels) and open one runner per stage.
 
         `backend`: "onnxruntime" (CPU, or the given onnxruntime `providers`), "cuda" or "tensorrt-ep"
         (onnxruntime's execution providers, options set in `edgeser.runtime.providers`), or "tensorrt" (the
         engines `edgeser build-trt` made for this GPU and TensorRT version). `device` is the GPU index.
+        `spin`: onnxruntime workers spin during a stage's run instead of waiting passively (faster on an idle
+        CPU, slower beside other busy processes; see `edgeser.runtime.sessions.make_session`).
         """
         if precision not in PRECISIONS:
             raise OptionError("precision", f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -113,7 +116,7 @@ class Pipeline:
                 plan = provider_plan(backend, root, precision, stage=stage, device=device)
                 chosen, options = (providers, None) if providers and backend == "onnxruntime" else (
                     plan.providers, plan.options)
-                runners[stage] = OrtRunner.load(root / files[stage].path, chosen, threads, options)
+                runners[stage] = OrtRunner.load(root / files[stage].path, chosen, threads, options, spin)
             head = runners[FUSION_HEAD]
             width = head.output_shape(graph.outputs[FUSION_HEAD][0])[-1] if isinstance(head, OrtRunner) else None
             if isinstance(width, int) and width != len(graph.labels):

@@ -15,15 +15,20 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
                  spin: bool = False, provider_options: list[dict[str, str]] | None = None) -> ort.InferenceSession:
     """An inference session with full graph optimisation; `threads` bounds intra-op parallelism.
 
-    Worker spinning is off unless `spin`: each stage session owns a thread pool, and a finished stage's
-    spinning workers take the cores the next stage needs (benchmarks/quantization_latency.py, 2 cores, cmgi
-    paper fp32, 4.5 s clip: text encoder 97 -> 47 ms, fusion head 37 -> 18 ms, end to end 1090 -> 997 ms).
+    Workers wait passively unless `spin`. Each stage session owns a thread pool, and spinning workers of a
+    finished stage took the cores the next stage needed (benchmarks/quantization_latency.py, 2 cores, cmgi paper
+    fp32, 4.5 s clip: text encoder 97 -> 47 ms, fusion head 37 -> 18 ms, end to end 1090 -> 997 ms passive).
+    `spin` lets workers spin during a run and stops them when it returns (`session.force_spinning_stop`), so
+    stages no longer steal from each other: cmgi paper int8 end to end 640 -> 614 ms on an idle 2-core AMD EPYC
+    (audio encoder 621 -> 597 ms), but 1128 -> 1254 ms with one other busy process, where a spinning worker
+    waits for a preempted one. Passive is the default: edge devices run other work beside the model.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
@@ -53,8 +58,8 @@ class OrtRunner:
 
     @classmethod
     def load(cls, path: Path, providers: list[str] | None = None, threads: int | None = None,
-             provider_options: list[dict[str, str]] | None = None) -> OrtRunner:
-        return cls(make_session(path, providers, threads, provider_options=provider_options), path)
+             provider_options: list[dict[str, str]] | None = None, spin: bool = False) -> OrtRunner:
+        return cls(make_session(path, providers, threads, spin, provider_options), path)
 
     def output_shape(self, name: str) -> list[int | str | None]:
         """The declared shape of one output (ints for fixed axes, names for dynamic ones)."""
