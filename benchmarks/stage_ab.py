@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=6, help="Held-out clips for the feature cosine.")
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("EDGESER_DATA", REPO.parent / "shared" / "data")))
     parser.add_argument("--out", type=Path, help="Write OUT.json and OUT.md.")
+    parser.add_argument("--spin", action="store_true", help="Workers spin during runs (the runtime's `spin`).")
     args = parser.parse_args()
     graphs = {name: Path(path) for name, path in (g.split("=", 1) for g in args.graphs)}
     wave = load_speech([f"tess:{args.data / 'tess'}"], args.seconds + 1).clips(args.seconds, 1)[0]
@@ -79,7 +80,7 @@ def main() -> None:
     def feeds(w: np.ndarray) -> dict[str, np.ndarray]:
         return {"waveform": w[None], "lengths": np.array([w.size], np.int64)}
 
-    sessions = {name: make_session(path, None, args.threads) for name, path in graphs.items()}
+    sessions = {name: make_session(path, None, args.threads, args.spin) for name, path in graphs.items()}
     for session in sessions.values():
         for _ in range(args.warmup):
             session.run(None, feeds(wave))
@@ -98,17 +99,25 @@ def main() -> None:
     for name, path in graphs.items():
         cosines = [cosine(a, b) for a, b in zip(outputs[reference], outputs[name])]
         p50 = float(np.median(times[name]))
+        # each round's time against the reference's in the same round: steadier on a shared machine
+        paired = np.array(times[name]) / np.array(times[reference])
         rows[name] = {"path": str(path), "p50_ms": p50, "min_ms": float(np.min(times[name])),
                       "ratio": p50 / float(np.median(times[reference])), "cosine_mean": float(np.mean(cosines)),
+                      "paired_ratio": {"median": float(np.median(paired)),
+                                       "quartiles": [float(q) for q in np.percentile(paired, [25, 75])]},
                       "cosine_min": float(np.min(cosines)), "optimised_ops": optimised_ops(path)}
     machine = machine_info(args.threads)
-    lines = [f"# Audio-encoder A/B, {args.seconds:g} s clip, {args.threads} threads, {args.rounds} interleaved rounds",
+    lines = [f"# Audio-encoder A/B, {args.seconds:g} s clip, {args.threads} threads, {args.rounds} interleaved rounds"
+             f"{', spinning workers' if args.spin else ''}",
              "", (f"{machine['cpu']} ({machine['cpu_class']}; {', '.join(machine['cpu_flags'])}), load {load_before} -> "
              f"{load_after}; cosine over {len(clips)} held-out TESS clips of ~{np.mean([c.size for c in clips]) / 16e3:.1f} s."),
-             "", f"| graph | p50 ms | vs {reference} | feature cos mean / min | onnxruntime runs |", "|---|---|---|---|---|"]
+             "", (f"| graph | p50 ms | vs {reference} | per round vs {reference}: median (quartiles) | "
+                  "feature cos mean / min | onnxruntime runs |"), "|---|---|---|---|---|---|"]
     for name, r in rows.items():
         ops = ", ".join(f"{k} {v}" for k, v in r["optimised_ops"].items())
-        lines.append(f"| {name} | {r['p50_ms']:.0f} | {r['ratio']:.3f} | {r['cosine_mean']:.5f} / {r['cosine_min']:.5f} "
+        quartiles = " / ".join(f"{q:.3f}" for q in r["paired_ratio"]["quartiles"])
+        lines.append(f"| {name} | {r['p50_ms']:.0f} | {r['ratio']:.3f} | {r['paired_ratio']['median']:.3f} ({quartiles}) "
+                     f"| {r['cosine_mean']:.5f} / {r['cosine_min']:.5f} "
                      f"| {ops} |")
     command = "python " + " ".join(sys.argv)
     lines += ["", f"Command: `{command}`"]
@@ -116,7 +125,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(
-            {"rows": rows, "seconds": args.seconds, "threads": args.threads, "rounds": args.rounds,
+            {"rows": rows, "seconds": args.seconds, "threads": args.threads, "rounds": args.rounds, "spin": args.spin,
              "load_before": load_before, "load_after": load_after, "machine": machine, "command": command},
             indent=2) + "\n")
         args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

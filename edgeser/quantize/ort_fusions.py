@@ -8,8 +8,11 @@ attention in float (no INT8 scores or probabilities; the INT8 q/k/v and output p
 before). Measured on cmgi paper's audio encoder (4.5 s of TESS speech, 2 threads, onnxruntime 1.32, AMD EPYC
 AVX2), onnxruntime's profiler: the quantised core (two QLinearMatMuls, five QuantizeLinear, four Transposes, the
 scale Mul, mask Add, Softmax, a DequantizeLinear and the q/k/v bias Add) took about 67 ms, `MultiHeadAttention`
-52 ms; end to end 617 -> 600 ms p50 in one interleaved run, feature cosine against fp32 unchanged (0.9987).
-The result equals the unfused graph up to float summation order (tests/test_ort_fusions.py).
+52 ms. End to end, 30 interleaved rounds against the unfused int8 graph (`benchmarks/stage_ab.py`, results in
+benchmarks/results/stage_ab-cmgi-paper-attention-avx2): 654 -> 633 ms p50, per-round ratio median 0.962; feature
+cosine against fp32 unchanged (mean 0.99866, min 0.99824 over 6 clips). With spinning workers the unfused graph's
+many small ops cost less and the gain shrinks to a per-round median of 0.995. The result equals the unfused graph
+up to float summation order (tests/test_ort_fusions.py).
 
 Not done, measured: `SkipLayerNormalization` for residual Add + LayerNorm (onnxruntime.transformers' fusion)
 made the same encoder slower (0.75 ms per op against 0.3 ms for the Adds and LayerNorm it replaced, 49 of them),
