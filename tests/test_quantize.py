@@ -162,6 +162,20 @@ def test_int8_is_qdq_with_float_exclusions_and_listed(quantised: Path) -> None:
     assert {producer[i].op_type for i in second_conv.input[:2]} == {"DequantizeLinear"}
 
 
+def test_attention_can_stay_in_standard_onnx_ops(quantised: Path, tmp_path: Path) -> None:
+    """`--no-fuse-attention`: an int8 graph for onnxruntime builds without contrib ops."""
+    bundle = copy_bundle(quantised, tmp_path / "cmgi")
+    args = ["quantize", str(bundle), "--int8", "--no-fuse-attention", "--no-speed-gate", "--min-width", "0"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    settings = validate_bundle(bundle, "int8").extra["quantization"]["int8"]
+    assert settings["fuse_attention"] is False
+    assert all(stage["attention"] == 0 for stage in settings["stages"].values())
+    for stage in ("audio_encoder", "text_encoder"):
+        ops = {n.op_type: n.domain for n in onnx.load(str(bundle / "int8" / f"{stage}.onnx")).graph.node}
+        assert "Softmax" in ops and not any(ops.values()), stage  # plain ONNX ops only
+
+
 def test_narrow_gemms_are_found_from_weights_and_inferred_shapes() -> None:
     from onnx import TensorProto, helper, numpy_helper
 

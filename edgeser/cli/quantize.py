@@ -77,12 +77,14 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
 @click.option("--no-speed-gate", is_flag=True, help="--int8: keep INT8 stages even where they run slower than fp32 "
               "on this CPU (by default such a stage stays fp32, and bundle.json records the timings).")
 @click.option("--speed-threads", type=click.IntRange(min=1), help="Threads the speed gate times stages with [all cores].")
+@click.option("--no-fuse-attention", is_flag=True, help="--int8: keep attention in standard ONNX ops instead of "
+              "onnxruntime's MultiHeadAttention (for onnxruntime builds without contrib ops).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def quantize_command(
     bundle: Path, int8: bool, int8_trt: bool, int8_dynamic: bool, fp16: bool, method: str, exclude: tuple[str, ...],
     op_types: str | None, dynamic_op_types: str, min_width: int | None, max_ua_drop: float | None,
     min_agreement: float | None, data_spec: str | None, fold_index: int | None, validation_clips: int,
-    threads: int | None, no_speed_gate: bool, speed_threads: int | None, as_json: bool,
+    threads: int | None, no_speed_gate: bool, speed_threads: int | None, no_fuse_attention: bool, as_json: bool,
 ) -> None:
     """Write INT8 / INT8 for TensorRT / dynamic INT8 / FP16 variants into BUNDLE (int8/, int8-trt/,
     int8-dynamic/, fp16/), listed in bundle.json."""
@@ -103,7 +105,8 @@ def quantize_command(
     if int8:
         chosen_ops = tuple(csv(op_types)) if op_types else DEFAULT_OP_TYPES
         options = Int8Options(method=method, op_types=chosen_ops, exclude=excluded, min_width=min_width,
-                              speed_gate=not no_speed_gate, speed_threads=speed_threads)
+                              speed_gate=not no_speed_gate, speed_threads=speed_threads,
+                              fuse_attention=not no_fuse_attention)
         if max_ua_drop is not None:
             from edgeser.checks.controlled import quantize_controlled
 
