@@ -27,42 +27,32 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeser.quantize.fuse import opset_version
+from edgeser.quantize.graph import GraphInfo
 
 MS_DOMAIN = "com.microsoft"
 
 
-def _const(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    """The value of a constant tensor (an initializer, a Constant, or an Identity of one: the exporter shares
-    equal initializers that way), else None."""
-    for node in model.graph.node:
-        if node.op_type == "Identity" and node.output[0] == name:
-            return _const(model, node.input[0])
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
+class _Graph(GraphInfo):
+    """The quantiser's node lookups of a graph, plus its initializers and outputs."""
+
+    initializers: dict[str, onnx.TensorProto]
+    outputs: set[str]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.initializers = {i.name: i for i in self.model.graph.initializer}
+        self.outputs = {o.name for o in self.model.graph.output}
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor (an initializer, a Constant, or an Identity of one: the exporter shares
+        equal initializers that way), else None."""
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Identity":
+            return self.const(node.input[0])
+        if node is not None and node.op_type == "Constant" and node.attribute[0].name == "value":
             return numpy_helper.to_array(node.attribute[0].t)
-    return None
-
-
-def _perm(node: onnx.NodeProto | None) -> list[int] | None:
-    if node is None or node.op_type != "Transpose":
-        return None
-    return next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
-
-
-class _Graph:
-    """Producer and consumer maps of a graph (rebuilt by the caller after each edit)."""
-
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        self.producer = {o: n for n in model.graph.node for o in n.output if o}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in model.graph.node:
-            for name in node.input:
-                self.consumers.setdefault(name, []).append(node)
-        self.outputs = {o.name for o in model.graph.output}
+        init = self.initializers.get(name)
+        return numpy_helper.to_array(init) if init is not None else None
 
     def only_consumer(self, tensor: str) -> onnx.NodeProto | None:
         after = self.consumers.get(tensor, [])
@@ -72,15 +62,21 @@ class _Graph:
         return self.producer.get(node.input[index]) if len(node.input) > index else None
 
 
-def _heads(model: onnx.ModelProto, graph: _Graph, reshape: onnx.NodeProto) -> tuple[int, int] | None:
+def _perm(node: onnx.NodeProto | None) -> list[int] | None:
+    if node is None or node.op_type != "Transpose":
+        return None
+    return next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "perm"), None)
+
+
+def _heads(graph: _Graph, reshape: onnx.NodeProto) -> tuple[int, int] | None:
     """(num_heads, head_size) of a `Reshape(x, [B, T, N, H])`: from a constant shape or a Concat whose last two
     inputs are constants. N may be -1 (HF's `view(B, T, -1, H)`): then it is the projection width over H."""
-    shape = _const(model, reshape.input[1])
+    shape = graph.const(reshape.input[1])
     if shape is None:
         concat = graph.parent(reshape, 1)
         if concat is None or concat.op_type != "Concat" or len(concat.input) != 4:
             return None
-        parts = [_const(model, name) for name in concat.input[2:]]
+        parts = [graph.const(name) for name in concat.input[2:]]
         if any(p is None or p.size != 1 for p in parts):
             return None
         shape = np.array([0, 0, *(int(np.asarray(p).reshape(-1)[0]) for p in parts if p is not None)])
@@ -88,23 +84,23 @@ def _heads(model: onnx.ModelProto, graph: _Graph, reshape: onnx.NodeProto) -> tu
         return None
     heads, size = int(shape[2]), int(shape[3])
     if heads == -1:
-        width = _width(model, graph, reshape.input[0])
+        width = _width(graph, reshape.input[0])
         heads = width // size if width and width % size == 0 else 0
     return (heads, size) if heads > 0 else None
 
 
-def _width(model: onnx.ModelProto, graph: _Graph, tensor: str) -> int | None:
+def _width(graph: _Graph, tensor: str) -> int | None:
     """The last dimension of a projection's output: `x @ W` or `x @ W + b` with constant W."""
     node = graph.producer.get(tensor)
     if node is not None and node.op_type == "Add":
         node = next((p for p in (graph.producer.get(i) for i in node.input) if p is not None and p.op_type == "MatMul"), None)
     if node is None or node.op_type != "MatMul":
         return None
-    weight = next((i for i in model.graph.initializer if i.name == node.input[1]), None)
+    weight = graph.initializers.get(node.input[1])
     return int(weight.dims[-1]) if weight is not None and len(weight.dims) == 2 else None
 
 
-def _split_heads(model: onnx.ModelProto, graph: _Graph, tensor: str, perm: list[int]
+def _split_heads(graph: _Graph, tensor: str, perm: list[int]
                  ) -> tuple[onnx.NodeProto, onnx.NodeProto, tuple[int, int]] | None:
     """The Transpose(perm) of a Reshape to [B, T, N, H] producing `tensor`, each read only there."""
     transpose = graph.producer.get(tensor)
@@ -113,29 +109,29 @@ def _split_heads(model: onnx.ModelProto, graph: _Graph, tensor: str, perm: list[
     reshape = graph.parent(transpose)
     if reshape is None or reshape.op_type != "Reshape" or graph.only_consumer(reshape.output[0]) is None:
         return None
-    heads = _heads(model, graph, reshape)
+    heads = _heads(graph, reshape)
     return (transpose, reshape, heads) if heads else None
 
 
-def _scalar(model: onnx.ModelProto, node: onnx.NodeProto) -> tuple[str, float] | None:
+def _scalar(graph: _Graph, node: onnx.NodeProto) -> tuple[str, float] | None:
     """(the non-constant input, the constant) of a binary node with one scalar constant input."""
     for index in (0, 1):
-        value = _const(model, node.input[index])
+        value = graph.const(node.input[index])
         if value is not None and value.size == 1:
             return node.input[1 - index], float(np.asarray(value).reshape(-1)[0])
     return None
 
 
-def _leads_to_matmul(model: onnx.ModelProto, graph: _Graph, node: onnx.NodeProto) -> bool:
+def _leads_to_matmul(graph: _Graph, node: onnx.NodeProto) -> bool:
     """`node` is the scores MatMul, or a scaling of it by a scalar constant (the mask side is neither)."""
     if node.op_type in ("Mul", "Div"):
-        found = _scalar(model, node)
+        found = _scalar(graph, node)
         parent = graph.producer.get(found[0]) if found else None
         return parent is not None and parent.op_type == "MatMul"
     return node.op_type == "MatMul"
 
 
-def _match(model: onnx.ModelProto, graph: _Graph, softmax: onnx.NodeProto) -> dict | None:
+def _match(graph: _Graph, softmax: onnx.NodeProto) -> dict | None:
     axis = next((helper.get_attribute_value(a) for a in softmax.attribute if a.name == "axis"), -1)
     if axis not in (-1, 3):
         return None
@@ -144,15 +140,15 @@ def _match(model: onnx.ModelProto, graph: _Graph, softmax: onnx.NodeProto) -> di
     node = graph.producer.get(scores)
     if node is not None and node.op_type == "Add" and graph.only_consumer(node.output[0]) is softmax:
         path = [(i, p) for i, p in ((i, graph.producer.get(node.input[i])) for i in (0, 1))
-                if p is not None and _leads_to_matmul(model, graph, p)]
-        if len(path) != 1 or _const(model, node.input[1 - path[0][0]]) is not None:
+                if p is not None and _leads_to_matmul(graph, p)]
+        if len(path) != 1 or graph.const(node.input[1 - path[0][0]]) is not None:
             return None
         mask = node.input[1 - path[0][0]]
         removed.append(node)
         node = path[0][1]
     scale = 1.0
     if node is not None and node.op_type in ("Mul", "Div") and graph.only_consumer(node.output[0]) is not None:
-        found = _scalar(model, node)
+        found = _scalar(graph, node)
         if found is None or (node.op_type == "Div" and found[0] != node.input[0]):
             return None
         scale = found[1] if node.op_type == "Mul" else 1.0 / found[1]
@@ -171,9 +167,9 @@ def _match(model: onnx.ModelProto, graph: _Graph, softmax: onnx.NodeProto) -> di
     out = next((n for n in after if n.op_type == "Reshape" and n.input[0] == merge.output[0]), None)
     if out is None or any(n is not out and not _shape_only(graph, n, out) for n in after):
         return None
-    q = _split_heads(model, graph, qk.input[0], [0, 2, 1, 3])
-    k = _split_heads(model, graph, qk.input[1], [0, 2, 3, 1])
-    v = _split_heads(model, graph, av.input[1], [0, 2, 1, 3])
+    q = _split_heads(graph, qk.input[0], [0, 2, 1, 3])
+    k = _split_heads(graph, qk.input[1], [0, 2, 3, 1])
+    v = _split_heads(graph, av.input[1], [0, 2, 1, 3])
     if q is None or k is None or v is None or len({q[2], k[2], v[2]}) != 1:
         return None
     removed += [qk, av, merge, out, *q[:2], *k[:2], *v[:2]]
@@ -208,13 +204,13 @@ def _shape_only(graph: _Graph, node: onnx.NodeProto, target: onnx.NodeProto) -> 
     return True
 
 
-def _bias(model: onnx.ModelProto, graph: _Graph, tensor: str, width: int) -> tuple[str, np.ndarray, onnx.NodeProto] | None:
+def _bias(graph: _Graph, tensor: str, width: int) -> tuple[str, np.ndarray, onnx.NodeProto] | None:
     """(the unbiased tensor, the bias, the Add) when `tensor` is `x + constant bias [width]` read only here."""
     add = graph.producer.get(tensor)
     if add is None or add.op_type != "Add" or graph.only_consumer(tensor) is None:
         return None
     for index in (0, 1):
-        value = _const(model, add.input[index])
+        value = graph.const(add.input[index])
         if value is not None and value.size == width and value.dtype == np.float32:
             return add.input[1 - index], value.reshape(-1), add
     return None
@@ -229,14 +225,14 @@ def fuse_attention(model: onnx.ModelProto) -> list[str]:
     if opset_version(model) < 15:  # Shape(start, end) expands the mask
         return made
     graph = _Graph(model)
-    matches = [m for m in (_match(model, graph, s) for s in model.graph.node if s.op_type == "Softmax") if m]
+    matches = [m for m in (_match(graph, s) for s in model.graph.node if s.op_type == "Softmax") if m]
     if not matches:
         return made
     drop: set[int] = set()
     replace: dict[int, list[onnx.NodeProto]] = {}
     expanded: dict[str, str] = {}
     for found in matches:
-        biases = [_bias(model, graph, t, found["width"]) for t in found["inputs"]]
+        biases = [_bias(graph, t, found["width"]) for t in found["inputs"]]
         inputs, bias_name = found["inputs"], ""
         if all(b is not None for b in biases):
             inputs = [b[0] for b in biases if b is not None]
@@ -281,15 +277,8 @@ def _expand_mask(model: onnx.ModelProto, mask: str, query: str, base: str, new: 
 
 
 def remove_dead_nodes(model: onnx.ModelProto) -> None:
-    """Drop nodes (and initializers) nothing reads any more: the shape arithmetic a rewrite left behind."""
-    outputs = {o.name for o in model.graph.output}
-    while True:
-        read = {name for node in model.graph.node for name in node.input} | outputs
-        alive = [n for n in model.graph.node if any(o in read for o in n.output if o)]
-        if len(alive) == len(model.graph.node):
-            break
-        del model.graph.node[:]
-        model.graph.node.extend(alive)
-    read = {name for node in model.graph.node for name in node.input} | outputs
-    for init in [i for i in model.graph.initializer if i.name not in read]:
-        model.graph.initializer.remove(init)
+    """Drop the nodes and initializers nothing reads any more (the shape arithmetic a rewrite left behind), with
+    onnxruntime.transformers' pruning, which also keeps what If/Loop/Scan subgraphs read; graph inputs stay."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    OnnxModel(model).prune_graph(allow_remove_graph_inputs=False)

@@ -117,7 +117,6 @@ class StageReport:
     float_outputs: int = 0  # quantised nodes whose output Q/DQ was removed (it fed residual Adds / GELU)
     speed: dict[str, Any] = field(default_factory=dict)  # fp32 vs int8 ms on this CPU (SpeedCheck.to_dict)
     fused: dict[str, list[str]] = field(default_factory=dict)  # merged MatMul -> the projections it replaced
-    attention: int = 0  # attention cores written as MultiHeadAttention (ort_fusions.py)
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -335,9 +334,8 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
     if quantisable == len(effective):
         shutil.copyfile(fp32, out)  # nothing left to quantise: the float graph, not a re-optimised copy
         return StageReport("fp32", 0, effective, op_counts(out), how)
-    counts = op_counts(out)
-    return StageReport("int8", quantisable - len(effective), effective, counts, how, float_outputs=len(stripped),
-                       fused=dict(merged), attention=counts.get("MultiHeadAttention", 0))
+    return StageReport("int8", quantisable - len(effective), effective, op_counts(out), how,
+                       float_outputs=len(stripped), fused=dict(merged))
 
 
 def static_stage_writer(cache: Any, options: Int8Options, workdir: Path) -> Callable[[str, Path, Path], StageReport]:
