@@ -95,6 +95,18 @@ def test_tensorrt_repository_needs_engines(cmgi_bundle: Path, tmp_path: Path) ->
     assert "no TensorRT fp32 engines" in str(result.exception) and "\n" not in str(result.exception)
 
 
+def write_engine_manifest(bundle: Path, folder: Path, batch: int, seconds: int) -> None:
+    """The engine manifest `build-trt` writes, reduced to its profiles: batch 1..`batch`, `seconds` of audio."""
+    ranges = {"batch": (1, 1, batch), "samples": (8000, 32000, seconds * 16000), "frames": (24, 99, seconds * 50),
+              "tokens": (1, 16, 64)}
+    stages = {}
+    for stage, spec in read_manifest(bundle).stages.items():
+        stages[stage] = {"engine": f"{stage}.engine", "profiles": {
+            t.name: {k: [ranges[d][i] if isinstance(d, str) else d for d in t.shape]
+                     for i, k in enumerate(("min", "opt", "max"))} for t in spec.inputs}}
+    (folder / "manifest.json").write_text(json.dumps({"schema": 1, "stages": stages}))
+
+
 def test_tensorrt_repository_uses_the_built_engines(cmgi_bundle: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(cmgi_bundle, bundle)
@@ -103,6 +115,7 @@ def test_tensorrt_repository_uses_the_built_engines(cmgi_bundle: Path, tmp_path:
     stages = list(read_manifest(bundle).stages)
     for stage in stages:
         (engines / f"{stage}.engine").write_bytes(stage.encode())  # stands in for a serialised engine
+    write_engine_manifest(bundle, engines, batch=8, seconds=7)
     out = tmp_path / "models"
     write_model_repository(bundle, out, backend="tensorrt", options=RepositoryOptions(max_batch=4))
     for stage in stages:
@@ -110,6 +123,17 @@ def test_tensorrt_repository_uses_the_built_engines(cmgi_bundle: Path, tmp_path:
         assert config.platform == "tensorrt_plan" and config.max_batch_size == 4
         assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
         assert (out / stage / "1" / "model.plan").read_bytes() == stage.encode()
+    result = CliRunner().invoke(export_triton_command, [str(bundle), str(out), "--backend", "tensorrt"])
+    assert result.exit_code == 0, result.output
+    for model in [*stages, PIPELINE_MODEL]:  # the engines' batch maximum, not 16
+        assert parse_config(out / model / "config.pbtxt").max_batch_size == 8
+    # and the clips the engines' samples maximum takes, not 30 s
+    assert parse_config(out / PIPELINE_MODEL / "config.pbtxt").parameters["max_seconds"].string_value == "7"
+    result = CliRunner().invoke(export_triton_command, [str(bundle), str(tmp_path / "m16"), "--backend",
+                                                        "tensorrt", "--max-batch", "16"])
+    assert result.exit_code != 0 and not (tmp_path / "m16").exists()
+    assert "--max-batch 16: the TensorRT engines" in str(result.exception) and "at most 8 clips" in str(
+        result.exception)
     with pytest.raises(ServingError, match="no TensorRT engines there"):
         write_model_repository(bundle, out, backend="tensorrt", engines="a100-sm80-trt10.13")
     shutil.copytree(engines.parent, bundle / "trt" / "a100-sm80-trt10.13")

@@ -21,12 +21,13 @@ PRECISION_HELP = "Bundle variant: fp32, int8, int8-dynamic, fp16."
               show_default=True, help="What runs the stage models: Triton's onnxruntime_onnx or tensorrt_plan "
                                       "platform, or onnxruntime inside the Python backend.")
 @click.option("--engines", help="TensorRT target folder under BUNDLE/trt/ [the only one there].")
-@click.option("--max-batch", type=int, default=16, show_default=True, help="max_batch_size of every model.")
+@click.option("--max-batch", type=int, default=None,
+              help="max_batch_size of every model [16; TensorRT: the engines' batch maximum].")
 @click.option("--max-delay-ms", type=float, default=5.0, show_default=True, help="Dynamic batching queue delay.")
 @click.option("--instances", type=int, default=1, show_default=True, help="Instances of each model.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export_triton_command(bundle: Path, out: Path, precision: str, backend: str, engines: str | None,
-                          max_batch: int, max_delay_ms: float, instances: int, as_json: bool) -> None:
+                          max_batch: int | None, max_delay_ms: float, instances: int, as_json: bool) -> None:
     """Write a Triton Inference Server model repository for BUNDLE at OUT (replaced whole)."""
     from dataclasses import asdict
 

@@ -20,10 +20,10 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edgeser.bundle import MANIFEST, PRECISIONS, TensorSpec, read_manifest, validate_bundle
+from edgeser.bundle import MANIFEST, PRECISIONS, BundleManifest, TensorSpec, read_manifest, validate_bundle
 from edgeser.errors import ServingError
 from edgeser.files import atomic_dir, write_text_atomic
 from edgeser.stages import STAGE_ORDER
@@ -37,21 +37,30 @@ TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_
                  "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL",
                  "string": "TYPE_STRING"}
 MAX_CLIP_SECONDS = 30.0
+DEFAULT_MAX_BATCH = 16
+SAMPLE_RATE = 16_000
 STAGE_MODEL_PY = "from edgeser.serving.triton_model import StageModel as TritonPythonModel  # noqa: F401\n"
 PIPELINE_MODEL_PY = "from edgeser.serving.triton_model import PipelineModel as TritonPythonModel  # noqa: F401\n"
 
 
 @dataclass(frozen=True)
 class RepositoryOptions:
-    """How the repository's models batch and what the `edgeser` model accepts."""
+    """How the repository's models batch and what the `edgeser` model accepts.
 
-    max_batch: int = 16
+    `max_batch` None: 16, or for TensorRT engines the largest batch their optimisation profiles take.
+    """
+
+    max_batch: int | None = None
     max_delay_ms: float = 5.0
     max_seconds: float = MAX_CLIP_SECONDS
     instances: int = 1
 
+    @property
+    def batch(self) -> int:
+        return DEFAULT_MAX_BATCH if self.max_batch is None else self.max_batch
+
     def __post_init__(self) -> None:
-        if self.max_batch < 1:
+        if self.max_batch is not None and self.max_batch < 1:
             raise ServingError(f"--max-batch must be at least 1, got {self.max_batch}")
         if self.max_delay_ms < 0:
             raise ServingError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms}")
@@ -112,7 +121,7 @@ def stage_config(stage: str, inputs: Sequence[TensorSpec], outputs: Sequence[Ten
     head = {"onnxruntime": 'platform: "onnxruntime_onnx"', "tensorrt": 'platform: "tensorrt_plan"',
             "python": 'backend: "python"'}[backend]
     kind = {"onnxruntime": "KIND_AUTO", "tensorrt": "KIND_GPU", "python": "KIND_CPU"}[backend]
-    lines = [f"name: {_quote(stage)}", head, f"max_batch_size: {options.max_batch}",
+    lines = [f"name: {_quote(stage)}", head, f"max_batch_size: {options.batch}",
              _io_section("input", [tensor_block(t) for t in inputs]),
              _io_section("output", [tensor_block(t) for t in outputs]),
              _batching(options), f"instance_group [ {{ kind: {kind} count: {options.instances} }} ]"]
@@ -131,7 +140,7 @@ def pipeline_config(labels: Sequence[str], options: RepositoryOptions, parameter
                tensor_block(TensorSpec(LOGITS, "float32", ["batch", classes])),
                tensor_block(TensorSpec(TRANSCRIPT, "string", ["batch", 1]))]
     params = {"labels": json.dumps(list(labels)), "max_seconds": f"{options.max_seconds:g}", **parameters}
-    lines = [f"name: {_quote(PIPELINE_MODEL)}", 'backend: "python"', f"max_batch_size: {options.max_batch}",
+    lines = [f"name: {_quote(PIPELINE_MODEL)}", 'backend: "python"', f"max_batch_size: {options.batch}",
              _io_section("input", inputs), _io_section("output", outputs), _batching(options),
              f"instance_group [ {{ kind: KIND_CPU count: {options.instances} }} ]", _parameters(params)]
     return "\n".join(lines) + "\n"
@@ -166,6 +175,44 @@ def engine_folder(bundle: Path, precision: str, target: str | None) -> Path:
     return root / targets[0] / precision
 
 
+def engine_limits(folder: Path, manifest: BundleManifest, options: RepositoryOptions) -> RepositoryOptions:
+    """`options` with max_batch and max_seconds the engines' optimisation profiles (their manifest) allow.
+
+    Triton's TensorRT backend refuses a model whose max_batch_size exceeds the engine's batch maximum, and the
+    stage engines refuse waveforms longer than their `samples` maximum: both come from the engine manifest. An
+    explicit max_batch above the engines' is refused.
+    """
+    from edgeser.trt.engines import EngineError, read_engine_manifest
+
+    try:
+        engines = read_engine_manifest(folder)
+    except EngineError as err:
+        raise ServingError(str(err)) from None
+    batch: tuple[int, str] | None = None
+    samples: tuple[int, str] | None = None
+    for stage, spec in manifest.stages.items():
+        profiles = engines["stages"].get(stage, {}).get("profiles", {})
+        for tensor in spec.inputs:
+            if tensor.name not in profiles:
+                continue
+            high = profiles[tensor.name]["max"]
+            for axis, dim in enumerate(tensor.shape):
+                where = (int(high[axis]), f"{stage}:{tensor.name}")
+                if dim == "batch" and (batch is None or where[0] < batch[0]):
+                    batch = where
+                if dim == "samples" and (samples is None or where[0] < samples[0]):
+                    samples = where
+    if batch is None:
+        raise ServingError(f"{folder / 'manifest.json'}: no batch profile for any stage input; rebuild the engines "
+                           "with `edgeser build-trt`")
+    if options.max_batch is not None and options.max_batch > batch[0]:
+        raise ServingError(f"--max-batch {options.max_batch}: the TensorRT engines in {folder} take at most "
+                           f"{batch[0]} clips ({batch[1]} profile); pass --max-batch {batch[0]} or rebuild with "
+                           f"`edgeser build-trt --profile {batch[1]}=...` for larger batches")
+    seconds = options.max_seconds if samples is None else min(options.max_seconds, samples[0] / SAMPLE_RATE)
+    return replace(options, max_batch=options.max_batch or batch[0], max_seconds=seconds)
+
+
 def write_model_repository(bundle: str | Path, out: str | Path, *, precision: str = "fp32",
                            backend: str = "onnxruntime", options: RepositoryOptions | None = None,
                            engines: str | None = None) -> Repository:
@@ -185,6 +232,7 @@ def write_model_repository(bundle: str | Path, out: str | Path, *, precision: st
         missing = [str(p) for p in sources.values() if not p.is_file()]
         if missing:
             raise ServingError(f"{folder}: missing TensorRT engine(s) {', '.join(missing)}")
+        options = engine_limits(folder, manifest, options)
     target = Path(out)
     with atomic_dir(target) as staging:
         for stage in stages:
@@ -249,7 +297,7 @@ Written by `edgeser export-triton`. Models:
 | `{PIPELINE_MODEL}` | python | waveform (+ length) -> the stages above (BLS calls) with edgeser's own steps between \
 them (frame lengths, CTC greedy decoding, tokenisation) -> label, probabilities, logits, transcript |
 
-Every model batches dynamically (up to {options.max_batch} items, {options.max_delay_ms:g} ms queue delay);
+Every model batches dynamically (up to {options.batch} items, {options.max_delay_ms:g} ms queue delay);
 `{PIPELINE_MODEL}` takes ragged waveforms, so clips of different lengths share a batch.
 Labels: {", ".join(labels)}.
 
