@@ -202,3 +202,38 @@ def test_build_trt_usage_and_bundle_errors(cmgi_bundle: Path) -> None:
     assert build_cli(str(cmgi_bundle)).exit_code == 2
     result = build_cli(str(cmgi_bundle), "--int8")
     assert result.exit_code == 1 and "no 'int8-trt' variant" in result.output and "quantize" in result.output
+
+
+def test_builder_config_makes_one_profile_per_concurrent_context() -> None:
+    from types import SimpleNamespace
+
+    from edgeser.trt.build import BuildOptions, builder_config
+
+    class Profile:
+        def __init__(self) -> None:
+            self.shapes: dict[str, tuple] = {}
+
+        def set_shape(self, name: str, low: tuple, opt: tuple, high: tuple) -> None:
+            self.shapes[name] = (low, opt, high)
+
+    class Config:
+        def __init__(self) -> None:
+            self.profiles: list[Profile] = []
+
+        def add_optimization_profile(self, profile: Profile) -> int:
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+        def create_timing_cache(self, data: bytes) -> bytes:
+            return data
+
+        def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+            return True
+
+    config = Config()
+    builder = SimpleNamespace(create_builder_config=lambda: config, create_optimization_profile=Profile)
+    trt = SimpleNamespace(ProfilingVerbosity=SimpleNamespace(DETAILED="detailed"))
+    wave = InputProfile((1, 8000), (1, 32000), (8, 160000))
+    builder_config(trt, builder, BuildOptions("int8-trt", contexts=3), b"", {"waveform": wave})
+    assert len(config.profiles) == 3 and len({id(p) for p in config.profiles}) == 3
+    assert all(p.shapes == {"waveform": ((1, 8000), (1, 32000), (8, 160000))} for p in config.profiles)

@@ -7,11 +7,15 @@ import importlib.util
 import subprocess
 import sys
 import threading
+import time
+from enum import IntEnum
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from edgeser.errors import BundleError
 from edgeser.runtime.providers import CPU, CUDA, TENSORRT, provider_plan
 from edgeser.runtime.tensorrt import (
     BufferPool,
@@ -68,6 +72,11 @@ class FakeDevice:
         self.next = 1
         self.allocs = 0
         self.lock = threading.Lock()
+        self.streams: set[int] = set()
+        self.current: dict[int, bool] = {}  # thread -> use() was called
+
+    def use(self) -> None:
+        self.current[threading.get_ident()] = True
 
     def alloc(self, size: int) -> int:
         with self.lock:
@@ -80,7 +89,14 @@ class FakeDevice:
         del self.memory[pointer]
 
     def stream(self) -> int:
-        return 0
+        assert self.current.get(threading.get_ident()), "stream created before the device was set"
+        with self.lock:
+            self.next += 1
+            self.streams.add(self.next)
+            return self.next
+
+    def destroy_stream(self, stream: int) -> None:
+        self.streams.remove(stream)
 
     def to_device(self, pointer: int, array: np.ndarray, stream: int) -> None:
         self.memory[pointer][: array.nbytes] = array.tobytes()
@@ -93,13 +109,24 @@ class FakeDevice:
 
 
 class FakeContext:
-    """An execution context computing features = waveform frames x 4 (mean of 4 channels), to check wiring."""
+    """An execution context computing features = waveform frames x 4 (mean of 4 channels), to check wiring.
+
+    It fails if two runs overlap on it, or if it runs before it was given an optimisation profile."""
 
     def __init__(self, device: FakeDevice, log: list) -> None:
         self.device, self.shapes, self.addresses = device, {}, {}
-        log.append(threading.get_ident())
+        self.profile: int | None = None
+        self.busy = False
+        log.append(self)
+
+    def set_optimization_profile_async(self, index: int, stream: int) -> bool:
+        self.profile = index
+        return True
 
     def set_input_shape(self, name: str, shape: tuple) -> bool:
+        if name == "waveform":  # a run's first call
+            assert not self.busy, "two runs share one execution context"
+            self.busy = True
         self.shapes[name] = tuple(shape)
         return True
 
@@ -112,32 +139,36 @@ class FakeContext:
         return True
 
     def execute_async_v3(self, stream: int) -> bool:
+        assert self.profile is not None
         batch, samples = self.shapes["waveform"]
         wave = np.frombuffer(bytes(self.device.memory[self.addresses["waveform"]][: batch * samples * 4]),
                              np.float32).reshape(batch, samples)
         frames = wave[:, : (samples // 100) * 100].reshape(batch, -1, 100).mean(-1)
         out = np.repeat(frames[..., None], 4, axis=-1).astype(np.float32)
         self.device.memory[self.addresses["features"]][: out.nbytes] = out.tobytes()
+        time.sleep(0.002)  # long enough for the other threads to try the same context
+        self.busy = False
         return True
 
 
 class FakeEngine:
-    def __init__(self, device: FakeDevice) -> None:
+    def __init__(self, device: FakeDevice, profiles: int = 1) -> None:
         self.device, self.contexts = device, []
+        self.num_optimization_profiles = profiles
 
     def create_execution_context(self) -> FakeContext:
         return FakeContext(self.device, self.contexts)
 
 
-def test_runner_runs_and_keeps_one_context_per_thread() -> None:
+@pytest.mark.parametrize("profiles", [1, 3])
+def test_runner_gives_each_concurrent_run_its_own_context_and_profile(profiles: int) -> None:
     device = FakeDevice()
-    engine = FakeEngine(device)
+    engine = FakeEngine(device, profiles)
     runner = TensorRTRunner(engine, [WAVE, LENS, FEATS], "audio_encoder", device)
     assert isinstance(runner, StageRunner) and runner.input_names == ("waveform", "lengths")
     rng = np.random.default_rng(0)
     waves = [rng.standard_normal((1 + i % 3, 8000 + 800 * i)).astype(np.float32) for i in range(6)]
     results: dict[int, np.ndarray] = {}
-    used: dict[int, set[int]] = {}
     together = threading.Barrier(6)
 
     def work(index: int) -> None:
@@ -145,16 +176,15 @@ def test_runner_runs_and_keeps_one_context_per_thread() -> None:
         for _ in range(3):
             wave = waves[index]
             results[index] = runner.run({"waveform": wave, "lengths": np.full(len(wave), wave.shape[1])})["features"]
-            used.setdefault(index, set()).add(id(runner._local.context))
-        together.wait()
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len(engine.contexts) == len(set(engine.contexts)) == 6  # one context per thread...
-    assert all(len(ids) == 1 for ids in used.values()) and len(set().union(*used.values())) == 6  # ...kept, unshared
+    # one context per profile at most, each on its own profile (the FakeContext fails on shared use)
+    assert 1 <= len(engine.contexts) <= profiles
+    assert sorted(c.profile for c in engine.contexts) == list(range(len(engine.contexts)))
     for index, wave in enumerate(waves):
         frames = wave.shape[1] // 100
         expected = wave[:, : frames * 100].reshape(len(wave), frames, 100).mean(-1)
@@ -162,6 +192,11 @@ def test_runner_runs_and_keeps_one_context_per_thread() -> None:
         assert results[index].shape == (len(wave), frames, 4)
     with pytest.raises(EngineShapeError, match="missing input.s. lengths"):
         runner.run({"waveform": waves[0]})
+    assert device.streams and device.memory
+    runner.close()  # streams destroyed, buffers freed
+    assert device.streams == set() and device.memory == {}
+    with pytest.raises(BundleError, match="runner is closed"):
+        runner.run({"waveform": waves[0], "lengths": np.array([waves[0].shape[1]])})
 
 
 def test_buffers_grow_only() -> None:
@@ -207,3 +242,136 @@ def test_runtime_modules_stay_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]"
+
+
+class FakeCudaError(IntEnum):
+    cudaSuccess = 0
+    cudaErrorInvalidValue = 1
+
+
+class FakeCudart:
+    """cuda-python's runtime module as far as the runner uses it; records (thread, call, args) in `calls`."""
+
+    cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
+
+    def __init__(self, calls: list) -> None:
+        self.calls, self.free_error = calls, FakeCudaError.cudaSuccess
+
+    def _record(self, name: str, *args: object) -> None:
+        self.calls.append((threading.get_ident(), name, args))
+
+    def cudaSetDevice(self, index: int) -> tuple:
+        self._record("cudaSetDevice", index)
+        return (FakeCudaError.cudaSuccess,)
+
+    def cudaStreamCreate(self) -> tuple:
+        self._record("cudaStreamCreate")
+        return FakeCudaError.cudaSuccess, 77
+
+    def cudaStreamDestroy(self, stream: int) -> tuple:
+        self._record("cudaStreamDestroy", stream)
+        return (FakeCudaError.cudaSuccess,)
+
+    def cudaMalloc(self, size: int) -> tuple:
+        self._record("cudaMalloc", size)
+        return FakeCudaError.cudaSuccess, 4096
+
+    def cudaFree(self, pointer: int) -> tuple:
+        self._record("cudaFree", pointer)
+        return (self.free_error,)
+
+    def cudaMemcpyAsync(self, *args: object) -> tuple:
+        return (FakeCudaError.cudaSuccess,)
+
+    def cudaStreamSynchronize(self, stream: int) -> tuple:
+        return (FakeCudaError.cudaSuccess,)
+
+
+def fake_tensorrt(calls: list) -> SimpleNamespace:
+    """`tensorrt` as far as tensorrt_runners uses it: an engine with one dynamic input and one output."""
+
+    class Context:
+        def __init__(self) -> None:
+            calls.append((threading.get_ident(), "create_execution_context", ()))
+
+        def set_optimization_profile_async(self, index: int, stream: int) -> bool:
+            return True
+
+        def set_input_shape(self, name: str, shape: tuple) -> bool:
+            return True
+
+        def get_tensor_shape(self, name: str) -> tuple:
+            return (1, 4)
+
+        def set_tensor_address(self, name: str, pointer: int) -> bool:
+            return True
+
+        def execute_async_v3(self, stream: int) -> bool:
+            return True
+
+    class Engine:
+        num_io_tensors, num_optimization_profiles = 2, 1
+        names = ("token_ids", "features")
+
+        def get_tensor_name(self, index: int) -> str:
+            return self.names[index]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return "in" if name == "token_ids" else "out"
+
+        def get_tensor_dtype(self, name: str) -> SimpleNamespace:
+            return SimpleNamespace(name="INT64" if name == "token_ids" else "FLOAT")
+
+        def get_tensor_shape(self, name: str) -> tuple:
+            return (-1, -1) if name == "token_ids" else (-1, 4)
+
+        def get_tensor_profile_shape(self, name: str, profile: int) -> tuple:
+            return (1, 1), (1, 8), (8, 64)
+
+        def create_execution_context(self) -> Context:
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger: object) -> None:
+            pass
+
+        def deserialize_cuda_engine(self, data: bytes) -> Engine:
+            calls.append((threading.get_ident(), "deserialize_cuda_engine", ()))
+            return Engine()
+
+    return SimpleNamespace(Runtime=Runtime, Logger=lambda severity: None,
+                           ILogger=SimpleNamespace(Severity=SimpleNamespace(WARNING=2)),
+                           TensorIOMode=SimpleNamespace(INPUT="in"))
+
+
+def test_runners_set_their_gpu_before_deserialising_and_in_every_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeser.trt.engines as engines
+
+    calls: list = []
+    cudart = FakeCudart(calls)
+    monkeypatch.setattr(engines, "import_cudart", lambda: cudart)
+    monkeypatch.setattr(engines, "import_tensorrt", lambda: fake_tensorrt(calls))
+    monkeypatch.setattr(engines, "current_identity", lambda device: f"gpu{device}")
+    monkeypatch.setattr(engines, "find_engine_dir", lambda root, identity, precision: root)
+    monkeypatch.setattr(engines, "read_engine_manifest", lambda folder: {"stages": {}})
+    monkeypatch.setattr(engines, "check_identity", lambda *args: None)
+    monkeypatch.setattr(engines, "check_sources", lambda *args: None)
+    monkeypatch.setattr(engines, "verified_engine_bytes", lambda *args: b"plan")
+    stage = SimpleNamespace(inputs=[SimpleNamespace(name="token_ids")])
+    manifest = SimpleNamespace(precisions={"fp16": {"text_encoder": SimpleNamespace(sha256="0" * 64)}},
+                               stages={"text_encoder": stage})
+    runner = tensorrt_runners(Path("bundle"), manifest, "fp16", device=1)["text_encoder"]
+    names = [name for _, name, _ in calls]
+    assert names.index("cudaSetDevice") < names.index("deserialize_cuda_engine")
+    assert ("cudaSetDevice", (1,)) in [(name, args) for _, name, args in calls]
+    calls.clear()
+    thread = threading.Thread(target=runner.run, args=({"token_ids": np.ones((1, 5), np.int64)},))
+    thread.start()
+    thread.join()
+    mine = [(name, args) for ident, name, args in calls if ident == thread.ident]
+    assert mine[0] == ("cudaSetDevice", (1,))  # the new thread's device is set before anything lands on one
+    assert [name for name, _ in mine].index("create_execution_context") > 0
+    cudart.free_error = FakeCudaError.cudaErrorInvalidValue
+    with pytest.raises(TensorRTUnavailable, match="cudaFree failed: cudaErrorInvalidValue"):
+        runner.close()  # a failed cudaFree is an error, not ignored
+    assert ("cudaStreamDestroy", (77,)) in [(n, a) for _, n, a in calls]  # the stream still goes

@@ -3,9 +3,13 @@
     runners = tensorrt_runners(Path("build/cmgi"), manifest, "int8")   # {stage: TensorRTRunner}
 
 Thread safety: a runner may be shared between threads. The deserialised engine is shared (TensorRT allows
-creating execution contexts from one engine concurrently); everything that is not thread-safe, the
-`IExecutionContext`, its CUDA stream and its device buffers, exists once per thread (`threading.local`), so
-concurrent `run` calls never share a context and never wait on each other.
+creating execution contexts from one engine concurrently); what is not thread-safe, an `IExecutionContext`, its
+CUDA stream and its device buffers, is a `ContextSlot` that one `run` holds at a time. With dynamic shapes each
+context in concurrent use needs its own optimisation profile (NvInferRuntime.h, `setOptimizationProfileAsync`,
+10.x and 11.x), so a runner makes at most one slot per profile of the engine (`build-trt --contexts N` builds N
+identical profiles) and assigns slot k profile k: up to N runs go concurrently, more wait for a free slot (an
+engine with one profile serialises its runs). Every call sets the runner's GPU first (`cudaSetDevice`: the
+current device is per thread); `close()` destroys the streams and frees the buffers.
 
 Frame lengths are never read from an engine: `StageGraph` computes them from the bundle's frame layout. The
 shape and buffer bookkeeping (`EngineTensor`, `check_feed`, `output_shape`, `BufferPool`) is plain numpy so it
@@ -111,27 +115,41 @@ class BufferPool:
         return pointer
 
     def close(self) -> None:
-        for pointer, _ in self.buffers.values():
-            self.device.free(pointer)
-        self.buffers.clear()
+        """Free every buffer; the first failed free is raised after the others were tried."""
+        buffers, self.buffers = self.buffers, {}
+        failed: list[Exception] = []
+        for pointer, _ in buffers.values():
+            try:
+                self.device.free(pointer)
+            except Exception as err:
+                failed.append(err)
+        if failed:
+            raise failed[0]
 
 
 class CudaDevice:
-    """The few CUDA runtime calls a runner needs, through cuda-python."""
+    """The few CUDA runtime calls a runner needs, through cuda-python, on GPU `index`."""
 
-    def __init__(self) -> None:
+    def __init__(self, index: int = 0) -> None:
         from edgeser.trt.engines import cuda_call, import_cudart
 
-        self.rt, self.call = import_cudart(), cuda_call
+        self.rt, self.call, self.index = import_cudart(), cuda_call, int(index)
+
+    def use(self) -> None:
+        """Make this GPU the calling thread's current device (engines, buffers and streams land there)."""
+        self.call(self.rt.cudaSetDevice(self.index), "cudaSetDevice")
 
     def alloc(self, size: int) -> int:
         return int(self.call(self.rt.cudaMalloc(size), "cudaMalloc"))
 
     def free(self, pointer: int) -> None:
-        self.rt.cudaFree(pointer)
+        self.call(self.rt.cudaFree(pointer), "cudaFree")
 
     def stream(self) -> Any:
         return self.call(self.rt.cudaStreamCreate(), "cudaStreamCreate")
+
+    def destroy_stream(self, stream: Any) -> None:
+        self.call(self.rt.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
     def to_device(self, pointer: int, array: np.ndarray, stream: Any) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -160,6 +178,16 @@ def engine_tensors(engine: Any, trt: Any) -> list[EngineTensor]:
     return tensors
 
 
+@dataclass
+class ContextSlot:
+    """One execution context with its optimisation profile, CUDA stream and device buffers."""
+
+    context: Any
+    profile: int
+    stream: Any
+    buffers: BufferPool
+
+
 class TensorRTRunner:
     """Runs one stage engine; satisfies `edgeser.stages.StageRunner`. See the module docstring for threads."""
 
@@ -170,46 +198,105 @@ class TensorRTRunner:
         self.inputs = [t for t in tensors if t.is_input]
         self.outputs = [t for t in tensors if not t.is_input]
         self.input_names = input_names or tuple(t.name for t in self.inputs)
-        self._local = threading.local()
+        self.profiles = max(1, int(engine.num_optimization_profiles))
+        self.slots: list[ContextSlot] = []  # every slot made, busy or free
+        self._free: list[ContextSlot] = []
+        self._ready = threading.Condition()
+        self._closed = False
 
-    def _state(self) -> Any:
-        state = self._local
-        if not hasattr(state, "context"):
-            state.context = self.engine.create_execution_context()
-            state.stream = self.device.stream()
-            state.buffers = BufferPool(self.device)
-        return state
+    def _new_slot(self, profile: int) -> ContextSlot:
+        context = self.engine.create_execution_context()
+        if context is None:
+            raise BundleError(f"{self.stage}: TensorRT could not create an execution context (GPU memory?)")
+        stream = self.device.stream()
+        if not context.set_optimization_profile_async(profile, stream):
+            self.device.destroy_stream(stream)
+            raise BundleError(f"{self.stage}: TensorRT refused optimisation profile {profile}")
+        return ContextSlot(context, profile, stream, BufferPool(self.device))
+
+    def _acquire(self) -> ContextSlot:
+        """A free slot, a new one while the engine has an unused profile, else wait for one."""
+        with self._ready:
+            while True:
+                if self._closed:
+                    raise BundleError(f"{self.stage}: the TensorRT runner is closed")
+                if self._free:
+                    return self._free.pop()
+                if len(self.slots) < self.profiles:
+                    slot = self._new_slot(len(self.slots))
+                    self.slots.append(slot)
+                    return slot
+                self._ready.wait()
+
+    def _release(self, slot: ContextSlot) -> None:
+        with self._ready:
+            self._free.append(slot)
+            self._ready.notify()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [t.name for t in self.inputs if t.name not in feeds]
         if missing:
             raise EngineShapeError(f"{self.stage}: missing input(s) {', '.join(missing)}")
-        state = self._state()
         arrays = {t.name: check_feed(t, feeds[t.name], self.stage) for t in self.inputs}
+        self.device.use()
+        slot = self._acquire()
+        try:
+            return self._run(slot, arrays)
+        finally:
+            self._release(slot)
+
+    def _run(self, slot: ContextSlot, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        context = slot.context
         for tensor in self.inputs:
             array = arrays[tensor.name]
-            if state.context.set_input_shape(tensor.name, array.shape) is False:
+            if context.set_input_shape(tensor.name, array.shape) is False:
                 raise EngineShapeError(f"{self.stage}: TensorRT refused shape {array.shape} for {tensor.name}")
-            pointer = state.buffers.get(tensor.name, array.nbytes)
-            self.device.to_device(pointer, array, state.stream)
-            state.context.set_tensor_address(tensor.name, pointer)
+            pointer = slot.buffers.get(tensor.name, array.nbytes)
+            self.device.to_device(pointer, array, slot.stream)
+            context.set_tensor_address(tensor.name, pointer)
         results: dict[str, np.ndarray] = {}
         for tensor in self.outputs:
-            shape = output_shape(tensor, tuple(state.context.get_tensor_shape(tensor.name)), self.stage)
+            shape = output_shape(tensor, tuple(context.get_tensor_shape(tensor.name)), self.stage)
             results[tensor.name] = np.empty(shape, dtype=tensor.dtype)
-            pointer = state.buffers.get(tensor.name, nbytes(shape, tensor.dtype))
-            state.context.set_tensor_address(tensor.name, pointer)
-        if not state.context.execute_async_v3(state.stream):
+            pointer = slot.buffers.get(tensor.name, nbytes(shape, tensor.dtype))
+            context.set_tensor_address(tensor.name, pointer)
+        if not context.execute_async_v3(slot.stream):
             raise BundleError(f"{self.stage}: TensorRT execution failed (see TensorRT's log)")
         for tensor in self.outputs:
-            pointer, _ = state.buffers.buffers[tensor.name]
-            self.device.to_host(results[tensor.name], pointer, state.stream)
-        self.device.synchronize(state.stream)
+            pointer, _ = slot.buffers.buffers[tensor.name]
+            self.device.to_host(results[tensor.name], pointer, slot.stream)
+        self.device.synchronize(slot.stream)
         return results
+
+    def close(self) -> None:
+        """Wait for running calls, then destroy every context's stream and free its buffers; later runs fail."""
+        with self._ready:
+            self._closed = True
+            while len(self._free) < len(self.slots):
+                self._ready.wait()
+            slots, self.slots, self._free = self.slots, [], []
+        self.device.use()
+        failed: list[Exception] = []
+        for slot in slots:
+            for step in (lambda: self.device.synchronize(slot.stream), slot.buffers.close,
+                         lambda: self.device.destroy_stream(slot.stream)):
+                try:
+                    step()
+                except Exception as err:  # free everything else, then report the first failure
+                    failed.append(err)
+            slot.context = None  # TensorRT frees a context when its last reference goes
+        if failed:
+            raise failed[0]
+
+    def __enter__(self) -> TensorRTRunner:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def tensorrt_runners(bundle_root: Path, manifest: Any, precision: str, device: int = 0) -> dict[str, TensorRTRunner]:
-    """One TensorRT runner per stage from the engine folder built on a machine like this one.
+    """One TensorRT runner per stage on GPU `device`, from the engine folder built on a machine like this one.
 
     Refuses a folder built for another GPU / compute capability / TensorRT version, engines built from graphs the
     bundle no longer holds, and engine files whose checksum differs from their manifest.
@@ -232,8 +319,9 @@ def tensorrt_runners(bundle_root: Path, manifest: Any, precision: str, device: i
     check_identity(folder, engines, identity)
     check_sources(folder, engines, {stage: entry.sha256 for stage, entry in manifest.precisions[precision].items()})
     trt = import_tensorrt()
+    cuda = CudaDevice(device)
+    cuda.use()  # deserialised engines live on the current device
     runtime = trt.Runtime(trt.Logger(trt.ILogger.Severity.WARNING))
-    cuda = CudaDevice()
     runners: dict[str, TensorRTRunner] = {}
     for stage in manifest.precisions[precision]:
         engine = runtime.deserialize_cuda_engine(verified_engine_bytes(folder, engines, stage))

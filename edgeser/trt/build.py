@@ -6,8 +6,9 @@ and the Casts around what stays FP32) and no precision builder flag is ever set:
   calibrators (deprecated since 10.1) are not used;
 - TensorRT 11.x: `create_network(0)` is strongly typed (weak typing, the FP16/INT8 flags and the calibrators are
   removed).
-Every engine is built with detailed profiling verbosity so the engine inspector reports per-layer types, one
-optimisation profile per stage (`edgeser.trt.profiles`), and a timing cache that later builds reuse.
+Every engine is built with detailed profiling verbosity so the engine inspector reports per-layer types,
+`contexts` identical optimisation profiles per stage (`edgeser.trt.profiles`; one per concurrent execution
+context), and a timing cache that later builds reuse.
 Written against the TensorRT 10.x/11.x Python API documentation; not run here (no TensorRT on these machines).
 """
 
@@ -44,6 +45,9 @@ class BuildOptions:
     workspace_mb: int | None = None  # None: TensorRT's default (the device's memory)
     timing_cache: Path | None = None  # None: BUNDLE/trt/timing-<machine>.cache
     stages: tuple[str, ...] | None = None  # None: every stage of the variant
+    # identical optimisation profiles per engine: how many execution contexts may run it concurrently (a
+    # context in concurrent use needs its own profile with dynamic shapes); each adds build time and engine size
+    contexts: int = 1
 
 
 def strongly_typed_network(trt: Any, builder: Any) -> Any:
@@ -72,10 +76,11 @@ def builder_config(trt: Any, builder: Any, options: BuildOptions, cache_bytes: b
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, False)
-    profile = builder.create_optimization_profile()
-    for name, shapes in profiles.items():
-        profile.set_shape(name, shapes.min, shapes.opt, shapes.max)
-    config.add_optimization_profile(profile)
+    for _ in range(max(1, options.contexts)):  # one per concurrent execution context (runtime/tensorrt.py)
+        profile = builder.create_optimization_profile()
+        for name, shapes in profiles.items():
+            profile.set_shape(name, shapes.min, shapes.opt, shapes.max)
+        config.add_optimization_profile(profile)
     return config, cache
 
 
@@ -126,7 +131,8 @@ def build_engines(bundle: Path, options: BuildOptions, log: Any = None) -> dict[
                                                    **runtime_versions()},
         "builder": {"strongly_typed": True, "precision_flags": [], "profiling_verbosity": "DETAILED",
                     "workspace_mb": options.workspace_mb, "timing_cache": str(cache_path),
-                    "timing_cache_reused": cache_reused, "profile_source": profile_source},
+                    "timing_cache_reused": cache_reused, "profile_source": profile_source,
+                    "contexts": options.contexts},
         "stages": {},
     }
     with atomic_dir(folder) as staging:

@@ -57,9 +57,12 @@ def doctor_command(bundle: Path, target: str, precisions: tuple[str, ...], profi
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="Timing cache file to reuse and update (default: BUNDLE/trt/timing-<machine>.cache).")
 @click.option("--stages", default=None, help="Comma-separated stages to build (default: all).")
+@click.option("--contexts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Identical optimisation profiles per engine: how many threads may run a stage at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print the engine manifest as JSON.")
 def build_trt_command(bundle: Path, precision: str | None, variant: str | None, profiles: tuple[str, ...],
-                      workspace_mb: int | None, timing_cache: Path | None, stages: str | None, as_json: bool) -> None:
+                      workspace_mb: int | None, timing_cache: Path | None, stages: str | None, contexts: int,
+                      as_json: bool) -> None:
     """Build TensorRT engines (strongly typed, explicit quantisation) for this GPU and TensorRT version.
 
     Engines go to BUNDLE/trt/<gpu>-sm<cc>-trt<version>/<precision>/ with a manifest of source checksums,
@@ -71,7 +74,7 @@ def build_trt_command(bundle: Path, precision: str | None, variant: str | None, 
         raise click.UsageError("choose --int8 or --fp16 (or --variant NAME)")
     options = BuildOptions(
         precision=variant or str(precision), profiles=profiles, workspace_mb=workspace_mb, timing_cache=timing_cache,
-        stages=tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else None)
+        contexts=contexts, stages=tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else None)
     record = build_engines(bundle, options, log=lambda message: click.echo(message, err=True))
     if as_json:
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
