@@ -278,10 +278,10 @@ class TensorRTRunner:
         self.device.use()
         failed: list[Exception] = []
         for slot in slots:
-            for step in (lambda: self.device.synchronize(slot.stream), slot.buffers.close,
-                         lambda: self.device.destroy_stream(slot.stream)):
+            for step, argument in ((self.device.synchronize, slot.stream), (slot.buffers.close, None),
+                                   (self.device.destroy_stream, slot.stream)):
                 try:
-                    step()
+                    step() if argument is None else step(argument)
                 except Exception as err:  # free everything else, then report the first failure
                     failed.append(err)
             slot.context = None  # TensorRT frees a context when its last reference goes
