@@ -70,6 +70,32 @@ def test_profiles_default_to_calibration_lengths(cmgi_bundle: Path, tmp_path: Pa
     assert profiles["text_encoder"]["attention_mask"].opt == (1, 9)
 
 
+def test_pipeline_gives_the_tensorrt_ep_its_profiles_and_graph_checksums(cmgi_bundle: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeser.runtime.pipeline as pipeline
+    from edgeser.runtime.sessions import OrtRunner
+
+    bundle = calibrated(cmgi_bundle, tmp_path, {"min": 20_000, "opt": 41_000, "max": 70_500},
+                        {"min": 3, "opt": 9, "max": 21})
+    seen: dict[str, dict[str, str]] = {}
+    on_cpu = OrtRunner.load
+
+    def load(path: Path, providers: list, threads: object, options: list, spin: bool) -> OrtRunner:
+        seen[path.stem] = options[0]
+        return on_cpu(path)  # on the CPU: the EP is not in this onnxruntime
+
+    monkeypatch.setattr(pipeline.OrtRunner, "load", load)
+    pipeline.Pipeline.load(bundle, "fp32", backend="tensorrt-ep")
+    manifest = read_manifest(bundle)
+    assert set(seen) == set(manifest.stages)
+    wave = seen["audio_encoder"]
+    assert wave["trt_profile_min_shapes"].startswith("waveform:1x20000")
+    assert "waveform:8x80000" in wave["trt_profile_max_shapes"]
+    assert "attention_mask:1x9" in seen["text_encoder"]["trt_profile_opt_shapes"]
+    for stage, options in seen.items():
+        assert options["trt_engine_cache_prefix"] == f"{stage}-{manifest.precisions['fp32'][stage].sha256[:16]}"
+
+
 def test_profile_overrides_and_their_errors(cmgi_bundle: Path, tmp_path: Path) -> None:
     bundle = calibrated(cmgi_bundle, tmp_path, {"min": 16_000, "opt": 32_000, "max": 48_000}, None)
     manifest = read_manifest(bundle)

@@ -231,9 +231,37 @@ def test_provider_plans(tmp_path: Path) -> None:
     assert options["trt_fp16_enable"] == "True" and options["trt_int8_enable"] == "False"
     assert options["trt_profile_max_shapes"] == "waveform:8x64000,lengths:8"
     assert options["trt_max_workspace_size"] == str(512 << 20)
-    assert provider_plan("tensorrt-ep", tmp_path, "int8").options[0]["trt_int8_enable"] == "True"
+    assert provider_plan("tensorrt-ep", tmp_path, "int8-trt").options[0]["trt_int8_enable"] == "True"
+    for cpu_only in ("int8", "int8-dynamic"):  # UINT8 Q/DQ / dynamic INT8: TensorRT's parser refuses them
+        with pytest.raises(BundleError, match=f"--precision {cpu_only} with tensorrt-ep: .*use int8-trt"):
+            provider_plan("tensorrt-ep", tmp_path, cpu_only)
     with pytest.raises(Exception, match="unknown backend 'tpu'"):
         provider_plan("tpu")
+
+
+def test_ep_engine_cache_is_keyed_by_the_graph_checksum(tmp_path: Path) -> None:
+    def prefix(sha: str) -> str:
+        return provider_plan("tensorrt-ep", tmp_path, "int8-trt", stage="text_encoder",
+                             graph_sha256=sha).options[0]["trt_engine_cache_prefix"]
+
+    assert prefix("ab" * 32) == "text_encoder-" + "ab" * 8
+    assert prefix("ab" * 32) != prefix("cd" * 32)  # re-quantised weights or scales: another engine
+
+
+def test_a_session_without_its_tensorrt_ep_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeser.runtime.providers as providers
+
+    session = SimpleNamespace(get_providers=lambda: [CUDA, CPU])  # what onnxruntime's fallback leaves
+    providers.check_providers(session, [CPU], Path("g.onnx"))  # not asked for: fine
+    providers.check_providers(SimpleNamespace(get_providers=lambda: [TENSORRT, CPU]), [TENSORRT, CPU], Path("g"))
+    monkeypatch.setattr(providers, "installed_tensorrt_majors", lambda: {11})
+    with pytest.raises(BundleError, match=r"g.onnx: onnxruntime .* fell back to CUDAExecutionProvider, "
+                                          r"CPUExecutionProvider without its TensorRT EP; this host has TensorRT 11 "
+                                          r"only \(libnvinfer.so.11\)"):
+        providers.check_providers(session, [TENSORRT, CUDA, CPU], Path("g.onnx"))
+    monkeypatch.setattr(providers, "installed_tensorrt_majors", lambda: set())
+    with pytest.raises(BundleError, match="no TensorRT 10 runtime"):
+        providers.check_providers(session, [TENSORRT, CUDA, CPU], Path("g.onnx"))
 
 
 def test_runtime_modules_stay_light() -> None:

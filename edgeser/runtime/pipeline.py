@@ -110,10 +110,16 @@ class Pipeline:
             runners = dict(tensorrt_runners(root, manifest, precision, device))
         else:
             from edgeser.runtime.providers import provider_plan
+            from edgeser.trt.profiles import resolve_profiles
 
+            profiles, missing, _ = resolve_profiles(root, manifest, list(graph.stages)) if backend == "tensorrt-ep" \
+                else ({}, [], "")
             runners = {}
             for stage in graph.stages:
-                plan = provider_plan(backend, root, precision, stage=stage, device=device)
+                complete = not any(m.startswith(f"{stage}:") for m in missing)  # the EP wants every dynamic input
+                plan = provider_plan(backend, root, precision, stage=stage, device=device,
+                                     profiles=profiles.get(stage) if complete else None,
+                                     graph_sha256=files[stage].sha256)
                 chosen, options = (providers, None) if providers and backend == "onnxruntime" else (
                     plan.providers, plan.options)
                 runners[stage] = OrtRunner.load(root / files[stage].path, chosen, threads, options, spin)

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeser.errors import BundleError
+from edgeser.runtime.providers import check_providers
 
 
 def make_session(path: Path, providers: list[str] | None = None, threads: int | None = None,
@@ -38,10 +39,12 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
     if unknown:
         raise BundleError(f"execution provider(s) {unknown} not available here (available: {available})")
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=chosen,
-                                    provider_options=provider_options)
+        session = ort.InferenceSession(str(path), sess_options=options, providers=chosen,
+                                       provider_options=provider_options)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
         raise BundleError(f"{path}: onnxruntime cannot load this graph ({' '.join(str(err).split())[:200]})") from None
+    check_providers(session, chosen, path)
+    return session
 
 
 class OrtRunner:

@@ -226,15 +226,10 @@ def qdq_counts(facts: GraphFacts, counts: Counter[str]) -> dict[str, int]:
             "per_channel_weights": per_channel, "casts": counts.get("Cast", 0)}
 
 
-# Variants written for onnxruntime on the CPU, not for TensorRT: the doctor skips them unless asked.
-CPU_VARIANTS = {"int8": "the CPU INT8 variant (u8 activations); `quantize --int8-trt` writes TensorRT's",
-                "int8-dynamic": "dynamic INT8 runs on onnxruntime's CPU kernels only"}
-
-
 def run_doctor(bundle: Path, target: Target, precisions: list[str] | None = None,
                profile_options: tuple[str, ...] = ()) -> DoctorReport:
     """Check the bundle's graphs of `precisions` (default: every listed one) for `target`."""
-    from edgeser.bundle import validate_bundle
+    from edgeser.bundle import CPU_VARIANTS, validate_bundle  # the doctor skips them unless asked
     from edgeser.errors import BundleError
     from edgeser.trt.profiles import resolve_profiles
 
