@@ -70,13 +70,15 @@ def robust_collector(calibrator: Any) -> None:
         scenario=calibrator.scenario)
 
 
-def activation_ranges(prepared: Path, stage: str, cache: Any, options: Int8Options, workdir: Path) -> Path:
-    """Activation ranges of `stage` from the cached calibration inputs, computed once per method and cached."""
+def activation_ranges(prepared: Path, stage: str, cache: Any, options: Int8Options, workdir: Path,
+                      variant: str = "") -> Path:
+    """Activation ranges of `stage` from the cached calibration inputs, computed once per method and cached;
+    `variant` names a rewritten graph (SmoothQuant scales) whose ranges differ from the plain one's."""
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     from edgeser.calibrate.reader import StageDataReader
 
-    target = cache.ranges_path(stage, options.method, options.signature())
+    target = cache.ranges_path(stage, options.method, options.signature() + variant)
     if target.is_file():
         return target
     extra = {"percentile": options.percentile} if options.method == "percentile" else {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import logging
 import shutil
@@ -83,6 +84,8 @@ class Int8Options:
     # graphs onnxruntime runs: TensorRT's parser does not know the op.
     fuse_attention: bool = True
     speed_threads: int | None = None  # threads the stages are timed with [all logical cores]
+    # SmoothQuant migration strength (smooth.py) on MatMuls whose activation channels are uneven; None: off
+    smooth_alpha: float | None = 0.7
 
     @classmethod
     def tensorrt(cls, **changes: Any) -> Int8Options:
@@ -117,6 +120,7 @@ class StageReport:
     float_outputs: int = 0  # quantised nodes whose output Q/DQ was removed (it fed residual Adds / GELU)
     speed: dict[str, Any] = field(default_factory=dict)  # fp32 vs int8 ms on this CPU (SpeedCheck.to_dict)
     fused: dict[str, list[str]] = field(default_factory=dict)  # merged MatMul -> the projections it replaced
+    smoothed: list[str] = field(default_factory=list)  # MatMuls given SmoothQuant scales (smooth.py)
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -308,7 +312,14 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
     exclusions: Exclusions = resolve_exclusions(model, options.exclude, options.min_width)
     extra = tuple(float_nodes) + tuple(options.float_nodes.get(stage, ()))
     reasons = exclusions.reasons | {n: "accuracy-controlled: kept float" for n in extra if n not in exclusions.reasons}
-    cached_ranges = activation_ranges(prepared, stage, cache, options, workdir)
+    smoothed: list[str] = []
+    if options.smooth_alpha:
+        prepared, smoothed = smoothed_graph(prepared, stage, cache, options, workdir, reasons)
+        if smoothed:
+            model = onnx.load(str(prepared))
+    variant = f"-sq{options.smooth_alpha:g}-{hashlib.sha256(' '.join(smoothed).encode()).hexdigest()[:8]}" \
+        if smoothed else ""
+    cached_ranges = activation_ranges(prepared, stage, cache, options, workdir, variant)
     effective = Exclusions(reasons).effective(model, options.op_types)
     quantisable = len(quantisable_nodes(model, options.op_types))
     source, merged, reasons, ranges = rewrite_for_quantisation(model, prepared, reasons, cached_ranges, options,
@@ -335,7 +346,21 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
         shutil.copyfile(fp32, out)  # nothing left to quantise: the float graph, not a re-optimised copy
         return StageReport("fp32", 0, effective, op_counts(out), how)
     return StageReport("int8", quantisable - len(effective), effective, op_counts(out), how,
-                       float_outputs=len(stripped), fused=dict(merged))
+                       float_outputs=len(stripped), fused=dict(merged), smoothed=smoothed)
+
+
+def smoothed_graph(prepared: Path, stage: str, cache: Any, options: Int8Options, workdir: Path,
+                   reasons: dict[str, str]) -> tuple[Path, list[str]]:
+    """`prepared` with SmoothQuant scales migrated into the weights of the MatMuls that will be quantised."""
+    from edgeser.quantize.smooth import smooth_graph, stage_feeds
+
+    model = onnx.load(str(prepared), load_external_data=False)
+    quantised = [n for n in quantisable_nodes(model, options.op_types) if n not in reasons]
+    inputs = [i.name for i in model.graph.input]
+    target = workdir / f"{stage}.smoothed.onnx"
+    smoothed = smooth_graph(prepared, target, quantised, stage_feeds(cache, stage, inputs),
+                            float(options.smooth_alpha or 0))
+    return (target, smoothed) if smoothed else (prepared, [])
 
 
 def static_stage_writer(cache: Any, options: Int8Options, workdir: Path) -> Callable[[str, Path, Path], StageReport]:
@@ -389,6 +414,7 @@ def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: s
         "quantize_bias": options.quantize_bias, "per_channel_axis": dict(PER_CHANNEL_AXIS),
         "speed_gate": options.speed_gate, "fuse_projections": options.fuse_projections,
         "frame_first_conv": options.frame_first_conv, "fuse_attention": options.fuse_attention,
+        "smooth_alpha": options.smooth_alpha,
         "measured_on": measured_on(options.speed_threads) if options.speed_gate else None,
         "calibration": {k: provenance.get(k) for k in ("data_spec", "corpus", "fold", "held_out", "pool", "count",
                                                        "ids_sha", "labels", "buckets_s", "groups", "ids")},

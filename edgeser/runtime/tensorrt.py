@@ -19,8 +19,9 @@ the TensorRT 10.x/11.x Python API documentation; not run against TensorRT here.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,10 +279,12 @@ class TensorRTRunner:
         self.device.use()
         failed: list[Exception] = []
         for slot in slots:
-            for step, argument in ((self.device.synchronize, slot.stream), (slot.buffers.close, None),
-                                   (self.device.destroy_stream, slot.stream)):
+            steps: list[Callable[[], None]] = [functools.partial(self.device.synchronize, slot.stream),
+                                               slot.buffers.close,
+                                               functools.partial(self.device.destroy_stream, slot.stream)]
+            for step in steps:
                 try:
-                    step() if argument is None else step(argument)
+                    step()
                 except Exception as err:  # free everything else, then report the first failure
                     failed.append(err)
             slot.context = None  # TensorRT frees a context when its last reference goes
