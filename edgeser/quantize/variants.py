@@ -84,6 +84,12 @@ class Int8Options:
     fuse_attention: bool = True
     speed_threads: int | None = None  # threads the stages are timed with [all logical cores]
 
+    def __post_init__(self) -> None:
+        if self.speed_threads is not None:
+            from edgeser.runtime.options import check_threads
+
+            check_threads("speed_threads", self.speed_threads)
+
     @classmethod
     def tensorrt(cls, **changes: Any) -> Int8Options:
         """The settings of graphs TensorRT builds (explicit quantisation, strongly typed): signed symmetric

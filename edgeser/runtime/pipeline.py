@@ -14,6 +14,7 @@ import numpy.typing as npt
 from edgeser.audio import SAMPLE_RATE, check_waveform, load_audio, to_mono_16k
 from edgeser.bundle import PRECISIONS, BundleManifest, validate_bundle
 from edgeser.errors import AudioError, BundleError, EdgeserError, OptionError
+from edgeser.runtime.options import MAX_CLIP_SECONDS, MAX_RECORDING_SECONDS, bounded_int, check_threads
 from edgeser.runtime.results import Failure, Prediction, Timeline
 from edgeser.runtime.segment import SegmentOptions, speech_regions, timeline
 from edgeser.runtime.sessions import OrtRunner
@@ -21,7 +22,6 @@ from edgeser.stages import FUSION_HEAD, StageGraph, StageRun, StageRunner
 
 # A path, the bytes of a file, or (samples, sample_rate).
 AudioInput = str | Path | bytes | tuple[npt.ArrayLike, float]
-MAX_CLIP_SECONDS = 30.0
 # onnxruntime on the CPU (or `providers`), onnxruntime's CUDA or TensorRT execution providers, or edgeser's
 # own TensorRT engines (`edgeser build-trt`).
 BACKENDS = ("onnxruntime", "cuda", "tensorrt-ep", "tensorrt")
@@ -31,13 +31,6 @@ def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
     return np.asarray(exp / exp.sum(axis=-1, keepdims=True), dtype=np.float64)
-
-
-def positive_int(name: str, value: object) -> int:
-    """`value` as a positive int, or an OptionError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise OptionError(name, f"expected a positive integer, got {value!r}")
-    return int(value)
 
 
 def describe(audio: object) -> str:
@@ -84,6 +77,7 @@ class Pipeline:
         verify_checksums: bool = True,
         device: int = 0,
         spin: bool = False,
+        force_threads: bool = False,
     ) -> Pipeline:
         """Validate the bundle (schema, files, checksums, labels) and open one runner per stage.
 
@@ -92,13 +86,14 @@ class Pipeline:
         engines `edgeser build-trt` made for this GPU and TensorRT version). `device` is the GPU index.
         `spin`: onnxruntime workers spin during a stage's run instead of waiting passively (faster on an idle
         CPU, slower beside other busy processes; see `edgeser.runtime.sessions.make_session`).
+        `threads` is at most the logical cores (`force_threads`: up to 4 per core; `edgeser.runtime.options`).
         """
         if precision not in PRECISIONS:
             raise OptionError("precision", f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if backend not in BACKENDS:
             raise OptionError("backend", f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if threads is not None:
-            threads = positive_int("threads", threads)
+            threads = check_threads("threads", threads, force_threads)
         root = Path(bundle)
         manifest = validate_bundle(root, precision, verify_checksums)
         graph = StageGraph.from_manifest(manifest, root)
@@ -181,7 +176,7 @@ class Pipeline:
 
         An input that cannot be read gets a `Failure` (its source and the one-line reason); the rest still run.
         """
-        batch_size = positive_int("batch_size", batch_size)
+        batch_size = bounded_int("batch_size", batch_size)
         results: dict[int, Prediction | Failure] = {}
         waves: dict[int, npt.NDArray[np.float32]] = {}
         for index, audio in enumerate(inputs):
@@ -199,7 +194,14 @@ class Pipeline:
         """
         if options is not None and not isinstance(options, SegmentOptions):
             raise OptionError("options", f"expected SegmentOptions, got {type(options).__name__}")
-        wave = self.read(audio, max_seconds=None)
+        try:
+            wave = self.read(audio, max_seconds=MAX_RECORDING_SECONDS)
+        except AudioError as err:
+            if not err.problem.startswith("too long"):
+                raise
+            held = err.problem.split(";")[0]  # "too long: 18000.0 s (maximum 14400 s)"
+            raise AudioError(err.source, f"{held}: `long` holds the whole recording in memory; cut it into parts "
+                                         "first") from None
         regions = speech_regions(wave, options)
         found = self._predict_bucketed({i: wave[a:b] for i, (a, b) in enumerate(regions)})
         return timeline(regions, [found[i] for i in range(len(regions))], self.labels, wave.size)

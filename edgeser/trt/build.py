@@ -45,6 +45,12 @@ class BuildOptions:
     timing_cache: Path | None = None  # None: BUNDLE/trt/timing-<machine>.cache
     stages: tuple[str, ...] | None = None  # None: every stage of the variant
 
+    def __post_init__(self) -> None:
+        if self.workspace_mb is not None:
+            from edgeser.runtime.options import bounded
+
+            bounded("workspace_mb", self.workspace_mb)
+
 
 def strongly_typed_network(trt: Any, builder: Any) -> Any:
     """A strongly typed network definition on TensorRT 10.x and 11.x."""
