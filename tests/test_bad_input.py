@@ -478,6 +478,53 @@ def sparse_wav(path: Path, rate: int, channels: int, frames: int) -> Path:
     return path
 
 
+def test_api_an_hour_as_bytes_or_a_file_object_is_refused_from_its_header(
+        pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An hour of 16 kHz stereo WAV (230 MB) given as bytes, `io.BytesIO` or an open file is refused from its
+    header as a path is: nothing decoded, and less than 200 MB allocated on the way (tracemalloc sees Python's
+    and numpy's buffers; copying the bytes once would be 230 MB)."""
+    import io
+    import tracemalloc
+
+    frames = 3600 * 16_000
+    path = sparse_wav(tmp_path / "hour.wav", 16_000, 2, frames)
+    data = path.read_bytes()
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded an over-long input")
+
+    monkeypatch.setattr(sf, "read", no_decoding)
+    with path.open("rb") as handle:
+        for audio, name in ((data, f"<{len(data)} bytes>"), (io.BytesIO(data), "<BytesIO>"), (handle, str(path))):
+            tracemalloc.start()
+            try:
+                message = _raises(lambda: pipe(audio), AudioError, name, "too long: 3600.0 s (maximum 30 s)",  # noqa: B023
+                                  "--long")
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 200 * 2**20, (message, peak / 2**20)
+    del data
+    monkeypatch.undo()
+    clip = write_audio(tmp_path / "clip.wav", seconds=1.0)
+    reference = pipe(clip)
+    with clip.open("rb") as handle:
+        handle.seek(7)  # read from the start whatever the position
+        assert np.array_equal(pipe(handle).logits, reference.logits)
+        assert np.array_equal(pipe(io.BytesIO(clip.read_bytes())).logits, reference.logits)
+        results = pipe.batch([handle, io.BytesIO(b"")])
+        assert isinstance(results[0], Prediction) and isinstance(results[1], Failure)
+        assert results[1].error == "<BytesIO>: empty input (0 bytes)"
+    _raises(lambda: pipe(handle), AudioError, str(clip), "cannot read the file object", "closed file")
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb", buffering=0) as stream, open(write_end, "wb") as writer:
+        writer.write(clip.read_bytes()[:64])
+        writer.flush()
+        _raises(lambda: pipe(stream), AudioError, "cannot seek; pass its bytes or a path instead")
+    with clip.open("r", encoding="latin-1") as text:
+        _raises(lambda: pipe(text), AudioError, str(clip), "text-mode file object", "'rb'")  # type: ignore[arg-type]
+
+
 def test_refusing_an_hour_of_48k_stereo_decides_from_the_header(tmp_path: Path) -> None:
     """A 1-hour 48 kHz stereo WAV (a sparse file: the header is real, the data zeros) is refused from its header
     with a pointer to --long, in well under 200 MB; `data summary` checks it in blocks, also under 200 MB."""

@@ -7,11 +7,12 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
-from edgeser.audio import SAMPLE_RATE, check_waveform, load_audio, to_mono_16k
+from edgeser.audio import SAMPLE_RATE, check_waveform, is_file_object, load_audio, to_mono_16k
 from edgeser.bundle import PRECISIONS, BundleManifest, validate_bundle
 from edgeser.errors import AudioError, BundleError, EdgeserError, OptionError
 from edgeser.runtime.options import MAX_CLIP_SECONDS, MAX_RECORDING_SECONDS, bounded_int, check_threads
@@ -20,8 +21,8 @@ from edgeser.runtime.segment import SegmentOptions, speech_regions, timeline
 from edgeser.runtime.sessions import OrtRunner
 from edgeser.stages import FUSION_HEAD, StageGraph, StageRun, StageRunner
 
-# A path, the bytes of a file, or (samples, sample_rate).
-AudioInput = str | Path | bytes | tuple[npt.ArrayLike, float]
+# A path, the bytes of a file, a binary file object (read from its start), or (samples, sample_rate).
+AudioInput = str | Path | bytes | BinaryIO | tuple[npt.ArrayLike, float]
 # onnxruntime on the CPU (or `providers`), onnxruntime's CUDA or TensorRT execution providers, or edgeser's
 # own TensorRT engines (`edgeser build-trt`).
 BACKENDS = ("onnxruntime", "cuda", "tensorrt-ep", "tensorrt")
@@ -41,6 +42,9 @@ def describe(audio: object) -> str:
         return f"<{len(audio)} bytes>"
     if isinstance(audio, tuple):
         return "<array>"
+    if is_file_object(audio):
+        name = getattr(audio, "name", None)
+        return name if isinstance(name, str) else f"<{type(audio).__name__}>"
     return repr(type(audio))
 
 
@@ -138,8 +142,9 @@ class Pipeline:
     # ------------------------------------------------------------------ inputs
 
     def read(self, audio: AudioInput, max_seconds: float | None = MAX_CLIP_SECONDS) -> npt.NDArray[np.float32]:
-        """Any accepted input to checked mono float32 at 16 kHz."""
-        if isinstance(audio, (str, Path, bytes)):
+        """Any accepted input to checked mono float32 at 16 kHz. Paths, bytes and file objects longer than
+        `max_seconds` are refused from their header, before anything is decoded."""
+        if isinstance(audio, (str, Path, bytes)) or is_file_object(audio):
             return load_audio(audio, max_duration=max_seconds)
         if isinstance(audio, tuple) and len(audio) == 2:
             samples, rate = audio
@@ -151,7 +156,8 @@ class Pipeline:
             return wave
         if isinstance(audio, np.ndarray):
             raise AudioError("<array>", "pass arrays as (samples, sample_rate) so the rate is explicit")
-        raise AudioError(describe(audio), "unsupported input: give a path, file bytes or (samples, sample_rate)")
+        raise AudioError(describe(audio), "unsupported input: give a path, file bytes, a binary file object or "
+                                          "(samples, sample_rate)")
 
     # ------------------------------------------------------------------ running
 
