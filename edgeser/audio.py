@@ -10,7 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -26,7 +26,8 @@ MIN_SAMPLE_RATE = 8_000
 # Peak below this (about -80 dBFS) counts as digital silence.
 SILENCE_PEAK = 1e-4
 
-AudioSource = str | Path | bytes
+# A path, the bytes of a file, or a binary file object (seekable; read from its start).
+AudioSource = str | Path | bytes | BinaryIO
 SilencePolicy = Literal["error", "warn", "ignore"]
 
 # Extension -> the soundfile container names it should hold.
@@ -64,16 +65,49 @@ class AudioInfo:
         return expected is not None and self.container not in expected
 
 
+def is_file_object(source: object) -> TypeGuard[BinaryIO]:
+    """A binary file object (an open file, `io.BytesIO`...): what soundfile reads besides paths."""
+    return not isinstance(source, (str, Path, bytes)) and callable(getattr(source, "read", None)) \
+        and callable(getattr(source, "seek", None))
+
+
 def _describe(source: AudioSource) -> str:
-    return f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source)
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    if is_file_object(source):
+        name = getattr(source, "name", None)
+        return name if isinstance(name, str) else f"<{type(source).__name__}>"
+    return str(source)
 
 
-def _open_target(source: AudioSource) -> str | io.BytesIO:
+def _size(handle: BinaryIO) -> int:
+    """The size of a file object's content in bytes (it is read from its start)."""
+    return handle.seek(0, io.SEEK_END)
+
+
+def _open_target(source: AudioSource) -> str | BinaryIO:
+    """What soundfile opens: the path as a string, or a file object at its start. Bytes are wrapped without a
+    copy (`io.BytesIO` shares the buffer until it is written to or `getbuffer()` is called)."""
     if isinstance(source, bytes):
         if not source:
             raise AudioError(_describe(source), "empty input (0 bytes)")
         return io.BytesIO(source)
-    path = Path(source)
+    if is_file_object(source):
+        if isinstance(source, io.TextIOBase):
+            raise AudioError(_describe(source), "a text-mode file object; open the file in binary mode ('rb')")
+        handle: BinaryIO = source
+        try:
+            seekable = handle.seekable() if callable(getattr(handle, "seekable", None)) else True
+            size = _size(handle) if seekable else 0
+        except (OSError, ValueError) as err:  # closed, or a pipe that cannot seek
+            raise AudioError(_describe(source), f"cannot read the file object ({_short(err)})") from None
+        if not seekable:
+            raise AudioError(_describe(source), "the file object cannot seek; pass its bytes or a path instead")
+        if size == 0:
+            raise AudioError(_describe(source), "empty input (0 bytes)")
+        handle.seek(0)
+        return handle
+    path = Path(str(source))
     if not path.exists():
         raise AudioError(path, "file not found")
     if path.is_dir():
@@ -196,9 +230,9 @@ def _wav_shortfall(handle: BinaryIO, total: int) -> int:
     return 0
 
 
-def _refuse_truncated(source: AudioSource, target: str | io.BytesIO) -> None:
-    if isinstance(target, io.BytesIO):
-        missing = _wav_shortfall(target, target.getbuffer().nbytes)
+def _refuse_truncated(source: AudioSource, target: str | BinaryIO) -> None:
+    if not isinstance(target, str):  # no getbuffer(): it would copy the bytes
+        missing = _wav_shortfall(target, _size(target))
         target.seek(0)
     else:
         with open(target, "rb") as handle:
@@ -221,8 +255,8 @@ def load_audio(
 ) -> npt.NDArray[np.float32]:
     """Decode a file path or the bytes of a file to checked mono float32 at 16 kHz.
 
-    The container is detected from the content (libsndfile), never from the extension. An over-long file is
-    refused from its header, before anything is decoded.
+    The container is detected from the content (libsndfile), never from the extension. An over-long input (a
+    path, bytes or a file object alike) is refused from its header, before anything is decoded or copied.
     """
     name = _describe(source)
     target = _open_target(source)
@@ -231,7 +265,7 @@ def load_audio(
         header = probe(source)
         if header.duration > max_duration:
             raise AudioError(name, too_long(header.duration, max_duration))
-        if isinstance(target, io.BytesIO):
+        if not isinstance(target, str):
             target.seek(0)
     try:
         samples, sample_rate = sf.read(target, dtype="float32", always_2d=True)

@@ -120,14 +120,14 @@ def test_cli_long_without_speech_says_so_and_invents_no_label(stfnet_bundle: Pat
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["predict", "B", "x.wav", "--threads", "-3"], "-3 is not in the range x>=1"),
         (["predict", "B", "x.wav", "--precision", "int9"], "'int9' is not one of"),
         (["predict", "B", "x.wav", "--backend", "gpu"], "'gpu' is not one of"),
         (["predict", "B"], "give at least one FILE"),
+        (["predict", "B", "x.wav", "--threads", "many"], "'many' is not a valid integer"),
+        (["bench", "B", "--rounds", "ten"], "'ten' is not a valid integer"),
         (["check", "parity", "B", "--data", "emodb:x", "--limit", "-5"], "-5 is not in the range x>=1"),
         (["check", "parity", "B", "--data", "emodb:x", "--limit", "0"], "0 is not in the range x>=1"),
         (["check", "variants", "B", "--data", "emodb:x", "--min-agreement", "1.5"], "1.5 is not in the range"),
-        (["calibrate", "B", "--data", "emodb:x", "--samples", "0"], "0 is not in the range x>=1"),
         (["export", "--model", "nosuch"], "'nosuch' is not one of 'cmgi', 'gcf2net'"),
         (["train", "--model", "stfnet", "--data", "emodb:x", "--protocol", "nosuch"], "'nosuch' is not one of"),
         (["quantize", "B"], "choose at least one of --int8, --int8-trt, --int8-dynamic, --fp16"),
@@ -136,6 +136,100 @@ def test_cli_long_without_speech_says_so_and_invents_no_label(stfnet_bundle: Pat
 def test_cli_usage_errors_exit_2_naming_the_option(args: list[str], needle: str) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
+
+
+@pytest.fixture
+def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2-core machine and no forcing, whatever this host is: the bounds are about the rule, not this CPU."""
+    from edgeser.runtime import options
+
+    monkeypatch.setattr(options, "logical_cores", lambda: 2)
+    monkeypatch.delenv(options.FORCE_THREADS_ENV, raising=False)  # and `--force-threads` sets it: undone after
+
+
+RAY = ["--ray", "x.csv", "--out", "o.parquet"]
+CORES = "threads is more than the 2 logical cores here"
+
+
+BOUND_CASES = [
+    (["predict", "B", "x.wav", "--threads", "5000"], "--threads", f"5000 {CORES}"),
+    (["predict", "B", "x.wav", "--threads", "3"], "--threads", f"3 {CORES}"),
+    (["predict", "B", "x.wav", "--force-threads", "--threads", "9"], "--threads", "more than 8 (4 per logical "
+     "core, 2 here) even when forced"),
+    (["predict", "B", "x.wav", "--threads", "9", "--force-threads"], "--threads", "even when forced"),
+    (["predict", "B", "x.wav", "--threads", "-3"], "--threads", "expected a positive integer, got -3"),
+    (["predict", "B", "x.wav", "--threads", "0"], "--threads", "expected a positive integer, got 0"),
+    (["predict", "B", *RAY, "--workers", "100000"], "--workers", "100000 is outside 1..256"),
+    (["predict", "B", *RAY, "--workers", "0"], "--workers", "0 is outside 1..256"),
+    (["predict", "B", *RAY, "--batch-size", "100000"], "--batch-size", "100000 is outside 1..256"),
+    (["predict", "B", *RAY, "--cpus-per-worker", "nan"], "--cpus-per-worker", "expected a finite number"),
+    (["predict", "B", *RAY, "--cpus-per-worker", "1000"], "--cpus-per-worker", "1000 is outside 0.01..256"),
+    (["predict", "B", *RAY, "--gpus-per-worker", "64"], "--gpus-per-worker", "64 is outside 0..16"),
+    (["check", "B", "--data", "emodb:x", *RAY, "--workers", "100000"], "--workers", "outside 1..256"),
+    (["calibrate", "B", "--data", "emodb:x", "--samples", "0"], "--samples", "0 is outside 1..4096"),
+    (["calibrate", "B", "--data", "emodb:x", "--samples", "1000000"], "--samples", "1000000 is outside"),
+    (["calibrate", "B", "--data", "emodb:x", "--buckets", "2,3600"], "--buckets", "3600 is outside 0.1..30"),
+    (["calibrate", "B", "--data", "emodb:x", "--buckets", "2,nan"], "--buckets", "expected a finite number"),
+    (["calibrate", "B", "--data", "emodb:x", "--threads", "5000"], "--threads", f"5000 {CORES}"),
+    (["quantize", "B", "--int8", "--threads", "5000"], "--threads", f"5000 {CORES}"),
+    (["quantize", "B", "--int8", "--speed-threads", "5000"], "--speed-threads", f"5000 {CORES}"),
+    (["quantize", "B", "--int8", "--max-ua-drop", "1", "--validation-clips", "100000"], "--validation-clips",
+     "100000 is outside 1..4096"),
+    (["check", "B", "--data", "emodb:x", "--threads", "5000"], "--threads", f"5000 {CORES}"),
+    (["check", "variants", "B", "--data", "emodb:x", "--warmup", "1000"], "--warmup", "1000 is outside 0..100"),
+    (["bench", "B", "--threads", "1,5000"], "--threads", f"5000 {CORES}"),
+    (["bench", "B", "--batch-sizes", "1,100000"], "--batch-sizes", "100000 is outside 1..256"),
+    (["bench", "B", "--lengths", "4.5,3600"], "--lengths", "3600 is outside 0.1..30"),
+    (["bench", "B", "--rounds", "100000"], "--rounds", "100000 is outside 1..1000"),
+    (["bench", "B", "--warmup", "-1"], "--warmup", "-1 is outside 0..100"),
+    (["train", "--model", "stfnet", "--data", "emodb:x", "--batch-size", "100000"], "--batch-size",
+     "100000 is outside 1..4096"),
+    (["export-triton", "B", "repo", "--max-batch", "100000"], "--max-batch", "100000 is outside 1..256"),
+    (["export-triton", "B", "repo", "--instances", "1000"], "--instances", "1000 is outside 1..64"),
+    (["serve", "B", "--max-batch", "0"], "--max-batch", "0 is outside 1..256"),
+    (["serve", "B", "--instances", "1000"], "--instances", "1000 is outside 1..64"),
+    (["serve", "B", "--threads", "5000"], "--threads", f"5000 {CORES}"),
+    (["build-trt", "B", "--workspace", "999999999"], "--workspace", "999999999 is outside 1..262144"),
+    (["demo", "--threads", "5000"], "--threads", f"5000 {CORES}"),
+]
+
+
+@pytest.mark.parametrize(("args", "option", "problem"), BOUND_CASES, ids=[" ".join(c[0]) for c in BOUND_CASES])
+def test_cli_resource_bounds_refuse_in_one_line_before_any_work(
+        two_cores: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], option: str,
+        problem: str) -> None:
+    """Every option that sizes a resource is bounded: one line naming the option, the bound and why, exit 1.
+    The bundle B does not exist, so the refusal comes from the option itself, before any work (nothing written
+    in the working folder either)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(args)
+    line = one_line_error(err, option, problem)
+    assert code == 1 and out == "" and list(tmp_path.iterdir()) == [], line
+    if "threads" in problem and "even when forced" not in problem:
+        assert "--force-threads" in line and "process table" in line  # why, and the way out
+
+
+def test_cli_too_many_threads_never_open_a_session(stfnet_bundle: Path, tmp_path: Path, two_cores: None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`predict --threads 5000` took the host's process table; now no onnxruntime session is made. Forced, up to
+    4 threads a core run, and every stage session gets exactly that many."""
+    import onnxruntime
+
+    opened: list[int] = []
+    real = onnxruntime.InferenceSession
+
+    def spy(*args: object, **kwargs: object) -> object:
+        opened.append(kwargs["sess_options"].intra_op_num_threads)  # type: ignore[attr-defined]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    clip = write_audio(tmp_path / "clip.wav", seconds=1.0)
+    for threads in ("5000", "3"):
+        code, out, err = cli(["predict", str(stfnet_bundle), str(clip), "--threads", threads])
+        assert code == 1 and out == "" and f"{threads} {CORES}" in one_line_error(err, "--threads")
+    assert opened == []
+    code, out, _ = cli(["predict", str(stfnet_bundle), str(clip), "--threads", "3", "--force-threads"])
+    assert code == 0 and out.startswith(str(clip)) and len(opened) >= 2 and set(opened) == {3}
 
 
 def test_cli_export_never_loses_work(stfnet_bundle: Path, tmp_path: Path) -> None:
@@ -240,6 +334,83 @@ def test_api_bad_options(stfnet_bundle: Path, pipe: Pipeline) -> None:
         pipe.long((tone(2.0), 16_000), bogus=1)  # type: ignore[call-arg]
 
 
+def test_api_resource_bounds(stfnet_bundle: Path, pipe: Pipeline, tmp_path: Path, two_cores: None,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API refuses what the CLI refuses, with the same bound and reason, before opening or reading anything."""
+    import onnxruntime
+
+    from edgeser.bench.core import BenchOptions
+    from edgeser.calibrate import calibrate_bundle
+    from edgeser.checks.controlled import quantize_controlled
+    from edgeser.checks.variants import check_variants
+    from edgeser.quantize.variants import Int8Options
+    from edgeser.runtime.options import FORCE_THREADS_ENV
+    from edgeser.runtime.sessions import make_session
+    from edgeser.scale.ray import RayOptions
+    from edgeser.serving.repository import RepositoryOptions, write_serving_repository
+    from edgeser.training.config import TrainConfig
+    from edgeser.trt.build import BuildOptions
+
+    opened: list[int] = []
+    real = onnxruntime.InferenceSession
+
+    def spy(*args: object, **kwargs: object) -> object:
+        opened.append(kwargs["sess_options"].intra_op_num_threads)  # type: ignore[attr-defined]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    cores = "threads is more than the 2 logical cores here"
+    _raises(lambda: Pipeline.load(stfnet_bundle, threads=5000), OptionError, "threads", f"5000 {cores}",
+            "process table", "force_threads=True")
+    _raises(lambda: Pipeline.load(stfnet_bundle, threads=3), OptionError, f"3 {cores}")
+    _raises(lambda: Pipeline.load(stfnet_bundle, threads=9, force_threads=True), OptionError, "threads",
+            "more than 8 (4 per logical core, 2 here) even when forced")
+    fp32 = stfnet_bundle / "fp32" / "fusion_head.onnx"
+    _raises(lambda: make_session(fp32, threads=9), OptionError, "even when forced")  # every caller's ceiling
+    assert opened == []
+    assert Pipeline.load(stfnet_bundle, threads=3, force_threads=True).labels == pipe.labels and set(opened) == {3}
+    monkeypatch.setenv(FORCE_THREADS_ENV, "1")
+    opened.clear()
+    Pipeline.load(stfnet_bundle, threads=8)
+    assert set(opened) == {8}
+    _raises(lambda: Pipeline.load(stfnet_bundle, threads=9), OptionError, "even when forced")
+    monkeypatch.delenv(FORCE_THREADS_ENV)
+    opened.clear()
+
+    wave = (tone(1.0), 16_000)
+    _raises(lambda: pipe.batch([wave], batch_size=100_000), OptionError, "batch_size", "100000 is outside 1..256")
+    _raises(lambda: SegmentOptions(max_segment_s=600), OptionError, "max_segment_s", "<= 30 s")
+    five_hours = sparse_wav(tmp_path / "5h.wav", 16_000, 1, 5 * 3600 * 16_000)
+    _raises(lambda: pipe.long(five_hours), AudioError, "5h.wav", "too long: 18000.0 s (maximum 14400 s)",
+            "holds the whole recording in memory")
+    five_hours.unlink()
+    _raises(lambda: BenchOptions(threads=(1, 5000)), OptionError, "--threads", f"5000 {cores}")
+    assert BenchOptions(threads=(3,), force_threads=True).threads == (3,)
+    _raises(lambda: BenchOptions(batches=(0,)), OptionError, "--batch-sizes", "0 is outside 1..256")
+    _raises(lambda: BenchOptions(lengths_s=(3600.0,)), OptionError, "--lengths", "3600 is outside 0.1..30")
+    _raises(lambda: BenchOptions(rounds=10**6), OptionError, "--rounds", "1000000 is outside 1..1000")
+    _raises(lambda: RayOptions(workers=10**5), OptionError, "--workers", "100000 is outside 1..256")
+    _raises(lambda: RayOptions(cpus_per_worker=float("inf")), OptionError, "--cpus-per-worker", "finite")
+    _raises(lambda: RepositoryOptions(max_batch=10**5), OptionError, "--max-batch", "100000 is outside 1..256")
+    _raises(lambda: RepositoryOptions(instances=1000), OptionError, "--instances", "1000 is outside 1..64")
+    _raises(lambda: write_serving_repository(stfnet_bundle, tmp_path / "repo", threads=5000), OptionError,
+            "threads", f"5000 {cores}")
+    _raises(lambda: Int8Options(speed_threads=5000), OptionError, "speed_threads", f"5000 {cores}")
+    nowhere = f"emodb:{tmp_path / 'no-corpus'}"  # a refusal from the corpus would mean the bound came too late
+    _raises(lambda: calibrate_bundle(stfnet_bundle, nowhere, samples=10**6), OptionError, "samples",
+            "1000000 is outside 1..4096")
+    _raises(lambda: calibrate_bundle(stfnet_bundle, nowhere, buckets_s=(2.0, 3600.0)), OptionError, "buckets_s",
+            "3600 is outside 0.1..30")
+    _raises(lambda: calibrate_bundle(stfnet_bundle, nowhere, threads=5000), OptionError, f"5000 {cores}")
+    _raises(lambda: check_variants(stfnet_bundle, nowhere, threads=5000), OptionError, f"5000 {cores}")
+    _raises(lambda: check_variants(stfnet_bundle, nowhere, warmup=10**6), OptionError, "warmup", "outside 0..100")
+    _raises(lambda: quantize_controlled(stfnet_bundle, 1.0, validation_clips=10**6), OptionError,
+            "validation_clips", "1000000 is outside 1..4096")
+    _raises(lambda: TrainConfig(batch_size=10**6), OptionError, "batch_size", "1000000 is outside 1..4096")
+    _raises(lambda: BuildOptions("fp16", workspace_mb=10**9), OptionError, "workspace_mb", "outside 1..262144")
+    assert opened == [] and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("audio", "needle"),
     [
@@ -288,20 +459,76 @@ def test_api_batch_gives_each_input_its_own_result(pipe: Pipeline, tmp_path: Pat
     assert results[0].label == pipe(good).label  # type: ignore[union-attr]
 
 
+def wav_header(rate: int, channels: int, frames: int) -> bytes:
+    """The 44-byte header of a 16-bit PCM WAV holding `frames` frames."""
+    data_bytes = frames * channels * 2
+    return (b"RIFF" + (36 + data_bytes).to_bytes(4, "little") + b"WAVE" + b"fmt " + (16).to_bytes(4, "little")
+            + (1).to_bytes(2, "little") + channels.to_bytes(2, "little") + rate.to_bytes(4, "little")
+            + (rate * channels * 2).to_bytes(4, "little") + (channels * 2).to_bytes(2, "little")
+            + (16).to_bytes(2, "little") + b"data" + data_bytes.to_bytes(4, "little"))
+
+
+def sparse_wav(path: Path, rate: int, channels: int, frames: int) -> Path:
+    """A real 16-bit PCM header; the samples a sparse run of zeros (no disk, no time)."""
+    header = wav_header(rate, channels, frames)
+    with path.open("wb") as handle:
+        handle.write(header)
+        handle.truncate(len(header) + frames * channels * 2)
+    assert sf.info(path).frames == frames
+    return path
+
+
+def test_api_an_hour_as_bytes_or_a_file_object_is_refused_from_its_header(
+        pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An hour of 16 kHz stereo WAV (230 MB) given as bytes, `io.BytesIO` or an open file is refused from its
+    header as a path is: nothing decoded, and less than 200 MB allocated on the way (tracemalloc sees Python's
+    and numpy's buffers; copying the bytes once would be 230 MB)."""
+    import io
+    import tracemalloc
+
+    frames = 3600 * 16_000
+    path = sparse_wav(tmp_path / "hour.wav", 16_000, 2, frames)
+    data = path.read_bytes()
+
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("decoded an over-long input")
+
+    monkeypatch.setattr(sf, "read", no_decoding)
+    with path.open("rb") as handle:
+        for audio, name in ((data, f"<{len(data)} bytes>"), (io.BytesIO(data), "<BytesIO>"), (handle, str(path))):
+            tracemalloc.start()
+            try:
+                message = _raises(lambda: pipe(audio), AudioError, name, "too long: 3600.0 s (maximum 30 s)",  # noqa: B023
+                                  "--long")
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 200 * 2**20, (message, peak / 2**20)
+    del data
+    monkeypatch.undo()
+    clip = write_audio(tmp_path / "clip.wav", seconds=1.0)
+    reference = pipe(clip)
+    with clip.open("rb") as handle:
+        handle.seek(7)  # read from the start whatever the position
+        assert np.array_equal(pipe(handle).logits, reference.logits)
+        assert np.array_equal(pipe(io.BytesIO(clip.read_bytes())).logits, reference.logits)
+        results = pipe.batch([handle, io.BytesIO(b"")])
+        assert isinstance(results[0], Prediction) and isinstance(results[1], Failure)
+        assert results[1].error == "<BytesIO>: empty input (0 bytes)"
+    _raises(lambda: pipe(handle), AudioError, str(clip), "cannot read the file object", "closed file")
+    read_end, write_end = os.pipe()
+    with open(read_end, "rb", buffering=0) as stream, open(write_end, "wb") as writer:
+        writer.write(clip.read_bytes()[:64])
+        writer.flush()
+        _raises(lambda: pipe(stream), AudioError, "cannot seek; pass its bytes or a path instead")
+    with clip.open("r", encoding="latin-1") as text:
+        _raises(lambda: pipe(text), AudioError, str(clip), "text-mode file object", "'rb'")  # type: ignore[arg-type]
+
+
 def test_refusing_an_hour_of_48k_stereo_decides_from_the_header(tmp_path: Path) -> None:
     """A 1-hour 48 kHz stereo WAV (a sparse file: the header is real, the data zeros) is refused from its header
     with a pointer to --long, in well under 200 MB; `data summary` checks it in blocks, also under 200 MB."""
-    rate, channels, frames = 48_000, 2, 3600 * 48_000
-    data_bytes = frames * channels * 2
-    header = (b"RIFF" + (36 + data_bytes).to_bytes(4, "little") + b"WAVE" + b"fmt " + (16).to_bytes(4, "little")
-              + (1).to_bytes(2, "little") + channels.to_bytes(2, "little") + rate.to_bytes(4, "little")
-              + (rate * channels * 2).to_bytes(4, "little") + (channels * 2).to_bytes(2, "little")
-              + (16).to_bytes(2, "little") + b"data" + data_bytes.to_bytes(4, "little"))
-    path = tmp_path / "hour.wav"
-    with path.open("wb") as handle:  # a real 16-bit PCM header; the hour of samples is a sparse run of zeros
-        handle.write(header)
-        handle.truncate(len(header) + data_bytes)
-    assert sf.info(path).frames == frames
+    path = sparse_wav(tmp_path / "hour.wav", 48_000, 2, 3600 * 48_000)
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"path,label\n{path},angry\n")
     script = textwrap.dedent(

@@ -145,3 +145,61 @@ def test_atomic_dir_refuses_a_file_and_keeps_the_old_folder_on_failure(tmp_path:
     assert json.loads((target / "a.json").read_text()) == {"v": 1} and debris(tmp_path) == []
     shutil.rmtree(target)
     assert STAGING_MARK.startswith(".edgeser-")
+
+
+READER = """
+import json, sys, time
+from pathlib import Path
+from edgeser.bundle import validate_bundle
+from edgeser.errors import EdgeserError
+bundle, deadline, seen, errors = Path(sys.argv[1]), time.monotonic() + float(sys.argv[2]), set(), []
+while time.monotonic() < deadline and not Path(sys.argv[3]).exists():
+    try:
+        listed = json.loads((bundle / "bundle.json").read_text())["precisions"]
+    except (OSError, ValueError) as err:
+        errors.append(f"bundle.json: {err}")
+        continue
+    for precision in listed:
+        try:
+            validate_bundle(bundle, precision)  # every file listed present, with the checksum listed
+            seen.add(precision)
+        except EdgeserError as err:
+            if precision in json.loads((bundle / "bundle.json").read_text())["precisions"]:
+                errors.append(str(err))
+print(json.dumps({"seen": sorted(seen), "errors": errors[:5]}))
+"""
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("variants", [("--int8-dynamic", "--fp16"), ("--fp16", "--fp16")],
+                         ids=["two variants", "one variant twice"])
+def test_two_quantize_runs_on_one_bundle_while_a_reader_checks_it(stfnet_checkpoints, tmp_path: Path,
+                                                                  variants: tuple[str, str]) -> None:
+    """Two `quantize` runs at once on one bundle, and a reader validating every listed variant all along: both
+    variants end up listed and complete (one manifest update at a time), nothing is left staged, and the reader
+    never finds a listed variant with a missing file or another checksum than the one listed."""
+    bundle = tmp_path / "b"
+    done = run(["export", "--model", "stfnet", "--checkpoint", str(stfnet_checkpoints[0]), "--out", str(bundle)],
+               None, tmp_path)
+    assert done.returncode == 0, done.stderr
+    stop = tmp_path / "stop"
+    reader = start(["-c", READER, str(bundle), "60", str(stop)], tmp_path)
+    writers = [start(["-m", "edgeser.cli", "quantize", str(bundle), flag, "--threads", "1"], tmp_path)
+               for flag in variants]
+    results = [w.communicate(timeout=120) for w in writers]
+    stop.touch()
+    out, err = reader.communicate(timeout=60)
+    assert all(w.returncode == 0 for w in writers), [r[1] for r in results]
+    assert reader.returncode == 0, err
+    report = json.loads(out)
+    assert report["errors"] == [], report
+    expected = {"fp32", *(flag.removeprefix("--") for flag in variants)}
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert set(manifest["precisions"]) == expected and set(report["seen"]) >= {"fp32"}
+    for precision in expected:
+        validate_bundle(bundle, precision)
+    assert debris(bundle) == [] and debris(tmp_path) == []

@@ -211,6 +211,7 @@ def test_int8_stays_float_where_it_is_slower(trt_bundle: Path, tmp_path: Path, m
         return (10.0, 12.5) if fp32.stem == "audio_encoder" else (10.0, 4.0)
 
     monkeypatch.setattr(speed, "interleaved_medians", fake_timer)
+    monkeypatch.setattr("edgeser.runtime.options.logical_cores", lambda: 4)  # 3 threads are within the cores
     quantize_int8(bundle, Int8Options(min_width=0, speed_threads=3))
     manifest = validate_bundle(bundle, "int8")
     settings = manifest.extra["quantization"]["int8"]

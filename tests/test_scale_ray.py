@@ -176,7 +176,7 @@ def test_ray_target_and_usage_errors(cmgi_bundle: Path) -> None:
         resolve_target("a.csv", ("b.csv",))
     result = CliRunner().invoke(predict_ray_command, [str(cmgi_bundle), "--ray", "x.csv"])
     assert result.exit_code == 2 and "--out" in result.output
-    with pytest.raises(EdgeserError, match="--workers must be at least 1"):
+    with pytest.raises(EdgeserError, match="--workers: 0 is outside 1..256"):
         RayOptions(workers=0)
 
 

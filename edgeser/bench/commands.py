@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from edgeser.bench.clips import DEFAULT_LENGTHS_S
+from edgeser.cli_params import Bounded, force_threads_option
 
 
 def _numbers(value: str, kind: type, option: str) -> tuple:  # type: ignore[type-arg]
@@ -37,12 +38,13 @@ def _numbers(value: str, kind: type, option: str) -> tuple:  # type: ignore[type
 @click.option("--nncf", is_flag=True, help="With --compare: an OpenVINO + NNCF INT8 row too (needs nncf).")
 @click.option("--clips", "clip_sources", multiple=True, help="Speech to cut clips from: audio files, folders or "
               "corpus specs (tess:/data/tess). [$EDGESER_DATA or ../shared/data, else the shipped demo clips]")
-@click.option("--rounds", type=int, default=10, show_default=True, help="Interleaved rounds per setting.")
-@click.option("--warmup", type=int, default=2, show_default=True, help="Warm-up runs per row and setting.")
+@click.option("--rounds", type=Bounded("rounds"), default=10, show_default=True, help="Interleaved rounds per setting.")
+@click.option("--warmup", type=Bounded("warmup"), default=2, show_default=True, help="Warm-up runs per row and setting.")
 @click.option("--no-cold-start", is_flag=True, help="Skip cold start and peak memory (fresh interpreters).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 @click.option("--spin", is_flag=True, help="onnxruntime workers spin during a run instead of waiting passively "
               "(faster on an otherwise idle CPU, slower beside other busy processes).")
+@force_threads_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Report folder [BUNDLE/reports].")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of Markdown.")
 def bench_command(bundle: Path, lengths: str, batch_sizes: str, threads_list: str | None, precisions: str | None,
@@ -52,17 +54,14 @@ def bench_command(bundle: Path, lengths: str, batch_sizes: str, threads_list: st
     """Latency of every variant of BUNDLE on this machine: p50/p90/p99, real-time factor, throughput, cold
     start, peak memory and per-stage times, by clip length, batch size and thread count, in interleaved rounds.
     Writes bench.json, bench.md and plots into BUNDLE/reports (or --out); progress goes to stderr."""
-    import os
-
     from edgeser.bench.core import BenchOptions, run_bench
+    from edgeser.runtime.options import logical_cores
 
-    if rounds < 1 or warmup < 0:
-        raise click.UsageError("--rounds must be >= 1 and --warmup >= 0")
     if nncf and not compare:
         raise click.UsageError("--nncf adds a comparison row: use it with --compare")
     options = BenchOptions(
         lengths_s=_numbers(lengths, float, "--lengths"), batches=_numbers(batch_sizes, int, "--batch-sizes"),
-        threads=_numbers(threads_list, int, "--threads") if threads_list else (os.cpu_count() or 1,),
+        threads=_numbers(threads_list, int, "--threads") if threads_list else (logical_cores(),),
         precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()) if precisions else None,
         providers=tuple(providers) or None, compare=compare, nncf=nncf, clips=clip_sources, rounds=rounds,
         warmup=warmup, cold_start=not no_cold_start, plots=not no_plots, spin=spin)

@@ -6,7 +6,7 @@ import os
 import shlex
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from edgeser.checks.machine import machine_info
 from edgeser.checks.report import write_report
 from edgeser.errors import BundleError
 from edgeser.quantize.speed import cpu_class_notes
+from edgeser.runtime.options import logical_cores
 
 PRECISION_ORDER = ("fp32", "int8", "int8-trt", "int8-dynamic", "fp16")
 DEFAULT_INT8 = "int8"  # what `edgeser quantize --int8` writes: the row `--compare` is about
@@ -51,7 +52,7 @@ class BenchOptions:
 
     lengths_s: tuple[float, ...] = DEFAULT_LENGTHS_S
     batches: tuple[int, ...] = (1,)
-    threads: tuple[int, ...] = (os.cpu_count() or 1,)
+    threads: tuple[int, ...] = field(default_factory=lambda: (logical_cores(),))
     precisions: tuple[str, ...] | None = None  # None: every precision in the bundle
     providers: tuple[str, ...] | None = None  # onnxruntime execution providers of the bundle's rows
     compare: bool = False  # PyTorch float, quantize_dynamic defaults, OpenVINO (when installed)
@@ -62,6 +63,19 @@ class BenchOptions:
     cold_start: bool = True
     plots: bool = True
     spin: bool = False  # onnxruntime workers spin during runs; PyTorch's OpenMP keeps its own default then
+    force_threads: bool = False  # allow more threads than logical cores (up to 4 per core)
+
+    def __post_init__(self) -> None:
+        from edgeser.runtime.options import bounded, check_threads
+
+        for seconds in self.lengths_s:
+            bounded("--lengths", seconds, "clip_seconds")
+        for batch in self.batches:
+            bounded("--batch-sizes", batch, "batch_size")
+        for threads in self.threads:
+            check_threads("--threads", threads, self.force_threads)
+        bounded("--rounds", self.rounds, "rounds")
+        bounded("--warmup", self.warmup, "warmup")
 
 
 def row_name(precision: str, providers: tuple[str, ...] | None) -> str:

@@ -24,7 +24,7 @@ from edgeser.bundle import read_manifest, validate_bundle
 from edgeser.calibrate.capture import DEFAULT_BUCKETS_S, CapturedInputs, capture_stage_inputs
 from edgeser.calibrate.selection import CalibrationSet, select_calibration_set
 from edgeser.data.protocols import Split, fingerprint, split_from_provenance
-from edgeser.errors import BundleError
+from edgeser.errors import BundleError, OptionError
 
 CALIBRATION_DIR = "calibration"
 INPUTS_FILE = "inputs.npz"
@@ -94,6 +94,14 @@ def calibrate_bundle(
 ) -> CalibrationCache:
     """Select calibration clips from `data_spec` (never the evaluation split), capture and cache stage inputs."""
     from edgeser.audio import load_audio
+    from edgeser.runtime.options import bounded, bounded_int, check_threads
+
+    samples = bounded_int("samples", samples)
+    if not buckets_s:
+        raise OptionError("buckets_s", "give at least one waveform length in seconds")
+    buckets_s = tuple(bounded("buckets_s", b, "clip_seconds") for b in buckets_s)
+    if threads is not None:
+        threads = check_threads("threads", threads)
     from edgeser.data import load_corpus
     from edgeser.files import atomic_dir, tool_versions, write_json_atomic
     from edgeser.runtime.pipeline import Pipeline

@@ -170,7 +170,11 @@ def quantize_controlled(
     from edgeser.calibrate import read_calibration, validation_slice
     from edgeser.calibrate.cache import bundle_split
     from edgeser.data import load_corpus
+    from edgeser.runtime.options import bounded_int, check_threads
 
+    validation_clips = bounded_int("validation_clips", validation_clips)
+    if threads is not None:
+        threads = check_threads("threads", threads)
     options = options or Int8Options()
     cache = read_calibration(bundle)
     manifest = validate_bundle(bundle, "fp32")

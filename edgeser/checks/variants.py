@@ -177,8 +177,12 @@ def check_variants(
     from edgeser.checks.parity import spread
     from edgeser.checks.reference import float_pipeline, float_size
     from edgeser.data import load_corpus
+    from edgeser.runtime.options import bounded_int, check_threads
     from edgeser.runtime.pipeline import Pipeline
 
+    warmup = bounded_int("warmup", warmup)
+    if threads is not None:
+        threads = check_threads("threads", threads)
     manifest = validate_bundle(bundle, "fp32")
     available = [p for p in ONNX_ORDER if p in manifest.precisions]
     missing = [p for p in (precisions or []) if p not in manifest.precisions and p != FLOAT]

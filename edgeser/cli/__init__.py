@@ -2,7 +2,8 @@
 
 Commands import their heavy parts on use, so `edgeser --help` and the runtime's commands need no torch.
 Errors: edgeser's own errors, file-system errors and missing optional dependencies print one line
-`error: ...` and exit 1; usage errors exit 2; anything else is a bug: one line with exit 2
+`error: ...` and exit 1, and so does a value past an option's bound (`edgeser.runtime.options`: threads,
+workers, batch sizes...); usage errors exit 2; anything else is a bug: one line with exit 2
 (`EDGESER_DEBUG=1` or `--debug` shows the traceback).
 """
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from edgeser.cli import EdgeserGroup, emit_report
+from edgeser.cli_params import Bounded, threads_option
 from edgeser.scale.commands import check_on_ray, ray_option, ray_scoring_options
 
-THREADS = click.IntRange(min=1)
 FRACTION = click.FloatRange(0.0, 1.0)
 
 
@@ -65,8 +65,8 @@ def check_parity_command(
 @click.option("--limit", type=click.IntRange(min=1), help="Use N evaluation clips, evenly spread [all].")
 @click.option("--precisions", help="Comma list of ONNX variants to run [all present]; fp32 always runs.")
 @click.option("--no-float", is_flag=True, help="Skip PyTorch float; compare with onnxruntime fp32 instead.")
-@click.option("--threads", type=THREADS, help="Intra-op threads for onnxruntime and torch [library default].")
-@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Warm-up runs per variant.")
+@threads_option("Intra-op threads for onnxruntime and torch [library default; at most the logical cores].")
+@click.option("--warmup", type=Bounded("warmup"), default=3, show_default=True, help="Warm-up runs per variant.")
 @click.option("--max-ua-drop", type=click.FloatRange(min=0), help="Gate: exit 1 if a variant loses more UA points than this vs float.")
 @click.option("--min-agreement", type=FRACTION, help="Gate: exit 1 if a variant agrees with float on less than this (0..1).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from edgeser.cli_params import threads_option
+
 
 @click.command("demo")
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False),
@@ -17,14 +19,15 @@ import click
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Another cmgi checkpoint [the shipped default].")
 @click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True,
               help="Held-out clips the check runs every variant on (evenly spread).")
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@threads_option("onnxruntime threads [2, or the logical cores if fewer].")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def demo_command(data: Path | None, out: Path, checkpoint: Path | None, limit: int, threads: int,
+def demo_command(data: Path | None, out: Path, checkpoint: Path | None, limit: int, threads: int | None,
                  as_json: bool) -> None:
     """Export, calibrate, INT8, TensorRT readiness, check against float on held-out clips, predict a few."""
     from edgeser.demo import render, run_demo
+    from edgeser.runtime.options import logical_cores
 
-    result = run_demo(out, data, checkpoint=checkpoint, limit=limit, threads=threads)
+    result = run_demo(out, data, checkpoint=checkpoint, limit=limit, threads=threads or min(2, logical_cores()))
     click.echo(json.dumps(asdict(result), indent=2, default=str) if as_json else render(result))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from edgeser.bundle import PRECISIONS
+from edgeser.cli_params import threads_option
 from edgeser.runtime.pipeline import BACKENDS
 from edgeser.scale.commands import predict_on_ray, ray_option, ray_scoring_options
 
@@ -18,7 +19,7 @@ from edgeser.scale.commands import predict_on_ray, ray_option, ray_scoring_optio
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("files", nargs=-1)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="Bundle variant.")
-@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
+@threads_option()
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True,
               help="onnxruntime on the CPU, onnxruntime's CUDA or TensorRT execution provider, or the TensorRT "
                    "engines of `edgeser build-trt`.")

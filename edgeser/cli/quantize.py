@@ -9,6 +9,7 @@ import click
 
 from edgeser.cli import echo_json
 from edgeser.cli.check import csv
+from edgeser.cli_params import THREADS, Bounded, threads_option
 
 
 @click.command("calibrate")
@@ -16,19 +17,20 @@ from edgeser.cli.check import csv
 @click.option("--data", "data_spec", required=True, help="Data spec of the corpus to calibrate on.")
 @click.option("--fold", "fold_index", type=click.IntRange(min=0),
               help="Fold whose evaluation split is kept out [the checkpoint's, else 0].")
-@click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--samples", type=Bounded("samples"), default=64, show_default=True,
               help="Calibration clips (label/length stratified).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ids", "ids_file", type=click.Path(path_type=Path, dir_okay=False),
               help="Use these utterance ids (one a line) instead; refused if any is in the evaluation split.")
 @click.option("--buckets", default="2,4", show_default=True, help="Fixed waveform lengths in seconds.")
-@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads.")
+@threads_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the cached provenance as JSON.")
 def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samples: int, seed: int,
                       ids_file: Path | None, buckets: str, threads: int | None, as_json: bool) -> None:
     """Pick calibration clips off the evaluation split, capture each stage's real inputs, cache them in BUNDLE."""
     from edgeser.calibrate import calibrate_bundle
     from edgeser.errors import DataError
+    from edgeser.runtime.options import bounded
 
     ids = None
     if ids_file is not None:
@@ -36,9 +38,10 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
             raise DataError(f"{ids_file}: ids file not found")
         ids = [line.strip() for line in ids_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     try:
-        bucket_s = tuple(float(b) for b in csv(buckets))
+        seconds = [float(b) for b in csv(buckets)]
     except ValueError:
         raise click.BadParameter(f"{buckets!r}: give seconds like 2,4", param_hint="--buckets") from None
+    bucket_s = tuple(bounded("--buckets", s, "clip_seconds") for s in seconds)  # past the bound: one line, exit 1
     cache = calibrate_bundle(bundle, data_spec, fold_index=fold_index, samples=samples, seed=seed, ids=ids,
                              buckets_s=bucket_s, threads=threads)
     p = cache.provenance
@@ -72,11 +75,11 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
 @click.option("--min-agreement", type=click.FloatRange(0.0, 1.0), help="With --max-ua-drop: also require this label agreement (0..1).")
 @click.option("--data", "data_spec", help="Corpus for --max-ua-drop [the calibration corpus].")
 @click.option("--fold", "fold_index", type=click.IntRange(min=0), help="Fold for --max-ua-drop [the calibration fold].")
-@click.option("--validation-clips", type=click.IntRange(min=1), default=64, show_default=True, help="Clips --max-ua-drop measures on.")
-@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads (for --max-ua-drop).")
+@click.option("--validation-clips", type=Bounded("validation_clips"), default=64, show_default=True, help="Clips --max-ua-drop measures on.")
+@threads_option("onnxruntime intra-op threads (for --max-ua-drop) [at most the logical cores].")
 @click.option("--no-speed-gate", is_flag=True, help="--int8: keep INT8 stages even where they run slower than fp32 "
               "on this CPU (by default such a stage stays fp32, and bundle.json records the timings).")
-@click.option("--speed-threads", type=click.IntRange(min=1), help="Threads the speed gate times stages with [all cores].")
+@click.option("--speed-threads", type=THREADS, help="Threads the speed gate times stages with [all cores].")
 @click.option("--no-fuse-attention", is_flag=True, help="--int8: keep attention in standard ONNX ops instead of "
               "onnxruntime's MultiHeadAttention (for onnxruntime builds without contrib ops).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")

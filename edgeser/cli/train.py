@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from edgeser.cli_params import Bounded
 from edgeser.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from edgeser.modelling import MODEL_NAMES
 
@@ -21,7 +22,7 @@ from edgeser.modelling import MODEL_NAMES
                    "`paper`: the one the model's recipe names.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Checkpoint folder [runs/MODEL-SIZE-CORPUS-foldK].")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the recipe's epoch count.")
-@click.option("--batch-size", type=click.IntRange(min=1),
+@click.option("--batch-size", type=Bounded("train_batch_size"),
               help="Override the recipe's batch size: the global batch, split across the processes under torchrun.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's learning rate.")
 @click.option("--text-source-eval", type=click.Choice(["asr", "ground-truth"]),

@@ -9,7 +9,6 @@ down. The figures and the CPU they were measured on go into the variant's settin
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgeser.runtime.options import logical_cores
 
 SPEED_ROUNDS = 5
 SPEED_WARMUP = 1
@@ -89,7 +90,7 @@ def check_speed(cache: Any, stage: str, fp32: Path, int8: Path, threads: int | N
     """Time `stage`'s fp32 and INT8 graphs on this CPU (see the module docstring)."""
     import onnx
 
-    threads = threads or os.cpu_count() or 1
+    threads = threads or logical_cores()
     inputs = [i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input]
     key, feeds = timing_feeds(cache, stage, inputs)
     fp32_ms, int8_ms = (timer or interleaved_medians)(fp32, int8, feeds, threads, rounds)
@@ -102,7 +103,7 @@ def measured_on(threads: int | None) -> dict[str, Any]:
 
     from edgeser.checks.machine import cpu_info
 
-    return {**cpu_info(), "threads": threads or os.cpu_count() or 1, "onnxruntime": onnxruntime.__version__}
+    return {**cpu_info(), "threads": threads or logical_cores(), "onnxruntime": onnxruntime.__version__}
 
 
 def cpu_class_notes(manifest: Any, machine: dict[str, Any]) -> list[str]:

@@ -87,6 +87,12 @@ class Int8Options:
     # SmoothQuant migration strength (smooth.py) on MatMuls whose activation channels are uneven; None: off
     smooth_alpha: float | None = 0.7
 
+    def __post_init__(self) -> None:
+        if self.speed_threads is not None:
+            from edgeser.runtime.options import check_threads
+
+            check_threads("speed_threads", self.speed_threads)
+
     @classmethod
     def tensorrt(cls, **changes: Any) -> Int8Options:
         """The settings of graphs TensorRT builds (explicit quantisation, strongly typed): signed symmetric

@@ -7,21 +7,22 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
-from edgeser.audio import SAMPLE_RATE, check_waveform, load_audio, to_mono_16k
+from edgeser.audio import SAMPLE_RATE, check_waveform, is_file_object, load_audio, to_mono_16k
 from edgeser.bundle import PRECISIONS, BundleManifest, validate_bundle
 from edgeser.errors import AudioError, BundleError, EdgeserError, OptionError
+from edgeser.runtime.options import MAX_CLIP_SECONDS, MAX_RECORDING_SECONDS, bounded_int, check_threads
 from edgeser.runtime.results import Failure, Prediction, Timeline
 from edgeser.runtime.segment import SegmentOptions, speech_regions, timeline
 from edgeser.runtime.sessions import OrtRunner
 from edgeser.stages import FUSION_HEAD, StageGraph, StageRun, StageRunner
 
-# A path, the bytes of a file, or (samples, sample_rate).
-AudioInput = str | Path | bytes | tuple[npt.ArrayLike, float]
-MAX_CLIP_SECONDS = 30.0
+# A path, the bytes of a file, a binary file object (read from its start), or (samples, sample_rate).
+AudioInput = str | Path | bytes | BinaryIO | tuple[npt.ArrayLike, float]
 # onnxruntime on the CPU (or `providers`), onnxruntime's CUDA or TensorRT execution providers, or edgeser's
 # own TensorRT engines (`edgeser build-trt`).
 BACKENDS = ("onnxruntime", "cuda", "tensorrt-ep", "tensorrt")
@@ -33,13 +34,6 @@ def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     return np.asarray(exp / exp.sum(axis=-1, keepdims=True), dtype=np.float64)
 
 
-def positive_int(name: str, value: object) -> int:
-    """`value` as a positive int, or an OptionError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise OptionError(name, f"expected a positive integer, got {value!r}")
-    return int(value)
-
-
 def describe(audio: object) -> str:
     """A short name for an input in messages."""
     if isinstance(audio, (str, Path)):
@@ -48,6 +42,9 @@ def describe(audio: object) -> str:
         return f"<{len(audio)} bytes>"
     if isinstance(audio, tuple):
         return "<array>"
+    if is_file_object(audio):
+        name = getattr(audio, "name", None)
+        return name if isinstance(name, str) else f"<{type(audio).__name__}>"
     return repr(type(audio))
 
 
@@ -84,6 +81,7 @@ class Pipeline:
         verify_checksums: bool = True,
         device: int = 0,
         spin: bool = False,
+        force_threads: bool = False,
     ) -> Pipeline:
         """Validate the bundle (schema, files, checksums, labels) and open one runner per stage.
 
@@ -92,13 +90,14 @@ class Pipeline:
         engines `edgeser build-trt` made for this GPU and TensorRT version). `device` is the GPU index.
         `spin`: onnxruntime workers spin during a stage's run instead of waiting passively (faster on an idle
         CPU, slower beside other busy processes; see `edgeser.runtime.sessions.make_session`).
+        `threads` is at most the logical cores (`force_threads`: up to 4 per core; `edgeser.runtime.options`).
         """
         if precision not in PRECISIONS:
             raise OptionError("precision", f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if backend not in BACKENDS:
             raise OptionError("backend", f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         if threads is not None:
-            threads = positive_int("threads", threads)
+            threads = check_threads("threads", threads, force_threads)
         root = Path(bundle)
         manifest = validate_bundle(root, precision, verify_checksums)
         graph = StageGraph.from_manifest(manifest, root)
@@ -149,8 +148,9 @@ class Pipeline:
     # ------------------------------------------------------------------ inputs
 
     def read(self, audio: AudioInput, max_seconds: float | None = MAX_CLIP_SECONDS) -> npt.NDArray[np.float32]:
-        """Any accepted input to checked mono float32 at 16 kHz."""
-        if isinstance(audio, (str, Path, bytes)):
+        """Any accepted input to checked mono float32 at 16 kHz. Paths, bytes and file objects longer than
+        `max_seconds` are refused from their header, before anything is decoded."""
+        if isinstance(audio, (str, Path, bytes)) or is_file_object(audio):
             return load_audio(audio, max_duration=max_seconds)
         if isinstance(audio, tuple) and len(audio) == 2:
             samples, rate = audio
@@ -162,7 +162,8 @@ class Pipeline:
             return wave
         if isinstance(audio, np.ndarray):
             raise AudioError("<array>", "pass arrays as (samples, sample_rate) so the rate is explicit")
-        raise AudioError(describe(audio), "unsupported input: give a path, file bytes or (samples, sample_rate)")
+        raise AudioError(describe(audio), "unsupported input: give a path, file bytes, a binary file object or "
+                                          "(samples, sample_rate)")
 
     # ------------------------------------------------------------------ running
 
@@ -187,7 +188,7 @@ class Pipeline:
 
         An input that cannot be read gets a `Failure` (its source and the one-line reason); the rest still run.
         """
-        batch_size = positive_int("batch_size", batch_size)
+        batch_size = bounded_int("batch_size", batch_size)
         results: dict[int, Prediction | Failure] = {}
         waves: dict[int, npt.NDArray[np.float32]] = {}
         for index, audio in enumerate(inputs):
@@ -205,7 +206,14 @@ class Pipeline:
         """
         if options is not None and not isinstance(options, SegmentOptions):
             raise OptionError("options", f"expected SegmentOptions, got {type(options).__name__}")
-        wave = self.read(audio, max_seconds=None)
+        try:
+            wave = self.read(audio, max_seconds=MAX_RECORDING_SECONDS)
+        except AudioError as err:
+            if not err.problem.startswith("too long"):
+                raise
+            held = err.problem.split(";")[0]  # "too long: 18000.0 s (maximum 14400 s)"
+            raise AudioError(err.source, f"{held}: `long` holds the whole recording in memory; cut it into parts "
+                                         "first") from None
         regions = speech_regions(wave, options)
         found = self._predict_bucketed({i: wave[a:b] for i, (a, b) in enumerate(regions)})
         return timeline(regions, [found[i] for i in range(len(regions))], self.labels, wave.size)

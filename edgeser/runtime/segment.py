@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from edgeser.audio import SAMPLE_RATE
 from edgeser.errors import OptionError
+from edgeser.runtime.options import MAX_CLIP_SECONDS
 from edgeser.runtime.results import Prediction, Segment, Timeline
 
 FRAME_S = 0.03
@@ -42,6 +43,9 @@ class SegmentOptions:
         if self.max_segment_s < self.min_segment_s:
             raise OptionError("max_segment_s", f"must be >= min_segment_s ({self.min_segment_s} s), "
                               f"got {self.max_segment_s}")
+        if self.max_segment_s > MAX_CLIP_SECONDS:
+            raise OptionError("max_segment_s", f"must be <= {MAX_CLIP_SECONDS:g} s (the longest clip the models "
+                              f"take as one utterance), got {self.max_segment_s}")
         if self.threshold_db >= 0:
             raise OptionError("threshold_db", f"must be below 0 dB (relative to the loudest frame), "
                               f"got {self.threshold_db}")

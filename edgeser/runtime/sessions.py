@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeser.errors import BundleError
+from edgeser.runtime.options import check_threads
 from edgeser.runtime.providers import check_providers
 
 
@@ -30,8 +31,8 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.force_spinning_stop", "1")
-    if threads:
-        options.intra_op_num_threads = int(threads)
+    if threads:  # the hard ceiling for every caller; entry points also refuse more than the cores unless forced
+        options.intra_op_num_threads = check_threads("threads", threads, force=True)
         options.inter_op_num_threads = 1
     available = ort.get_available_providers()
     chosen = providers or ["CPUExecutionProvider"]

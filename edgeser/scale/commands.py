@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from edgeser.cli_params import Bounded
 from edgeser.errors import ClusterError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,12 +37,12 @@ def ray_scoring_options(function: F) -> F:
     """The options of a Ray scoring run (used with `--ray`)."""
     options = [
         click.option("--out", type=click.Path(path_type=Path), help="Results file (Parquet), one row per clip."),
-        click.option("--workers", type=int, default=2, show_default=True, help="Ray actors, one Pipeline each."),
-        click.option("--cpus-per-worker", type=float, default=1.0, show_default=True,
+        click.option("--workers", type=Bounded("workers"), default=2, show_default=True, help="Ray actors, one Pipeline each."),
+        click.option("--cpus-per-worker", type=Bounded("cpus_per_worker", whole=False), default=1.0, show_default=True,
                      help="CPUs each actor declares (also its onnxruntime threads)."),
-        click.option("--gpus-per-worker", type=float, default=0.0, show_default=True,
+        click.option("--gpus-per-worker", type=Bounded("gpus_per_worker", whole=False), default=0.0, show_default=True,
                      help="GPUs each actor declares (> 0: CUDA execution provider)."),
-        click.option("--batch-size", type=int, default=8, show_default=True,
+        click.option("--batch-size", type=Bounded("batch_size"), default=8, show_default=True,
                      help="Clips per batch (neighbours in duration)."),
         click.option("--unordered", is_flag=True, help="Write rows as they finish instead of in corpus order."),
     ]

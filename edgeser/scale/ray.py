@@ -69,11 +69,10 @@ class RayOptions:
     ship_code: bool = True  # send this edgeser to the workers (runtime_env py_modules)
 
     def __post_init__(self) -> None:
-        for name in ("workers", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ClusterError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
-            raise ClusterError("each worker needs more than 0 CPUs and 0 or more GPUs")
+        from edgeser.runtime.options import bounded
+
+        for name in ("workers", "batch_size", "cpus_per_worker", "gpus_per_worker"):
+            bounded(f"--{name.replace('_', '-')}", getattr(self, name), name)
 
 
 @dataclass(frozen=True)

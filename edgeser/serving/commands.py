@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edgeser.cli_params import Bounded, threads_option
 from edgeser.errors import ServingError
 
 PRECISION_HELP = "Bundle variant: fp32, int8, int8-dynamic, fp16."
@@ -21,10 +22,10 @@ PRECISION_HELP = "Bundle variant: fp32, int8, int8-dynamic, fp16."
               show_default=True, help="What runs the stage models: Triton's onnxruntime_onnx or tensorrt_plan "
                                       "platform, or onnxruntime inside the Python backend.")
 @click.option("--engines", help="TensorRT target folder under BUNDLE/trt/ [the only one there].")
-@click.option("--max-batch", type=int, default=None,
+@click.option("--max-batch", type=Bounded("max_batch"), default=None,
               help="max_batch_size of every model [16; TensorRT: the engines' batch maximum].")
 @click.option("--max-delay-ms", type=float, default=5.0, show_default=True, help="Dynamic batching queue delay.")
-@click.option("--instances", type=int, default=1, show_default=True, help="Instances of each model.")
+@click.option("--instances", type=Bounded("instances"), default=1, show_default=True, help="Instances of each model.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def export_triton_command(bundle: Path, out: Path, precision: str, backend: str, engines: str | None,
                           max_batch: int | None, max_delay_ms: float, instances: int, as_json: bool) -> None:
@@ -48,11 +49,12 @@ def export_triton_command(bundle: Path, out: Path, precision: str, backend: str,
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
 @click.option("--port", "http_port", type=int, default=8000, show_default=True, help="HTTP port.")
 @click.option("--grpc-port", type=int, help="gRPC port [HTTP port + 1].")
-@click.option("--max-batch", type=int, default=8, show_default=True, help="Most clips batched together.")
+@click.option("--max-batch", type=Bounded("max_batch"), default=8, show_default=True, help="Most clips batched together.")
 @click.option("--max-delay-ms", type=float, default=5.0, show_default=True,
               help="How long a request may wait for others to batch with.")
-@click.option("--instances", type=int, default=1, show_default=True, help="Model instances (processes).")
-@click.option("--threads", type=int, help="onnxruntime intra-op threads per instance.")
+@click.option("--instances", type=Bounded("instances"), default=1, show_default=True,
+              help="Model instances (processes).")
+@threads_option("onnxruntime intra-op threads per instance [at most the logical cores].")
 def serve_command(bundle: Path, precision: str, host: str, http_port: int, grpc_port: int | None, max_batch: int,
                   max_delay_ms: float, instances: int, threads: int | None) -> None:
     """Serve BUNDLE over Triton's HTTP and gRPC protocols with dynamic batching (until Ctrl-C or SIGTERM).

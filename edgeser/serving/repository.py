@@ -60,12 +60,13 @@ class RepositoryOptions:
         return DEFAULT_MAX_BATCH if self.max_batch is None else self.max_batch
 
     def __post_init__(self) -> None:
-        if self.max_batch is not None and self.max_batch < 1:
-            raise ServingError(f"--max-batch must be at least 1, got {self.max_batch}")
+        from edgeser.runtime.options import bounded
+
+        if self.max_batch is not None:
+            bounded("--max-batch", self.max_batch, "max_batch")
+        bounded("--instances", self.instances, "instances")
         if self.max_delay_ms < 0:
             raise ServingError(f"--max-delay-ms must be 0 or more, got {self.max_delay_ms}")
-        if self.instances < 1:
-            raise ServingError(f"instances must be at least 1, got {self.instances}")
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,10 @@ def write_serving_repository(bundle: str | Path, out: str | Path, *, precision: 
     This is what `edgeser serve` runs: the tritonserver of the nvidia-pytriton wheel has the Python backend but
     no ONNX Runtime or TensorRT backend.
     """
+    from edgeser.runtime.options import check_threads
+
+    if threads is not None:
+        threads = check_threads("threads", threads)
     options = options or RepositoryOptions()
     root = Path(bundle).resolve()
     manifest = validate_bundle(root, precision)

@@ -58,6 +58,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accumulation"):
             if int(getattr(self, name)) < 1:
                 raise ModelError(f"{name} must be >= 1, got {getattr(self, name)}")
+        from edgeser.runtime.options import bounded
+
+        bounded("batch_size", self.batch_size, "train_batch_size")
 
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any], size: str, overrides: dict[str, Any]) -> TrainConfig:

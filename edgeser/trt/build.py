@@ -49,6 +49,12 @@ class BuildOptions:
     # context in concurrent use needs its own profile with dynamic shapes); each adds build time and engine size
     contexts: int = 1
 
+    def __post_init__(self) -> None:
+        if self.workspace_mb is not None:
+            from edgeser.runtime.options import bounded
+
+            bounded("workspace_mb", self.workspace_mb)
+
 
 def strongly_typed_network(trt: Any, builder: Any) -> Any:
     """A strongly typed network definition on TensorRT 10.x and 11.x."""

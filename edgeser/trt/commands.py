@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from edgeser.cli_params import Bounded
+
 
 @click.command("doctor")
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -52,7 +54,7 @@ def doctor_command(bundle: Path, target: str, precisions: tuple[str, ...], profi
 @click.option("--variant", default=None, help="Build this variant of bundle.json instead (e.g. a second int8).")
 @click.option("--profile", "profiles", multiple=True, metavar="STAGE:INPUT=MIN,OPT,MAX",
               help="Optimisation profile override, shapes like 1x16000 (repeatable); default: calibration lengths.")
-@click.option("--workspace", "workspace_mb", type=click.IntRange(min=1), default=None,
+@click.option("--workspace", "workspace_mb", type=Bounded("workspace_mb"), default=None,
               help="Builder workspace limit in MB (default: TensorRT's).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="Timing cache file to reuse and update (default: BUNDLE/trt/timing-<machine>.cache).")

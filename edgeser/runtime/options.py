@@ -1,0 +1,112 @@
+"""Option values of the API and the command line, checked in one place: types, and a bound on every option
+that sizes a resource (threads, workers, batch sizes, rounds, samples, clip lengths), each with its reason.
+
+    threads = check_threads("threads", 4)            # <= logical cores, unless forced
+    batch = bounded("batch_size", 32)               # within LIMITS["batch_size"]
+
+A value past a bound is refused with one line naming the option, the bound and why: an option must never be
+able to take the host down (onnxruntime starts one thread per `threads` in every stage session, and thousands
+of threads exhaust the process table of the whole machine).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeser.errors import OptionError
+
+# The longest clip the models take as one utterance; longer recordings go through `Pipeline.long`.
+MAX_CLIP_SECONDS = 30.0
+# The longest recording `Pipeline.long` decodes (it holds the whole recording in memory): 4 hours.
+MAX_RECORDING_SECONDS = 4 * 3600.0
+# `force_threads` / `--force-threads` / EDGESER_FORCE_THREADS=1 allow up to this many threads per logical core.
+OVERSUBSCRIBE = 4
+FORCE_THREADS_ENV = "EDGESER_FORCE_THREADS"
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The accepted range `[least, most]` of an option and why it stops there."""
+
+    least: float
+    most: float
+    why: str
+    whole: bool = True
+
+
+_BATCH = "a batch holds every clip's audio and every stage's activations in memory at once"
+LIMITS: dict[str, Bound] = {
+    "batch_size": Bound(1, 256, _BATCH),
+    "max_batch": Bound(1, 256, _BATCH),
+    "train_batch_size": Bound(1, 4096, _BATCH),
+    "workers": Bound(1, 256, "each worker is a process holding its own copy of the model"),
+    "instances": Bound(1, 64, "each instance is a process holding its own copy of the model"),
+    "cpus_per_worker": Bound(0.01, 256, "a worker's CPUs are also its onnxruntime threads", whole=False),
+    "gpus_per_worker": Bound(0, 16, "no machine has more GPUs per worker", whole=False),
+    "rounds": Bound(1, 1000, "rounds add time, not precision, past a few hundred"),
+    "warmup": Bound(0, 100, "warm-up runs past a few add time, not stability"),
+    "samples": Bound(1, 4096, "calibration keeps every clip's stage inputs in memory"),
+    "validation_clips": Bound(1, 4096, "every clip's outputs of every variant are kept in memory"),
+    "clip_seconds": Bound(0.1, MAX_CLIP_SECONDS, "the models take utterances; longer recordings go through "
+                          "`--long` / `Pipeline.long`", whole=False),
+    "workspace_mb": Bound(1, 256 * 1024, "no GPU has more memory than 256 GiB"),
+}
+
+
+def logical_cores() -> int:
+    """The logical cores this process may run on (its CPU affinity, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def positive_int(name: str, value: object) -> int:
+    """`value` as a positive int, or an OptionError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
+        raise OptionError(name, f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_threads(name: str, value: object, force: bool = False) -> int:
+    """A thread count: 1 to the logical cores; with `force` (or EDGESER_FORCE_THREADS=1) up to OVERSUBSCRIBE
+    times that, never more."""
+    threads = positive_int(name, value)
+    cores = logical_cores()
+    ceiling = OVERSUBSCRIBE * cores
+    forced = force or os.environ.get(FORCE_THREADS_ENV) == "1"
+    if threads <= cores or (forced and threads <= ceiling):
+        return threads
+    why = "each stage's onnxruntime session starts that many threads; thousands exhaust the host's process table"
+    if forced:
+        raise OptionError(name, f"{threads} threads is more than {ceiling} ({OVERSUBSCRIBE} per logical core, "
+                                f"{cores} here) even when forced: {why}")
+    raise OptionError(name, f"{threads} threads is more than the {cores} logical cores here: {why} (force up to "
+                            f"{ceiling} with --force-threads, force_threads=True or {FORCE_THREADS_ENV}=1)")
+
+
+def bounded(name: str, value: object, limit: str | None = None) -> float:
+    """`value` within `LIMITS[limit or name]`, or an OptionError naming the option, the bound and why."""
+    bound = LIMITS[limit or name]
+    if bound.whole:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise OptionError(name, f"expected a whole number, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+        raise OptionError(name, f"expected a finite number, got {value!r}")
+    if not bound.least <= value <= bound.most:
+        raise OptionError(name, f"{_number(float(value))} is outside {_number(bound.least)}..{_number(bound.most)}: "
+                                f"{bound.why}")
+    return float(value)
+
+
+def _number(value: float) -> str:
+    """A number as people write it: 1000000, not 1e+06; 0.5 as 0.5."""
+    return str(int(value)) if float(value).is_integer() else f"{float(value):g}"
+
+
+def bounded_int(name: str, value: object, limit: str | None = None) -> int:
+    return int(bounded(name, value, limit))
