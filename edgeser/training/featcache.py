@@ -79,7 +79,7 @@ class FeatureCache:
         wave = np.zeros(WINDOW_SAMPLES if window == "padded" else length, dtype=np.float32)
         wave[:length] = audio[:length]
         mel, mel_lengths = self._frontend(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
-        _, frames, layers = encoder(mel, mel_lengths, output_layers=True)
+        _, _frames, layers = encoder(mel, mel_lengths, output_layers=True)
         keep = int(encoder.frame_lengths(torch.tensor(length // 160)))
         return torch.stack([h[0, :keep] for h in layers]).numpy().astype(np.float16)
 
