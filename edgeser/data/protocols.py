@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,8 +162,27 @@ def make_split(corpus: Corpus, protocol: str = DEFAULT_PROTOCOL, index: int = 0,
             validation_ids = _stratified_share(corpus.subset(set(fold.train_ids)), MIN_VALIDATION_SHARE, seed + 1)
             note = f"stratified {MIN_VALIDATION_SHARE:.0%} of the training clips"
     train_ids = tuple(i for i in fold.train_ids if i not in validation_ids)
-    return Split(protocol, corpus.name, fold.index, fold.held_out, train_ids,
-                 tuple(i for i in fold.train_ids if i in validation_ids), fold.eval_ids, seed, note)
+    sides = _copies_together(corpus, [train_ids, tuple(i for i in fold.train_ids if i in validation_ids),
+                                      fold.eval_ids])
+    return Split(protocol, corpus.name, fold.index, fold.held_out, *sides, seed, note)
+
+
+def _copies_together(corpus: Corpus, sides: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+    """`sides` (train, validation, evaluation ids) with every set of byte-identical files on one side: the
+    side of the copy whose id sorts first (RAVDESS holds one recording twice, under two names; a clip-level
+    random split could otherwise evaluate on a recording it trained on)."""
+    digests: dict[str, list[str]] = defaultdict(list)
+    for utt in corpus.utterances:
+        try:
+            digests[hashlib.sha256(Path(utt.path).read_bytes()).hexdigest()].append(utt.id)
+        except OSError:  # unreadable files are the loader's to refuse; they have no copy to keep together
+            continue
+    side_of = {uid: k for k, ids in enumerate(sides) for uid in ids}
+    for ids in digests.values():
+        present = sorted(i for i in ids if i in side_of)
+        for uid in present[1:]:
+            side_of[uid] = side_of[present[0]]
+    return tuple(tuple(i for ids in sides for i in ids if side_of[i] == k) for k in range(len(sides)))
 
 
 def _speaker_list_split(corpus: Corpus, protocol: str, index: int, seed: int, validation: bool) -> Split:
