@@ -10,7 +10,7 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal, TypeGuard
+from typing import Any, BinaryIO, Literal, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
@@ -281,9 +281,10 @@ def load_audio(
 
 
 def scan_audio(source: AudioSource, *, min_duration: float = MIN_DURATION_S, block_seconds: float = 10.0,
-               on_silent: SilencePolicy = "error") -> AudioInfo:
+               on_silent: SilencePolicy = "error", content: Any = None) -> AudioInfo:
     """Check a whole file as `load_audio` would (readable, complete, finite, long enough, not silent), decoding
-    it in blocks so memory stays small whatever its length; returns its header."""
+    it in blocks so memory stays small whatever its length; returns its header. `content` (a hashlib object)
+    is fed the decoded samples, so two files holding one recording in different containers hash alike."""
     info = probe(source)
     target = _open_target(source)
     _refuse_truncated(source, target)
@@ -299,6 +300,8 @@ def scan_audio(source: AudioSource, *, min_duration: float = MIN_DURATION_S, blo
                     raise AudioError(info.path, "contains NaN or infinite samples")
                 peak = max(peak, float(np.max(np.abs(data.mean(axis=1)))))
                 frames += data.shape[0]
+                if content is not None:
+                    content.update(data.tobytes())
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         raise AudioError(info.path, f"unreadable or corrupt audio ({_short(err)})") from None
     if frames == 0:

@@ -134,3 +134,80 @@ def test_manifest_csv_and_jsonl(tmp_path: Path) -> None:
 def test_bad_specs(spec: str) -> None:
     with pytest.raises(DataError):
         load_corpus(spec)
+
+
+def test_summary_flags_stereo_files_and_identical_recordings(tmp_path: Path) -> None:
+    """One recording stored twice (FLAC and WAV: different bytes, the same samples) and a stereo file are odd
+    files of the summary; distinct recordings are not."""
+    import numpy as np
+    import soundfile as sf
+
+    from tests.conftest import tone
+
+    same = (tone(0.8, freq=180.0) * 32767).astype(np.int16)  # integer samples: both containers hold them exactly
+    sf.write(tmp_path / "a.flac", same, 16_000)
+    sf.write(tmp_path / "b.wav", same, 16_000)
+    sf.write(tmp_path / "c.wav", tone(0.8, freq=260.0), 16_000, subtype="FLOAT")
+    sf.write(tmp_path / "d.wav", np.stack([tone(0.8, freq=300.0)] * 2, axis=1), 16_000, subtype="FLOAT")
+    (tmp_path / "m.csv").write_text("path,label,speaker\na.flac,happy,s1\nb.wav,happy,s2\nc.wav,sad,s1\n"
+                                    "d.wav,sad,s2\n", encoding="utf-8")
+    summary = summarise(load_corpus(f"manifest:{tmp_path / 'm.csv'}"))
+    odd = {Path(p.path).name: p.reason for p in summary.problems if p.severity == "odd"}
+    assert set(odd) == {"b.wav", "d.wav"}, odd
+    assert odd["b.wav"].startswith("identical audio to a") and "speakers s1, s2" in odd["b.wav"]
+    assert odd["d.wav"] == "2 channels (averaged to mono)"
+
+
+def test_random_splits_keep_copies_of_one_recording_on_one_side(tmp_path: Path) -> None:
+    """A clip-level random hold-out evaluates no recording it also trains on: byte-identical files (RAVDESS
+    holds such a pair) land on one side, in every seed, while the plain random draw separates them."""
+    import soundfile as sf
+
+    from edgeser.data import protocols
+    from tests.conftest import tone
+
+    for k in range(40):
+        sf.write(tmp_path / f"c{k:02d}.wav", tone(0.3, freq=100.0 + 10 * k), 16_000)
+    (tmp_path / "c40.wav").write_bytes((tmp_path / "c00.wav").read_bytes())
+    rows = "".join(f"c{k:02d}.wav,{'happy' if k % 2 else 'sad'},s{k % 3}\n" for k in range(40))
+    (tmp_path / "m.csv").write_text("path,label,speaker\n" + rows + "c40.wav,sad,s0\n", encoding="utf-8")
+    corpus = load_corpus(f"manifest:{tmp_path / 'm.csv'}")
+    separated = 0
+    for seed in range(12):
+        plain = protocols._holdout(corpus.utterances, 0.1, seed, "stfnet-holdout")
+        separated += ("c00" in plain.eval_ids) != ("c40" in plain.eval_ids)
+        split = protocols.make_split(corpus, "stfnet-holdout", 0, seed)
+        sides = [{"c00", "c40"} & set(ids) for ids in (split.train_ids, split.validation_ids, split.eval_ids)]
+        assert sorted(len(s) for s in sides) == [0, 0, 2], (seed, sides)
+        assert len(split.train_ids) + len(split.validation_ids) + len(split.eval_ids) == 41
+    assert separated > 0  # the situation the rule exists for did occur
+
+
+def test_multi_corpus_actor_folds_hold_every_speaker_out_once(shared_data: Path) -> None:
+    """multi: three corpora on one label set; the 4 actor folds evaluate each RAVDESS actor and each of the
+    EMO-DB speakers they list exactly once, never train or select on an evaluated speaker, and keep RAVDESS's
+    byte-identical pair (one actor) on one side."""
+    from collections import Counter
+
+    from edgeser.data.multicorpus import ACTOR_FOLDS, corpus_of
+    from edgeser.data.protocols import make_split
+
+    corpus = load_corpus(f"multi:{shared_data}")
+    assert corpus.labels == ["neutral", "calm", "happy", "sad", "angry", "fear", "disgust", "surprise"]
+    per_corpus = Counter(corpus_of(u) for u in corpus.utterances)
+    assert per_corpus == {"ravdess": 1440, "tess": 2800, "emodb": 535 - 81}  # EMO-DB's 81 boredom clips dropped
+    speaker = {u.id: u.speaker for u in corpus.utterances}
+    evaluated: Counter[str] = Counter()
+    for index in range(len(ACTOR_FOLDS)):
+        split = make_split(corpus, "actor-folds", index)
+        train, val, test = ({speaker[i] for i in ids} for ids in (split.train_ids, split.validation_ids,
+                                                                  split.eval_ids))
+        assert not train & test and not val & test and not train & val
+        assert {s for s in test if s.startswith("ravdess/")} == {f"ravdess/actor{a:02d}" for a in ACTOR_FOLDS[index]}
+        assert not any(s.startswith("tess/") for s in test | val)
+        evaluated.update(test)
+        pair = {"ravdess/03-01-03-01-02-01-07", "ravdess/03-01-03-01-02-02-07"}
+        assert sum(bool(pair & set(ids)) for ids in (split.train_ids, split.validation_ids, split.eval_ids)) == 1
+    assert set(evaluated.values()) == {1} and len(evaluated) == 24 + 10
+    seven = load_corpus(f"multi:{shared_data}?labels=seven")
+    assert "calm" not in seven.labels and Counter(u.label for u in seven.utterances)["neutral"] == 96 + 192 + 400 + 79

@@ -9,6 +9,8 @@ A protocol turns a corpus and a fold index into training, validation and evaluat
 | `mscnn-10fold` | 10, 8/1/1 train/dev/test (MSCNN-SPU-ATT) | fold k | fold k+1 |
 | `saser-60-20-20` | 1, random 60/20/20 (SASER) | 20 % | 20 % |
 | `stfnet-holdout` | 1, random hold-out (STF-Net; its implementation splits 80/10/10 per emotion) | 10 % | 10 % |
+| `actor-folds` (multi corpus only) | 4: RAVDESS actors 1-6, 7-12, 13-18, 19-24 with fixed EMO-DB speakers | those actors and speakers | 2 more actors + 1 EMO-DB speaker (`edgeser.data.multicorpus`) |
+| `emodb-loso` (multi corpus only) | 10: one EMO-DB speaker each, RAVDESS and TESS always train | that speaker | the next EMO-DB speaker |
 
 The paper protocols split clips at random, so one speaker's clips sit on both sides: they reproduce the papers'
 tables, and they overstate accuracy on unseen speakers. The default is the honest deployment estimate.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +35,9 @@ from edgeser.data.splits import Fold, corpus_folds, stratified_kfold
 from edgeser.errors import SplitError
 
 DEFAULT_PROTOCOL = "speaker-independent"
-PROTOCOLS = ("speaker-independent", "gcf2net-random-5fold", "mscnn-10fold", "saser-60-20-20", "stfnet-holdout")
+PROTOCOLS = ("speaker-independent", "gcf2net-random-5fold", "mscnn-10fold", "saser-60-20-20", "stfnet-holdout",
+             "actor-folds", "emodb-loso")
+SPEAKER_LIST_PROTOCOLS = ("actor-folds", "emodb-loso")  # fixed speaker lists of the multi corpus
 MIN_VALIDATION_SHARE = 0.10
 SINGLE_SPEAKER_VALIDATION_SHARE = 0.15
 
@@ -127,6 +132,8 @@ def make_split(corpus: Corpus, protocol: str = DEFAULT_PROTOCOL, index: int = 0,
     if protocol not in PROTOCOLS:
         raise SplitError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     utterances = corpus.utterances
+    if protocol in SPEAKER_LIST_PROTOCOLS:
+        return _speaker_list_split(corpus, protocol, index, seed, validation)
     if protocol == "speaker-independent":
         folds = corpus_folds(corpus, seed=seed)
     elif protocol == "gcf2net-random-5fold":
@@ -155,8 +162,52 @@ def make_split(corpus: Corpus, protocol: str = DEFAULT_PROTOCOL, index: int = 0,
             validation_ids = _stratified_share(corpus.subset(set(fold.train_ids)), MIN_VALIDATION_SHARE, seed + 1)
             note = f"stratified {MIN_VALIDATION_SHARE:.0%} of the training clips"
     train_ids = tuple(i for i in fold.train_ids if i not in validation_ids)
-    return Split(protocol, corpus.name, fold.index, fold.held_out, train_ids,
-                 tuple(i for i in fold.train_ids if i in validation_ids), fold.eval_ids, seed, note)
+    sides = _copies_together(corpus, [train_ids, tuple(i for i in fold.train_ids if i in validation_ids),
+                                      fold.eval_ids])
+    return Split(protocol, corpus.name, fold.index, fold.held_out, *sides, seed, note)
+
+
+def _copies_together(corpus: Corpus, sides: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+    """`sides` (train, validation, evaluation ids) with every set of byte-identical files on one side: the
+    side of the copy whose id sorts first (RAVDESS holds one recording twice, under two names; a clip-level
+    random split could otherwise evaluate on a recording it trained on)."""
+    digests: dict[str, list[str]] = defaultdict(list)
+    for utt in corpus.utterances:
+        try:
+            digests[hashlib.sha256(Path(utt.path).read_bytes()).hexdigest()].append(utt.id)
+        except OSError:  # unreadable files are the loader's to refuse; they have no copy to keep together
+            continue
+    side_of = {uid: k for k, ids in enumerate(sides) for uid in ids}
+    for ids in digests.values():
+        present = sorted(i for i in ids if i in side_of)
+        for uid in present[1:]:
+            side_of[uid] = side_of[present[0]]
+    return tuple(tuple(i for ids in sides for i in ids if side_of[i] == k) for k in range(len(sides)))
+
+
+def _speaker_list_split(corpus: Corpus, protocol: str, index: int, seed: int, validation: bool) -> Split:
+    """A fold of `actor-folds` / `emodb-loso`: fixed lists of evaluated and validation speakers."""
+    from edgeser.data.multicorpus import ACTOR_FOLDS, EMODB_SPEAKERS, actor_fold_sides, emodb_loso_sides
+
+    if corpus.name != "multi":
+        raise SplitError(f"protocol {protocol} needs the multi corpus (data spec multi:ROOT), not {corpus.name}")
+    count, sides = (len(ACTOR_FOLDS), actor_fold_sides) if protocol == "actor-folds" else (
+        len(EMODB_SPEAKERS), emodb_loso_sides)
+    if not 0 <= index < count:
+        raise SplitError(f"{corpus.name} under {protocol} has folds 0..{count - 1}; got {index}")
+    evaluated, validating = sides(index)
+    if not validation:
+        validating = set()
+    present = {u.speaker for u in corpus.utterances}
+    if not evaluated & present:
+        raise SplitError(f"{protocol} fold {index}: none of its evaluation speakers ({', '.join(sorted(evaluated))}) "
+                         f"is in the corpus")
+    eval_ids = tuple(u.id for u in corpus.utterances if u.speaker in evaluated)
+    val_ids = tuple(u.id for u in corpus.utterances if u.speaker in validating)
+    train_ids = tuple(u.id for u in corpus.utterances if u.speaker not in evaluated | validating)
+    note = (f"speaker(s) {', '.join(sorted(validating & present))} held out for model selection" if validating
+            else "none: the model is kept at its last epoch")
+    return Split(protocol, corpus.name, index, ", ".join(sorted(evaluated)), train_ids, val_ids, eval_ids, seed, note)
 
 
 def _holdout(utterances: list[Utterance], share: float, seed: int, protocol: str) -> Fold:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import hashlib
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -43,18 +44,32 @@ def decode_check(
     utterances: Iterable[Utterance], on_each: Callable[[Utterance], None] | None = None
 ) -> tuple[list[Utterance], list[FileProblem]]:
     """Decode and check every clip in blocks (what the toolkit's loader refuses is bad); memory stays small
-    whatever the files' lengths."""
+    whatever the files' lengths. Also odd: files with more than one channel (the runtime averages them) and
+    files whose decoded samples are identical to another's (one recording twice: a split must keep the copies
+    on one side)."""
     good: list[Utterance] = []
     problems: list[FileProblem] = []
+    copies: dict[str, list[Utterance]] = defaultdict(list)
     for utt in utterances:
+        content = hashlib.sha256()
         try:
-            scan_audio(utt.path)
+            info = scan_audio(utt.path, content=content)
         except AudioError as err:
             problems.append(FileProblem(str(utt.path), err.problem))
         else:
             good.append(utt)
+            copies[content.hexdigest()].append(utt)
+            if info.channels > 1:
+                problems.append(FileProblem(str(utt.path), f"{info.channels} channels (averaged to mono)", "odd"))
         if on_each is not None:
             on_each(utt)
+    for same in copies.values():
+        for utt in same[1:] if len(same) > 1 else []:
+            others = ", ".join(o.id for o in same if o is not utt)
+            speakers = {o.speaker for o in same}
+            where = "same speaker" if len(speakers) == 1 else f"speakers {', '.join(sorted(speakers))}"
+            problems.append(FileProblem(str(utt.path), f"identical audio to {others} ({where}; label "
+                                        f"{'/'.join(sorted({o.label for o in same}))})", "odd"))
     return good, problems
 
 

@@ -13,6 +13,13 @@ from edgeser.errors import DataError
 _TRUE = {"1", "true", "yes", "on"}
 
 
+def _multi(root: Path, options: dict[str, str]) -> Corpus:
+    from edgeser.data.multicorpus import MULTI_CORPORA, read_multicorpus
+
+    corpora = tuple(c for c in options.pop("corpora", ",".join(MULTI_CORPORA)).split(",") if c)
+    return read_multicorpus(root, corpora, options.pop("labels", "ravdess8"))
+
+
 def _iemocap(root: Path, options: dict[str, str]) -> Corpus:
     return read_iemocap(root, improvised_only=options.pop("improvised", "0").lower() in _TRUE)
 
@@ -23,6 +30,7 @@ CORPUS_READERS: dict[str, Callable[[Path, dict[str, str]], Corpus]] = {
     "tess": lambda root, _: read_tess(root),
     "ravdess": lambda root, _: read_ravdess(root),
     "manifest": lambda root, _: read_manifest(root),
+    "multi": _multi,  # ravdess + emodb + tess under one root, one label set (edgeser.data.multicorpus)
 }
 
 

