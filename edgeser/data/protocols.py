@@ -162,12 +162,13 @@ def make_split(corpus: Corpus, protocol: str = DEFAULT_PROTOCOL, index: int = 0,
             validation_ids = _stratified_share(corpus.subset(set(fold.train_ids)), MIN_VALIDATION_SHARE, seed + 1)
             note = f"stratified {MIN_VALIDATION_SHARE:.0%} of the training clips"
     train_ids = tuple(i for i in fold.train_ids if i not in validation_ids)
-    sides = _copies_together(corpus, [train_ids, tuple(i for i in fold.train_ids if i in validation_ids),
-                                      fold.eval_ids])
-    return Split(protocol, corpus.name, fold.index, fold.held_out, *sides, seed, note)
+    train_ids, val_ids, eval_ids = _copies_together(
+        corpus, [train_ids, tuple(i for i in fold.train_ids if i in validation_ids), fold.eval_ids])
+    return Split(protocol, corpus.name, fold.index, fold.held_out, train_ids, val_ids, eval_ids, seed, note)
 
 
-def _copies_together(corpus: Corpus, sides: list[tuple[str, ...]]) -> tuple[tuple[str, ...], ...]:
+def _copies_together(corpus: Corpus, sides: list[tuple[str, ...]]
+                     ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """`sides` (train, validation, evaluation ids) with every set of byte-identical files on one side: the
     side of the copy whose id sorts first (RAVDESS holds one recording twice, under two names; a clip-level
     random split could otherwise evaluate on a recording it trained on)."""
@@ -182,7 +183,8 @@ def _copies_together(corpus: Corpus, sides: list[tuple[str, ...]]) -> tuple[tupl
         present = sorted(i for i in ids if i in side_of)
         for uid in present[1:]:
             side_of[uid] = side_of[present[0]]
-    return tuple(tuple(i for ids in sides for i in ids if side_of[i] == k) for k in range(len(sides)))
+    train, validation, evaluation = (tuple(i for ids in sides for i in ids if side_of[i] == k) for k in range(3))
+    return train, validation, evaluation
 
 
 def _speaker_list_split(corpus: Corpus, protocol: str, index: int, seed: int, validation: bool) -> Split:
