@@ -209,10 +209,8 @@ def test_cli_resource_bounds_refuse_in_one_line_before_any_work(
         assert "--force-threads" in line and "process table" in line  # why, and the way out
 
 
-def test_cli_too_many_threads_never_open_a_session(stfnet_bundle: Path, tmp_path: Path, two_cores: None,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """`predict --threads 5000` took the host's process table; now no onnxruntime session is made. Forced, up to
-    4 threads a core run, and every stage session gets exactly that many."""
+def _spy_sessions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The intra-op thread count of every onnxruntime session opened from now on, in order."""
     import onnxruntime
 
     opened: list[int] = []
@@ -223,6 +221,15 @@ def test_cli_too_many_threads_never_open_a_session(stfnet_bundle: Path, tmp_path
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    return opened
+
+
+def test_cli_too_many_threads_never_open_a_session(stfnet_bundle: Path, tmp_path: Path, two_cores: None,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`predict --threads 5000` took the host's process table; now no onnxruntime session is made. Forced, up to
+    4 threads a core run, and every stage session gets exactly that many."""
+
+    opened = _spy_sessions(monkeypatch)
     clip = write_audio(tmp_path / "clip.wav", seconds=1.0)
     for threads in ("5000", "3"):
         code, out, err = cli(["predict", str(stfnet_bundle), str(clip), "--threads", threads])
@@ -337,7 +344,6 @@ def test_api_bad_options(stfnet_bundle: Path, pipe: Pipeline) -> None:
 def test_api_resource_bounds(stfnet_bundle: Path, pipe: Pipeline, tmp_path: Path, two_cores: None,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The API refuses what the CLI refuses, with the same bound and reason, before opening or reading anything."""
-    import onnxruntime
 
     from edgeser.bench.core import BenchOptions
     from edgeser.calibrate import calibrate_bundle
@@ -351,14 +357,7 @@ def test_api_resource_bounds(stfnet_bundle: Path, pipe: Pipeline, tmp_path: Path
     from edgeser.training.config import TrainConfig
     from edgeser.trt.build import BuildOptions
 
-    opened: list[int] = []
-    real = onnxruntime.InferenceSession
-
-    def spy(*args: object, **kwargs: object) -> object:
-        opened.append(kwargs["sess_options"].intra_op_num_threads)  # type: ignore[attr-defined]
-        return real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    opened = _spy_sessions(monkeypatch)
     cores = "threads is more than the 2 logical cores here"
     _raises(lambda: Pipeline.load(stfnet_bundle, threads=5000), OptionError, "threads", f"5000 {cores}",
             "process table", "force_threads=True")
