@@ -315,3 +315,68 @@ def test_two_calibrate_runs_on_one_bundle_while_a_reader_reads_the_cache(stfnet_
     assert cache.provenance["ids_sha"] in {json.loads(r[0])["ids_sha"] for r in results}  # one run's, whole
     assert {k: int(next(iter(t.values())).shape[0]) for k, t in cache.inputs.groups.items()} == cache.provenance["groups"]
     assert debris(bundle) == [] and debris(tmp_path) == []
+
+
+PIPELINE_READER = """
+import json, sys, time
+from pathlib import Path
+import numpy as np
+from edgeser.errors import EdgeserError
+from edgeser.runtime import Pipeline
+bundle, stop, refs = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text())
+wave = np.sin(np.arange(16000, dtype=np.float32) / 7.0) * 0.1
+loads, refusals, errors, seen = 0, 0, [], set()
+deadline = time.monotonic() + 150
+while time.monotonic() < deadline and not stop.exists():
+    try:
+        pipe = Pipeline.load(bundle, "fp32", threads=1)
+        logits = pipe.run_stages([wave]).logits[0].tolist()
+    except EdgeserError:
+        refusals += 1  # a clean one-line refusal (e.g. the bundle was being swapped)
+        continue
+    except Exception as err:  # anything else is a reader that saw a half-swapped bundle
+        errors.append(f"{type(err).__name__}: {err}")
+        continue
+    match = [name for name, ref in refs.items() if np.allclose(logits, ref, atol=1e-5)]
+    if not match:
+        errors.append(f"logits of neither bundle: {logits}")
+    seen.update(match)
+    loads += 1
+print(json.dumps({"loads": loads, "refusals": refusals, "errors": errors[:5], "seen": sorted(seen)}))
+"""
+
+
+def test_export_force_beside_a_reader_never_shows_a_half_swapped_bundle(stfnet_checkpoints, tmp_path: Path) -> None:
+    """`export --force` replacing a bundle back and forth between two checkpoints while a reader loads and runs
+    it all along: every load computes exactly one of the two models (never stages of both), or is refused in
+    one line; the last export leaves a complete bundle and no staging."""
+    import numpy as np
+
+    from edgeser.runtime import Pipeline
+
+    wave = np.sin(np.arange(16000, dtype=np.float32) / 7.0) * 0.1
+    refs = {}
+    for name, checkpoint in zip(("a", "b"), stfnet_checkpoints):
+        out = tmp_path / f"ref-{name}"
+        assert run(["export", "--model", "stfnet", "--checkpoint", str(checkpoint), "--out", str(out)], None,
+                   tmp_path).returncode == 0
+        refs[name] = Pipeline.load(out, "fp32", threads=1).run_stages([wave]).logits[0].tolist()
+    assert not np.allclose(refs["a"], refs["b"], atol=1e-3)  # the two models are told apart
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tmp_path / "ref-a", bundle)
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
+    stop = tmp_path / "stop"
+    reader = start(["-c", PIPELINE_READER, str(bundle), str(stop), str(tmp_path / "refs.json")], tmp_path)
+    for checkpoint in [stfnet_checkpoints[1], stfnet_checkpoints[0]] * 2:
+        done = run(["export", "--model", "stfnet", "--checkpoint", str(checkpoint), "--out", str(bundle), "--force"],
+                   None, tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    stop.touch()
+    out, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err[-2000:]
+    report = json.loads(out)
+    assert report["errors"] == [], report
+    assert report["loads"] >= 1, report
+    validate_bundle(bundle, "fp32")
+    assert Pipeline.load(bundle, "fp32", threads=1).run_stages([wave]).logits[0].tolist() == pytest.approx(refs["a"], abs=1e-5)
+    assert debris(tmp_path) == []
