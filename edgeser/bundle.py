@@ -21,7 +21,7 @@ BUNDLE_SCHEMA = 1
 MANIFEST = "bundle.json"
 TOKENIZER = "tokenizer.json"
 # int8: the CPU default (u8 activations); int8-trt: symmetric s8 Q/DQ for TensorRT; int8-dynamic: CPU only.
-PRECISIONS = ("fp32", "fp16", "int8", "int8-trt", "int8-dynamic")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic")
 # Variants written for onnxruntime on the CPU, not for TensorRT (the doctor skips them, the TensorRT EP refuses them).
 CPU_VARIANTS = {"int8": "the CPU INT8 variant (u8 activations); `quantize --int8-trt` writes TensorRT's",
                 "int8-dynamic": "dynamic INT8 runs on onnxruntime's CPU kernels only"}
@@ -144,7 +144,8 @@ def read_manifest(root: Path) -> BundleManifest:
 
 
 # The quantize flag that writes each derived variant (named in the error when one is missing).
-QUANTIZE_FLAGS = {"int8": "--int8", "int8-trt": "--int8-trt", "int8-dynamic": "--int8-dynamic", "fp16": "--fp16"}
+QUANTIZE_FLAGS = {"int8": "--int8", "int8-trt": "--int8-trt", "int8-trt-fp16": "--int8-trt-fp16",
+                  "int8-dynamic": "--int8-dynamic", "fp16": "--fp16"}
 
 
 def validate_bundle(root: Path, precision: str = "fp32", verify_checksums: bool = True) -> BundleManifest:

@@ -56,6 +56,7 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
     from edgeser.data import load_corpus
     from edgeser.export.exporter import export_bundle
     from edgeser.quantize import Int8Options, quantize_int8
+    from edgeser.quantize.fp16 import convert_int8_fp16
     from edgeser.quantize.variants import quantize_int8_tensorrt
     from edgeser.runtime import Pipeline
 
@@ -74,15 +75,17 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
     mark = step("calibrate", f"calibrate on training-side clips of {spec}")
     calibrate_bundle(out, spec, samples=64, threads=threads)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
-    mark = step("quantize", "write the INT8 variants: int8 for this CPU, int8-trt for TensorRT")
+    mark = step("quantize", "write the INT8 variants: int8 for this CPU, int8-trt and int8-trt-fp16 (FP16 remainder) "
+                            "for TensorRT")
     quantize_int8(out, Int8Options())
     quantize_int8_tensorrt(out, Int8Options.tensorrt())
+    convert_int8_fp16(out)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     mark = step("doctor", "check TensorRT readiness offline (doctor)")
     result.doctor = doctor(out)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     mark = step("check", f"check every variant against PyTorch float on {limit} held-out clips")
-    report = check_variants(out, spec, limit=limit, threads=threads, precisions=["fp32", "int8", "int8-trt"])
+    report = check_variants(out, spec, limit=limit, threads=threads, precisions=["fp32", "int8", "int8-trt", "int8-trt-fp16"])
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     for v in report.variants:
         if v.status != "ok":
@@ -113,7 +116,7 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
 
 
 def doctor(bundle: Path) -> dict[str, Any]:
-    """TensorRT 10 readiness of the graphs meant for it (fp32, int8-trt): errors and warnings, and the report."""
+    """TensorRT 10 readiness of the graphs meant for it (fp32, int8-trt, int8-trt-fp16): errors and warnings, and the report."""
     from edgeser.checks.report import REPORTS_DIR, write_report
     from edgeser.trt.doctor import run_doctor
     from edgeser.trt.operators import parse_target

@@ -130,7 +130,7 @@ def test_cli_long_without_speech_says_so_and_invents_no_label(stfnet_bundle: Pat
         (["check", "variants", "B", "--data", "emodb:x", "--min-agreement", "1.5"], "1.5 is not in the range"),
         (["export", "--model", "nosuch"], "'nosuch' is not one of 'cmgi', 'gcf2net'"),
         (["train", "--model", "stfnet", "--data", "emodb:x", "--protocol", "nosuch"], "'nosuch' is not one of"),
-        (["quantize", "B"], "choose at least one of --int8, --int8-trt, --int8-dynamic, --fp16"),
+        (["quantize", "B"], "choose at least one of --int8, --int8-trt, --int8-trt-fp16, --int8-dynamic, --fp16"),
     ],
 )
 def test_cli_usage_errors_exit_2_naming_the_option(args: list[str], needle: str) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgeser.bundle import validate_bundle
-from edgeser.errors import OutputError
+from edgeser.errors import EdgeserError, OutputError
 from edgeser.files import STAGING_MARK, atomic_dir, clean_stale_staging, staging_dir, write_json_atomic
 from tests.conftest import REPO, write_audio
 
@@ -203,3 +203,180 @@ def test_two_quantize_runs_on_one_bundle_while_a_reader_checks_it(stfnet_checkpo
     for precision in expected:
         validate_bundle(bundle, precision)
     assert debris(bundle) == [] and debris(tmp_path) == []
+
+
+def test_train_resume_after_a_kill_at_every_rename_keeps_every_finished_epoch(shared_data: Path,
+                                                                           tmp_path: Path) -> None:
+    """`train` killed (os._exit, no clean-up) just before each of its renames, then `train --resume`: every epoch
+    finished before the kill is kept (never trained again from scratch), and the resumed run ends with the same
+    history, kept epoch and weights as a run never interrupted."""
+    args = ["train", "--model", "stfnet", "--size", "small", "--data", f"emodb:{shared_data / 'emodb'}",
+            "--fold", "1", "--epochs", "2", "--batch-size", "8", "--limit", "16", "--seed", "3"]
+    straight = run([*args, "--out", str(tmp_path / "straight")], None, tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    reference = json.loads((tmp_path / "straight" / "checkpoint.json").read_text())
+    reference_history = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    fault = 1
+    while True:
+        out = tmp_path / f"killed{fault}"
+        killed = run([*args, "--out", str(out)], fault, tmp_path)
+        if killed.returncode != 137:
+            assert killed.returncode == 0, killed.stderr[-2000:]
+            break
+        state = out / "train_state" / "state.json"
+        finished = json.loads(state.read_text())["epoch"] if state.is_file() else 0
+        resumed = run([*args, "--out", str(out), "--resume"], None, tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        if finished:
+            assert f"resuming at epoch {finished + 1}/2" in resumed.stderr  # the finished epochs were not rerun
+        info = json.loads((out / "checkpoint.json").read_text())
+        assert info["weights_sha256"] == reference["weights_sha256"], f"kill before rename {fault}"
+        assert info["metrics"]["best"]["epoch"] == reference["metrics"]["best"]["epoch"]
+        history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [h["train"]["loss"] for h in history] == pytest.approx([h["train"]["loss"] for h in reference_history])
+        assert debris(out.parent) == [] and debris(out) == []
+        fault += 1
+        assert fault < 30, "more renames than expected"
+    assert fault - 1 >= 4  # checkpoint, state and history of two epochs: at least that many renames
+
+
+CALIBRATION_READER = """
+import json, sys, time
+from pathlib import Path
+from edgeser.calibrate import read_calibration
+from edgeser.errors import EdgeserError
+bundle, stop, reads, errors = Path(sys.argv[1]), Path(sys.argv[2]), 0, []
+deadline = time.monotonic() + 120
+while time.monotonic() < deadline and not stop.exists():
+    try:
+        cache = read_calibration(bundle)
+    except EdgeserError as err:
+        if "no calibration cache" not in str(err):
+            errors.append(str(err))
+        continue
+    counts = {k: int(next(iter(t.values())).shape[0]) for k, t in cache.inputs.groups.items()}
+    if counts != cache.provenance["groups"]:
+        errors.append(f"provenance groups {cache.provenance['groups']} but inputs {counts}")
+    reads += 1
+print(json.dumps({"reads": reads, "errors": errors[:5]}))
+"""
+
+
+def clip_table(tmp_path: Path) -> Path:
+    rows = ["path,label,speaker"]
+    for i in range(12):
+        clip = write_audio(tmp_path / "clips" / f"c{i}.wav", seconds=1.0 + 0.3 * i)
+        rows.append(f"{clip},{['angry', 'happy', 'sad', 'neutral'][i % 4]},s{i % 2}")
+    (tmp_path / "clips.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "clips.csv"
+
+
+def test_a_calibration_read_never_pairs_one_run_s_provenance_with_another_s_inputs(stfnet_checkpoints,
+                                                                                  tmp_path: Path) -> None:
+    """What a reader racing a `calibrate` would see between its two reads: the provenance of one run and the
+    inputs of the next. It is refused (one line), not taken as one cache."""
+    from edgeser.calibrate import calibrate_bundle, read_calibration
+
+    table = clip_table(tmp_path)
+    bundles = []
+    for seed, samples in ((0, 4), (1, 6)):
+        bundle = tmp_path / f"b{seed}"
+        assert run(["export", "--model", "stfnet", "--checkpoint", str(stfnet_checkpoints[0]), "--out", str(bundle)],
+                   None, tmp_path).returncode == 0
+        calibrate_bundle(bundle, str(table), samples=samples, seed=seed)
+        bundles.append(bundle)
+    mixed = bundles[0] / "calibration"
+    shutil.copyfile(bundles[1] / "calibration" / "inputs.npz", mixed / "inputs.npz")
+    with pytest.raises(EdgeserError, match="calibration inputs do not match calibration.json"):
+        read_calibration(bundles[0])
+    assert read_calibration(bundles[1]).provenance["count"] == 6
+
+
+def test_two_calibrate_runs_on_one_bundle_while_a_reader_reads_the_cache(stfnet_checkpoints, tmp_path: Path) -> None:
+    """Two `calibrate` runs at once (different clips and counts): both finish, the cache is one run's whole
+    (provenance and inputs agree), nothing stays staged, and a reader all along never gets a mixed cache."""
+    table = clip_table(tmp_path)
+    bundle = tmp_path / "b"
+    assert run(["export", "--model", "stfnet", "--checkpoint", str(stfnet_checkpoints[0]), "--out", str(bundle)],
+               None, tmp_path).returncode == 0
+    stop = tmp_path / "stop"
+    reader = start(["-c", CALIBRATION_READER, str(bundle), str(stop)], tmp_path)
+    writers = [start(["-m", "edgeser.cli", "calibrate", str(bundle), "--data", str(table), "--samples", str(n),
+                      "--seed", str(n), "--threads", "1", "--json"], tmp_path) for n in (4, 8)]
+    results = [w.communicate(timeout=180) for w in writers]
+    stop.touch()
+    out, err = reader.communicate(timeout=60)
+    assert all(w.returncode == 0 for w in writers), [r[1][-2000:] for r in results]
+    assert reader.returncode == 0, err
+    assert json.loads(out)["errors"] == []
+    from edgeser.calibrate import read_calibration
+
+    cache = read_calibration(bundle)
+    assert cache.provenance["ids_sha"] in {json.loads(r[0])["ids_sha"] for r in results}  # one run's, whole
+    assert {k: int(next(iter(t.values())).shape[0]) for k, t in cache.inputs.groups.items()} == cache.provenance["groups"]
+    assert debris(bundle) == [] and debris(tmp_path) == []
+
+
+PIPELINE_READER = """
+import json, sys, time
+from pathlib import Path
+import numpy as np
+from edgeser.errors import EdgeserError
+from edgeser.runtime import Pipeline
+bundle, stop, refs = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text())
+wave = np.sin(np.arange(16000, dtype=np.float32) / 7.0) * 0.1
+loads, refusals, errors, seen = 0, 0, [], set()
+deadline = time.monotonic() + 150
+while time.monotonic() < deadline and not stop.exists():
+    try:
+        pipe = Pipeline.load(bundle, "fp32", threads=1)
+        logits = pipe.run_stages([wave]).logits[0].tolist()
+    except EdgeserError:
+        refusals += 1  # a clean one-line refusal (e.g. the bundle was being swapped)
+        continue
+    except Exception as err:  # anything else is a reader that saw a half-swapped bundle
+        errors.append(f"{type(err).__name__}: {err}")
+        continue
+    match = [name for name, ref in refs.items() if np.allclose(logits, ref, atol=1e-5)]
+    if not match:
+        errors.append(f"logits of neither bundle: {logits}")
+    seen.update(match)
+    loads += 1
+print(json.dumps({"loads": loads, "refusals": refusals, "errors": errors[:5], "seen": sorted(seen)}))
+"""
+
+
+def test_export_force_beside_a_reader_never_shows_a_half_swapped_bundle(stfnet_checkpoints, tmp_path: Path) -> None:
+    """`export --force` replacing a bundle back and forth between two checkpoints while a reader loads and runs
+    it all along: every load computes exactly one of the two models (never stages of both), or is refused in
+    one line; the last export leaves a complete bundle and no staging."""
+    import numpy as np
+
+    from edgeser.runtime import Pipeline
+
+    wave = np.sin(np.arange(16000, dtype=np.float32) / 7.0) * 0.1
+    refs = {}
+    for name, checkpoint in zip(("a", "b"), stfnet_checkpoints):
+        out = tmp_path / f"ref-{name}"
+        assert run(["export", "--model", "stfnet", "--checkpoint", str(checkpoint), "--out", str(out)], None,
+                   tmp_path).returncode == 0
+        refs[name] = Pipeline.load(out, "fp32", threads=1).run_stages([wave]).logits[0].tolist()
+    assert not np.allclose(refs["a"], refs["b"], atol=1e-3)  # the two models are told apart
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tmp_path / "ref-a", bundle)
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
+    stop = tmp_path / "stop"
+    reader = start(["-c", PIPELINE_READER, str(bundle), str(stop), str(tmp_path / "refs.json")], tmp_path)
+    for checkpoint in [stfnet_checkpoints[1], stfnet_checkpoints[0]] * 2:
+        done = run(["export", "--model", "stfnet", "--checkpoint", str(checkpoint), "--out", str(bundle), "--force"],
+                   None, tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    stop.touch()
+    out, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err[-2000:]
+    report = json.loads(out)
+    assert report["errors"] == [], report
+    assert report["loads"] >= 1, report
+    validate_bundle(bundle, "fp32")
+    assert Pipeline.load(bundle, "fp32", threads=1).run_stages([wave]).logits[0].tolist() == pytest.approx(refs["a"], abs=1e-5)
+    assert debris(tmp_path) == []

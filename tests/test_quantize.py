@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from edgeser.audio import load_audio
 from edgeser.bundle import validate_bundle
 from edgeser.calibrate import calibrate_bundle, read_calibration, select_calibration_set
+from edgeser.calibrate.capture import calibration_sentences
 from edgeser.checks.controlled import quantize_controlled
 from edgeser.checks.variants import VariantResult, check_calibration_leak, gate_failures
 from edgeser.cli import main
@@ -83,12 +85,31 @@ def test_calibration_draws_the_training_side_and_caches_provenance(quantised: Pa
     assert set(p["ids"]) <= set(fold.train_ids) and not set(p["ids"]) & set(fold.eval_ids)
     assert len(p["labels"]) == 7 and "training side" in p["pool"]  # stratified: every label present
     assert p["fp32_sha256"] == {s: e.sha256 for s, e in validate_bundle(quantised).precisions["fp32"].items()}
-    for key, tensors in cache.inputs.groups.items():  # fixed shapes per bucket group, as the calibrators need
+    clips = {k: t for k, t in cache.inputs.groups.items() if not k.startswith("text-")}
+    for key, tensors in clips.items():  # fixed shapes per bucket group, as the calibrators need
         assert key.startswith(("w32000", "w64000"))
         assert tensors["waveform"].shape[1] in (32_000, 64_000) and tensors["waveform"].dtype == np.float32
         assert tensors["input_ids"].dtype == np.int64 and tensors["input_ids"].shape[1] % 8 == 0
         assert {t.shape[0] for t in tensors.values()} == {p["groups"][key]}
-    assert sum(p["groups"].values()) == 8
+    assert sum(p["groups"][k] for k in clips) == 8
+
+
+def test_the_text_encoder_calibrates_on_real_text_too(quantised: Path) -> None:
+    """Besides the clips' CTC transcripts: their reference transcripts and the shipped sentences, as text-only
+    groups that feed the text encoder and nothing after it."""
+    cache = read_calibration(quantised)
+    p = cache.provenance
+    text = {k: t for k, t in cache.inputs.groups.items() if k.startswith("text-")}
+    sentences = calibration_sentences()
+    assert len(sentences) >= 100 and p["text"]["sentences"] == len(sentences)
+    assert 1 <= p["text"]["reference_transcripts"] <= 8  # TESS: "say the word <word>"
+    assert p["text"]["items"] == sum(int(t["input_ids"].shape[0]) for t in text.values())
+    assert p["text"]["items"] >= len(sentences)
+    for key, tensors in text.items():
+        assert set(tensors) == {"input_ids", "attention_mask"} and int(key[len("text-t"):]) == tensors["input_ids"].shape[1]
+    count = lambda stage, names: sum(len(f) for _, f in cache.stage_feeds(stage, names))  # noqa: E731
+    assert count("text_encoder", ["input_ids", "attention_mask"]) == 8 + p["text"]["items"]
+    assert count("fusion_head", ["features", "frame_lengths", "token_features", "attention_mask"]) == 8
 
 
 def test_calibration_refuses_evaluation_clips(cmgi_bundle: Path, shared_data: Path, tmp_path: Path) -> None:
@@ -246,6 +267,44 @@ def test_int8_agrees_with_fp32_on_real_clips(quantised: Path, eval_waves: list[n
     assert agreement >= MIN_INT8_AGREEMENT_TINY
     assert sum(e.bytes for e in int8.manifest.precisions["int8"].values()) < 0.7 * sum(
         e.bytes for e in fp32.manifest.precisions["fp32"].values())
+
+
+# Conversational sentences none of which is in edgeser/calibrate/data/sentences.txt.
+HELD_OUT_SENTENCES = [
+    "kids are talking by the door", "i can't believe you did that to me again",
+    "that is the best news i have heard all year", "please leave me alone right now",
+    "what time does the train leave tomorrow", "this is absolutely ridiculous and i want a refund",
+    "oh my god there is a spider on the wall", "my flight was cancelled and nobody told me",
+    "thank you so much for the lovely present", "i have been waiting on hold for forty minutes",
+    "why would anyone eat that it smells awful", "my mother passed away last week",
+]
+
+
+def sentence_cosines(bundle: Path, precision: str) -> list[float]:
+    """Token-feature cosine of the `precision` text encoder with fp32 on HELD_OUT_SENTENCES (the same tokens)."""
+    fp32, other = (Pipeline.load(bundle, p, threads=1) for p in ("fp32", precision))
+    cosines = []
+    for sentence in HELD_OUT_SENTENCES:
+        ids, mask = fp32.graph.tokenize([sentence])
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        a, b = (pipe.graph.run_stage(pipe.runners, "text_encoder", feeds)["token_features"] for pipe in (fp32, other))
+        cosines.append(cos(a, b))
+    return cosines
+
+
+def test_int8_text_encoder_follows_fp32_on_sentences_it_never_saw(quantised: Path, tmp_path: Path) -> None:
+    """The real all-MiniLM-L6-v2 of the tiny cmgi. Calibrated on the CTC transcripts alone (a handful of
+    letter strings) its ranges and SmoothQuant scales do not hold for real text; with the shipped sentences
+    they do. Both margins are far from INT8 rounding differences between CPUs."""
+    calibrated = sentence_cosines(quantised, "int8")
+    assert np.mean(calibrated) > 0.99 and min(calibrated) > 0.98, calibrated
+    bundle = copy_bundle(quantised, tmp_path / "b")
+    with contextlib.chdir(tmp_path):
+        calibrate_bundle(bundle, read_calibration(quantised).provenance["data_spec"], fold_index=0, samples=8,
+                         text_sentences=False)
+        quantize_int8(bundle, replace(EVERY_WIDTH, stages=("text_encoder",)))
+    transcripts_only = sentence_cosines(bundle, "int8")
+    assert np.mean(calibrated) > np.mean(transcripts_only) + 0.01, (calibrated, transcripts_only)
 
 
 def test_dynamic_and_fp16_variants_load_and_run(quantised: Path, eval_waves: list[np.ndarray]) -> None:

@@ -19,7 +19,7 @@ from edgeser.checks.measures import cosine
 from edgeser.data import load_corpus
 from edgeser.data.splits import get_fold
 from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_tensorrt
-from edgeser.quantize.fp16 import precision_conflicts, tensor_types
+from edgeser.quantize.fp16 import convert_int8_fp16, precision_conflicts, tensor_types
 from edgeser.quantize.fuse import fuse_parallel_matmuls
 from edgeser.quantize.graph import GraphInfo
 from edgeser.stages import StageGraph
@@ -33,11 +33,13 @@ MIN_TRT_LOGIT_COSINE = 0.95
 
 @pytest.fixture(scope="module")
 def trt_bundle(cmgi_bundle: Path, shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny cmgi calibrated on 8 TESS training-side clips, with int8-trt (every width) and fp16 variants."""
+    """The tiny cmgi calibrated on 8 TESS training-side clips, with int8-trt (every width), int8-trt-fp16 and fp16
+    variants."""
     bundle = Path(shutil.copytree(cmgi_bundle, tmp_path_factory.mktemp("trt") / "cmgi"))
     calibrate_bundle(bundle, f"tess:{shared_data / 'tess'}", fold_index=0, samples=8)
     quantize_int8_tensorrt(bundle, TRT_EVERY_WIDTH)
     convert_fp16(bundle)
+    convert_int8_fp16(bundle)
     return bundle
 
 
@@ -183,6 +185,42 @@ def test_fp16_graph_is_explicitly_typed(trt_bundle: Path, held_out: list[np.ndar
                                       None) for p in ("fp32", "fp16")}
     for wave in held_out[:3]:  # FP16 runs in onnxruntime on CPU too, and follows fp32
         assert cosine(graph.run(runners["fp32"], [wave]).logits, graph.run(runners["fp16"], [wave]).logits) > 0.999
+
+
+def test_int8_with_an_fp16_remainder_keeps_every_qdq_and_runs_it_in_fp16(trt_bundle: Path,
+                                                                          held_out: list[np.ndarray]) -> None:
+    """int8-trt-fp16: the int8-trt Q/DQ pairs unchanged in number and scale (to FP16 rounding), Q reading and DQ
+    writing FP16 (no Cast between a DQ and its GEMM), LayerNorm / Softmax in FP32, no mixed float inputs, FP32 io;
+    onnxruntime runs it on CPU and it follows int8-trt."""
+    int8, mixed = graphs(trt_bundle, "int8-trt"), graphs(trt_bundle, "int8-trt-fp16")
+    settings = validate_bundle(trt_bundle, "int8-trt-fp16").extra["quantization"]["int8-trt-fp16"]
+    assert settings["from"] == "int8-trt" and settings["opset"] == 19
+    for stage, model in mixed.items():
+        assert precision_conflicts(model) == [], stage
+        types = tensor_types(model)
+        producers = {o: n for n in model.graph.node for o in n.output}
+        qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        assert len(qdq) == sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in int8[stage].graph.node)
+        assert qdq and all(types[n.input[1]] == TensorProto.FLOAT16 for n in qdq), stage
+        scales_before = initializer_values(int8[stage])
+        for name, value in initializer_values(model).items():
+            if name.endswith("_scale") and name in scales_before and value.dtype == np.float16:
+                np.testing.assert_allclose(value.astype(np.float32), scales_before[name], rtol=1e-3, atol=6e-8)
+        for node in model.graph.node:
+            if node.op_type in ("MatMul", "Gemm", "Conv") and node.input[0] in producers:
+                source = producers[node.input[0]]
+                assert not (source.op_type == "Cast" and source.input[0] in producers
+                            and producers[source.input[0]].op_type == "DequantizeLinear"), f"{stage}: {node.name}"
+            if node.op_type in ("LayerNormalization", "Softmax"):
+                assert types[node.input[0]] == TensorProto.FLOAT, f"{stage}: {node.name} runs in FP32"
+        assert all(v.type.tensor_type.elem_type != TensorProto.FLOAT16 for v in [*model.graph.input, *model.graph.output])
+    manifest = read_manifest(trt_bundle)
+    graph = StageGraph.from_manifest(manifest, trt_bundle)
+    runners = {p: onnxruntime_runners({s: str(trt_bundle / e.path) for s, e in manifest.precisions[p].items()}, 1,
+                                      None) for p in ("int8-trt", "int8-trt-fp16")}
+    for wave in held_out[:3]:
+        a, b = graph.run(runners["int8-trt"], [wave]), graph.run(runners["int8-trt-fp16"], [wave])
+        assert cosine(a.features, b.features) > 0.99
 
 
 def test_mixed_float_inputs_are_found() -> None:

@@ -80,7 +80,7 @@ def test_pipeline_gives_the_tensorrt_ep_its_profiles_and_graph_checksums(cmgi_bu
     seen: dict[str, dict[str, str]] = {}
     on_cpu = OrtRunner.load
 
-    def load(path: Path, providers: list, threads: object, options: list, spin: bool) -> OrtRunner:
+    def load(path: Path, providers: list, threads: object, options: list, spin: bool, sha256: str | None = None) -> OrtRunner:
         seen[path.stem] = options[0]
         return on_cpu(path)  # on the CPU: the EP is not in this onnxruntime
 
@@ -226,8 +226,11 @@ def test_build_trt_without_tensorrt_is_one_line_and_exit_1(cmgi_bundle: Path, tm
 
 def test_build_trt_usage_and_bundle_errors(cmgi_bundle: Path) -> None:
     assert build_cli(str(cmgi_bundle)).exit_code == 2
-    result = build_cli(str(cmgi_bundle), "--int8")
-    assert result.exit_code == 1 and "no 'int8-trt' variant" in result.output and "quantize" in result.output
+    result = build_cli(str(cmgi_bundle), "--int8")  # the INT8 graphs with the FP16 remainder, by default
+    assert result.exit_code == 1 and "no 'int8-trt-fp16' variant" in result.output
+    assert "quantize" in result.output and "--int8-trt-fp16" in result.output
+    result = build_cli(str(cmgi_bundle), "--int8-fp32-remainder")
+    assert result.exit_code == 1 and "no 'int8-trt' variant" in result.output and "--int8-trt`" in result.output
 
 
 def test_builder_config_makes_one_profile_per_concurrent_context() -> None:

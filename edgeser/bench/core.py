@@ -41,7 +41,7 @@ from edgeser.errors import BundleError
 from edgeser.quantize.speed import cpu_class_notes
 from edgeser.runtime.options import logical_cores
 
-PRECISION_ORDER = ("fp32", "int8", "int8-trt", "int8-dynamic", "fp16")
+PRECISION_ORDER = ("fp32", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic", "fp16")
 DEFAULT_INT8 = "int8"  # what `edgeser quantize --int8` writes: the row `--compare` is about
 NNCF_SAMPLES = 16
 

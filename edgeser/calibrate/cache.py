@@ -10,6 +10,8 @@ The folder is replaced whole (temp folder + rename), so a failed run keeps the p
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import time
 from collections import Counter
@@ -21,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from edgeser.bundle import read_manifest, validate_bundle
-from edgeser.calibrate.capture import DEFAULT_BUCKETS_S, CapturedInputs, capture_stage_inputs
+from edgeser.calibrate.capture import (
+    DEFAULT_BUCKETS_S,
+    SENTENCES_FILE,
+    TEXT_GROUP,
+    CapturedInputs,
+    add_text_inputs,
+    calibration_sentences,
+    capture_stage_inputs,
+)
 from edgeser.calibrate.selection import CalibrationSet, select_calibration_set
 from edgeser.data.protocols import Split, fingerprint, split_from_provenance
 from edgeser.errors import BundleError, OptionError
@@ -31,6 +41,7 @@ INPUTS_FILE = "inputs.npz"
 PROVENANCE_FILE = "calibration.json"
 CALIBRATION_SCHEMA = 1
 DEFAULT_SAMPLES = 64
+READ_TRIES = 5  # reads of a cache a concurrent `calibrate` is replacing (see read_calibration)
 
 
 @dataclass
@@ -46,9 +57,12 @@ class CalibrationCache:
         return list(self.provenance["ids"])
 
     def stage_feeds(self, stage: str, input_names: list[str]) -> Iterator[tuple[str, list[dict[str, np.ndarray]]]]:
-        """Per bucket group, the batch-1 feeds of `stage` (only its `input_names`)."""
+        """Per bucket group, the batch-1 feeds of `stage` (only its `input_names`); the text-only groups feed the
+        stages whose inputs they hold (the text encoder)."""
         for key, tensors in self.inputs.groups.items():
             missing = [n for n in input_names if n not in tensors]
+            if missing and key.startswith(f"{TEXT_GROUP}-"):
+                continue
             if missing:
                 raise BundleError(f"{self.root}: cached calibration inputs lack {missing} for stage {stage}")
             count = int(tensors[input_names[0]].shape[0])
@@ -60,15 +74,29 @@ class CalibrationCache:
 
 
 def read_calibration(bundle: Path) -> CalibrationCache:
-    """The bundle's calibration cache; refuses a missing or stale one (fp32 graphs changed since)."""
+    """The bundle's calibration cache; refuses a missing or stale one (fp32 graphs changed since).
+
+    calibration.json records the sha256 of inputs.npz: a reader racing a `calibrate` that swaps the folder could
+    otherwise pair one run's provenance with the other's inputs. On a mismatch it reads both again (the swap is
+    one rename), and refuses after a few tries."""
     root = bundle / CALIBRATION_DIR
     provenance_path = root / PROVENANCE_FILE
-    if not provenance_path.is_file() or not (root / INPUTS_FILE).is_file():
-        raise BundleError(f"{bundle}: no calibration cache; run `edgeser calibrate {bundle} --data ...` first")
-    try:
-        provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise BundleError(f"{provenance_path}: corrupt calibration provenance ({err.msg})") from None
+    for _ in range(READ_TRIES):
+        if not provenance_path.is_file() or not (root / INPUTS_FILE).is_file():
+            raise BundleError(f"{bundle}: no calibration cache; run `edgeser calibrate {bundle} --data ...` first")
+        try:
+            provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
+            payload = (root / INPUTS_FILE).read_bytes()
+        except json.JSONDecodeError as err:
+            raise BundleError(f"{provenance_path}: corrupt calibration provenance ({err.msg})") from None
+        except FileNotFoundError:
+            continue  # the folder was swapped between the two reads
+        expected = provenance.get("inputs_sha256")
+        if expected is None or hashlib.sha256(payload).hexdigest() == expected:
+            break
+    else:
+        raise BundleError(f"{root}: calibration inputs do not match calibration.json (another `calibrate` kept "
+                          "replacing them while they were read); rerun when it has finished")
     manifest = read_manifest(bundle)
     current = {stage: entry.sha256 for stage, entry in manifest.precisions.get("fp32", {}).items()}
     if provenance.get("fp32_sha256") != current:
@@ -76,7 +104,7 @@ def read_calibration(bundle: Path) -> CalibrationCache:
             f"{bundle}: calibration cache is stale (the fp32 graphs changed since it was captured); "
             f"rerun `edgeser calibrate {bundle} --data ...`"
         )
-    with np.load(root / INPUTS_FILE, allow_pickle=False) as data:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     return CalibrationCache(root, provenance, CapturedInputs.from_flat(arrays))
 
@@ -91,8 +119,12 @@ def calibrate_bundle(
     ids: list[str] | None = None,
     buckets_s: tuple[float, ...] = DEFAULT_BUCKETS_S,
     threads: int | None = None,
+    text_sentences: bool = True,
 ) -> CalibrationCache:
-    """Select calibration clips from `data_spec` (never the evaluation split), capture and cache stage inputs."""
+    """Select calibration clips from `data_spec` (never the evaluation split), capture and cache stage inputs.
+
+    Text models also calibrate their text encoder on the clips' reference transcripts and, with
+    `text_sentences`, the shipped sentences (see `edgeser.calibrate.capture`)."""
     from edgeser.audio import load_audio
     from edgeser.runtime.options import bounded, bounded_int, check_threads
 
@@ -115,6 +147,9 @@ def calibrate_bundle(
     waves = [load_audio(u.path) for u in chosen.utterances]
     started = time.perf_counter()
     captured = capture_stage_inputs(pipeline, waves, buckets_s, progress=f"capturing {len(waves)} calibration clips")
+    transcripts = [u.transcript for u in chosen.utterances if u.transcript]
+    sentences = calibration_sentences() if text_sentences else []
+    texts = add_text_inputs(pipeline, captured, transcripts + sentences)
     durations = [u.duration for u in chosen.utterances]
     provenance: dict[str, Any] = {
         "schema": CALIBRATION_SCHEMA,
@@ -136,6 +171,8 @@ def calibrate_bundle(
         "groups": captured.counts(),
         "length_stats": captured.length_stats(),
         "clip_groups": dict(zip(chosen.ids, captured.clip_groups)),
+        "text": {"items": texts, "reference_transcripts": len(set(transcripts)), "sentences": len(sentences),
+                 "sentences_sha256": hashlib.sha256(SENTENCES_FILE.read_bytes()).hexdigest() if sentences else None},
         "stages": {stage: [t.name for t in spec.inputs] for stage, spec in manifest.stages.items()},
         "fp32_sha256": {stage: entry.sha256 for stage, entry in manifest.precisions["fp32"].items()},
         "capture_seconds": round(time.perf_counter() - started, 2),
@@ -145,6 +182,7 @@ def calibrate_bundle(
     target = bundle / CALIBRATION_DIR
     with atomic_dir(target) as staging:
         np.savez(staging / INPUTS_FILE, **captured.flat())
+        provenance["inputs_sha256"] = hashlib.sha256((staging / INPUTS_FILE).read_bytes()).hexdigest()
         write_json_atomic(staging / PROVENANCE_FILE, provenance)
     return CalibrationCache(target, provenance, captured)
 

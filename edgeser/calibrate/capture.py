@@ -10,6 +10,14 @@ fail or mislead on variable-length outputs, so every clip is brought to one of a
 - token ids / mask / token features: the CTC transcript as at inference, zero-padded to a power of two >= 8.
 
 Items are grouped by bucket (`w<samples>-t<tokens>`); inside a group every tensor has one shape.
+
+The text encoder also gets text of its own (`add_text_inputs`, groups `text-t<tokens>`): the calibration clips'
+reference transcripts where the corpus has them, and the sentences in `data/sentences.txt`. The CTC transcripts
+of a weak ASR head are a degenerate sample ("ay", "say" on the small TESS default: 64 clips, 2 distinct
+strings), and ranges and SmoothQuant scales fitted to them clip real speech's text. Measured on all-MiniLM-L6-v2
+in the small cmgi bundle, static INT8 with SmoothQuant 0.7, token-feature cosine with fp32 on 30 held-out
+conversational sentences: mean / min 0.917 / 0.852 calibrated on the transcripts alone, 0.996 / 0.992 with the
+sentences added (alpha 0.8: 0.997 / 0.993).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import click
 import numpy as np
@@ -27,6 +36,8 @@ from edgeser.stages import stack_padded
 
 DEFAULT_BUCKETS_S = (2.0, 4.0)
 MIN_TOKEN_BUCKET = 8
+TEXT_GROUP = "text"  # prefix of the groups that hold text-encoder inputs only
+SENTENCES_FILE = Path(__file__).parent / "data" / "sentences.txt"
 
 
 @dataclass
@@ -137,6 +148,32 @@ def capture_stage_inputs(
     captured.groups = {key: {name: stack_padded(values) for name, values in tensors.items()}
                        for key, tensors in sorted(rows.items())}
     return captured
+
+
+def calibration_sentences() -> list[str]:
+    """The shipped text-encoder calibration sentences (`data/sentences.txt`, comments and blanks skipped)."""
+    lines = SENTENCES_FILE.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def add_text_inputs(pipeline: Pipeline, captured: CapturedInputs, texts: Sequence[str]) -> int:
+    """Add `texts` (distinct, non-empty) as text-encoder calibration items, grouped `text-t<tokens>`; returns
+    how many. Only `input_ids` / `attention_mask`: the stages after the text encoder calibrate on clips only."""
+    manifest = pipeline.manifest
+    wanted = {t.name for spec in manifest.stages.values() for t in spec.inputs}
+    if not {"input_ids", "attention_mask"} <= wanted:
+        return 0
+    unique = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
+    rows: dict[str, dict[str, list[np.ndarray]]] = {}
+    for text in unique:
+        ids, mask = pipeline.graph.tokenize([text])
+        tokens = token_bucket(ids.shape[1])
+        group = rows.setdefault(f"{TEXT_GROUP}-t{tokens}", {"input_ids": [], "attention_mask": []})
+        group["input_ids"].append(_pad_axis1(ids, tokens))
+        group["attention_mask"].append(_pad_axis1(mask, tokens))
+    for key, tensors in sorted(rows.items()):
+        captured.groups[key] = {name: np.concatenate(values) for name, values in tensors.items()}
+    return len(unique)
 
 
 class _null:

@@ -35,7 +35,7 @@ from edgeser.errors import BundleError, DataError, SplitError
 from edgeser.metrics import cer, classification_report, wer
 from edgeser.stages import StageRun
 
-ONNX_ORDER = ("fp32", "int8", "int8-trt", "int8-dynamic", "fp16")
+ONNX_ORDER = ("fp32", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic", "fp16")
 FLOAT = "pytorch"
 REPORT_NAME = "variants"
 WARMUP_RUNS = 3

@@ -23,10 +23,14 @@ from edgeser.cli_params import THREADS, Bounded, threads_option
 @click.option("--ids", "ids_file", type=click.Path(path_type=Path, dir_okay=False),
               help="Use these utterance ids (one a line) instead; refused if any is in the evaluation split.")
 @click.option("--buckets", default="2,4", show_default=True, help="Fixed waveform lengths in seconds.")
+@click.option("--text-sentences/--no-text-sentences", default=True, show_default=True,
+              help="Also calibrate the text encoder on edgeser's shipped sentences (besides the clips' "
+              "transcripts).")
 @threads_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the cached provenance as JSON.")
 def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samples: int, seed: int,
-                      ids_file: Path | None, buckets: str, threads: int | None, as_json: bool) -> None:
+                      ids_file: Path | None, buckets: str, text_sentences: bool, threads: int | None,
+                      as_json: bool) -> None:
     """Pick calibration clips off the evaluation split, capture each stage's real inputs, cache them in BUNDLE."""
     from edgeser.calibrate import calibrate_bundle
     from edgeser.errors import DataError
@@ -43,7 +47,7 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
         raise click.BadParameter(f"{buckets!r}: give seconds like 2,4", param_hint="--buckets") from None
     bucket_s = tuple(bounded("--buckets", s, "clip_seconds") for s in seconds)  # past the bound: one line, exit 1
     cache = calibrate_bundle(bundle, data_spec, fold_index=fold_index, samples=samples, seed=seed, ids=ids,
-                             buckets_s=bucket_s, threads=threads)
+                             buckets_s=bucket_s, threads=threads, text_sentences=text_sentences)
     p = cache.provenance
     if as_json:
         echo_json(p)
@@ -58,6 +62,8 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
               "the CPU default (u8 activations).")
 @click.option("--int8-trt", "int8_trt", is_flag=True, help="Static INT8 for TensorRT (int8-trt/): signed symmetric "
               "activations with zero point 0, per-channel weights on the output axis, float biases, dedicated Q/DQ.")
+@click.option("--int8-trt-fp16", "int8_trt_fp16", is_flag=True, help="int8-trt with its float remainder in FP16 "
+              "(int8-trt-fp16/, what `build-trt --int8` builds; writes int8-trt first when it is missing).")
 @click.option("--int8-dynamic", "int8_dynamic", is_flag=True, help="Dynamic INT8 (MatMul weights; no calibration).")
 @click.option("--fp16", "fp16", is_flag=True, help="FP16 for GPUs (sensitive ops and the front end stay FP32).")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile",
@@ -84,24 +90,28 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
               "onnxruntime's MultiHeadAttention (for onnxruntime builds without contrib ops).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def quantize_command(
-    bundle: Path, int8: bool, int8_trt: bool, int8_dynamic: bool, fp16: bool, method: str, exclude: tuple[str, ...],
+    bundle: Path, int8: bool, int8_trt: bool, int8_trt_fp16: bool, int8_dynamic: bool, fp16: bool, method: str,
+    exclude: tuple[str, ...],
     op_types: str | None, dynamic_op_types: str, min_width: int | None, max_ua_drop: float | None,
     min_agreement: float | None, data_spec: str | None, fold_index: int | None, validation_clips: int,
     threads: int | None, no_speed_gate: bool, speed_threads: int | None, no_fuse_attention: bool, as_json: bool,
 ) -> None:
     """Write INT8 / INT8 for TensorRT / dynamic INT8 / FP16 variants into BUNDLE (int8/, int8-trt/,
-    int8-dynamic/, fp16/), listed in bundle.json."""
+    int8-trt-fp16/, int8-dynamic/, fp16/), listed in bundle.json."""
     from dataclasses import asdict
 
     from edgeser.bundle import read_manifest
     from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_dynamic
+    from edgeser.quantize.fp16 import convert_int8_fp16
     from edgeser.quantize.graph import DEFAULT_OP_TYPES, NARROW_WIDTH
     from edgeser.quantize.variants import quantize_int8_tensorrt
 
     if max_ua_drop is not None:
         int8 = True
-    if not (int8 or int8_trt or int8_dynamic or fp16):
-        raise click.UsageError("choose at least one of --int8, --int8-trt, --int8-dynamic, --fp16")
+    if int8_trt_fp16 and "int8-trt" not in read_manifest(bundle).precisions:
+        int8_trt = True  # the FP16-remainder graph is made from the int8-trt one
+    if not (int8 or int8_trt or int8_trt_fp16 or int8_dynamic or fp16):
+        raise click.UsageError("choose at least one of --int8, --int8-trt, --int8-trt-fp16, --int8-dynamic, --fp16")
     excluded = tuple(exclude) if exclude else None
     min_width = NARROW_WIDTH if min_width is None else min_width
     written: dict[str, Any] = {}
@@ -126,6 +136,8 @@ def quantize_command(
         if excluded is not None:
             trt_changes["exclude"] = excluded
         quantize_int8_tensorrt(bundle, Int8Options.tensorrt(**trt_changes))
+    if int8_trt_fp16:
+        convert_int8_fp16(bundle)
     if int8_dynamic:
         quantize_int8_dynamic(bundle, op_types=tuple(csv(dynamic_op_types)), exclude=excluded,
                               min_width=min_width)
@@ -133,7 +145,8 @@ def quantize_command(
         convert_fp16(bundle, exclude=excluded)
     manifest = read_manifest(bundle)
     fp32_bytes = sum(e.bytes for e in manifest.precisions["fp32"].values())
-    chosen = (("int8", int8), ("int8-trt", int8_trt), ("int8-dynamic", int8_dynamic), ("fp16", fp16))
+    chosen = (("int8", int8), ("int8-trt", int8_trt), ("int8-trt-fp16", int8_trt_fp16), ("int8-dynamic", int8_dynamic),
+              ("fp16", fp16))
     for precision in [p for p, on in chosen if on]:
         files = manifest.precisions[precision]
         settings = manifest.extra.get("quantization", {}).get(precision, {})
@@ -148,7 +161,7 @@ def quantize_command(
                              + (f", float: {reasons})" if reasons else ")"))
             click.echo(f"{precision}: {size / 1e6:.1f} MB ({size / fp32_bytes:.0%} of fp32) -> {bundle / precision}; "
                        + "; ".join(parts))
-            if stages and precision != "fp16" and not any(r["quantized_nodes"] for r in stages.values()):
+            if stages and precision not in ("fp16", "int8-trt-fp16") and not any(r["quantized_nodes"] for r in stages.values()):
                 click.echo(f"note: {precision} quantised no node (every one is excluded or narrower than "
                            f"--min-width {min_width}): it computes what fp32 does", err=True)
     if as_json:

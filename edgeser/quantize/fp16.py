@@ -6,6 +6,17 @@ of the ops kept in FP32 (LayerNorm, Softmax, the reductions and exponentials, th
 inputs and outputs in FP32, and no op whose floating-point inputs mix FP16 and FP32 (which a strongly typed
 builder refuses and a weakly typed one resolves by guessing). `precision_conflicts` reads that off the graph;
 `convert_fp16` refuses to write a graph that has any.
+
+The same conversion gives the INT8 graph for TensorRT its FP16 remainder (`convert_int8_fp16`, variant
+`int8-trt-fp16`, NVIDIA's ModelOpt recipe with `high_precision_dtype=fp16`): the `int8-trt` Q/DQ graph with every
+float op outside the ops kept in FP32 in FP16, and the Q/DQ scales in FP16 so QuantizeLinear reads and
+DequantizeLinear writes FP16 directly (no Cast between a DequantizeLinear and its GEMM, which would keep TensorRT
+from fusing the pair into an INT8 kernel). FP16 scales need opset 19, so the graph's opset is raised to 19 (no op
+it uses changes meaning between 18 and 19 except Q/DQ gaining FP16 inputs; Cast's `saturate` concerns FP8 only).
+Kept in FP32 (with explicit casts), and why: LayerNormalization, Softmax, ReduceMean, Pow, Sqrt, Log, Exp, Erf,
+LogSoftmax (sums of squares, exponentials and normalisers overflow or lose their small terms in FP16: 65504 is
+FP16's largest value), CumSum and Range (index arithmetic), and the waveform front end and its first conv
+(raw samples and their framing, as in the fp16 variant).
 """
 
 from __future__ import annotations
@@ -13,7 +24,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgeser.errors import BundleError
 from edgeser.quantize.graph import resolve_exclusions
@@ -70,11 +83,13 @@ def float_ops_by_type(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
     return {k: dict(sorted(v.items())) for k, v in counts.items()}
 
 
-def fp16_graph(source: Path, exclude: tuple[str, ...] | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """The FP16 graph of one fp32 stage graph, and the nodes kept in FP32 by category (see the module docstring)."""
+def fp16_graph(source: Path, exclude: tuple[str, ...] | None = None,
+               model: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The FP16 graph of one fp32 stage graph (or of `model`, read from `source`), and the nodes kept in FP32 by
+    category (see the module docstring)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = onnx.load(str(source))
+    model = onnx.load(str(source)) if model is None else model
     patterns = ("frontend", "first-conv") if exclude is None else exclude
     exclusions = resolve_exclusions(model, patterns)
     blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_OP_BLOCK_LIST))
@@ -108,3 +123,57 @@ def convert_fp16(bundle: Path, exclude: tuple[str, ...] | None = None) -> dict[s
         return StageReport("fp16", 0, kept, op_counts(out), "none")
 
     return write_variant(bundle, "fp16", write, fp16_settings(exclude), "fp16")
+
+
+QDQ_FP16_OPSET = 19  # the first opset whose QuantizeLinear / DequantizeLinear take FP16 inputs and scales
+FP16_TINY = float(np.finfo(np.float16).tiny)  # smallest normal FP16 (6.1e-5): smaller scales lose bits
+
+
+def int8_fp16_graph(source: Path) -> tuple[onnx.ModelProto, dict[str, str], dict[str, int]]:
+    """The `int8-trt` graph at `source` with an FP16 remainder (see the module docstring), the nodes kept in FP32,
+    and Q/DQ facts: how many Q/DQ nodes, how many run in FP16, how many scales are below FP16's normal range."""
+    model = onnx.load(str(source))
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < QDQ_FP16_OPSET:
+            opset.version = QDQ_FP16_OPSET
+    converted, kept = fp16_graph(source, model=model)
+    types = tensor_types(converted)
+    qdq = [n for n in converted.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    in_fp16 = [n for n in qdq if types.get(n.input[1]) == onnx.TensorProto.FLOAT16]
+    initializers = {i.name: i for i in converted.graph.initializer}
+    subnormal = 0
+    for node in in_fp16:
+        scale = initializers.get(node.input[1])
+        if scale is not None:
+            values = numpy_helper.to_array(scale).astype(np.float32)
+            subnormal += int(np.any(values < FP16_TINY))
+    return converted, kept, {"qdq": len(qdq), "qdq_fp16": len(in_fp16), "subnormal_scales": subnormal}
+
+
+def convert_int8_fp16(bundle: Path) -> dict[str, StageReport]:
+    """`int8-trt` with its float remainder in FP16 (see the module docstring); writes `bundle/int8-trt-fp16/`.
+    Needs the bundle's `int8-trt` variant (`edgeser quantize BUNDLE --int8-trt`)."""
+    from edgeser.bundle import validate_bundle
+    from edgeser.quantize.variants import (
+        TENSORRT_FP16_PRECISION,
+        TENSORRT_PRECISION,
+        StageReport,
+        op_counts,
+        write_variant,
+    )
+
+    manifest = validate_bundle(bundle, TENSORRT_PRECISION)
+    sources = {stage: bundle / entry.path for stage, entry in manifest.precisions[TENSORRT_PRECISION].items()}
+    source_settings = manifest.extra.get("quantization", {}).get(TENSORRT_PRECISION, {})
+
+    def write(stage: str, _fp32: Path, out: Path) -> StageReport:
+        converted, kept, facts = int8_fp16_graph(sources[stage])
+        onnx.save(converted, str(out))
+        quantised = source_settings.get("stages", {}).get(stage, {}).get("quantized_nodes", 0)
+        return StageReport("int8+fp16" if facts["qdq"] else "fp16", quantised, kept, op_counts(out), "none",
+                           qdq=facts)
+
+    settings = {**fp16_settings(None), "kind": "int8+fp16", "from": TENSORRT_PRECISION, "opset": QDQ_FP16_OPSET,
+                "int8": {k: source_settings.get(k) for k in ("method", "percentile", "smooth_alpha", "calibration")},
+                "note": "GPU format (TensorRT, strongly typed): on CPU the FP16 ops run slower than FP32"}
+    return write_variant(bundle, TENSORRT_FP16_PRECISION, write, settings, "int8+fp16 (TensorRT)")

@@ -99,7 +99,9 @@ class Pipeline:
         if threads is not None:
             threads = check_threads("threads", threads, force_threads)
         root = Path(bundle)
-        manifest = validate_bundle(root, precision, verify_checksums)
+        # Checksums are verified on the bytes each onnxruntime session loads (make_session), not on a first read:
+        # a bundle swapped in between would otherwise give stages of two bundles.
+        manifest = validate_bundle(root, precision, verify_checksums and backend == "tensorrt")
         graph = StageGraph.from_manifest(manifest, root)
         files = manifest.precisions[precision]
         runners: dict[str, StageRunner]
@@ -121,7 +123,8 @@ class Pipeline:
                                      graph_sha256=files[stage].sha256)
                 chosen, options = (providers, None) if providers and backend == "onnxruntime" else (
                     plan.providers, plan.options)
-                runners[stage] = OrtRunner.load(root / files[stage].path, chosen, threads, options, spin)
+                runners[stage] = OrtRunner.load(root / files[stage].path, chosen, threads, options, spin,
+                                                sha256=files[stage].sha256 if verify_checksums else None)
             head = runners[FUSION_HEAD]
             width = head.output_shape(graph.outputs[FUSION_HEAD][0])[-1] if isinstance(head, OrtRunner) else None
             if isinstance(width, int) and width != len(graph.labels):

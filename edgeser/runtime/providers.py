@@ -9,10 +9,10 @@ Backends:
 - `tensorrt-ep`: onnxruntime's TensorRT execution provider, then CUDA, then CPU. Its engines and timing cache go
   under `BUNDLE/trt/ort-ep/<precision>/` (never beside the graphs), named `<stage>-<graph sha256>`: the EP's own
   cache key is the file name, I/O names and versions, not the weights or Q/DQ scales, so a re-quantised graph
-  would otherwise load the old engine. FP16 kernels are enabled for the fp16 variant, INT8 for int8-trt
-  (TensorRT reads the Q/DQ scales; no calibration table is used); the CPU variants (`int8`: UINT8 Q/DQ and
-  onnxruntime contrib ops, `int8-dynamic`) are refused, as TensorRT's parser rejects them and the EP would split
-  the graph. With `profiles` (from `edgeser.trt.profiles`), the explicit min/opt/max shapes edgeser's own
+  would otherwise load the old engine. FP16 kernels are enabled for fp16 and int8-trt-fp16, INT8 for both
+  int8-trt variants (TensorRT reads the Q/DQ scales; no calibration table is used); the CPU variants (`int8`:
+  UINT8 Q/DQ and onnxruntime contrib ops, `int8-dynamic`) are refused, as TensorRT's parser rejects them and the
+  EP would split the graph. With `profiles` (from `edgeser.trt.profiles`), the explicit min/opt/max shapes edgeser's own
   engines use, so variable-length audio does not rebuild engines. A session that asked for the EP and did not
   get it (onnxruntime falls back to CUDA/CPU quietly) is refused by `check_providers`, naming the TensorRT line
   found: onnxruntime's TensorRT EP links TensorRT 10 (`libnvinfer.so.10`), so a TensorRT 11-only host fails.
@@ -77,7 +77,7 @@ def provider_plan(backend: str, bundle_root: Path | None = None, precision: str 
         "trt_engine_cache_prefix": f"{prefix}-{graph_sha256[:16]}" if graph_sha256 else prefix,
         "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": str(cache),
-        "trt_fp16_enable": str(precision == "fp16"),
+        "trt_fp16_enable": str(precision in ("fp16", "int8-trt-fp16")),
         "trt_int8_enable": str(precision.startswith("int8")),  # Q/DQ graphs; the CPU variants are refused above
     }
     if workspace_mb:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from edgeser.runtime.providers import check_providers
 
 
 def make_session(path: Path, providers: list[str] | None = None, threads: int | None = None,
-                 spin: bool = False, provider_options: list[dict[str, str]] | None = None) -> ort.InferenceSession:
+                 spin: bool = False, provider_options: list[dict[str, str]] | None = None,
+                 sha256: str | None = None) -> ort.InferenceSession:
     """An inference session with full graph optimisation; `threads` bounds intra-op parallelism.
 
     Workers wait passively unless `spin`. Each stage session owns a thread pool, and spinning workers of a
@@ -24,6 +26,10 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
     stages no longer steal from each other: cmgi paper int8 end to end 640 -> 614 ms on an idle 2-core AMD EPYC
     (audio encoder 621 -> 597 ms), but 1128 -> 1254 ms with one other busy process, where a spinning worker
     waits for a preempted one. Passive is the default: edge devices run other work beside the model.
+
+    With `sha256` (the graph's checksum in bundle.json) the graph is read once, checked and loaded from those
+    bytes: a bundle replaced between its validation and this load (`export --force` beside a reader) is refused
+    instead of mixing stages of two bundles.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -39,8 +45,18 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
     unknown = [p for p in chosen if p not in available]
     if unknown:
         raise BundleError(f"execution provider(s) {unknown} not available here (available: {available})")
+    model: str | bytes = str(path)
+    if sha256 is not None:
+        try:
+            model = Path(path).read_bytes()
+        except OSError as err:
+            raise BundleError(f"{path}: cannot read the graph ({err.strerror}); was the bundle replaced while "
+                              "loading? Load it again") from None
+        if hashlib.sha256(model).hexdigest() != sha256:
+            raise BundleError(f"{path}: checksum mismatch with bundle.json (the graph was changed after export, or "
+                              "the bundle is being replaced while it loads: load it again)")
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=chosen,
+        session = ort.InferenceSession(model, sess_options=options, providers=chosen,
                                        provider_options=provider_options)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
         raise BundleError(f"{path}: onnxruntime cannot load this graph ({' '.join(str(err).split())[:200]})") from None
@@ -62,8 +78,9 @@ class OrtRunner:
 
     @classmethod
     def load(cls, path: Path, providers: list[str] | None = None, threads: int | None = None,
-             provider_options: list[dict[str, str]] | None = None, spin: bool = False) -> OrtRunner:
-        return cls(make_session(path, providers, threads, spin, provider_options), path)
+             provider_options: list[dict[str, str]] | None = None, spin: bool = False,
+             sha256: str | None = None) -> OrtRunner:
+        return cls(make_session(path, providers, threads, spin, provider_options, sha256), path)
 
     def output_shape(self, name: str) -> list[int | str | None]:
         """The declared shape of one output (ints for fixed axes, names for dynamic ones)."""

@@ -25,7 +25,7 @@ from edgeser.checkpoint import load_checkpoint, save_checkpoint
 from edgeser.data import load_corpus
 from edgeser.data.protocols import DEFAULT_PROTOCOL, limited, make_split
 from edgeser.errors import ModelError
-from edgeser.files import atomic_dir, write_json_atomic, write_text_atomic
+from edgeser.files import atomic_dir, clean_stale_staging, write_json_atomic, write_text_atomic
 from edgeser.modelling.base import SerModel
 from edgeser.modelling.registry import build_model, load_recipe
 from edgeser.training.batches import Clip, TrainingLoss, batches, compute_loss, evaluate, load_clips
@@ -129,6 +129,7 @@ def train_world(
             f"{best['ua'] if best else 0:.4f})")
     if world.main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(out_dir)  # temporary files of a run killed mid-write (the state folder cleans its own)
 
     train_clips = load_clips(corpus.subset(split.train_ids), corpus.labels,
                              f"loading {len(split.train_ids)} training clips", quiet=not world.main)

@@ -49,7 +49,10 @@ def doctor_command(bundle: Path, target: str, precisions: tuple[str, ...], profi
 
 @click.command("build-trt")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--int8", "precision", flag_value="int8-trt", help="Build the int8-trt graphs (symmetric Q/DQ: `quantize --int8-trt`).")
+@click.option("--int8", "precision", flag_value="int8-trt-fp16", help="Build the INT8 graphs with their float remainder "
+              "in FP16 (int8-trt-fp16: `quantize --int8-trt-fp16`).")
+@click.option("--int8-fp32-remainder", "precision", flag_value="int8-trt", help="Build the int8-trt graphs instead: "
+              "INT8 GEMMs, every other op in FP32 (`quantize --int8-trt`).")
 @click.option("--fp16", "precision", flag_value="fp16", help="Build the fp16 graphs.")
 @click.option("--variant", default=None, help="Build this variant of bundle.json instead (e.g. a second int8).")
 @click.option("--profile", "profiles", multiple=True, metavar="STAGE:INPUT=MIN,OPT,MAX",
