@@ -181,8 +181,10 @@ def calibrate_bundle(
     }
     target = bundle / CALIBRATION_DIR
     with atomic_dir(target) as staging:
-        np.savez(staging / INPUTS_FILE, **captured.flat())
-        provenance["inputs_sha256"] = hashlib.sha256((staging / INPUTS_FILE).read_bytes()).hexdigest()
+        buffer = io.BytesIO()
+        np.savez(buffer, **captured.flat())
+        (staging / INPUTS_FILE).write_bytes(buffer.getvalue())
+        provenance["inputs_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
         write_json_atomic(staging / PROVENANCE_FILE, provenance)
     return CalibrationCache(target, provenance, captured)
 

@@ -95,10 +95,6 @@ def corpus_of(utt: Utterance) -> str:
     return utt.id.split("/", 1)[0]
 
 
-def _ravdess_actor(speaker: str) -> int | None:
-    return int(speaker[len("ravdess/actor"):]) if speaker.startswith("ravdess/actor") else None
-
-
 def actor_fold_sides(index: int) -> tuple[set[str], set[str]]:
     """(evaluated speakers, validation speakers) of `actor-folds` fold `index`, as multi-corpus speakers."""
     evaluated = {f"ravdess/actor{a:02d}" for a in ACTOR_FOLDS[index]} | {f"emodb/{s}" for s in EMODB_FOLDS[index]}
