@@ -46,10 +46,11 @@ class OptionError(EdgeserError, ValueError):
 class MissingDependencyError(EdgeserError, ImportError):
     """An optional dependency is not installed; the message names the extra that installs it."""
 
-    def __init__(self, module: str, extra: str, purpose: str) -> None:
+    def __init__(self, module: str, extra: str, purpose: str, install: str | None = None) -> None:
         self.module = module
         self.extra = extra
-        super().__init__(f"{purpose} needs {module}, which is not installed: pip install 'edgeser[{extra}]'")
+        command = install or f"pip install 'edgeser[{extra}]'"
+        super().__init__(f"{purpose} needs {module}, which is not installed: {command}")
 
 
 class ServingError(EdgeserError, RuntimeError):

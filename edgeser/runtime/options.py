@@ -54,6 +54,8 @@ LIMITS: dict[str, Bound] = {
     "clip_seconds": Bound(0.1, MAX_CLIP_SECONDS, "the models take utterances; longer recordings go through "
                           "`--long` / `Pipeline.long`", whole=False),
     "workspace_mb": Bound(1, 256 * 1024, "no GPU has more memory than 256 GiB"),
+    "sample_rate": Bound(8000, 384_000, "speech needs 8 kHz; no audio interface records above 384 kHz"),
+    "channels": Bound(1, 32, "a stream is mixed to mono; no microphone array here has more than 32 channels"),
 }
 
 

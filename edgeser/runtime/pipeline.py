@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO
@@ -16,9 +16,10 @@ from edgeser.audio import SAMPLE_RATE, check_waveform, is_file_object, load_audi
 from edgeser.bundle import PRECISIONS, BundleManifest, validate_bundle
 from edgeser.errors import AudioError, BundleError, EdgeserError, OptionError
 from edgeser.runtime.options import MAX_CLIP_SECONDS, MAX_RECORDING_SECONDS, bounded_int, check_threads
-from edgeser.runtime.results import Failure, Prediction, Timeline
+from edgeser.runtime.results import Failure, Prediction, Timeline, Utterance
 from edgeser.runtime.segment import SegmentOptions, speech_regions, timeline
 from edgeser.runtime.sessions import OrtRunner
+from edgeser.runtime.vad import VadOptions, detect_speech, vad_available
 from edgeser.stages import FUSION_HEAD, StageGraph, StageRun, StageRunner
 
 # A path, the bytes of a file, a binary file object (read from its start), or (samples, sample_rate).
@@ -176,11 +177,24 @@ class Pipeline:
         return self.graph.run(self._runners, waves, transcripts=transcripts)
 
     def __call__(self, audio: AudioInput) -> Prediction:
-        """Predict one clip (a path, the bytes of a file, or (samples, sample_rate))."""
+        """Predict one clip (a path, the bytes of a file, or (samples, sample_rate)).
+
+        The result carries the clip's `speech_ratio` (Silero VAD, where installed): near 0 for noise, hum or
+        silence, where the label means nothing."""
         started = time.perf_counter()
         wave = self.read(audio)
         read_ms = (time.perf_counter() - started) * 1e3
-        return self._predictions([wave], extra={"read": read_ms})[0]
+        ratio, vad_ms = self._speech_ratio(wave)
+        return self._predictions([wave], extra={"read": read_ms, **vad_ms}, ratios=[ratio])[0]
+
+    @staticmethod
+    def _speech_ratio(wave: npt.NDArray[np.float32]) -> tuple[float | None, dict[str, float]]:
+        """The clip's VAD speech ratio and its time, or (None, {}) where silero-vad is not installed."""
+        if not vad_available():
+            return None, {}
+        started = time.perf_counter()
+        ratio = detect_speech(wave)[1]
+        return round(ratio, 4), {"vad": (time.perf_counter() - started) * 1e3}
 
     def predict_waveform(self, wave: npt.NDArray[np.float32]) -> Prediction:
         """Predict one already-checked 16 kHz mono waveform."""
@@ -199,16 +213,19 @@ class Pipeline:
                 waves[index] = self.read(audio)
             except EdgeserError as err:
                 results[index] = Failure(describe(audio), str(err))
-        results.update(self._predict_bucketed(waves, batch_size))
+        ratios = {i: self._speech_ratio(wave)[0] for i, wave in waves.items()}
+        results.update(self._predict_bucketed(waves, batch_size, ratios))
         return [results[i] for i in range(len(inputs))]
 
-    def long(self, audio: AudioInput, options: SegmentOptions | None = None) -> Timeline:
-        """Split a long recording at pauses, predict each segment, return a `Timeline` with an aggregate.
+    def long(self, audio: AudioInput, options: VadOptions | SegmentOptions | None = None) -> Timeline:
+        """Find the utterances of a long recording with Silero VAD (`VadOptions`), predict each, return a
+        `Timeline` with an aggregate. `SegmentOptions` selects the energy splitter instead (it takes any energy
+        for speech: noise, hum and DC get segments).
 
-        A recording without a speech segment gives a Timeline with no segments and no label.
+        A recording without speech (silence, noise, hum, clicks) gives a Timeline with no segments and no label.
         """
-        if options is not None and not isinstance(options, SegmentOptions):
-            raise OptionError("options", f"expected SegmentOptions, got {type(options).__name__}")
+        if options is not None and not isinstance(options, (VadOptions, SegmentOptions)):
+            raise OptionError("options", f"expected VadOptions or SegmentOptions, got {type(options).__name__}")
         try:
             wave = self.read(audio, max_seconds=MAX_RECORDING_SECONDS)
         except AudioError as err:
@@ -217,22 +234,35 @@ class Pipeline:
             held = err.problem.split(";")[0]  # "too long: 18000.0 s (maximum 14400 s)"
             raise AudioError(err.source, f"{held}: `long` holds the whole recording in memory; cut it into parts "
                                          "first") from None
-        regions = speech_regions(wave, options)
+        if isinstance(options, SegmentOptions):
+            regions = speech_regions(wave, options)
+        else:
+            regions = [(r.start, r.end) for r in detect_speech(wave, options)[0]]
         found = self._predict_bucketed({i: wave[a:b] for i, (a, b) in enumerate(regions)})
         return timeline(regions, [found[i] for i in range(len(regions))], self.labels, wave.size)
 
-    def _predict_bucketed(self, waves: Mapping[int, npt.NDArray[np.float32]], batch_size: int = 8
-                          ) -> dict[int, Prediction]:
+    def stream(self, chunks: Iterable[npt.ArrayLike | tuple[npt.ArrayLike, int]], sample_rate: int = SAMPLE_RATE,
+               *, channels: int = 1, options: VadOptions | None = None) -> Iterator[Utterance]:
+        """Utterance events from an iterable of audio chunks at `sample_rate`, as they are found: a generator
+        over a new `Listener` (see `edgeser.runtime.listener` for its memory bound and bad-stream behaviour)."""
+        from edgeser.runtime.listener import Listener
+
+        return Listener(self, sample_rate, channels=channels, options=options).events(chunks)
+
+    def _predict_bucketed(self, waves: Mapping[int, npt.NDArray[np.float32]], batch_size: int = 8,
+                          ratios: Mapping[int, float | None] | None = None) -> dict[int, Prediction]:
         """Predictions keyed like `waves`, run in batches of clips of similar length."""
         order = sorted(waves, key=lambda i: waves[i].size)
         results: dict[int, Prediction] = {}
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            results.update(zip(chunk, self._predictions([waves[i] for i in chunk])))
+            found = self._predictions([waves[i] for i in chunk],
+                                      ratios=[ratios.get(i) for i in chunk] if ratios else None)
+            results.update(zip(chunk, found))
         return results
 
-    def _predictions(self, waves: list[npt.NDArray[np.float32]], extra: dict[str, float] | None = None
-                     ) -> list[Prediction]:
+    def _predictions(self, waves: list[npt.NDArray[np.float32]], extra: dict[str, float] | None = None,
+                     ratios: Sequence[float | None] | None = None) -> list[Prediction]:
         run = self.run_stages(waves)
         probabilities = softmax(run.logits)
         timings = {**(extra or {}), **run.timings_ms}
@@ -250,6 +280,7 @@ class Pipeline:
                     duration_s=wave.size / SAMPLE_RATE,
                     timings_ms={k: round(v, 3) for k, v in timings.items()},
                     logits=[float(x) for x in run.logits[row]],
+                    speech_ratio=ratios[row] if ratios is not None else None,
                 )
             )
         return predictions

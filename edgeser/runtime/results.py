@@ -1,4 +1,5 @@
-"""What the runtime returns: one clip's `Prediction`, a bad input's `Failure`, a long recording's `Timeline`."""
+"""What the runtime returns: one clip's `Prediction`, a bad input's `Failure`, a long recording's `Timeline`,
+a stream's `Utterance` events."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ class Prediction:
     duration_s: float
     timings_ms: dict[str, float] = field(default_factory=dict)
     logits: list[float] = field(default_factory=list)
+    # The fraction of the clip's 32 ms frames that Silero VAD scores as speech (`edgeser.runtime.vad`); an app
+    # may ignore clips with little speech. None where the VAD is not installed, or not run (stream utterances
+    # are speech by construction).
+    speech_ratio: float | None = None
 
 
 @dataclass(frozen=True)
@@ -50,3 +55,25 @@ class Timeline:
     @property
     def found_speech(self) -> bool:
         return bool(self.segments)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One utterance found in a stream (`Listener`, `Pipeline.stream`) and its prediction.
+
+    `start_s`/`end_s`: where its audio lies in the stream (seconds from the stream's first sample, VAD padding
+    included). `latency_s`: wall-clock seconds from the `feed` call that delivered the utterance's last sample to
+    this event; it includes the VAD's wait for `min_silence_ms` of silence and the model's run. `cut`: speech
+    went on past `VadOptions.max_speech_s` without a pause; the next event continues this utterance.
+    """
+
+    index: int
+    start_s: float
+    end_s: float
+    prediction: Prediction
+    latency_s: float
+    cut: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.prediction.label
