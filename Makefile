@@ -2,7 +2,9 @@
 PYTHON ?= python3
 DATA ?= ../shared/data
 # torch is pinned to the local CPU build through constraints.txt (see README).
-INSTALL = $(PYTHON) -m pip install --quiet -c constraints.txt -e ".[export,dev,ray,serve-client]"
+# silero-vad's wheel declares torch, but edgeser only reads its ONNX model: --no-deps keeps the lean install lean.
+INSTALL = $(PYTHON) -m pip install --quiet -c constraints.txt -e ".[export,dev,ray,serve-client]" \
+	&& $(PYTHON) -m pip install --quiet --no-deps silero-vad==6.2.3
 
 include serve.mk
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from edgeser.cli import main
 from edgeser.errors import AudioError, BundleError, OptionError
-from edgeser.runtime import Pipeline
+from edgeser.runtime import Pipeline, SegmentOptions
 from tests.conftest import REPO, tone, write_audio
 
 
@@ -36,7 +36,7 @@ def test_runtime_predicts_where_torch_cannot_be_imported(cmgi_bundle: Path, tmp_
                 if name.split(".")[0] in {{"torch", "transformers", "optimum"}}:
                     raise ImportError("blocked for this test: " + name)
         sys.meta_path.insert(0, Block())
-        from edgeser.runtime import Pipeline
+        from edgeser.runtime import Pipeline, SegmentOptions
         result = Pipeline.load({str(cmgi_bundle)!r})({str(clip)!r})
         heavy = [m for m in sys.modules if m.split(".")[0] in {{"torch", "transformers", "optimum"}}]
         print(result.label, len(result.probabilities), heavy)
@@ -130,10 +130,11 @@ def test_one_pipeline_shared_between_threads(pipe: Pipeline) -> None:
         np.testing.assert_allclose(logits, serial[index % len(clips)], atol=1e-5)
 
 
-def test_long_recording_is_split_at_pauses(pipe: Pipeline) -> None:
+def test_long_recording_is_split_at_pauses_by_the_energy_splitter(pipe: Pipeline) -> None:
+    """`SegmentOptions` picks the energy splitter (tones are not speech to the VAD: tests/test_stream.py)."""
     gap = np.zeros(int(0.8 * 16_000), np.float32)
     parts = [tone(1.2, seed=1), gap, tone(2.0, seed=2, freq=300), gap, tone(0.9, seed=3, freq=180)]
-    timeline = pipe.long((np.concatenate(parts), 16_000))
+    timeline = pipe.long((np.concatenate(parts), 16_000), SegmentOptions())
     assert len(timeline.segments) == 3
     starts = [round(s.start_s, 1) for s in timeline.segments]
     assert starts[0] == 0.0 and abs(starts[1] - 2.0) <= 0.1 and abs(starts[2] - 4.8) <= 0.1

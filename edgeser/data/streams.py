@@ -96,8 +96,8 @@ def hum(samples: int, mains_hz: float = 50.0, level: float = 0.3, seed: int = 0)
     """Mains hum: the fundamental and its first harmonics (falling 1/k), with a little noise."""
     t = np.arange(samples) / SAMPLE_RATE
     signal = sum(np.sin(2 * np.pi * mains_hz * k * t + k) / k for k in range(1, 8))
-    signal = level * signal / np.max(np.abs(signal))
-    return (signal + white_noise(samples, 0.002, seed)).astype(np.float32)
+    peak = float(np.max(np.abs(signal)))
+    return np.asarray(level * signal / peak + white_noise(samples, 0.002, seed), dtype=np.float32)
 
 
 def dc_offset(samples: int, offset: float = 0.3, seed: int = 0) -> npt.NDArray[np.float32]:
@@ -120,5 +120,5 @@ def mix_at_snr(speech: npt.NDArray[np.float32], noise: npt.NDArray[np.float32], 
     noise power."""
     power = float(np.mean(np.concatenate([speech[a:b] for a, b in references]).astype(np.float64) ** 2))
     noise_power = float(np.mean(noise.astype(np.float64) ** 2))
-    scale = np.sqrt(power / (noise_power * 10 ** (snr_db / 10)))
-    return (speech + scale * noise[: speech.size]).astype(np.float32)
+    scale = float(np.sqrt(power / (noise_power * 10 ** (snr_db / 10))))
+    return np.asarray(speech + scale * noise[: speech.size], dtype=np.float32)
