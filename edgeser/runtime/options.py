@@ -56,6 +56,9 @@ LIMITS: dict[str, Bound] = {
     "workspace_mb": Bound(1, 256 * 1024, "no GPU has more memory than 256 GiB"),
     "sample_rate": Bound(8000, 384_000, "speech needs 8 kHz; no audio interface records above 384 kHz"),
     "channels": Bound(1, 32, "a stream is mixed to mono; no microphone array here has more than 32 channels"),
+    "chunk_ms": Bound(1, 1000, "a chunk is the unit of audio read and fed at once; past a second, events wait "
+                      "for it"),
+    "device": Bound(0, 1023, "PortAudio numbers input devices from 0; no host has a thousand"),
 }
 
 
