@@ -204,6 +204,8 @@ def test_no_speech_found_in_noise_hum_dc_and_clicks(pipe: Pipeline, signal: str,
     assert done.exit_code == 0 and f"{path}\tno speech found\t0 segments (5.00 s)" in done.stdout
     done = CliRunner().invoke(main, ["predict", str(pipe.root), str(path), "--json"])
     assert done.exit_code == 0 and json.loads(done.stdout)["speech_ratio"] < 0.1
+    done = CliRunner().invoke(main, ["predict", str(pipe.root), str(path)])
+    assert done.exit_code == 0 and f"warning: {path}: " in done.stderr and "label may mean nothing" in done.stderr
 
 
 @pytest.mark.parametrize("snr_db", [20.0, 10.0, 5.0])

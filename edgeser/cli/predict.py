@@ -14,6 +14,9 @@ from edgeser.cli_params import threads_option
 from edgeser.runtime.pipeline import BACKENDS
 from edgeser.scale.commands import predict_on_ray, ray_option, ray_scoring_options
 
+# Below this speech ratio the text output warns that the clip holds (almost) no voice.
+LITTLE_SPEECH = 0.1
+
 
 @click.command("predict")
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -24,13 +27,16 @@ from edgeser.scale.commands import predict_on_ray, ray_option, ray_scoring_optio
               help="onnxruntime on the CPU, onnxruntime's CUDA or TensorRT execution provider, or the TensorRT "
                    "engines of `edgeser build-trt`.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--long", "long_audio", is_flag=True, help="Split long recordings at pauses; print a timeline.")
+@click.option("--long", "long_audio", is_flag=True, help="Find the utterances of long recordings (Silero VAD); print "
+              "a timeline, or 'no speech found' (exit 0) where there is none.")
 @ray_option
 @ray_scoring_options
 def predict_command(bundle: Path, files: tuple[str, ...], precision: str, threads: int | None, backend: str,
                     as_json: bool, long_audio: bool, ray_address: str | None, out: Path | None, workers: int,
                     cpus_per_worker: float, gpus_per_worker: float, batch_size: int, unordered: bool) -> None:
     """Predict the emotion (and transcript) of each FILE; bad files are reported and the rest still run.
+
+    `--json` gives each clip's speech_ratio (Silero VAD): near 0 for noise, hum, DC or clicks.
 
     With `--ray [ADDRESS] SPEC_OR_MANIFEST --out results.parquet`, score a whole corpus on Ray instead.
     """
@@ -76,6 +82,9 @@ def predict_command(bundle: Path, files: tuple[str, ...], precision: str, thread
         else:
             transcript = f"\t{result.transcript}" if result.transcript is not None else ""
             click.echo(f"{name}\t{result.label}\t{result.confidence:.3f}{transcript}")
+            if result.speech_ratio is not None and result.speech_ratio < LITTLE_SPEECH:
+                click.secho(f"warning: {name}: {100 * result.speech_ratio:.0f} % of it is speech (Silero VAD): its "
+                            "label may mean nothing", fg="yellow", err=True)
     if failures:
         click.secho(f"{failures} of {len(files)} file(s) failed", fg="red", err=True)
         sys.exit(1)
