@@ -191,6 +191,11 @@ BOUND_CASES = [
     (["serve", "B", "--threads", "5000"], "--threads", f"5000 {CORES}"),
     (["build-trt", "B", "--workspace", "999999999"], "--workspace", "999999999 is outside 1..262144"),
     (["demo", "--threads", "5000"], "--threads", f"5000 {CORES}"),
+    (["listen", "B", "--input", "x.wav", "--threads", "5000"], "--threads", f"5000 {CORES}"),
+    (["listen", "B", "--input", "-", "--chunk-ms", "100000"], "--chunk-ms", "100000 is outside 1..1000"),
+    (["listen", "B", "--input", "-", "--rate", "10000000"], "--rate", "10000000 is outside 8000..384000"),
+    (["listen", "B", "--input", "-", "--channels", "1000"], "--channels", "1000 is outside 1..32"),
+    (["listen", "B", "--device", "100000"], "--device", "100000 is outside 0..1023"),
 ]
 
 

@@ -244,7 +244,10 @@ class Pipeline:
     def stream(self, chunks: Iterable[npt.ArrayLike | tuple[npt.ArrayLike, int]], sample_rate: int = SAMPLE_RATE,
                *, channels: int = 1, options: VadOptions | None = None) -> Iterator[Utterance]:
         """Utterance events from an iterable of audio chunks at `sample_rate`, as they are found: a generator
-        over a new `Listener` (see `edgeser.runtime.listener` for its memory bound and bad-stream behaviour)."""
+        over a new `Listener` (see `edgeser.runtime.listener` for its memory bound and bad-stream behaviour).
+
+        A consumer that stops iterating ends the stream: events not yet taken go with it. To keep them, iterate
+        `Listener(pipe, ...).events(chunks)` and call the Listener's `flush()` afterwards."""
         from edgeser.runtime.listener import Listener
 
         return Listener(self, sample_rate, channels=channels, options=options).events(chunks)
