@@ -264,6 +264,9 @@ def test_long_speech_is_split_into_bounded_pieces(pipe: Pipeline, speech: Speech
     events = list(pipe.stream(chunks_of(voiced, 320), options=options))
     assert len(events) >= 4 and all(e.end_s - e.start_s <= 2.0 + 1e-9 for e in events)
     assert all(b.start_s >= a.end_s for a, b in itertools.pairwise(events))
+    for event in events:  # each piece's audio came out of the ring buffer whole
+        piece = voiced[round(event.start_s * RATE) : round(event.end_s * RATE)]
+        np.testing.assert_allclose(event.prediction.logits, pipe((piece, RATE)).logits, atol=1e-5)
 
 
 def test_bad_chunks_are_refused_and_the_stream_goes_on(pipe: Pipeline, speech: SpeechStream) -> None:
