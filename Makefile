@@ -6,7 +6,7 @@ INSTALL = $(PYTHON) -m pip install --quiet -c constraints.txt -e ".[export,dev,r
 
 include serve.mk
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint wheel-check
 setup:
 	$(INSTALL)
 
@@ -23,3 +23,11 @@ lint:
 
 test: setup serve-env lint
 	$(PYTHON) -m pytest -q
+	$(MAKE) --no-print-directory wheel-check
+
+# The package as users install it: build the wheel, install it into fresh venvs outside the source tree (base
+# dependencies only, then the export extra), run `edgeser --help`, `edgeser export --model cmgi`, `edgeser
+# predict` and the runtime tests there (tools/check_wheel.sh; about 2 minutes with pip's cache warm).
+# WHEEL_DEMO=1 also runs `edgeser demo` from the wheel.
+wheel-check:
+	PYTHON=$(PYTHON) tools/check_wheel.sh
