@@ -8,13 +8,13 @@ INSTALL = $(PYTHON) -m pip install --quiet -c constraints.txt -e ".[export,dev,r
 
 include serve.mk
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint wheel-check
 setup:
 	$(INSTALL)
 
 # The whole edge pipeline on the shipped cmgi default: export -> calibrate -> INT8 -> TensorRT readiness
 # (doctor) -> check every variant against PyTorch float on held-out clips -> predict a few; one closing table.
-# Uses the full TESS corpus under $(DATA) when it is there, else the held-out clips shipped in demo/tess/.
+# Uses the full TESS corpus under $(DATA) when it is there, else the held-out clips shipped in edgeser/shipped/demo/tess/.
 demo: setup
 	$(PYTHON) -m edgeser.cli demo --data $(DATA)
 
@@ -25,3 +25,11 @@ lint:
 
 test: setup serve-env lint
 	$(PYTHON) -m pytest -q
+	$(MAKE) --no-print-directory wheel-check
+
+# The package as users install it: build the wheel, install it into fresh venvs outside the source tree (base
+# dependencies only, then the export extra), run `edgeser --help`, `edgeser export --model cmgi`, `edgeser
+# predict` and the runtime tests there (tools/check_wheel.sh; about 2 minutes with pip's cache warm).
+# WHEEL_DEMO=1 also runs `edgeser demo` from the wheel.
+wheel-check:
+	PYTHON=$(PYTHON) tools/check_wheel.sh

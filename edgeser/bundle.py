@@ -8,20 +8,21 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from edgeser.errors import BundleError
 from edgeser.files import sha256_of
 from edgeser.stages import STAGE_ORDER, apply_frame_layout
 
-__all__ = ["MANIFEST", "PRECISIONS", "TOKENIZER", "BundleManifest", "StageFile", "StageSpec", "TensorSpec",
-           "apply_frame_layout", "read_manifest", "sha256_of", "validate_bundle"]
+__all__ = ["MANIFEST", "PRECISIONS", "TOKENIZER", "BundleManifest", "Precision", "StageFile", "StageSpec",
+           "TensorSpec", "apply_frame_layout", "read_manifest", "sha256_of", "validate_bundle"]
 
 BUNDLE_SCHEMA = 1
 MANIFEST = "bundle.json"
 TOKENIZER = "tokenizer.json"
 # int8: the CPU default (u8 activations); int8-trt: symmetric s8 Q/DQ for TensorRT; int8-dynamic: CPU only.
-PRECISIONS = ("fp32", "fp16", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic")
+Precision = Literal["fp32", "fp16", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 # Variants written for onnxruntime on the CPU, not for TensorRT (the doctor skips them, the TensorRT EP refuses them).
 CPU_VARIANTS = {"int8": "the CPU INT8 variant (u8 activations); `quantize --int8-trt` writes TensorRT's",
                 "int8-dynamic": "dynamic INT8 runs on onnxruntime's CPU kernels only"}

@@ -4,8 +4,8 @@
       -> predict a few clips
 
 Data: the full TESS corpus when `--data DIR` holds `tess/` (the default checkpoint was trained on speaker YAF and
-is evaluated on the held-out speaker OAF), else the held-out and calibration clips shipped in the repository
-(`demo/tess/`, unmodified TESS files, CC BY-NC-ND 4.0).
+is evaluated on the held-out speaker OAF), else the held-out and calibration clips shipped in the package
+(`edgeser/shipped/demo/tess/`, unmodified TESS files, CC BY-NC-ND 4.0).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any
 
 import click
 
+from edgeser.assets import demo_clips
 from edgeser.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED_CLIPS = REPO / "demo" / "tess" / "manifest.csv"
+SHIPPED_CLIPS = demo_clips()
 MODEL = "cmgi"
 
 

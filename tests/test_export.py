@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 
+from edgeser.assets import zoo_dir
 from edgeser.bundle import validate_bundle
 from edgeser.checkpoint import load_checkpoint
 from edgeser.errors import BundleError, ModelError
@@ -140,7 +141,7 @@ def test_export_with_no_other_flag_exports_the_shipped_trained_default(name: str
 
     from edgeser.cli import main
 
-    shipped = Path(__file__).resolve().parents[1] / "models" / "checkpoints" / name
+    shipped = zoo_dir() / "checkpoints" / name
     assert (shipped / "model.safetensors").stat().st_size <= 20e6  # packaged MiniLM / GloVe are referenced
     card = json.loads((shipped / "card.json").read_text())
     assert card["runs"] and all("ua" in run["evaluation"] for run in card["runs"]) and card["int8"]["agreement"] > 0

@@ -3,7 +3,7 @@
     python tools/ship_default.py --model cmgi --runs runs/cmgi-tess-fold0 runs/cmgi-tess-fold1 \\
         --ship runs/cmgi-tess-fold0 --data tess:../shared/data/tess
 
-- copies the `--ship` run's checkpoint into `models/checkpoints/MODEL/` (packaged MiniLM / GloVe weights are
+- copies the `--ship` run's checkpoint into `edgeser/shipped/models/checkpoints/MODEL/` (packaged MiniLM / GloVe weights are
   referenced, not copied; the folder is replaced whole);
 - measures INT8 against float on the shipped fold's evaluation clips (export, calibrate on the training side,
   the default `quantize --int8`, `check`), unless `--no-int8`;
@@ -102,7 +102,7 @@ def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: 
     source, licence = LICENCES.get(corpus, (corpus, "see the corpus's own terms"))
     has_asr = "cer" in shipped["evaluation"]
     lines = [f"# {model} (small): shipped default", "",
-             f"The `small` size of `{model}` (recipe `models/{model}.json`), trained from the repository's recipe on "
+             f"The `small` size of `{model}` (recipe `edgeser/shipped/models/{model}.json`), trained from the repository's recipe on "
              f"{corpus.upper()} under the speaker-independent protocol. `edgeser export --model {model}` exports it.", "",
              "## Data and licences", "", f"- Training and evaluation data: {source}. Licence: {licence}."]
     lines += [f"- Text encoder weights: {PACKAGES.get(p['package'], p['package'])} {p['version']}, referenced "
@@ -170,12 +170,13 @@ def main() -> None:
                              "(the --ship run must be the one shipped).")
     args = parser.parse_args()
 
+    from edgeser.assets import zoo_dir
     from edgeser.checkpoint import load_checkpoint, save_checkpoint
     from edgeser.files import atomic_dir, write_json_atomic, write_text_atomic
 
     runs = [run_summary(r) for r in args.runs]
     shipped = next(r for r in runs if Path(r["run"]).resolve() == args.ship.resolve())
-    target = REPO / "models" / "checkpoints" / args.model
+    target = zoo_dir() / "checkpoints" / args.model
     model = load_checkpoint(args.ship)
     info = json.loads((args.ship / "checkpoint.json").read_text())
     if args.card_only:

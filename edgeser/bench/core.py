@@ -38,7 +38,6 @@ from edgeser.bundle import BundleManifest, validate_bundle
 from edgeser.checks.machine import machine_info
 from edgeser.checks.report import write_report
 from edgeser.errors import BundleError
-from edgeser.quantize.speed import cpu_class_notes
 from edgeser.runtime.options import logical_cores
 
 PRECISION_ORDER = ("fp32", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic", "fp16")
@@ -187,6 +186,9 @@ def run_bench(bundle: Path, options: BenchOptions, out_dir: Path | None = None, 
                 "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
                 "command": command or shlex.join([sys.executable, *sys.argv])}
     variants = [{**r.to_dict(), "error": failed.get(r.name)} for r in rows]
+    # Imported here: the edgeser.quantize package imports onnx (the export extra); `edgeser --help` must not.
+    from edgeser.quantize.speed import cpu_class_notes
+
     report = BenchReport(str(bundle), f"{manifest.model}/{manifest.size}", machine, settings, variants,
                          [c.summary() for c in cells], cold, read_accuracy(bundle),
                          notes=cpu_class_notes(manifest, machine) + [f"{n}: not run ({why})" for n, why in failed.items()],

@@ -83,7 +83,9 @@ def runtime_chain(spec: VariantSpec, threads: int) -> Chain:
     """The bundle's own variant through `edgeser.runtime.Pipeline` (what an application embeds)."""
     from edgeser.runtime import Pipeline
 
-    options: dict[str, Any] = {"threads": threads, "spin": spec.spin}
+    # edgeser's TensorRT engines take no onnxruntime threads (the runtime refuses them); a spin asked for stays.
+    options: dict[str, Any] = {"spin": spec.spin} if spec.backend == "tensorrt" else {"threads": threads,
+                                                                                      "spin": spec.spin}
     if spec.providers:
         options["providers"] = list(spec.providers)
     if spec.backend not in ("onnxruntime", ""):

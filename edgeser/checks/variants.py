@@ -295,7 +295,7 @@ def tensorrt_variants(bundle: Path, precisions: list[str], waves: list[np.ndarra
     for precision in [p for p in precisions if p in built]:
         name = f"tensorrt-{precision}"
         try:
-            pipe = Pipeline.load(bundle, precision, backend="tensorrt", threads=threads)
+            pipe = Pipeline.load(bundle, precision, backend="tensorrt")  # engines take no onnxruntime threads
         except EdgeserError as err:
             rows[name] = VariantRun(VariantResult(name, status="not run", note=f"{name}: {err}"), [], [], [])
             continue

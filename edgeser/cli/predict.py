@@ -11,7 +11,7 @@ import click
 
 from edgeser.bundle import PRECISIONS
 from edgeser.cli_params import threads_option
-from edgeser.runtime.pipeline import BACKENDS
+from edgeser.runtime.options import BACKENDS
 from edgeser.scale.commands import predict_on_ray, ray_option, ray_scoring_options
 
 # Below this speech ratio the text output warns that the clip holds (almost) no voice.

@@ -13,13 +13,14 @@ import click
 import onnx
 import torch
 
+from edgeser.assets import zoo_dir
 from edgeser.bundle import MANIFEST, TOKENIZER, BundleManifest, StageFile, apply_frame_layout
 from edgeser.checkpoint import load_checkpoint, read_checkpoint_info
 from edgeser.errors import BundleError, ModelError
 from edgeser.export.stages import StageExport, stage_exports
 from edgeser.files import atomic_dir, sha256_of, tool_versions, write_json_atomic
 from edgeser.modelling.base import SerModel
-from edgeser.modelling.registry import build_model, model_class, zoo_dir
+from edgeser.modelling.registry import build_model, model_class
 
 OPSET = 18
 # Ops that only exist for training; an inference graph must not contain them.
@@ -35,7 +36,7 @@ class ExportResult:
 
 
 def default_checkpoint(model_name: str) -> Path | None:
-    """The checkpoint the model zoo ships for `model_name`, if any (`models/checkpoints/<name>`)."""
+    """The checkpoint the model zoo ships for `model_name`, if any (`edgeser/shipped/models/checkpoints/<name>`)."""
     path = zoo_dir() / "checkpoints" / model_name
     return path if (path / "checkpoint.json").is_file() else None
 

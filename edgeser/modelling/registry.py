@@ -1,14 +1,13 @@
-"""The model zoo: recipe files in `models/` and the classes that build each seed model."""
+"""The model zoo: the recipe files (`edgeser.assets.zoo_dir`) and the classes that build each seed model."""
 
 from __future__ import annotations
 
 import copy
 import importlib
 import json
-import os
-from pathlib import Path
 from typing import Any
 
+from edgeser.assets import zoo_dir
 from edgeser.errors import ModelError
 from edgeser.modelling.base import SerModel
 from edgeser.text import CtcVocab
@@ -21,11 +20,6 @@ MODEL_CLASSES: dict[str, str] = {
     "saser": "edgeser.modelling.saser:SaserModel",
     "stfnet": "edgeser.modelling.stfnet:StfNetModel",
 }
-
-
-def zoo_dir() -> Path:
-    """Folder of recipes and shipped checkpoints (`EDGESER_ZOO` overrides the repository's `models/`)."""
-    return Path(os.environ.get("EDGESER_ZOO", Path(__file__).resolve().parents[2] / "models"))
 
 
 def load_recipe(name: str) -> dict[str, Any]:

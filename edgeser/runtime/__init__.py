@@ -12,15 +12,22 @@
 One `Pipeline` may be shared between threads: it holds no per-call state (onnxruntime sessions
 and `tokenizers.Tokenizer` are safe for concurrent calls). A `Listener` serves one stream; many Listeners may
 share one Pipeline.
+
+Errors are one line naming the input: `AudioError` (an input clip), `OptionError` (an argument, `.name`),
+`BundleError` (the bundle, its graphs or engines), `MissingDependencyError` (an optional package), all
+`EdgeserError`s. `Precision` and `Backend` are the accepted values of `Pipeline.load`'s `precision` and
+`backend`.
 """
 
+from edgeser.bundle import PRECISIONS, Precision
 from edgeser.errors import AudioError, BundleError, EdgeserError, MissingDependencyError, OptionError
 from edgeser.runtime.listener import Listener
+from edgeser.runtime.options import BACKENDS, Backend
 from edgeser.runtime.pipeline import Pipeline
 from edgeser.runtime.results import Failure, Prediction, Segment, Timeline, Utterance
 from edgeser.runtime.segment import SegmentOptions
 from edgeser.runtime.vad import SpeechDetector, VadOptions, detect_speech
 
-__all__ = ["AudioError", "BundleError", "EdgeserError", "Failure", "Listener", "MissingDependencyError",
-           "OptionError", "Pipeline", "Prediction", "Segment", "SegmentOptions", "SpeechDetector", "Timeline",
-           "Utterance", "VadOptions", "detect_speech"]
+__all__ = ["BACKENDS", "PRECISIONS", "AudioError", "Backend", "BundleError", "EdgeserError", "Failure", "Listener",
+           "MissingDependencyError", "OptionError", "Pipeline", "Precision", "Prediction", "Segment",
+           "SegmentOptions", "SpeechDetector", "Timeline", "Utterance", "VadOptions", "detect_speech"]

@@ -13,11 +13,18 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
 from edgeser.errors import OptionError
+
+# onnxruntime on the CPU (or `providers`), onnxruntime's CUDA or TensorRT execution providers, or edgeser's
+# own TensorRT engines (`edgeser build-trt`).
+Backend = Literal["onnxruntime", "cuda", "tensorrt-ep", "tensorrt"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 # The longest clip the models take as one utterance; longer recordings go through `Pipeline.long`.
 MAX_CLIP_SECONDS = 30.0
@@ -115,3 +122,33 @@ def _number(value: float) -> str:
 
 def bounded_int(name: str, value: object, limit: str | None = None) -> int:
     return int(bounded(name, value, limit))
+
+
+def check_backend(backend: object, *, providers: Sequence[str] | None = None, threads: object = None,
+                  spin: bool = False, force_threads: bool = False, device: object = None) -> int:
+    """Refuse an unknown backend, and every option the backend would ignore (one line naming it), instead of
+    dropping it; return the GPU index (0 unless `device` is given)."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise OptionError("backend", f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    ignored: list[tuple[str, str]] = []
+    if backend == "tensorrt":
+        why = "edgeser's TensorRT engines run on the GPU, not on onnxruntime"
+        ignored += [("threads", why)] if threads is not None else []
+        ignored += [("providers", why)] if providers is not None else []
+        ignored += [("spin", why)] if spin else []
+    elif providers is not None and backend != "onnxruntime":
+        ignored.append(("providers", f"backend {backend!r} sets its own execution providers (give providers with "
+                                     "backend='onnxruntime')"))
+    if backend == "onnxruntime" and device is not None:
+        ignored.append(("device", "backend 'onnxruntime' runs on the CPU or the given providers; choose a GPU with "
+                                  "backend 'cuda', 'tensorrt-ep' or 'tensorrt'"))
+    if force_threads and threads is None:
+        ignored.append(("force_threads", "it only lifts the bound on `threads`, and no threads were given"))
+    if ignored:
+        name, why = ignored[0]
+        raise OptionError(name, f"not used with backend {backend!r}: {why}")
+    if device is None:
+        return 0
+    if isinstance(device, bool) or not isinstance(device, (int, np.integer)) or int(device) < 0:
+        raise OptionError("device", f"expected a GPU index (a whole number >= 0), got {device!r}")
+    return int(device)

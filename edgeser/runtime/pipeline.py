@@ -13,9 +13,16 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeser.audio import SAMPLE_RATE, check_waveform, is_file_object, load_audio, to_mono_16k
-from edgeser.bundle import PRECISIONS, BundleManifest, validate_bundle
+from edgeser.bundle import PRECISIONS, BundleManifest, Precision, validate_bundle
 from edgeser.errors import AudioError, BundleError, EdgeserError, OptionError
-from edgeser.runtime.options import MAX_CLIP_SECONDS, MAX_RECORDING_SECONDS, bounded_int, check_threads
+from edgeser.runtime.options import (
+    MAX_CLIP_SECONDS,
+    MAX_RECORDING_SECONDS,
+    Backend,
+    bounded_int,
+    check_backend,
+    check_threads,
+)
 from edgeser.runtime.results import Failure, Prediction, Timeline, Utterance
 from edgeser.runtime.segment import SegmentOptions, speech_regions, timeline
 from edgeser.runtime.sessions import OrtRunner
@@ -24,9 +31,6 @@ from edgeser.stages import FUSION_HEAD, StageGraph, StageRun, StageRunner
 
 # A path, the bytes of a file, a binary file object (read from its start), or (samples, sample_rate).
 AudioInput = str | Path | bytes | BinaryIO | tuple[npt.ArrayLike, float]
-# onnxruntime on the CPU (or `providers`), onnxruntime's CUDA or TensorRT execution providers, or edgeser's
-# own TensorRT engines (`edgeser build-trt`).
-BACKENDS = ("onnxruntime", "cuda", "tensorrt-ep", "tensorrt")
 
 
 def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
@@ -57,16 +61,16 @@ class Pipeline:
     changed after it is made: `with_runners` returns a new one.
     """
 
-    def __init__(self, graph: StageGraph, runners: Mapping[str, StageRunner], *, precision: str = "fp32",
-                 backend: str = "onnxruntime", root: Path | None = None,
+    def __init__(self, graph: StageGraph, runners: Mapping[str, StageRunner], *, precision: Precision = "fp32",
+                 backend: Backend = "onnxruntime", root: Path | None = None,
                  manifest: BundleManifest | None = None) -> None:
         missing = [s for s in graph.stages if s not in runners]
         if missing:
             raise BundleError(f"{graph.source}: no runner for stage(s) {', '.join(missing)}")
         self.graph = graph
         self._runners = dict(runners)
-        self.precision = precision
-        self.backend = backend
+        self.precision: Precision = precision
+        self.backend: Backend = backend
         self.root = root
         self.manifest = manifest
 
@@ -74,13 +78,13 @@ class Pipeline:
     def load(
         cls,
         bundle: str | Path,
-        precision: str = "fp32",
+        precision: Precision = "fp32",
         *,
-        backend: str = "onnxruntime",
+        backend: Backend = "onnxruntime",
         providers: list[str] | None = None,
         threads: int | None = None,
         verify_checksums: bool = True,
-        device: int = 0,
+        device: int | None = None,
         spin: bool = False,
         force_threads: bool = False,
     ) -> Pipeline:
@@ -88,15 +92,18 @@ class Pipeline:
 
         `backend`: "onnxruntime" (CPU, or the given onnxruntime `providers`), "cuda" or "tensorrt-ep"
         (onnxruntime's execution providers, options set in `edgeser.runtime.providers`), or "tensorrt" (the
-        engines `edgeser build-trt` made for this GPU and TensorRT version). `device` is the GPU index.
+        engines `edgeser build-trt` made for this GPU and TensorRT version). `device` is the GPU index (0 unless
+        given; GPU backends only). An option the backend would not use (`threads`, `providers` or `spin` with
+        "tensorrt", `providers` with "cuda"/"tensorrt-ep", `device` with "onnxruntime", `force_threads` without
+        `threads`) is refused with an OptionError naming it, never dropped.
         `spin`: onnxruntime workers spin during a stage's run instead of waiting passively (faster on an idle
         CPU, slower beside other busy processes; see `edgeser.runtime.sessions.make_session`).
         `threads` is at most the logical cores (`force_threads`: up to 4 per core; `edgeser.runtime.options`).
         """
         if precision not in PRECISIONS:
             raise OptionError("precision", f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        if backend not in BACKENDS:
-            raise OptionError("backend", f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        gpu = check_backend(backend, providers=providers, threads=threads, spin=spin, force_threads=force_threads,
+                            device=device)
         if threads is not None:
             threads = check_threads("threads", threads, force_threads)
         root = Path(bundle)
@@ -109,7 +116,7 @@ class Pipeline:
         if backend == "tensorrt":
             from edgeser.runtime.tensorrt import tensorrt_runners
 
-            runners = dict(tensorrt_runners(root, manifest, precision, device))
+            runners = dict(tensorrt_runners(root, manifest, precision, gpu))
         else:
             from edgeser.runtime.providers import provider_plan
             from edgeser.trt.profiles import resolve_profiles
@@ -119,7 +126,7 @@ class Pipeline:
             runners = {}
             for stage in graph.stages:
                 complete = not any(m.startswith(f"{stage}:") for m in missing)  # the EP wants every dynamic input
-                plan = provider_plan(backend, root, precision, stage=stage, device=device,
+                plan = provider_plan(backend, root, precision, stage=stage, device=gpu,
                                      profiles=profiles.get(stage) if complete else None,
                                      graph_sha256=files[stage].sha256)
                 chosen, options = (providers, None) if providers and backend == "onnxruntime" else (

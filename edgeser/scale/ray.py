@@ -186,7 +186,9 @@ def connect(options: RayOptions) -> Any:
         return ray
     import edgeser
 
-    runtime_env = {"py_modules": [str(Path(edgeser.__file__).parent)]} if options.ship_code else None
+    # Workers score bundles: the shipped checkpoints and demo clips (edgeser/shipped/, ~39 MB) stay behind.
+    runtime_env = {"py_modules": [str(Path(edgeser.__file__).parent)], "excludes": ["shipped/", "__pycache__/"]} \
+        if options.ship_code else None
     try:
         if options.address in (None, "local"):
             ray.init(num_cpus=options.local_cpus, include_dashboard=False, runtime_env=runtime_env,
