@@ -14,7 +14,7 @@ setup:
 
 # The whole edge pipeline on the shipped cmgi default: export -> calibrate -> INT8 -> TensorRT readiness
 # (doctor) -> check every variant against PyTorch float on held-out clips -> predict a few; one closing table.
-# Uses the full TESS corpus under $(DATA) when it is there, else the held-out clips shipped in edgeser/shipped/demo/tess/.
+# Uses RAVDESS + EMO-DB + TESS under $(DATA) when they are there, else the held-out clips shipped in edgeser/shipped/demo/ravdess/.
 demo: setup
 	$(PYTHON) -m edgeser.cli demo --data $(DATA)
 

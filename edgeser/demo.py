@@ -3,9 +3,11 @@
     export -> calibrate -> INT8 (CPU and TensorRT variants) -> TensorRT readiness (doctor) -> check against float
       -> predict a few clips
 
-Data: the full TESS corpus when `--data DIR` holds `tess/` (the default checkpoint was trained on speaker YAF and
-is evaluated on the held-out speaker OAF), else the held-out and calibration clips shipped in the package
-(`edgeser/shipped/demo/tess/`, unmodified TESS files, CC BY-NC-ND 4.0).
+Data: the three corpora when `--data DIR` holds `ravdess/`, `emodb/` and `tess/` (the data spec the shipped
+checkpoint trained on, `multi:DIR` with its recorded options; the check runs on the fold's held-out RAVDESS
+actors 19-24 and EMO-DB speakers, calibration on the training side), else the clips shipped in the package
+(`edgeser/shipped/demo/ravdess/`: 96 clips of the held-out actors 19-24 to check and predict, 32 training-side clips to
+calibrate on; unmodified RAVDESS files, CC BY-NC-SA 4.0).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from edgeser.errors import DataError
 
 SHIPPED_CLIPS = demo_clips()
 MODEL = "cmgi"
+CORPORA = ("ravdess", "emodb", "tess")  # what `--data DIR` must hold for the full evaluation
 
 
 @dataclass
@@ -38,13 +41,30 @@ class DemoResult:
     steps: dict[str, float] = field(default_factory=dict)
 
 
-def data_spec(data: Path | None) -> str:
-    """The full TESS corpus under `data` when present, else the shipped demo clips."""
-    if data is not None and (data / "tess").is_dir():
-        return f"tess:{data / 'tess'}"
+def data_spec(data: Path | None, checkpoint: Path | None = None) -> str:
+    """The three corpora under `data` when present (with the options the checkpoint recorded, e.g. its TESS
+    share), else the shipped demo clips."""
+    if data is not None and all((data / name).is_dir() for name in CORPORA):
+        return f"multi:{data}{recorded_options(checkpoint)}"
     if not SHIPPED_CLIPS.is_file():
-        raise DataError(f"{SHIPPED_CLIPS}: the shipped demo clips are missing and no --data DIR/tess was given")
+        raise DataError(f"{SHIPPED_CLIPS}: the shipped demo clips are missing and no --data DIR holding "
+                        f"{', '.join(CORPORA)} was given")
     return f"manifest:{SHIPPED_CLIPS}"
+
+
+def recorded_options(checkpoint: Path | None) -> str:
+    """The `?key=value` part of the data spec a multi-corpus checkpoint (default: the shipped one) trained on."""
+    import json
+
+    from edgeser.export.exporter import default_checkpoint
+
+    folder = checkpoint or default_checkpoint(MODEL)
+    try:
+        provenance = json.loads((Path(folder) / "checkpoint.json").read_text(encoding="utf-8"))["provenance"]
+    except (OSError, TypeError, ValueError, KeyError):
+        return ""
+    spec = str(provenance.get("data_spec", ""))
+    return f"?{spec.partition('?')[2]}" if spec.startswith("multi:") and "?" in spec else ""
 
 
 def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = None, limit: int = 200,
@@ -62,7 +82,7 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
 
     say = log or (lambda line: click.echo(line, err=True))
     started = time.perf_counter()
-    spec = data_spec(data)
+    spec = data_spec(data, checkpoint)
     result = DemoResult(str(out), spec, 0.0)
 
     def step(name: str, what: str) -> Any:

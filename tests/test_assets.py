@@ -29,8 +29,8 @@ def test_every_shipped_file_lies_inside_the_imported_package(monkeypatch: pytest
         for part in ("model.safetensors", "checkpoint.json", "MODEL_CARD.md", "card.json"):
             assert (checkpoint / part).is_file(), checkpoint / part
     rows = list(csv.DictReader(demo_clips().open(encoding="utf-8")))
-    assert len(rows) == 112 and all((demo_clips().parent / row["path"]).is_file() for row in rows)
-    assert "CC BY-NC-ND 4.0" in (demo_clips().parent / "README.md").read_text(encoding="utf-8")
+    assert len(rows) == 128 and all((demo_clips().parent / row["path"]).is_file() for row in rows)
+    assert "CC BY-NC-SA 4.0" in (demo_clips().parent / "README.md").read_text(encoding="utf-8")
     assert (package / "calibrate" / "data" / "sentences.txt").stat().st_size > 0
 
 

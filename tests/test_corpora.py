@@ -211,3 +211,43 @@ def test_multi_corpus_actor_folds_hold_every_speaker_out_once(shared_data: Path)
     assert set(evaluated.values()) == {1} and len(evaluated) == 24 + 10
     seven = load_corpus(f"multi:{shared_data}?labels=seven")
     assert "calm" not in seven.labels and Counter(u.label for u in seven.utterances)["neutral"] == 96 + 192 + 400 + 79
+    quarter = load_corpus(f"multi:{shared_data}?tess=0.25")  # the shipped cmgi edge default's training data
+    tess = Counter((u.speaker, u.label) for u in quarter.utterances if corpus_of(u) == "tess")
+    assert set(tess.values()) == {50} and len(tess) == 14 and quarter.dropped["tess/subsampled"] == 2100
+    assert [u.id for u in quarter.utterances if corpus_of(u) != "tess"] == \
+        [u.id for u in corpus.utterances if corpus_of(u) != "tess"]
+    for bad in ("0", "1.5", "half"):
+        with pytest.raises(DataError, match="tess must be a fraction"):
+            load_corpus(f"multi:{shared_data}?tess={bad}")
+
+
+def test_manifest_split_column_fixes_the_split(tmp_path: Path) -> None:
+    """A manifest's `split` column is its own split: protocol manifest-split, and what calibrate/check use for a
+    model trained on another corpus (the shipped demo clips); a bad or partial column is one clear error."""
+    from edgeser.data.protocols import make_split, split_from_provenance
+    from edgeser.errors import SplitError
+
+    rows = [("a", "happy", "s1", "eval"), ("b", "sad", "s1", "eval"), ("c", "happy", "s2", "train"),
+            ("d", "sad", "s3", "train"), ("e", "sad", "s3", "validation")]
+    for name, *_ in rows:
+        write_audio(tmp_path / f"{name}.wav", seconds=0.3)
+    text = "path,label,speaker,split\n" + "".join(f"{n}.wav,{label},{spk},{side}\n" for n, label, spk, side in rows)
+    (tmp_path / "m.csv").write_text(text, encoding="utf-8")
+    corpus = load_corpus(f"manifest:{tmp_path / 'm.csv'}")
+    split = make_split(corpus, "manifest-split")
+    assert (split.eval_ids, split.train_ids, split.validation_ids) == (("a", "b"), ("c", "d"), ("e",))
+    assert split_from_provenance(corpus, {"corpus": "multi"}).eval_ids == ("a", "b")  # not speaker fold 0
+    assert split_from_provenance(corpus, None).held_out == "split=eval (s1)"
+    with pytest.raises(SplitError, match="one fold"):
+        make_split(corpus, "manifest-split", 1)
+    (tmp_path / "bad.csv").write_text(text.replace("d.wav,sad,s3,train", "d.wav,sad,s3,test"), encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.csv:5: split must be one of train, validation, eval"):
+        load_corpus(f"manifest:{tmp_path / 'bad.csv'}")
+    (tmp_path / "part.csv").write_text(text.replace(",s3,train", ",s3,"), encoding="utf-8")
+    with pytest.raises(DataError, match=r"part.csv:5: split must be one of"):
+        load_corpus(f"manifest:{tmp_path / 'part.csv'}")
+    plain = tmp_path / "plain.csv"
+    plain.write_text("path,label,speaker\n" + "".join(f"{n}.wav,{label},{spk}\n" for n, label, spk, _ in rows),
+                     encoding="utf-8")
+    with pytest.raises(SplitError, match="needs a manifest with a split column"):
+        make_split(load_corpus(f"manifest:{plain}"), "manifest-split")

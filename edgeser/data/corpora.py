@@ -11,6 +11,7 @@ from edgeser.data.records import Corpus, CorpusBuilder
 from edgeser.errors import DataError
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".aif", ".aiff", ".ogg"}
+SPLIT_SIDES = ("train", "validation", "eval")  # a manifest's `split` column
 
 
 def _require_dir(root: Path, what: str) -> Path:
@@ -187,9 +188,12 @@ MANIFEST_FIELDS = ("path", "label", "speaker", "group", "transcript", "id")
 
 
 def read_manifest(path: Path) -> Corpus:
-    """CSV (with header) or JSONL rows: path, label, and optionally speaker, group, transcript, id.
+    """CSV (with header) or JSONL rows: path, label, and optionally speaker, group, transcript, id, split.
 
-    Relative audio paths are taken from the manifest's own folder.
+    Relative audio paths are taken from the manifest's own folder. A `split` column (train, validation or eval
+    on every row) fixes the manifest's own split: protocol `manifest-split` uses it, and calibrate and check
+    use it for a model trained elsewhere (the shipped demo clips: held-out voices to check, training-side
+    voices to calibrate on).
     """
     if not path.is_file():
         raise DataError(f"{path}: manifest file not found")
@@ -198,8 +202,15 @@ def read_manifest(path: Path) -> Corpus:
         raise DataError(f"{path}: manifest has no rows")
     labels = sorted({str(row.get("label") or "").strip() for row in rows} - {""})
     has_speakers = all(str(row.get("speaker") or "").strip() for row in rows)
+    first_line = 2 if path.suffix.lower() == ".csv" else 1
+    given_sides = [str(row.get("split") or "").strip() for row in rows]
+    if any(given_sides):
+        for line_no, side in enumerate(given_sides, start=first_line):
+            if side not in SPLIT_SIDES:
+                raise DataError(f"{path}:{line_no}: split must be one of {', '.join(SPLIT_SIDES)} on every row "
+                                f"once one row has it, got {side!r}")
     builder = CorpusBuilder("manifest", path.parent, labels, fold_key="speaker" if has_speakers else "none")
-    for line_no, row in enumerate(rows, start=2 if path.suffix.lower() == ".csv" else 1):
+    for line_no, (row, side) in enumerate(zip(rows, given_sides), start=first_line):
         audio = str(row.get("path") or "").strip()
         label = str(row.get("label") or "").strip()
         if not audio or not label:
@@ -211,6 +222,8 @@ def read_manifest(path: Path) -> Corpus:
         uid = str(row.get("id") or "").strip() or audio_path.stem
         transcript = str(row["transcript"]).strip() if row.get("transcript") not in (None, "") else None
         builder.add(uid, audio_path, label, speaker, group, transcript)
+        if side:
+            builder.sides.setdefault(uid, side)
     return builder.build()
 
 

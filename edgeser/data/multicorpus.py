@@ -1,8 +1,10 @@
 """TESS + EMO-DB + RAVDESS as one corpus on one label set, and its speaker-independent folds.
 
 Data spec: `multi:ROOT` where ROOT holds `ravdess/`, `emodb/` and `tess/` (e.g. `multi:../shared/data`);
-options `corpora=ravdess,emodb,tess` (which ones, default all three) and `labels=ravdess8` (a key of
-`LABEL_SETS`). Clip ids and speakers are prefixed with their corpus (`ravdess/03-01-05-01-01-01-12`,
+options `corpora=ravdess,emodb,tess` (which ones, default all three), `labels=ravdess8` (a key of
+`LABEL_SETS`) and `tess=FRACTION` (keep that share of TESS, default 1: every k-th clip of each speaker and
+label in id order, so the subset is deterministic and balanced; TESS is 2800 clips of 2 voices, 3 of every 4
+training clips of a fold, and a model trained on all of it learns those voices). Clip ids and speakers are prefixed with their corpus (`ravdess/03-01-05-01-01-01-12`,
 `ravdess/actor12`, `emodb/03`, `tess/OAF`), so the three never collide.
 
 Label sets (how the corpora's own labels map; anything not listed is dropped and counted in `Corpus.dropped`):
@@ -63,8 +65,10 @@ def map_label(label: str, label_set: str) -> str | None:
     return mapped if mapped in LABEL_SETS[label_set] else None
 
 
-def read_multicorpus(root: Path, corpora: tuple[str, ...] = MULTI_CORPORA, label_set: str = "ravdess8") -> Corpus:
-    """The named corpora under `root`, relabelled onto `label_set`, as one `Corpus` named "multi"."""
+def read_multicorpus(root: Path, corpora: tuple[str, ...] = MULTI_CORPORA, label_set: str = "ravdess8",
+                     tess_fraction: float = 1.0) -> Corpus:
+    """The named corpora under `root`, relabelled onto `label_set`, as one `Corpus` named "multi"; with
+    `tess_fraction` < 1 only that share of TESS (every k-th clip per speaker and label, k = round(1 / fraction))."""
     from edgeser.data.spec import CORPUS_READERS
 
     if label_set not in LABEL_SETS:
@@ -72,6 +76,9 @@ def read_multicorpus(root: Path, corpora: tuple[str, ...] = MULTI_CORPORA, label
     unknown = [c for c in corpora if c not in MULTI_CORPORA]
     if unknown or not corpora:
         raise DataError(f"multi:{root}: corpora must be some of {', '.join(MULTI_CORPORA)}, got {','.join(corpora)}")
+    if not 0.0 < tess_fraction <= 1.0:
+        raise DataError(f"multi:{root}: tess must be a fraction in (0, 1], got {tess_fraction}")
+    tess_step = max(1, round(1.0 / tess_fraction))
     utterances: list[Utterance] = []
     problems: list[FileProblem] = []
     dropped: Counter[str] = Counter()
@@ -79,7 +86,13 @@ def read_multicorpus(root: Path, corpora: tuple[str, ...] = MULTI_CORPORA, label
         part = CORPUS_READERS[name](root / name, {})
         problems += part.problems
         dropped.update({f"{name}/{k}": v for k, v in part.dropped.items()})
-        for utt in part.utterances:
+        seen: Counter[tuple[str, str]] = Counter()
+        for utt in sorted(part.utterances, key=lambda u: u.id):
+            if name == "tess":
+                seen[utt.speaker, utt.label] += 1
+                if (seen[utt.speaker, utt.label] - 1) % tess_step:
+                    dropped["tess/subsampled"] += 1
+                    continue
             label = map_label(utt.label, label_set)
             if label is None:
                 dropped[f"{name}/{utt.label}"] += 1

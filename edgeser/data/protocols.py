@@ -11,6 +11,7 @@ A protocol turns a corpus and a fold index into training, validation and evaluat
 | `stfnet-holdout` | 1, random hold-out (STF-Net; its implementation splits 80/10/10 per emotion) | 10 % | 10 % |
 | `actor-folds` (multi corpus only) | 4: RAVDESS actors 1-6, 7-12, 13-18, 19-24 with fixed EMO-DB speakers | those actors and speakers | 2 more actors + 1 EMO-DB speaker (`edgeser.data.multicorpus`) |
 | `emodb-loso` (multi corpus only) | 10: one EMO-DB speaker each, RAVDESS and TESS always train | that speaker | the next EMO-DB speaker |
+| `manifest-split` (manifest with a `split` column) | 1: the manifest's own | rows marked eval | rows marked validation |
 
 The paper protocols split clips at random, so one speaker's clips sit on both sides: they reproduce the papers'
 tables, and they overstate accuracy on unseen speakers. The default is the honest deployment estimate.
@@ -36,7 +37,7 @@ from edgeser.errors import SplitError
 
 DEFAULT_PROTOCOL = "speaker-independent"
 PROTOCOLS = ("speaker-independent", "gcf2net-random-5fold", "mscnn-10fold", "saser-60-20-20", "stfnet-holdout",
-             "actor-folds", "emodb-loso")
+             "actor-folds", "emodb-loso", "manifest-split")
 SPEAKER_LIST_PROTOCOLS = ("actor-folds", "emodb-loso")  # fixed speaker lists of the multi corpus
 MIN_VALIDATION_SHARE = 0.10
 SINGLE_SPEAKER_VALIDATION_SHARE = 0.15
@@ -132,6 +133,8 @@ def make_split(corpus: Corpus, protocol: str = DEFAULT_PROTOCOL, index: int = 0,
     if protocol not in PROTOCOLS:
         raise SplitError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     utterances = corpus.utterances
+    if protocol == "manifest-split":
+        return _given_split(corpus, index, seed)
     if protocol in SPEAKER_LIST_PROTOCOLS:
         return _speaker_list_split(corpus, protocol, index, seed, validation)
     if protocol == "speaker-independent":
@@ -165,6 +168,23 @@ def make_split(corpus: Corpus, protocol: str = DEFAULT_PROTOCOL, index: int = 0,
     train_ids, val_ids, eval_ids = _copies_together(
         corpus, [train_ids, tuple(i for i in fold.train_ids if i in validation_ids), fold.eval_ids])
     return Split(protocol, corpus.name, fold.index, fold.held_out, train_ids, val_ids, eval_ids, seed, note)
+
+
+def _given_split(corpus: Corpus, index: int, seed: int) -> Split:
+    """The split a manifest's `split` column fixes (one fold)."""
+    if not corpus.sides:
+        raise SplitError(f"{corpus.root}: protocol manifest-split needs a manifest with a split column "
+                         "(train, validation or eval on every row)")
+    if index != 0:
+        raise SplitError(f"{corpus.name} under manifest-split has one fold (0); got {index}")
+    ids = {side: tuple(u.id for u in corpus.utterances if corpus.sides.get(u.id) == side)
+           for side in ("train", "validation", "eval")}
+    if not ids["eval"]:
+        raise SplitError(f"{corpus.root}: no row of the manifest has split=eval")
+    held_out = ", ".join(sorted({u.speaker for u in corpus.subset(list(ids["eval"]))}))
+    note = "the manifest's rows marked validation" if ids["validation"] else "none: the model is kept at its last epoch"
+    return Split("manifest-split", corpus.name, 0, f"split=eval ({held_out})", ids["train"], ids["validation"],
+                 ids["eval"], seed, note)
 
 
 def _copies_together(corpus: Corpus, sides: list[tuple[str, ...]]
@@ -224,10 +244,13 @@ def split_from_provenance(corpus: Corpus, provenance: dict[str, Any] | None, fol
 
     With provenance for this corpus, `fold_index` may only repeat the recorded fold (another fold's evaluation
     clips are this model's training clips). Without provenance for this corpus (random weights, another corpus),
-    fold `fold_index` (default 0) of the default protocol.
+    the manifest's own split where it has a `split` column, else fold `fold_index` (default 0) of the default
+    protocol.
     """
     provenance = provenance or {}
     if provenance.get("corpus") != corpus.name:
+        if corpus.sides:  # a manifest that fixes its own split (the shipped demo clips)
+            return make_split(corpus, "manifest-split", 0 if fold_index is None else fold_index)
         return make_split(corpus, DEFAULT_PROTOCOL, 0 if fold_index is None else fold_index)
     recorded = int(provenance.get("fold", 0))
     if fold_index is not None and fold_index != recorded:

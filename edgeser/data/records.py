@@ -44,6 +44,7 @@ class Corpus:
     problems: list[FileProblem] = field(default_factory=list)
     fold_key: str = "speaker"  # attribute giving independent folds: speaker or group
     dropped: Counter[str] = field(default_factory=Counter)  # source labels left out of the label set
+    sides: dict[str, str] = field(default_factory=dict)  # id -> train/validation/eval: a manifest's own split
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -68,6 +69,7 @@ class CorpusBuilder:
         self.utterances: list[Utterance] = []
         self.problems: list[FileProblem] = []
         self.dropped: Counter[str] = Counter()
+        self.sides: dict[str, str] = {}
         self._seen_ids: set[str] = set()
 
     def problem(self, path: Path | str, reason: str, severity: str = "bad") -> None:
@@ -99,6 +101,7 @@ class CorpusBuilder:
             raise DataError(f"{self.root}: no {self.name} utterances found (is this the corpus root?){seen}")
         self.utterances.sort(key=lambda u: u.id)
         return Corpus(
-            self.name, self.root, self.labels, self.utterances, self.problems, self.fold_key, self.dropped
+            self.name, self.root, self.labels, self.utterances, self.problems, self.fold_key, self.dropped,
+            {u.id: self.sides[u.id] for u in self.utterances if u.id in self.sides},
         )
 

@@ -17,7 +17,12 @@ def _multi(root: Path, options: dict[str, str]) -> Corpus:
     from edgeser.data.multicorpus import MULTI_CORPORA, read_multicorpus
 
     corpora = tuple(c for c in options.pop("corpora", ",".join(MULTI_CORPORA)).split(",") if c)
-    return read_multicorpus(root, corpora, options.pop("labels", "ravdess8"))
+    fraction = options.pop("tess", "1")
+    try:
+        tess_fraction = float(fraction)
+    except ValueError:
+        raise DataError(f"multi:{root}: tess must be a fraction in (0, 1], got {fraction!r}") from None
+    return read_multicorpus(root, corpora, options.pop("labels", "ravdess8"), tess_fraction)
 
 
 def _iemocap(root: Path, options: dict[str, str]) -> Corpus:

@@ -184,6 +184,16 @@ class EvalResult:
     metrics: dict[str, Any]
 
 
+def _grouped(groups: list[str], labels: list[int], predictions: list[int], classes: int) -> dict[str, Any]:
+    """UA/WA/F1/count per group (speaker or corpus), without confusion matrices."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    for position, group in enumerate(groups):
+        rows[group].append(position)
+    return {group: {k: v for k, v in classification_report(
+        [labels[i] for i in members], [predictions[i] for i in members], classes).to_dict().items() if k != "confusion"}
+        for group, members in sorted(rows.items())}
+
+
 def evaluate(
     model: SerModel, clips: list[Clip], *, batch_size: int = 16, text_source: str = "asr",
     device: torch.device | None = None, per_speaker: bool = False, world: World | None = None,
@@ -224,12 +234,9 @@ def evaluate(
         metrics["cer"] = cer(references, transcripts)
         metrics["wer"] = wer(references, transcripts)
     if per_speaker:
-        by_speaker: dict[str, list[int]] = defaultdict(list)
-        for position, clip_id in enumerate(ids):
-            by_speaker[truth_by_id[clip_id].speaker].append(position)
-        metrics["per_speaker"] = {
-            speaker: {k: v for k, v in classification_report(
-                [labels[i] for i in rows], [predictions[i] for i in rows], len(model.labels)).to_dict().items()
-                if k != "confusion"}
-            for speaker, rows in sorted(by_speaker.items())}
+        speakers = [truth_by_id[clip_id].speaker for clip_id in ids]
+        metrics["per_speaker"] = _grouped(speakers, labels, predictions, len(model.labels))
+        if all("/" in speaker for speaker in speakers):  # the multi corpus: `ravdess/actor19`, `emodb/14`, ...
+            corpora = [speaker.split("/", 1)[0] for speaker in speakers]
+            metrics["per_corpus"] = _grouped(corpora, labels, predictions, len(model.labels))
     return EvalResult(ids, predictions, probabilities, transcripts, metrics)
