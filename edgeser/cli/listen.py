@@ -23,7 +23,7 @@ import numpy as np
 
 from edgeser.bundle import PRECISIONS
 from edgeser.cli_params import Bounded, threads_option
-from edgeser.runtime.pipeline import BACKENDS
+from edgeser.runtime.options import BACKENDS
 
 # A microphone callback hands chunks to the main thread through a queue this long; past it (the model is
 # slower than the audio) chunks are dropped and counted.
