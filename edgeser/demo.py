@@ -156,9 +156,9 @@ def render(result: DemoResult) -> str:
         return "-" if value is None else format(scale * value, spec)
 
     lines = [f"edgeser demo: {MODEL} default, data {result.data}, {result.seconds:.0f} s", "",
-             f"{'variant':<10} {'size MB':>8} {'p50 ms':>8} {'RTF':>7} {'agree float':>12} {'UA %':>6} {'CER %':>6}"]
+             f"{'variant':<13} {'size MB':>8} {'p50 ms':>8} {'RTF':>7} {'agree float':>12} {'UA %':>6} {'CER %':>6}"]
     for row in result.rows:
-        lines.append(f"{row['variant']:<10} {fmt(row['size_mb'], '.1f'):>8} {fmt(row['p50_ms'], '.1f'):>8} "
+        lines.append(f"{row['variant']:<13} {fmt(row['size_mb'], '.1f'):>8} {fmt(row['p50_ms'], '.1f'):>8} "
                      f"{fmt(row['rtf'], '.3f'):>7} {fmt(row['agreement'], '.1f', 100):>11}% "
                      f"{fmt(row['ua'], '.1f', 100):>6} {fmt(row['cer'], '.1f', 100):>6}")
     lines += ["", "held-out clips (int8, torch-free runtime):"]
