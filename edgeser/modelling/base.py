@@ -1,4 +1,4 @@
-"""The stage contract every edgeser model follows (DESIGN.md section 3).
+"""The stage contract every edgeser model follows (docs/DESIGN.md section 3).
 
 A model is four `nn.Module` stages, each exported as its own ONNX graph:
 

@@ -312,7 +312,7 @@ class FeatureFrontend(nn.Module):
         """waveform `[B, S]` float32, lengths `[B]` int64 -> features `[B, F, out_dim]`, frame_lengths `[B]`.
 
         Always float32, also under a training autocast: low-precision power spectra and mel sums lose the
-        quiet bands (see DESIGN.md: keep the whole front end out of reduced precision).
+        quiet bands (see docs/DESIGN.md: keep the whole front end out of reduced precision).
         """
         features, frame_lengths, _ = self.forward_with_power(waveform, lengths)
         return features, frame_lengths
