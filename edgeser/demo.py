@@ -24,7 +24,6 @@ from edgeser.errors import DataError
 
 SHIPPED_CLIPS = demo_clips()
 MODEL = "cmgi"
-CORPORA = ("ravdess", "emodb", "tess")  # what `--data DIR` must hold for the full evaluation
 
 
 @dataclass
@@ -44,26 +43,25 @@ class DemoResult:
 def data_spec(data: Path | None, checkpoint: Path | None = None) -> str:
     """The three corpora under `data` when present (with the options the checkpoint recorded, e.g. its TESS
     share), else the shipped demo clips."""
-    if data is not None and all((data / name).is_dir() for name in CORPORA):
+    from edgeser.data.multicorpus import MULTI_CORPORA
+
+    if data is not None and all((data / name).is_dir() for name in MULTI_CORPORA):
         return f"multi:{data}{recorded_options(checkpoint)}"
     if not SHIPPED_CLIPS.is_file():
         raise DataError(f"{SHIPPED_CLIPS}: the shipped demo clips are missing and no --data DIR holding "
-                        f"{', '.join(CORPORA)} was given")
+                        f"{', '.join(MULTI_CORPORA)} was given")
     return f"manifest:{SHIPPED_CLIPS}"
 
 
 def recorded_options(checkpoint: Path | None) -> str:
     """The `?key=value` part of the data spec a multi-corpus checkpoint (default: the shipped one) trained on."""
-    import json
-
+    from edgeser.checkpoint import read_checkpoint_info
     from edgeser.export.exporter import default_checkpoint
 
     folder = checkpoint or default_checkpoint(MODEL)
-    try:
-        provenance = json.loads((Path(folder) / "checkpoint.json").read_text(encoding="utf-8"))["provenance"]
-    except (OSError, TypeError, ValueError, KeyError):
+    if folder is None:
         return ""
-    spec = str(provenance.get("data_spec", ""))
+    spec = str(read_checkpoint_info(Path(folder)).get("provenance", {}).get("data_spec", ""))
     return f"?{spec.partition('?')[2]}" if spec.startswith("multi:") and "?" in spec else ""
 
 

