@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from edgeser.bench.clips import load_speech
 from edgeser.bundle import validate_bundle
-from edgeser.checks.machine import machine_info
+from edgeser.machine import machine_info
 from edgeser.runtime.sessions import make_session
 
 RESULTS = REPO / "benchmarks" / "results"

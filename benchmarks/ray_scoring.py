@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeser.checks.machine import machine_info
-from edgeser.checks.report import markdown_table
 from edgeser.data import load_corpus
 from edgeser.files import write_json_atomic, write_text_atomic
-from edgeser.scale.ray import RayOptions, connect, read_results, score_corpus, write_parquet
+from edgeser.machine import machine_info
+from edgeser.ray_scoring.jobs import RayOptions, connect, read_results, score_corpus, write_parquet
+from edgeser.reports import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 

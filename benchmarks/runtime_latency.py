@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO))
 
 from edgeser.bench import BenchOptions, run_bench
 from edgeser.bundle import read_manifest
-from edgeser.checks.machine import cpu_info
+from edgeser.machine import cpu_info
 
 
 def main() -> None:

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from edgeser.audio import load_audio
-from edgeser.checks.machine import machine_info
-from edgeser.checks.measures import percentiles
-from edgeser.checks.report import markdown_table
 from edgeser.data import load_corpus
 from edgeser.files import write_json_atomic, write_text_atomic
+from edgeser.machine import machine_info
+from edgeser.measures import percentiles
+from edgeser.reports import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = (1, 4, 16)
@@ -95,7 +95,7 @@ def concurrent(url: str, waves: list[np.ndarray], clients: int) -> dict[str, flo
 
 def start_server(python: Path, bundle: Path, port: int, threads: int, max_batch: int, delay_ms: float,
                  log: Path) -> subprocess.Popen[bytes]:
-    command = [str(python), "-c", "from edgeser.serving.commands import serve_command; serve_command()",
+    command = [str(python), "-c", "from edgeser.cli.serving import serve_command; serve_command()",
                str(bundle), "--port", str(port), "--grpc-port", str(port + 1), "--threads", str(threads),
                "--max-batch", str(max_batch), "--max-delay-ms", str(delay_ms)]
     with log.open("wb") as handle:

@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from edgeser.audio import load_audio
 from edgeser.bench.clips import load_speech
-from edgeser.checks.machine import machine_info
-from edgeser.checks.measures import cosine
+from edgeser.machine import machine_info
+from edgeser.measures import cosine
 from edgeser.runtime.sessions import make_session
 
 

@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO))
 
 from edgeser.audio import SAMPLE_RATE
 from edgeser.bundle import read_manifest
-from edgeser.checks.machine import machine_info
 from edgeser.data.streams import speech_stream
+from edgeser.machine import machine_info
 from edgeser.runtime import Listener, Pipeline, VadOptions
 from edgeser.runtime.vad import VAD_SHA256, VAD_VERSION
 

@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgeser.audio import SAMPLE_RATE
-from edgeser.checks.machine import machine_info
 from edgeser.data.streams import clicks, dc_offset, hum, mix_at_snr, speech_stream, white_noise
+from edgeser.machine import machine_info
 from edgeser.runtime.segment import speech_regions
 from edgeser.runtime.vad import VAD_PACKAGE, VAD_SHA256, VAD_VERSION, VadOptions, detect_speech
 

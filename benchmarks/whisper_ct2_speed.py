@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     from faster_whisper.feature_extractor import FeatureExtractor
 
-    from edgeser.checks.machine import machine_info
     from edgeser.files import write_json_atomic, write_text_atomic
+    from edgeser.machine import machine_info
     from edgeser.modelling.whisper import whisper_model_dir
     from edgeser.runtime.options import check_threads
     from edgeser.runtime.sessions import make_session

@@ -17,7 +17,6 @@ Writes JSON + Markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -79,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
-    import torch
-
     import os
+
+    import torch
 
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
     corpora = {name: read_multicorpus(Path(args.data), label_set=name) for name in LABEL_SETS}

@@ -69,13 +69,13 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
              threads: int | None = 2, predict_clips: int = 6, log: Any = None) -> DemoResult:
     """Run every step into `out/` (replaced whole each run) and return the closing figures."""
     from edgeser.calibrate import calibrate_bundle
-    from edgeser.checks.report import REPORTS_DIR
-    from edgeser.checks.variants import check_variants
+    from edgeser.checks.fidelity import check_variants
     from edgeser.data import load_corpus
     from edgeser.export.exporter import export_bundle
     from edgeser.quantize import Int8Options, quantize_int8
     from edgeser.quantize.fp16 import convert_int8_fp16
     from edgeser.quantize.variants import quantize_int8_tensorrt
+    from edgeser.reports import REPORTS_DIR
     from edgeser.runtime import Pipeline
 
     say = log or (lambda line: click.echo(line, err=True))
@@ -135,7 +135,7 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
 
 def doctor(bundle: Path) -> dict[str, Any]:
     """TensorRT 10 readiness of the graphs meant for it (fp32, int8-trt, int8-trt-fp16): errors and warnings, and the report."""
-    from edgeser.checks.report import REPORTS_DIR, write_report
+    from edgeser.reports import REPORTS_DIR, write_report
     from edgeser.trt.doctor import run_doctor
     from edgeser.trt.operators import parse_target
 

@@ -63,3 +63,27 @@ class ClusterError(EdgeserError, RuntimeError):
 
 class OutputError(EdgeserError, OSError):
     """An output cannot be written where it was asked for (a read-only folder, a file in the way...)."""
+
+
+class TensorRTUnavailable(EdgeserError, RuntimeError):
+    """TensorRT, cuda-python or a CUDA GPU is missing on this machine."""
+
+
+class EngineError(BundleError):
+    """An engine folder that does not exist for this machine, does not match it, or was changed."""
+
+
+class ProfileError(BundleError):
+    """An optimisation profile that is missing, malformed or inconsistent."""
+
+
+class InspectorError(EdgeserError, ValueError):
+    """Engine-inspector output that edgeser cannot read."""
+
+
+class TargetError(EdgeserError, ValueError):
+    """A `--target` that names no TensorRT line edgeser has a table for."""
+
+
+class EngineShapeError(BundleError):
+    """A feed that does not fit an engine input (name, type, rank, fixed axis or optimisation profile)."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -25,11 +25,44 @@ import numpy.typing as npt
 from edgeser.errors import BundleError
 from edgeser.text import CtcVocab
 
-if TYPE_CHECKING:
-    from edgeser.bundle import BundleManifest
-
 AUDIO_ENCODER, CTC_HEAD, TEXT_ENCODER, FUSION_HEAD = "audio_encoder", "ctc_head", "text_encoder", "fusion_head"
 STAGE_ORDER = (AUDIO_ENCODER, CTC_HEAD, TEXT_ENCODER, FUSION_HEAD)
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class _StageIO(Protocol):
+    @property
+    def inputs(self) -> Sequence[_Named]: ...
+
+    @property
+    def outputs(self) -> Sequence[_Named]: ...
+
+
+class ManifestView(Protocol):
+    """What `StageGraph.from_manifest` reads of a bundle manifest (`edgeser.bundle.BundleManifest`); a
+    protocol, so that this module needs nothing of the bundle module, which builds on it."""
+
+    @property
+    def stages(self) -> Mapping[str, _StageIO]: ...
+
+    @property
+    def frame_layout(self) -> Sequence[Sequence[int]]: ...
+
+    @property
+    def labels(self) -> Sequence[str]: ...
+
+    @property
+    def ctc(self) -> dict[str, Any] | None: ...
+
+    @property
+    def tokenizer(self) -> str | None: ...
+
+    @property
+    def supports_padded_batch(self) -> bool: ...
 # The steps between stages, timed like the stages.
 CTC_DECODE, TOKENIZE = "ctc_decode", "tokenize"
 STEP_ORDER = (AUDIO_ENCODER, CTC_HEAD, CTC_DECODE, TOKENIZE, TEXT_ENCODER, FUSION_HEAD)
@@ -161,7 +194,7 @@ class StageGraph:
             raise BundleError(f"{self.source}: has a text encoder but no tokenizer")
 
     @classmethod
-    def from_manifest(cls, manifest: BundleManifest, root: Path | None = None) -> StageGraph:
+    def from_manifest(cls, manifest: ManifestView, root: Path | None = None) -> StageGraph:
         """The graph a bundle manifest describes (stage I/O names, frame layout, CTC vocabulary, tokenizer)."""
         source = str(root) if root is not None else "bundle"
         tokenizer = None

@@ -352,12 +352,12 @@ def test_api_resource_bounds(stfnet_bundle: Path, pipe: Pipeline, tmp_path: Path
 
     from edgeser.bench.core import BenchOptions
     from edgeser.calibrate import calibrate_bundle
-    from edgeser.checks.controlled import quantize_controlled
-    from edgeser.checks.variants import check_variants
+    from edgeser.checks.fidelity import check_variants
+    from edgeser.quantize.controlled import quantize_controlled
     from edgeser.quantize.variants import Int8Options
+    from edgeser.ray_scoring.jobs import RayOptions
     from edgeser.runtime.options import FORCE_THREADS_ENV
     from edgeser.runtime.sessions import make_session
-    from edgeser.scale.ray import RayOptions
     from edgeser.serving.repository import RepositoryOptions, write_serving_repository
     from edgeser.training.config import TrainConfig
     from edgeser.trt.build import BuildOptions

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edgeser.assets import demo_clips
 from edgeser.bench import clips as clip_module
 from edgeser.bench.clips import Speech, load_speech
-from edgeser.bench.commands import bench_command
 from edgeser.bench.measure import Plan, measure_cell
 from edgeser.bundle import read_manifest
-from edgeser.demo import SHIPPED_CLIPS
+from edgeser.cli.bench import bench_command
 from edgeser.errors import DataError
 from edgeser.quantize import convert_fp16
 from edgeser.quantize.speed import cpu_class_notes
@@ -42,9 +42,9 @@ def test_without_speech_bench_says_what_to_pass(bench_bundle: Path, tmp_path: Pa
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGESER_DATA", str(tmp_path / "nothing"))
     monkeypatch.chdir(tmp_path)
-    assert clip_module.resolve_sources([]) == [f"manifest:{SHIPPED_CLIPS}"]  # a fresh clone: the shipped clips
+    assert clip_module.resolve_sources([]) == [f"manifest:{demo_clips()}"]  # a fresh clone: the shipped clips
     assert load_speech([], 3.0).seconds >= 3.0
-    monkeypatch.setattr(clip_module, "SHIPPED_CLIPS", tmp_path / "no-demo-clips" / "manifest.csv")
+    monkeypatch.setattr(clip_module, "demo_clips", lambda: tmp_path / "no-demo-clips" / "manifest.csv")
     result = CliRunner().invoke(bench_command, [str(bench_bundle), "--out", str(tmp_path / "r")])
     assert isinstance(result.exception, DataError)
     assert "no speech to cut benchmark clips from: pass --clips" in str(result.exception)

@@ -17,13 +17,13 @@ from edgeser.audio import load_audio
 from edgeser.bundle import validate_bundle
 from edgeser.calibrate import calibrate_bundle, read_calibration, select_calibration_set
 from edgeser.calibrate.capture import calibration_sentences
-from edgeser.checks.controlled import quantize_controlled
-from edgeser.checks.variants import VariantResult, check_calibration_leak, gate_failures
+from edgeser.checks.fidelity import VariantResult, check_calibration_leak, gate_failures
 from edgeser.cli import main
 from edgeser.data import load_corpus
 from edgeser.data.splits import get_fold
 from edgeser.errors import BundleError, SplitError
 from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_dynamic
+from edgeser.quantize.controlled import quantize_controlled
 from edgeser.runtime import Pipeline
 from tests.conftest import label_flipping_graph, write_label_flipping_variant
 from tests.test_splits import synthetic_corpus
@@ -458,7 +458,7 @@ def test_check_lists_tensorrt_engines_and_says_why_they_did_not_run(quantised: P
                                                                    tmp_path: Path) -> None:
     """Engines built by `build-trt` join the check where this machine can run them; here (no TensorRT, no GPU)
     their row says why not, and the ONNX variants are still checked."""
-    from edgeser.checks.variants import check_variants
+    from edgeser.checks.fidelity import check_variants
 
     bundle = copy_bundle(quantised, tmp_path / "b")
     folder = bundle / "trt" / "nvidia-h200-sm90-trt10.16.1" / "int8"

@@ -15,9 +15,9 @@ from edgeser.audio import load_audio
 from edgeser.bench.runners import onnxruntime_runners
 from edgeser.bundle import read_manifest, sha256_of, validate_bundle
 from edgeser.calibrate import calibrate_bundle
-from edgeser.checks.measures import cosine
 from edgeser.data import load_corpus
 from edgeser.data.splits import get_fold
+from edgeser.measures import cosine
 from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_tensorrt
 from edgeser.quantize.fp16 import convert_int8_fp16, precision_conflicts, tensor_types
 from edgeser.quantize.fuse import fuse_parallel_matmuls
@@ -237,7 +237,7 @@ def test_int8_stays_float_where_it_is_slower(trt_bundle: Path, tmp_path: Path, m
                                             ) -> None:
     """The speed gate: each quantised stage timed against fp32; the slower-in-INT8 stages keep the fp32 graph, and
     the figures and the CPU are in the settings. Timings are injected: nothing here depends on this machine."""
-    from edgeser.checks.machine import cpu_info
+    from edgeser.machine import cpu_info
     from edgeser.quantize import speed
 
     bundle = Path(shutil.copytree(trt_bundle, tmp_path / "b"))  # calibrated, activation ranges cached

@@ -18,8 +18,8 @@ from edgeser.errors import EdgeserError
 
 pytest.importorskip("ray", reason="ray absent: install the ray extra")
 
-from edgeser.scale.commands import check_ray_command, predict_ray_command, resolve_target
-from edgeser.scale.ray import ClipScorer, RayOptions, read_results, score_corpus
+from edgeser.cli.ray_options import check_ray_command, predict_ray_command, resolve_target
+from edgeser.ray_scoring.jobs import ClipScorer, RayOptions, read_results, score_corpus
 
 LABELS = ["angry", "happy", "sad", "neutral"]
 BAD = {"silent.wav": "all-silent", "garbage.wav": "unreadable", "missing.wav": "not found", "long.wav": "too long"}
@@ -30,7 +30,7 @@ def local_ray():  # type: ignore[no-untyped-def]
     """One local Ray instance with 2 CPUs for the module."""
     import ray
 
-    from edgeser.scale.ray import connect
+    from edgeser.ray_scoring.jobs import connect
 
     connect(RayOptions(local_cpus=2))
     yield ray

@@ -29,7 +29,7 @@ pytest.importorskip("tritonclient.grpc", reason="tritonclient absent: install th
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from edgeser.serving.commands import export_triton_command
+from edgeser.cli.serving import export_triton_command
 from edgeser.serving.repository import PIPELINE_MODEL, RepositoryOptions, write_model_repository
 
 SERVE_PYTHON = Path(os.environ.get("EDGESER_SERVE_PYTHON", REPO / ".venv-serve" / "bin" / "python"))
@@ -200,7 +200,7 @@ def served(cmgi_bundle: Path, tmp_path_factory: pytest.TempPathFactory):  # type
     python = serve_env_python()
     http_port, grpc_port = ports()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [str(python), "-c", "from edgeser.serving.commands import serve_command; serve_command()",
+    command = [str(python), "-c", "from edgeser.cli.serving import serve_command; serve_command()",
                str(cmgi_bundle), "--port", str(http_port), "--grpc-port", str(grpc_port), "--max-batch", "8",
                "--max-delay-ms", "20", "--threads", "1"]
     process = start(command, http_port, log)

@@ -12,14 +12,12 @@ from click.testing import CliRunner
 
 from edgeser.bundle import read_manifest
 from edgeser.cli import EdgeserGroup
+from edgeser.cli.trt import build_trt_command
+from edgeser.errors import EngineError, InspectorError, ProfileError, TensorRTUnavailable
 from edgeser.files import sha256_of, write_json_atomic
-from edgeser.stages import apply_frame_layout
-from edgeser.trt.commands import build_trt_command
-from edgeser.trt.engines import (
+from edgeser.runtime.engines import (
     ENGINE_SCHEMA,
     DeviceIdentity,
-    EngineError,
-    TensorRTUnavailable,
     check_identity,
     check_sources,
     current_identity,
@@ -28,14 +26,9 @@ from edgeser.trt.engines import (
     read_engine_manifest,
     verified_engine_bytes,
 )
-from edgeser.trt.inspector import InspectorError, data_type, parse_engine_information
-from edgeser.trt.profiles import (
-    InputProfile,
-    ProfileError,
-    axis_ranges,
-    parse_profile_option,
-    resolve_profiles,
-)
+from edgeser.runtime.profiles import InputProfile, axis_ranges, parse_profile_option, resolve_profiles
+from edgeser.stages import apply_frame_layout
+from edgeser.trt.inspector import data_type, parse_engine_information
 
 DATA = Path(__file__).resolve().parent / "data" / "trt_inspector"
 H200 = DeviceIdentity("NVIDIA H200", (9, 0), "10.16.1.11")

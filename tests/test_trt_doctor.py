@@ -13,10 +13,11 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeser.cli import EdgeserGroup
-from edgeser.trt.commands import doctor_command
+from edgeser.cli.trt import doctor_command
+from edgeser.errors import TargetError
 from edgeser.trt.doctor import check_graph, run_doctor
 from edgeser.trt.graph import load_graph
-from edgeser.trt.operators import TargetError, parse_target, table_source
+from edgeser.trt.operators import parse_target, table_source
 
 T10, T103, T11 = parse_target("tensorrt:10"), parse_target("tensorrt:10.3"), parse_target("tensorrt:11")
 F32 = TensorProto.FLOAT

@@ -15,11 +15,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edgeser.errors import BundleError
+from edgeser.errors import BundleError, EngineShapeError, TensorRTUnavailable
+from edgeser.runtime.profiles import InputProfile
 from edgeser.runtime.providers import CPU, CUDA, TENSORRT, provider_plan
 from edgeser.runtime.tensorrt import (
     BufferPool,
-    EngineShapeError,
     EngineTensor,
     TensorRTRunner,
     check_feed,
@@ -29,8 +29,6 @@ from edgeser.runtime.tensorrt import (
     tensorrt_runners,
 )
 from edgeser.stages import StageRunner
-from edgeser.trt.engines import TensorRTUnavailable
-from edgeser.trt.profiles import InputProfile
 
 WAVE = EngineTensor("waveform", True, np.dtype(np.float32), (-1, -1), (1, 8000), (4, 64000))
 LENS = EngineTensor("lengths", True, np.dtype(np.int32), (-1,), (1,), (4,))
@@ -265,7 +263,7 @@ def test_a_session_without_its_tensorrt_ep_is_refused(monkeypatch: pytest.Monkey
 
 
 def test_runtime_modules_stay_light() -> None:
-    code = ("import sys, edgeser.runtime.tensorrt, edgeser.runtime.providers, edgeser.trt.engines; "
+    code = ("import sys, edgeser.runtime.tensorrt, edgeser.runtime.providers, edgeser.runtime.engines; "
             "print(sorted(m for m in ('tensorrt', 'cuda', 'torch', 'onnx', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
@@ -373,7 +371,7 @@ def fake_tensorrt(calls: list) -> SimpleNamespace:
 
 
 def test_runners_set_their_gpu_before_deserialising_and_in_every_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    import edgeser.trt.engines as engines
+    import edgeser.runtime.engines as engines
 
     calls: list = []
     cudart = FakeCudart(calls)

@@ -96,7 +96,7 @@ def int8_figures(checkpoint: Path, data: str, threads: int) -> dict[str, Any]:
     """Export, calibrate, the default INT8 and TensorRT's INT8, check both on every evaluation clip of the
     checkpoint's fold."""
     from edgeser.calibrate import calibrate_bundle
-    from edgeser.checks.variants import check_variants
+    from edgeser.checks.fidelity import check_variants
     from edgeser.export.exporter import export_bundle
     from edgeser.quantize import quantize_int8, quantize_int8_tensorrt
 

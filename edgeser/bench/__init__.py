@@ -5,7 +5,8 @@
     measure  interleaved rounds per (clip length, batch, threads); p50/p90/p99, RTF, throughput, per stage
     probe    cold start and peak memory of one row in a fresh interpreter
     report   JSON, Markdown table and PNG plots
-    commands the click command (`bench_command`)
+
+The click command is `edgeser.cli.bench`.
 """
 
 from edgeser.bench.core import BenchOptions, run_bench

@@ -4,7 +4,7 @@ Where the speech comes from, first that exists:
 
 1. `--clips SOURCE` (repeatable): audio files, folders of audio files, or corpus specs (`tess:/data/tess`);
 2. the real corpora under `$EDGESER_DATA` or `../shared/data` (EMO-DB, else TESS);
-3. the RAVDESS clips that ship in the package for the main job (`edgeser/shipped/demo/ravdess/`, `edgeser.demo.SHIPPED_CLIPS`).
+3. the RAVDESS clips that ship in the package for the main job (`edgeser/shipped/demo/ravdess/`, `edgeser.assets.demo_clips`).
 
 A clip of L seconds is consecutive utterances joined end to end and cut to exactly L seconds, so every
 length, 1 s to 30 s, is real speech with real pauses. Batches get distinct clips (successive windows).
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeser.assets import demo_clips
 from edgeser.audio import SAMPLE_RATE, load_audio
-from edgeser.demo import SHIPPED_CLIPS
 from edgeser.errors import DataError
 
 DEFAULT_LENGTHS_S = (1.0, 2.0, 4.5, 10.0, 30.0)
@@ -71,8 +71,9 @@ def resolve_sources(sources: Sequence[str]) -> list[str]:
     if root is not None:
         name = next(n for n in DEFAULT_CORPORA if (root / n).is_dir())
         return [f"{name}:{root / name}"]
-    if SHIPPED_CLIPS.is_file():
-        return [f"manifest:{SHIPPED_CLIPS}"]
+    shipped = demo_clips()
+    if shipped.is_file():
+        return [f"manifest:{shipped}"]
     raise DataError("no speech to cut benchmark clips from: pass --clips (audio files, a folder or a corpus "
                     "spec such as tess:/data/tess), or set EDGESER_DATA to a folder with emodb/ or tess/")
 

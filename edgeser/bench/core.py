@@ -35,9 +35,9 @@ from edgeser.bench.runners import (
     write_quantize_dynamic,
 )
 from edgeser.bundle import BundleManifest, validate_bundle
-from edgeser.checks.machine import machine_info
-from edgeser.checks.report import write_report
 from edgeser.errors import BundleError
+from edgeser.machine import machine_info
+from edgeser.reports import write_report
 from edgeser.runtime.options import logical_cores
 
 PRECISION_ORDER = ("fp32", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic", "fp16")

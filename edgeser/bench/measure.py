@@ -15,7 +15,7 @@ import numpy as np
 
 from edgeser.bench.clips import Speech
 from edgeser.bench.runners import Chain, VariantSpec, load_chain
-from edgeser.checks.measures import cosine
+from edgeser.measures import cosine
 
 Progress = Callable[[str], None]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeser.bench.runners import PYTORCH
-from edgeser.checks.report import markdown_table
+from edgeser.reports import markdown_table
 
 REPORT_NAME = "bench"
 

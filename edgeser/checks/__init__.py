@@ -1,8 +1,10 @@
-"""Checks: compare runner A with runner B on the same inputs, measure, and write reports.
+"""Checks: compare runner A with runner B on the same inputs and say whether B still behaves like A.
 
-    measures  one definition of cosine, agreement and latency percentiles
-    machine   what a report or benchmark ran on (CPU model and int8 flags, GPU, versions, load)
-    report    the one writer of `reports/NAME.{json,md}` and its PNG plots
-    parity    the fp32 graphs (onnxruntime) against the PyTorch model, stage by stage
-    variants  every precision of a bundle against the float model on the evaluation split
+    compare    stage-by-stage comparison of two runs of one StageGraph (Polygraphy's comparator shape)
+    reference  the PyTorch float pipeline a bundle came from (the reference runner)
+    parity     the fp32 graphs (onnxruntime) against the PyTorch model, stage by stage
+    fidelity   every precision of a bundle against the float model on the evaluation split (`check variants`)
+
+The measures live in `edgeser.measures` / `edgeser.metrics`, the report writer in `edgeser.reports`, and the
+accuracy-controlled quantiser in `edgeser.quantize.controlled`.
 """

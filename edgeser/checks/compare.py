@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edgeser.checks.measures import Agreement
+from edgeser.measures import CosineStats
 from edgeser.stages import (
     AUDIO_ENCODER,
     CTC_HEAD,
@@ -36,7 +36,7 @@ def valid_part(stage: str, array: np.ndarray, reference: StageRun) -> np.ndarray
 
 
 def compare_stages(graph: StageGraph, candidate: Mapping[str, StageRunner], reference: StageRun,
-                   stats: Mapping[str, Agreement], candidate_run: StageRun | None = None) -> None:
+                   stats: Mapping[str, CosineStats], candidate_run: StageRun | None = None) -> None:
     """Each stage of `candidate` fed the reference's inputs, compared with the reference's outputs.
 
     `candidate_run` (the candidate's own end-to-end run of the same clip) stands in for the audio encoder,

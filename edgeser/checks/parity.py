@@ -11,12 +11,12 @@ import numpy as np
 
 from edgeser.audio import load_audio
 from edgeser.checks.compare import compare_stages
-from edgeser.checks.measures import Agreement
 from edgeser.checks.reference import float_pipeline
-from edgeser.checks.report import REPORTS_DIR, write_report
 from edgeser.data import load_corpus
 from edgeser.data.records import Utterance
 from edgeser.errors import DataError
+from edgeser.measures import CosineStats
+from edgeser.reports import REPORTS_DIR, write_report
 from edgeser.runtime.pipeline import Pipeline
 
 MIN_COSINE = 0.99999
@@ -83,7 +83,7 @@ def check_parity(
     clips = spread(load_corpus(data_spec).utterances, limit)
     if not clips:
         raise DataError(f"{data_spec}: no utterances to compare on")
-    stats = {stage: Agreement() for stage in graph.stages}
+    stats = {stage: CosineStats() for stage in graph.stages}
     labels_agree = transcripts_agree = 0
     with click.progressbar(clips, label="parity", file=sys.stderr) as bar:
         for utt in bar:

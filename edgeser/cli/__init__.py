@@ -97,12 +97,12 @@ def main() -> None:
 
 def _register() -> None:
     from edgeser.cli import check, data, demo, export, listen, predict, quantize, train
-    from edgeser.serving.commands import export_triton_command, serve_command
-    from edgeser.trt.commands import build_trt_command, doctor_command
+    from edgeser.cli.serving import export_triton_command, serve_command
+    from edgeser.cli.trt import build_trt_command, doctor_command
 
     for module in (demo, data, train, export, check, predict, listen, quantize):
         module.register(main)
-    from edgeser.bench.commands import bench_command
+    from edgeser.cli.bench import bench_command
 
     for command in (doctor_command, build_trt_command, export_triton_command, serve_command, bench_command):
         main.add_command(command)

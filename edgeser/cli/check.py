@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from edgeser.cli import EdgeserGroup, emit_report
-from edgeser.cli_params import Bounded, threads_option
-from edgeser.scale.commands import check_on_ray, ray_option, ray_scoring_options
+from edgeser.cli.params import Bounded, threads_option
+from edgeser.cli.ray_options import check_on_ray, ray_option, ray_scoring_options
 
 FRACTION = click.FloatRange(0.0, 1.0)
 
@@ -87,7 +87,7 @@ def check_variants_command(
     With `--ray [ADDRESS] --out results.parquet`, evaluate one variant (the first of --precisions, else fp32)
     over every clip of the corpus on Ray instead.
     """
-    from edgeser.checks.variants import check_variants
+    from edgeser.checks.fidelity import check_variants
 
     if ray_address is not None:
         precision = csv(precisions)[0] if precisions else "fp32"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgeser.cli_params import threads_option
+from edgeser.cli.params import threads_option
 
 
 @click.command("demo")

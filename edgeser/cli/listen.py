@@ -22,7 +22,7 @@ import click
 import numpy as np
 
 from edgeser.bundle import PRECISIONS
-from edgeser.cli_params import Bounded, threads_option
+from edgeser.cli.params import Bounded, threads_option
 from edgeser.runtime.options import BACKENDS
 
 # A microphone callback hands chunks to the main thread through a queue this long; past it (the model is

@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 
 from edgeser.bundle import PRECISIONS
-from edgeser.cli_params import threads_option
+from edgeser.cli.params import threads_option
+from edgeser.cli.ray_options import predict_on_ray, ray_option, ray_scoring_options
 from edgeser.runtime.options import BACKENDS
-from edgeser.scale.commands import predict_on_ray, ray_option, ray_scoring_options
 
 # Below this speech ratio the text output warns that the clip holds (almost) no voice.
 LITTLE_SPEECH = 0.1

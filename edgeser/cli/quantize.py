@@ -9,7 +9,7 @@ import click
 
 from edgeser.cli import echo_json
 from edgeser.cli.check import csv
-from edgeser.cli_params import THREADS, Bounded, threads_option
+from edgeser.cli.params import THREADS, Bounded, threads_option
 
 
 @click.command("calibrate")
@@ -121,7 +121,7 @@ def quantize_command(
                               speed_gate=not no_speed_gate, speed_threads=speed_threads,
                               fuse_attention=not no_fuse_attention)
         if max_ua_drop is not None:
-            from edgeser.checks.controlled import quantize_controlled
+            from edgeser.quantize.controlled import quantize_controlled
 
             report = quantize_controlled(bundle, max_ua_drop, data_spec=data_spec, fold_index=fold_index,
                                          options=options, validation_clips=validation_clips,

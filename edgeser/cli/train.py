@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeser.cli_params import Bounded
+from edgeser.cli.params import Bounded
 from edgeser.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from edgeser.modelling import MODEL_NAMES
 

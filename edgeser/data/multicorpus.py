@@ -36,6 +36,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from edgeser.data.corpora import read_emodb, read_ravdess, read_tess
 from edgeser.data.records import Corpus, FileProblem, Utterance
 from edgeser.errors import DataError
 
@@ -65,12 +66,13 @@ def map_label(label: str, label_set: str) -> str | None:
     return mapped if mapped in LABEL_SETS[label_set] else None
 
 
+_READERS = {"ravdess": read_ravdess, "emodb": read_emodb, "tess": read_tess}
+
+
 def read_multicorpus(root: Path, corpora: tuple[str, ...] = MULTI_CORPORA, label_set: str = "ravdess8",
                      tess_fraction: float = 1.0) -> Corpus:
     """The named corpora under `root`, relabelled onto `label_set`, as one `Corpus` named "multi"; with
     `tess_fraction` < 1 only that share of TESS (every k-th clip per speaker and label, k = round(1 / fraction))."""
-    from edgeser.data.spec import CORPUS_READERS
-
     if label_set not in LABEL_SETS:
         raise DataError(f"multi:{root}: unknown label set {label_set!r}; choose one of {', '.join(LABEL_SETS)}")
     unknown = [c for c in corpora if c not in MULTI_CORPORA]
@@ -83,7 +85,7 @@ def read_multicorpus(root: Path, corpora: tuple[str, ...] = MULTI_CORPORA, label
     problems: list[FileProblem] = []
     dropped: Counter[str] = Counter()
     for name in corpora:
-        part = CORPUS_READERS[name](root / name, {})
+        part = _READERS[name](root / name)
         problems += part.problems
         dropped.update({f"{name}/{k}": v for k, v in part.dropped.items()})
         seen: Counter[tuple[str, str]] = Counter()

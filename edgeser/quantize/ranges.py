@@ -6,14 +6,26 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import onnx
 
 from edgeser.errors import BundleError
 
-if TYPE_CHECKING:
-    from edgeser.quantize.variants import Int8Options
+
+class RangeSettings(Protocol):
+    """What `activation_ranges` reads of the INT8 settings (`edgeser.quantize.variants.Int8Options`)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def percentile(self) -> float: ...
+
+    @property
+    def op_types(self) -> tuple[str, ...]: ...
+
+    def signature(self) -> str: ...
 
 METHODS = ("minmax", "percentile", "entropy")
 # Items per collect_data call (one shape per call). Histogram calibrators hold every calibrated tensor of the
@@ -70,7 +82,7 @@ def robust_collector(calibrator: Any) -> None:
         scenario=calibrator.scenario)
 
 
-def activation_ranges(prepared: Path, stage: str, cache: Any, options: Int8Options, workdir: Path,
+def activation_ranges(prepared: Path, stage: str, cache: Any, options: RangeSettings, workdir: Path,
                       variant: str = "") -> Path:
     """Activation ranges of `stage` from the cached calibration inputs, computed once per method and cached;
     `variant` names a rewritten graph (SmoothQuant scales) whose ranges differ from the plain one's."""

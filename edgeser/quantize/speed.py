@@ -101,7 +101,7 @@ def measured_on(threads: int | None) -> dict[str, Any]:
     """The CPU and settings a speed decision holds for (kept in the variant's settings)."""
     import onnxruntime
 
-    from edgeser.checks.machine import cpu_info
+    from edgeser.machine import cpu_info
 
     return {**cpu_info(), "threads": threads or logical_cores(), "onnxruntime": onnxruntime.__version__}
 

@@ -393,7 +393,7 @@ def static_stage_writer(cache: Any, options: Int8Options, workdir: Path) -> Call
 def keep_if_faster(report: StageReport, stage: str, fp32: Path, out: Path, cache: Any, options: Int8Options
                    ) -> StageReport:
     """Time the written INT8 graph against fp32 on this CPU; where INT8 is slower, `out` becomes the fp32 graph."""
-    from edgeser.checks.machine import cpu_info
+    from edgeser.machine import cpu_info
     from edgeser.quantize.speed import check_speed
 
     check = check_speed(cache, stage, fp32, out, options.speed_threads)

@@ -33,7 +33,7 @@ import collections
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -42,11 +42,15 @@ import soxr
 from edgeser.audio import SAMPLE_RATE, to_mono_16k
 from edgeser.errors import AudioError, EdgeserError, OptionError
 from edgeser.runtime.options import bounded_int
-from edgeser.runtime.results import Utterance
+from edgeser.runtime.results import Prediction, Utterance
 from edgeser.runtime.vad import FRAME, Region, SpeechDetector, VadOptions
 
-if TYPE_CHECKING:
-    from edgeser.runtime.pipeline import Pipeline
+
+class WaveformPredictor(Protocol):
+    """What a Listener needs of its `Pipeline` (a protocol: the pipeline module builds on this one)."""
+
+    def predict_waveform(self, wave: npt.NDArray[np.float32]) -> Prediction: ...
+
 
 # A chunk, or (chunk, sample_rate) to have the rate checked against the stream's.
 Chunk = npt.ArrayLike | tuple[npt.ArrayLike, int]
@@ -66,7 +70,7 @@ class Listener:
     `options`: the VAD's `VadOptions`. Chunks may be float (full scale 1.0) or integer PCM of any length.
     """
 
-    def __init__(self, pipe: Pipeline, sample_rate: int = SAMPLE_RATE, *, channels: int = 1,
+    def __init__(self, pipe: WaveformPredictor, sample_rate: int = SAMPLE_RATE, *, channels: int = 1,
                  options: VadOptions | None = None) -> None:
         self.pipe = pipe
         self.sample_rate = bounded_int("sample_rate", sample_rate)

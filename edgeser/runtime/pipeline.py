@@ -118,8 +118,8 @@ class Pipeline:
 
             runners = dict(tensorrt_runners(root, manifest, precision, gpu))
         else:
+            from edgeser.runtime.profiles import resolve_profiles
             from edgeser.runtime.providers import provider_plan
-            from edgeser.trt.profiles import resolve_profiles
 
             profiles, missing, _ = resolve_profiles(root, manifest, list(graph.stages)) if backend == "tensorrt-ep" \
                 else ({}, [], "")

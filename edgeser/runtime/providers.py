@@ -12,7 +12,7 @@ Backends:
   would otherwise load the old engine. FP16 kernels are enabled for fp16 and int8-trt-fp16, INT8 for both
   int8-trt variants (TensorRT reads the Q/DQ scales; no calibration table is used); the CPU variants (`int8`:
   UINT8 Q/DQ and onnxruntime contrib ops, `int8-dynamic`) are refused, as TensorRT's parser rejects them and the
-  EP would split the graph. With `profiles` (from `edgeser.trt.profiles`), the explicit min/opt/max shapes edgeser's own
+  EP would split the graph. With `profiles` (from `edgeser.runtime.profiles`), the explicit min/opt/max shapes edgeser's own
   engines use, so variable-length audio does not rebuild engines. A session that asked for the EP and did not
   get it (onnxruntime falls back to CUDA/CPU quietly) is refused by `check_providers`, naming the TensorRT line
   found: onnxruntime's TensorRT EP links TensorRT 10 (`libnvinfer.so.10`), so a TensorRT 11-only host fails.

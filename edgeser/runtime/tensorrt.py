@@ -28,15 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeser.errors import BundleError
+from edgeser.errors import BundleError, EngineShapeError
 
 # TensorRT DataType member names -> numpy; BF16/FP8/INT4/FP4 engine I/O has no numpy type.
 NUMPY_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
                "BOOL": np.bool_, "UINT8": np.uint8}
-
-
-class EngineShapeError(BundleError):
-    """A feed that does not fit an engine input (name, type, rank, fixed axis or optimisation profile)."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +128,7 @@ class CudaDevice:
     """The few CUDA runtime calls a runner needs, through cuda-python, on GPU `index`."""
 
     def __init__(self, index: int = 0) -> None:
-        from edgeser.trt.engines import cuda_call, import_cudart
+        from edgeser.runtime.engines import cuda_call, import_cudart
 
         self.rt, self.call, self.index = import_cudart(), cuda_call, int(index)
 
@@ -304,7 +300,7 @@ def tensorrt_runners(bundle_root: Path, manifest: Any, precision: str, device: i
     Refuses a folder built for another GPU / compute capability / TensorRT version, engines built from graphs the
     bundle no longer holds, and engine files whose checksum differs from their manifest.
     """
-    from edgeser.trt.engines import (
+    from edgeser.runtime.engines import (
         check_identity,
         check_sources,
         current_identity,

@@ -183,7 +183,8 @@ def engine_limits(folder: Path, manifest: BundleManifest, options: RepositoryOpt
     stage engines refuse waveforms longer than their `samples` maximum: both come from the engine manifest. An
     explicit max_batch above the engines' is refused.
     """
-    from edgeser.trt.engines import EngineError, read_engine_manifest
+    from edgeser.errors import EngineError
+    from edgeser.runtime.engines import read_engine_manifest
 
     try:
         engines = read_engine_manifest(folder)

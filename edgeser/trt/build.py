@@ -7,7 +7,7 @@ and the Casts around what stays FP32) and no precision builder flag is ever set:
 - TensorRT 11.x: `create_network(0)` is strongly typed (weak typing, the FP16/INT8 flags and the calibrators are
   removed).
 Every engine is built with detailed profiling verbosity so the engine inspector reports per-layer types,
-`contexts` identical optimisation profiles per stage (`edgeser.trt.profiles`; one per concurrent execution
+`contexts` identical optimisation profiles per stage (`edgeser.runtime.profiles`; one per concurrent execution
 context), and a timing cache that later builds reuse.
 Written against the TensorRT 10.x/11.x Python API documentation; not run here (no TensorRT on these machines).
 """
@@ -21,19 +21,19 @@ from pathlib import Path
 from typing import Any
 
 from edgeser.bundle import validate_bundle
+from edgeser.errors import EngineError, ProfileError
 from edgeser.files import atomic_dir, sha256_of, tool_versions, write_bytes_atomic, write_json_atomic
-from edgeser.trt.engines import (
+from edgeser.runtime.engines import (
     ENGINE_MANIFEST,
     ENGINE_SCHEMA,
-    EngineError,
     current_identity,
     engine_dir,
     import_cudart,
     import_tensorrt,
     timing_cache_path,
 )
+from edgeser.runtime.profiles import InputProfile, resolve_profiles
 from edgeser.trt.inspector import parse_engine_information
-from edgeser.trt.profiles import InputProfile, ProfileError, resolve_profiles
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def inspect_engine(trt: Any, logger: Any, plan: bytes) -> dict[str, Any]:
 
 def runtime_versions() -> dict[str, Any]:
     """CUDA runtime and driver versions (for the manifest)."""
-    from edgeser.trt.engines import cuda_call
+    from edgeser.runtime.engines import cuda_call
 
     cudart = import_cudart()
     return {"cuda_runtime": int(cuda_call(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")),

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeser.checks.report import markdown_table
+from edgeser.reports import markdown_table
 from edgeser.trt.graph import GraphFacts, load_graph, node_attr
 from edgeser.trt.operators import NO_TRT_TYPE, QUANTIZED, Target, load_table, op_entry, table_source
 from edgeser.trt.qdq import check_qdq
@@ -231,7 +231,7 @@ def run_doctor(bundle: Path, target: Target, precisions: list[str] | None = None
     """Check the bundle's graphs of `precisions` (default: every listed one) for `target`."""
     from edgeser.bundle import CPU_VARIANTS, validate_bundle  # the doctor skips them unless asked
     from edgeser.errors import BundleError
-    from edgeser.trt.profiles import resolve_profiles
+    from edgeser.runtime.profiles import resolve_profiles
 
     manifest = validate_bundle(bundle, "fp32")
     skipped = {} if precisions else {p: CPU_VARIANTS[p] for p in manifest.precisions if p in CPU_VARIANTS}

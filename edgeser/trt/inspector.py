@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeser.errors import EdgeserError
+from edgeser.errors import InspectorError
 
 # Most narrow first: the first that a layer touches is its precision.
 FLOAT_ORDER = ("FP4", "INT4", "FP8", "INT8", "FP16", "BF16", "FP32")
@@ -30,10 +30,6 @@ _TOKENS = [  # (regex on the lowercased text, type) - checked in order
     (r"\bfp16\b|\bhalf\b|float16", "FP16"), (r"\bint32\b", "INT32"), (r"\bint64\b", "INT64"),
     (r"\bbool\b", "BOOL"), (r"\bfp32\b|\bfloat\b|float32", "FP32"),
 ]
-
-
-class InspectorError(EdgeserError, ValueError):
-    """Engine-inspector output that edgeser cannot read."""
 
 
 def data_type(text: str) -> str | None:

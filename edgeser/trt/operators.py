@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from edgeser.errors import EdgeserError
+from edgeser.errors import TargetError
 
 DATA = Path(__file__).with_name("data")
 MAJORS = (10, 11)
@@ -23,10 +23,6 @@ ONNX_TYPES = {1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT
               16: "BF16", 17: "FP8", 18: "FP8", 19: "FP8", 20: "FP8", 21: "UINT4", 22: "INT4", 23: "FP4"}
 QUANTIZED = {"INT8", "FP8", "INT4", "FP4"}  # TensorRT's "quantized types": only through Q/DQ
 NO_TRT_TYPE = {"UINT16", "INT16", "STRING", "UINT32", "UINT64", "COMPLEX64", "COMPLEX128", "UINT4"}
-
-
-class TargetError(EdgeserError, ValueError):
-    """A `--target` that names no TensorRT line edgeser has a table for."""
 
 
 @dataclass(frozen=True)

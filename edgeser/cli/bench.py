@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from edgeser.bench.clips import DEFAULT_LENGTHS_S
-from edgeser.cli_params import Bounded, force_threads_option
+from edgeser.cli.params import Bounded, force_threads_option
 
 
 def _numbers(value: str, kind: type, option: str) -> tuple:  # type: ignore[type-arg]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeser.checks.report import markdown_table
+from edgeser.reports import markdown_table
 from edgeser.stages import STAGE_ORDER, STEP_ORDER
 
 FLOAT = "pytorch"

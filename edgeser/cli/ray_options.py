@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
-from edgeser.cli_params import Bounded
+from edgeser.cli.params import Bounded
 from edgeser.errors import ClusterError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,7 +62,7 @@ def resolve_target(ray_value: str, positional: tuple[str, ...] | list[str]) -> t
 
 def options_from(workers: int, cpus_per_worker: float, gpus_per_worker: float, batch_size: int, unordered: bool,
                  address: str) -> Any:
-    from edgeser.scale.ray import RayOptions
+    from edgeser.ray_scoring.jobs import RayOptions
 
     return RayOptions(address=address, workers=workers, cpus_per_worker=cpus_per_worker,
                       gpus_per_worker=gpus_per_worker, batch_size=batch_size, keep_order=not unordered)
@@ -71,7 +71,7 @@ def options_from(workers: int, cpus_per_worker: float, gpus_per_worker: float, b
 def predict_on_ray(bundle: Path, ray_value: str, positional: tuple[str, ...], out: Path | None, precision: str,
                    as_json: bool, **ray_options: Any) -> None:
     """The body of `edgeser predict --ray`: score the corpus, print a summary; exit 1 if any clip failed."""
-    from edgeser.scale.ray import score_corpus
+    from edgeser.ray_scoring.jobs import score_corpus
 
     if out is None:
         raise click.UsageError("--ray needs --out results.parquet")
@@ -91,7 +91,7 @@ def predict_on_ray(bundle: Path, ray_value: str, positional: tuple[str, ...], ou
 def check_on_ray(bundle: Path, ray_value: str, data_spec: str, out: Path | None, precision: str, as_json: bool,
                  min_ua: float | None, max_errors: int | None, **ray_options: Any) -> None:
     """The body of `edgeser check --ray`: score and evaluate the corpus; a missed gate exits 1."""
-    from edgeser.scale.evaluate import evaluate_corpus
+    from edgeser.ray_scoring.evaluate import evaluate_corpus
 
     if out is None:
         raise click.UsageError("--ray needs --out results.parquet")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeser.checks.report import markdown_table
+from edgeser.reports import markdown_table
 
 
 @dataclass
@@ -59,7 +59,7 @@ class CorpusEvaluation:
 def evaluate_results(table: Any, labels: list[str], *, data: str, results: str, clips_per_second: float = 0.0,
                      workers: int = 0, min_ua: float | None = None, max_errors: int | None = None
                      ) -> CorpusEvaluation:
-    """Metrics of result rows (see `edgeser.scale.ray.COLUMNS`) against their reference labels and transcripts."""
+    """Metrics of result rows (see `edgeser.ray_scoring.jobs.COLUMNS`) against their reference labels and transcripts."""
     from edgeser.metrics import cer, classification_report, wer
 
     rows = table.to_pylist()
@@ -93,8 +93,8 @@ def evaluate_results(table: Any, labels: list[str], *, data: str, results: str, 
 def evaluate_corpus(bundle: str | Path, spec: str, out: str | Path, options: Any = None, *, precision: str = "fp32",
                     min_ua: float | None = None, max_errors: int | None = None) -> CorpusEvaluation:
     """Score the corpus on Ray (rows to `out`), then evaluate; the report goes beside `out` (`<stem>.json/.md`)."""
-    from edgeser.checks.report import write_report
-    from edgeser.scale.ray import read_results, score_corpus
+    from edgeser.ray_scoring.jobs import read_results, score_corpus
+    from edgeser.reports import write_report
 
     summary = score_corpus(bundle, spec, out, options, precision=precision)
     table, labels = read_results(out)

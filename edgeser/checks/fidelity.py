@@ -28,11 +28,11 @@ import numpy as np
 from edgeser.audio import SAMPLE_RATE, load_audio
 from edgeser.bundle import validate_bundle
 from edgeser.checks.compare import compare_stages
-from edgeser.checks.machine import machine_info
-from edgeser.checks.measures import Agreement, cosine, percentiles
-from edgeser.checks.report import REPORTS_DIR, write_report
 from edgeser.errors import BundleError, DataError, SplitError
+from edgeser.machine import machine_info
+from edgeser.measures import CosineStats, cosine, percentiles
 from edgeser.metrics import cer, classification_report, wer
+from edgeser.reports import REPORTS_DIR, write_report
 from edgeser.stages import StageRun
 
 ONNX_ORDER = ("fp32", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic", "fp16")
@@ -88,7 +88,7 @@ class VariantsReport:
         return next((v for v in self.variants if v.name == name), None)
 
     def to_markdown(self) -> str:
-        from edgeser.checks.variants_report import render_markdown
+        from edgeser.checks.fidelity_report import render_markdown
 
         return render_markdown(self)
 
@@ -111,7 +111,7 @@ def run_variant(pipe: Any, name: str, waves: list[np.ndarray], warmup: int, refe
         pipe.run_stages([waves[0]])
     stage_times: dict[str, list[float]] = {}
     totals, rtfs, predictions, transcripts, runs = [], [], [], [], []
-    stage_stats = {s: Agreement() for s in pipe.graph.stages}
+    stage_stats = {s: CosineStats() for s in pipe.graph.stages}
     logit_cosines: list[float] = []
     agree = transcripts_same = 0
     with click.progressbar(list(enumerate(waves)), label=f"running {name}", file=sys.stderr) as bar:
@@ -277,7 +277,7 @@ def check_variants(
     from edgeser.quantize.speed import cpu_class_notes
 
     report.notes = cpu_class_notes(manifest, report.machine)
-    from edgeser.checks.variants_report import draw_plots
+    from edgeser.checks.fidelity_report import draw_plots
 
     write_report(bundle / REPORTS_DIR, REPORT_NAME, report, draw_plots if plots else None)
     return report

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeser.errors import BundleError, EdgeserError
+from edgeser.errors import EngineError, TensorRTUnavailable
 from edgeser.files import sha256_of
 
 ENGINE_DIR = "trt"
@@ -27,14 +27,6 @@ ENGINE_MANIFEST = "manifest.json"
 ENGINE_SCHEMA = 1
 INSTALL_HINT = ("pip install 'edgeser[trt]' --extra-index-url https://pypi.nvidia.com (the tensorrt-cu12 / "
                 "tensorrt-cu13 wheels come from NVIDIA's index; on Jetson use JetPack's python3-libnvinfer)")
-
-
-class TensorRTUnavailable(EdgeserError, RuntimeError):
-    """TensorRT, cuda-python or a CUDA GPU is missing on this machine."""
-
-
-class EngineError(BundleError):
-    """An engine folder that does not exist for this machine, does not match it, or was changed."""
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,9 @@ import onnx
 
 from edgeser.audio import load_audio
 from edgeser.bundle import validate_bundle
-from edgeser.checks.measures import cosine
-from edgeser.checks.report import REPORTS_DIR, write_report
 from edgeser.errors import DataError
 from edgeser.files import staging_dir
+from edgeser.measures import cosine
 from edgeser.metrics import classification_report
 from edgeser.quantize.graph import quantisable_groups, resolve_exclusions
 from edgeser.quantize.variants import (
@@ -47,6 +46,7 @@ from edgeser.quantize.variants import (
     quantize_stage_static,
     quiet_ort_logging,
 )
+from edgeser.reports import REPORTS_DIR, write_report
 
 DEFAULT_VALIDATION_CLIPS = 64
 DEFAULT_MAX_EVALUATIONS = 80

@@ -20,16 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeser.errors import BundleError
+from edgeser.errors import ProfileError
 from edgeser.stages import apply_frame_layout
 
 SAMPLE_RATE = 16_000
 DEFAULT_BATCH = (1, 1, 8)
 Shape = tuple[int, ...]
-
-
-class ProfileError(BundleError):
-    """An optimisation profile that is missing, malformed or inconsistent."""
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
             "p99": float(np.percentile(array, 99)), "mean": float(array.mean())}
 
 
-class Agreement:
+class CosineStats:
     """Running comparison of one stage output between two runners: worst and mean cosine, max abs diff."""
 
     def __init__(self) -> None:

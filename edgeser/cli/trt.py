@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from edgeser.cli_params import Bounded
+from edgeser.cli.params import Bounded
 
 
 @click.command("doctor")
@@ -29,7 +29,7 @@ def doctor_command(bundle: Path, target: str, precisions: tuple[str, ...], profi
     TensorRT's explicit-quantisation rules, element types, inputs that must be constants, and that every dynamic
     axis has an optimisation profile. Writes reports/doctor-<target>[-<precision>].{json,md}; exits 1 on errors.
     """
-    from edgeser.checks.report import REPORTS_DIR, write_report
+    from edgeser.reports import REPORTS_DIR, write_report
     from edgeser.trt.doctor import run_doctor
     from edgeser.trt.operators import parse_target
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgeser.cli_params import Bounded, threads_option
+from edgeser.cli.params import Bounded, threads_option
 from edgeser.errors import ServingError
 
 PRECISION_HELP = "Bundle variant: fp32, int8, int8-dynamic, fp16."
