@@ -27,8 +27,8 @@ import json
 import os
 import sys
 import tempfile
-import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from edgeser.bench.clips import load_speech
 from edgeser.bundle import validate_bundle
 from edgeser.machine import machine_info
+from edgeser.measures import interleaved_times, warm_up
 from edgeser.runtime.sessions import make_session
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -108,7 +109,7 @@ def main() -> None:
     feeds = {"waveform": wave[None], "lengths": np.array([wave.size], np.int64)}
     with tempfile.TemporaryDirectory(prefix="int8-bound-") as tmp:
         shapes = gemm_shapes(args.bundle / manifest.precisions["fp32"][args.stage].path, feeds, Path(tmp))
-        runs = {}
+        runs: dict[object, Callable[[], object]] = {}
         for index, shape in enumerate(shapes):
             path = Path(tmp) / f"gemm{index}.onnx"
             gemm_feeds = integer_gemm(shape, path)
@@ -119,15 +120,9 @@ def main() -> None:
         graphs = {p: make_session(path, None, args.threads, args.spin) for p, path in paths.items()}
         for name, session in graphs.items():
             runs[name] = (lambda s=session: s.run(None, feeds))
-        times: dict[object, list[float]] = {key: [] for key in runs}
-        for run in runs.values():
-            run()
+        warm_up(runs, 1)
         load_before = [round(x, 2) for x in os.getloadavg()]
-        for index in range(args.rounds):
-            for key in (list(runs) if index % 2 == 0 else list(reversed(runs))):
-                started = time.perf_counter()
-                runs[key]()
-                times[key].append((time.perf_counter() - started) * 1e3)
+        times = interleaved_times(runs, args.rounds)
         load_after = [round(x, 2) for x in os.getloadavg()]
     median = {key: float(np.median(v)) for key, v in times.items()}
     # each round's bound against the same round's INT8 run: pairs what the machine did at one time

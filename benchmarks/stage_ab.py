@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ sys.path.insert(0, str(REPO))
 from edgeser.audio import load_audio
 from edgeser.bench.clips import load_speech
 from edgeser.machine import machine_info
-from edgeser.measures import cosine
+from edgeser.measures import cosine, interleaved_times, warm_up
 from edgeser.runtime.sessions import make_session
 
 
@@ -81,16 +80,10 @@ def main() -> None:
         return {"waveform": w[None], "lengths": np.array([w.size], np.int64)}
 
     sessions = {name: make_session(path, None, args.threads, args.spin) for name, path in graphs.items()}
-    for session in sessions.values():
-        for _ in range(args.warmup):
-            session.run(None, feeds(wave))
-    times: dict[str, list[float]] = {name: [] for name in sessions}
+    runs = {name: (lambda s=session: s.run(None, feeds(wave))) for name, session in sessions.items()}
+    warm_up(runs, args.warmup)
     load_before = [round(x, 2) for x in os.getloadavg()]
-    for index in range(args.rounds):
-        for name in (list(sessions) if index % 2 == 0 else list(reversed(sessions))):
-            started = time.perf_counter()
-            sessions[name].run(None, feeds(wave))
-            times[name].append((time.perf_counter() - started) * 1e3)
+    times = interleaved_times(runs, args.rounds)
     load_after = [round(x, 2) for x in os.getloadavg()]
     clips = held_out(args.clips, args.data)
     outputs = {name: [s.run(None, feeds(c))[0] for c in clips] for name, s in sessions.items()}

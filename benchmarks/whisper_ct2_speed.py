@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from edgeser.files import write_json_atomic, write_text_atomic
     from edgeser.machine import machine_info
+    from edgeser.measures import interleaved_times
     from edgeser.modelling.whisper import whisper_model_dir
     from edgeser.runtime.options import check_threads
     from edgeser.runtime.sessions import make_session
@@ -79,17 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             "ctranslate2 float32": lambda x=features: ct2["float32"].encode(x, to_cpu=True),
             "ctranslate2 int8": lambda x=features: ct2["int8"].encode(x, to_cpu=True),
         }
-        order = list(runs)
-        for run in runs.values():  # warm-up
-            for _ in range(3):
-                run()
-        times: dict[str, list[float]] = {name: [] for name in order}
-        for index in range(args.rounds):
-            rotated = order[index % len(order):] + order[: index % len(order)]
-            for name in rotated:
-                started = time.perf_counter()
-                runs[name]()
-                times[name].append((time.perf_counter() - started) * 1e3)
+        times = interleaved_times(runs, args.rounds, warmup=3, order="rotate")
         medians = {name: float(np.median(values)) for name, values in times.items()}
         rows.append({"seconds": seconds, "median_ms": medians,
                      "p90_ms": {name: float(np.percentile(v, 90)) for name, v in times.items()},
