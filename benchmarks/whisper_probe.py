@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
-    import os
-
     import torch
 
-    torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
+    from edgeser.runtime.options import thread_count
+
+    torch.set_num_threads(thread_count(most=max(1, args.threads)))
     corpora = {name: read_multicorpus(Path(args.data), label_set=name) for name in LABEL_SETS}
     corpus = corpora["ravdess8"]
     cache = FeatureCache(Path(args.cache))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeser.measures import interleaved_times
-from edgeser.runtime.options import logical_cores
+from edgeser.runtime.options import thread_count
 
 SPEED_ROUNDS = 5
 SPEED_WARMUP = 1
@@ -83,7 +83,7 @@ def check_speed(cache: Any, stage: str, fp32: Path, int8: Path, threads: int | N
     """Time `stage`'s fp32 and INT8 graphs on this CPU (see the module docstring)."""
     import onnx
 
-    threads = threads or logical_cores()
+    threads = thread_count(threads)
     inputs = [i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input]
     key, feeds = timing_feeds(cache, stage, inputs)
     fp32_ms, int8_ms = (timer or interleaved_medians)(fp32, int8, feeds, threads, rounds)
@@ -96,7 +96,7 @@ def measured_on(threads: int | None) -> dict[str, Any]:
 
     from edgeser.machine import cpu_info
 
-    return {**cpu_info(), "threads": threads or logical_cores(), "onnxruntime": onnxruntime.__version__}
+    return {**cpu_info(), "threads": thread_count(threads), "onnxruntime": onnxruntime.__version__}
 
 
 def cpu_class_notes(manifest: Any, machine: dict[str, Any]) -> list[str]:
