@@ -23,7 +23,6 @@ Prints a table and writes benchmarks/results/int8_bound-<model>-<cpu class>.{jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from edgeser.bench.clips import load_speech
 from edgeser.bundle import validate_bundle
 from edgeser.machine import machine_info
 from edgeser.measures import interleaved_times, warm_up
+from edgeser.reports import markdown_table, write_report
 from edgeser.runtime.sessions import make_session
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -159,14 +159,12 @@ def main() -> None:
              f"{100 * result['fraction_per_round']['median']:.1f} %, quartiles "
              f"{' / '.join(f'{100 * q:.1f}' for q in result['fraction_per_round']['quartiles'])} %, range "
              f"{100 * min(per_round):.1f} to {100 * max(per_round):.1f} %"), "",
-             "| batch x M x K x N | count | ms each | GOP/s |", "|---|---|---|---|"]
-    lines += [f"| {g['batch']} x {g['m']} x {g['k']} x {g['n']} | {g['count']} | {g['ms_each']:.2f} | "
-              f"{g['gop_per_s']:.0f} |" for g in result["gemms"]]
+             *markdown_table(["batch x M x K x N", "count", "ms each", "GOP/s"],
+                             [[f"{g['batch']} x {g['m']} x {g['k']} x {g['n']}", str(g["count"]), f"{g['ms_each']:.2f}",
+                               f"{g['gop_per_s']:.0f}"] for g in result["gemms"]])]
     lines += ["", f"Command: `{result['command']}`"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"int8_bound-{manifest.model}-{manifest.size}-{m['cpu_class']}{'-spin' if args.spin else ''}"
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    name = f"int8_bound-{manifest.model}-{manifest.size}-{m['cpu_class']}{'-spin' if args.spin else ''}"
+    write_report(RESULTS, name, result, markdown="\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

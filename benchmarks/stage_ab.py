@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from edgeser.audio import load_audio
 from edgeser.bench.clips import load_speech
 from edgeser.machine import machine_info
 from edgeser.measures import cosine, interleaved_times, warm_up
+from edgeser.reports import markdown_table, write_report
 from edgeser.runtime.sessions import make_session
 
 
@@ -104,24 +104,24 @@ def main() -> None:
              f"{', spinning workers' if args.spin else ''}",
              "", (f"{machine['cpu']} ({machine['cpu_class']}; {', '.join(machine['cpu_flags'])}), load {load_before} -> "
              f"{load_after}; cosine over {len(clips)} held-out TESS clips of ~{np.mean([c.size for c in clips]) / 16e3:.1f} s."),
-             "", (f"| graph | p50 ms | vs {reference} | per round vs {reference}: median (quartiles) | "
-                  "feature cos mean / min | onnxruntime runs |"), "|---|---|---|---|---|---|"]
+             ""]
+    table = []
     for name, r in rows.items():
         ops = ", ".join(f"{k} {v}" for k, v in r["optimised_ops"].items())
         quartiles = " / ".join(f"{q:.3f}" for q in r["paired_ratio"]["quartiles"])
-        lines.append(f"| {name} | {r['p50_ms']:.0f} | {r['ratio']:.3f} | {r['paired_ratio']['median']:.3f} ({quartiles}) "
-                     f"| {r['cosine_mean']:.5f} / {r['cosine_min']:.5f} "
-                     f"| {ops} |")
+        table.append([name, f"{r['p50_ms']:.0f}", f"{r['ratio']:.3f}", f"{r['paired_ratio']['median']:.3f} ({quartiles})",
+                      f"{r['cosine_mean']:.5f} / {r['cosine_min']:.5f}", ops])
+    lines += markdown_table(["graph", "p50 ms", f"vs {reference}", f"per round vs {reference}: median (quartiles)",
+                             "feature cos mean / min", "onnxruntime runs"], table)
     command = "python " + " ".join(sys.argv)
     lines += ["", f"Command: `{command}`"]
     print("\n".join(lines))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(
-            {"rows": rows, "seconds": args.seconds, "threads": args.threads, "rounds": args.rounds, "spin": args.spin,
-             "load_before": load_before, "load_after": load_after, "machine": machine, "command": command},
-            indent=2) + "\n")
-        args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        write_report(args.out.parent, args.out.stem,
+                     {"rows": rows, "seconds": args.seconds, "threads": args.threads, "rounds": args.rounds,
+                      "spin": args.spin, "load_before": load_before, "load_after": load_after, "machine": machine,
+                      "command": command},
+                     markdown="\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
