@@ -23,12 +23,11 @@ Prints a table and writes benchmarks/results/int8_bound-<model>-<cpu class>.{jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,8 @@ sys.path.insert(0, str(REPO))
 from edgeser.bench.clips import load_speech
 from edgeser.bundle import validate_bundle
 from edgeser.machine import machine_info
+from edgeser.measures import interleaved_times, warm_up
+from edgeser.reports import markdown_table, write_report
 from edgeser.runtime.sessions import make_session
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -108,7 +109,7 @@ def main() -> None:
     feeds = {"waveform": wave[None], "lengths": np.array([wave.size], np.int64)}
     with tempfile.TemporaryDirectory(prefix="int8-bound-") as tmp:
         shapes = gemm_shapes(args.bundle / manifest.precisions["fp32"][args.stage].path, feeds, Path(tmp))
-        runs = {}
+        runs: dict[object, Callable[[], object]] = {}
         for index, shape in enumerate(shapes):
             path = Path(tmp) / f"gemm{index}.onnx"
             gemm_feeds = integer_gemm(shape, path)
@@ -119,15 +120,9 @@ def main() -> None:
         graphs = {p: make_session(path, None, args.threads, args.spin) for p, path in paths.items()}
         for name, session in graphs.items():
             runs[name] = (lambda s=session: s.run(None, feeds))
-        times: dict[object, list[float]] = {key: [] for key in runs}
-        for run in runs.values():
-            run()
+        warm_up(runs, 1)
         load_before = [round(x, 2) for x in os.getloadavg()]
-        for index in range(args.rounds):
-            for key in (list(runs) if index % 2 == 0 else list(reversed(runs))):
-                started = time.perf_counter()
-                runs[key]()
-                times[key].append((time.perf_counter() - started) * 1e3)
+        times = interleaved_times(runs, args.rounds)
         load_after = [round(x, 2) for x in os.getloadavg()]
     median = {key: float(np.median(v)) for key, v in times.items()}
     # each round's bound against the same round's INT8 run: pairs what the machine did at one time
@@ -164,14 +159,12 @@ def main() -> None:
              f"{100 * result['fraction_per_round']['median']:.1f} %, quartiles "
              f"{' / '.join(f'{100 * q:.1f}' for q in result['fraction_per_round']['quartiles'])} %, range "
              f"{100 * min(per_round):.1f} to {100 * max(per_round):.1f} %"), "",
-             "| batch x M x K x N | count | ms each | GOP/s |", "|---|---|---|---|"]
-    lines += [f"| {g['batch']} x {g['m']} x {g['k']} x {g['n']} | {g['count']} | {g['ms_each']:.2f} | "
-              f"{g['gop_per_s']:.0f} |" for g in result["gemms"]]
+             *markdown_table(["batch x M x K x N", "count", "ms each", "GOP/s"],
+                             [[f"{g['batch']} x {g['m']} x {g['k']} x {g['n']}", str(g["count"]), f"{g['ms_each']:.2f}",
+                               f"{g['gop_per_s']:.0f}"] for g in result["gemms"]])]
     lines += ["", f"Command: `{result['command']}`"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"int8_bound-{manifest.model}-{manifest.size}-{m['cpu_class']}{'-spin' if args.spin else ''}"
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    name = f"int8_bound-{manifest.model}-{manifest.size}-{m['cpu_class']}{'-spin' if args.spin else ''}"
+    write_report(RESULTS, name, result, markdown="\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

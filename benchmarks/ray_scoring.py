@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeser.data import load_corpus
-from edgeser.files import write_json_atomic, write_text_atomic
 from edgeser.machine import machine_info
 from edgeser.ray_scoring.jobs import RayOptions, connect, read_results, score_corpus, write_parquet
-from edgeser.reports import markdown_table
+from edgeser.reports import markdown_table, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,10 +107,7 @@ def main() -> None:
     report["steady"] = {"one_worker": one, "two_workers": two, "efficiency_2": round(two / (2 * one), 3)}
     driver = report["driver_index_s_per_clip"] + report["driver_write_s_per_clip"]
     report["driver_bound_clips_per_second"] = round(1 / driver, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"ray_scoring-{bundle.name}"
-    write_json_atomic(args.out / f"{name}.json", report)
-    write_text_atomic(args.out / f"{name}.md", to_markdown(report))
+    write_report(args.out, f"ray_scoring-{bundle.name}", report, markdown=to_markdown(report))
     print(to_markdown(report))
 
 

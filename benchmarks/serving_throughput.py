@@ -23,10 +23,9 @@ import numpy as np
 
 from edgeser.audio import load_audio
 from edgeser.data import load_corpus
-from edgeser.files import write_json_atomic, write_text_atomic
 from edgeser.machine import machine_info
 from edgeser.measures import percentiles
-from edgeser.reports import markdown_table
+from edgeser.reports import markdown_table, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = (1, 4, 16)
@@ -194,10 +193,7 @@ def main() -> None:
     report["served"] = {level: pooled(rounds[level]) for level in map(str, LEVELS)}
     report["batching"] = batching
     report["load_after"] = machine_info(args.threads)["load_average"]
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"serving_throughput-{args.bundle.name}"
-    write_json_atomic(args.out / f"{name}.json", report)
-    write_text_atomic(args.out / f"{name}.md", to_markdown(report))
+    write_report(args.out, f"serving_throughput-{args.bundle.name}", report, markdown=to_markdown(report))
     print(to_markdown(report))
 
 

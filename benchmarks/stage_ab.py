@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,8 @@ sys.path.insert(0, str(REPO))
 from edgeser.audio import load_audio
 from edgeser.bench.clips import load_speech
 from edgeser.machine import machine_info
-from edgeser.measures import cosine
+from edgeser.measures import cosine, interleaved_times, warm_up
+from edgeser.reports import markdown_table, write_report
 from edgeser.runtime.sessions import make_session
 
 
@@ -81,16 +80,10 @@ def main() -> None:
         return {"waveform": w[None], "lengths": np.array([w.size], np.int64)}
 
     sessions = {name: make_session(path, None, args.threads, args.spin) for name, path in graphs.items()}
-    for session in sessions.values():
-        for _ in range(args.warmup):
-            session.run(None, feeds(wave))
-    times: dict[str, list[float]] = {name: [] for name in sessions}
+    runs = {name: (lambda s=session: s.run(None, feeds(wave))) for name, session in sessions.items()}
+    warm_up(runs, args.warmup)
     load_before = [round(x, 2) for x in os.getloadavg()]
-    for index in range(args.rounds):
-        for name in (list(sessions) if index % 2 == 0 else list(reversed(sessions))):
-            started = time.perf_counter()
-            sessions[name].run(None, feeds(wave))
-            times[name].append((time.perf_counter() - started) * 1e3)
+    times = interleaved_times(runs, args.rounds)
     load_after = [round(x, 2) for x in os.getloadavg()]
     clips = held_out(args.clips, args.data)
     outputs = {name: [s.run(None, feeds(c))[0] for c in clips] for name, s in sessions.items()}
@@ -111,24 +104,24 @@ def main() -> None:
              f"{', spinning workers' if args.spin else ''}",
              "", (f"{machine['cpu']} ({machine['cpu_class']}; {', '.join(machine['cpu_flags'])}), load {load_before} -> "
              f"{load_after}; cosine over {len(clips)} held-out TESS clips of ~{np.mean([c.size for c in clips]) / 16e3:.1f} s."),
-             "", (f"| graph | p50 ms | vs {reference} | per round vs {reference}: median (quartiles) | "
-                  "feature cos mean / min | onnxruntime runs |"), "|---|---|---|---|---|---|"]
+             ""]
+    table = []
     for name, r in rows.items():
         ops = ", ".join(f"{k} {v}" for k, v in r["optimised_ops"].items())
         quartiles = " / ".join(f"{q:.3f}" for q in r["paired_ratio"]["quartiles"])
-        lines.append(f"| {name} | {r['p50_ms']:.0f} | {r['ratio']:.3f} | {r['paired_ratio']['median']:.3f} ({quartiles}) "
-                     f"| {r['cosine_mean']:.5f} / {r['cosine_min']:.5f} "
-                     f"| {ops} |")
+        table.append([name, f"{r['p50_ms']:.0f}", f"{r['ratio']:.3f}", f"{r['paired_ratio']['median']:.3f} ({quartiles})",
+                      f"{r['cosine_mean']:.5f} / {r['cosine_min']:.5f}", ops])
+    lines += markdown_table(["graph", "p50 ms", f"vs {reference}", f"per round vs {reference}: median (quartiles)",
+                             "feature cos mean / min", "onnxruntime runs"], table)
     command = "python " + " ".join(sys.argv)
     lines += ["", f"Command: `{command}`"]
     print("\n".join(lines))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(
-            {"rows": rows, "seconds": args.seconds, "threads": args.threads, "rounds": args.rounds, "spin": args.spin,
-             "load_before": load_before, "load_after": load_after, "machine": machine, "command": command},
-            indent=2) + "\n")
-        args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        write_report(args.out.parent, args.out.stem,
+                     {"rows": rows, "seconds": args.seconds, "threads": args.threads, "rounds": args.rounds,
+                      "spin": args.spin, "load_before": load_before, "load_after": load_after, "machine": machine,
+                      "command": command},
+                     markdown="\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

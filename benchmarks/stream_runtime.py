@@ -19,7 +19,6 @@ Writes benchmarks/results/stream_runtime-<model>-<size>.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -35,6 +34,7 @@ from edgeser.audio import SAMPLE_RATE
 from edgeser.bundle import read_manifest
 from edgeser.data.streams import speech_stream
 from edgeser.machine import machine_info
+from edgeser.reports import markdown_table, write_report
 from edgeser.runtime import Listener, Pipeline, VadOptions
 from edgeser.runtime.vad import VAD_SHA256, VAD_VERSION
 
@@ -164,10 +164,7 @@ def main() -> None:
     report["machine"]["load_average_before"] = list(load_before)
     report["machine"]["load_average_after"] = list(os.getloadavg())
     report["machine"]["note"] = "another job (a model training) was loading this 2-core machine during the run"
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"stream_runtime-{manifest.model}-{manifest.size}"
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (args.out / f"{stem}.md").write_text(markdown(report))
+    write_report(args.out, f"stream_runtime-{manifest.model}-{manifest.size}", report, markdown=markdown(report))
     print(markdown(report))
 
 
@@ -181,20 +178,21 @@ def markdown(r: dict) -> str:
         f"Machine: {m.get('cpu')} ({m.get('cpu_class')}), {m.get('logical_cores')} logical cores; load average "
         f"before {m['load_average_before']}, after {m['load_average_after']}: {m['note']}. Silero VAD "
         f"{r['vad']['version']} (sha256 {r['vad']['sha256'][:12]}...), default VadOptions.", "",
-        "| figure | value |", "|---|---|",
-        f"| real-time factor (wall / CPU), {rtf['audio_s']:.0f} s of real speech streams fed fast | "
-        f"{rtf['rtf_wall']:.4f} / {rtf['rtf_cpu']:.4f} ({rtf['events']} events for {rtf['references']} utterances) |",
-        f"| event latency after the segment's end, p50 / p95 (real-time feeding, n={lat['latency_s']['n']}) | "
-        f"{1e3 * lat['latency_s']['p50']:.0f} / {1e3 * lat['latency_s']['p95']:.0f} ms |",
-        f"| event delay after the speech ended (phone labels), p50 / p95 | "
-        f"{1e3 * lat['after_speech_end_s']['p50']:.0f} / {1e3 * lat['after_speech_end_s']['p95']:.0f} ms |",
-        f"| model time per utterance, p50 / p95 | {lat['model_ms']['p50']:.1f} / {lat['model_ms']['p95']:.1f} ms |",
-        f"| CPU in silence (VAD only), {sil['audio_s']:.0f} s of low noise | {sil['cpu_ms_per_audio_s']:.2f} ms per "
-        f"audio second ({100 * sil['cpu_ms_per_audio_s'] / 1e3:.2f} % of a core) |",
-        f"| {lng['hours']:g} h stream at 48 kHz in 20 ms chunks ({lng['chunks']} chunks, {lng['events']} events for "
-        f"{lng['expected_events']} utterances) | wall {lng['wall_s']:.0f} s, CPU {lng['cpu_s']:.0f} s |",
-        f"| VmRSS over that hour, first / last / max sample | {rss[0]:.1f} / {rss[-1]:.1f} / {max(rss):.1f} MB "
-        f"(peak ru_maxrss of the whole run {lng['ru_maxrss_mb']:.1f} MB) |",
+        *markdown_table(["figure", "value"], [
+            [f"real-time factor (wall / CPU), {rtf['audio_s']:.0f} s of real speech streams fed fast",
+             f"{rtf['rtf_wall']:.4f} / {rtf['rtf_cpu']:.4f} ({rtf['events']} events for {rtf['references']} utterances)"],
+            [f"event latency after the segment's end, p50 / p95 (real-time feeding, n={lat['latency_s']['n']})",
+             f"{1e3 * lat['latency_s']['p50']:.0f} / {1e3 * lat['latency_s']['p95']:.0f} ms"],
+            ["event delay after the speech ended (phone labels), p50 / p95",
+             f"{1e3 * lat['after_speech_end_s']['p50']:.0f} / {1e3 * lat['after_speech_end_s']['p95']:.0f} ms"],
+            ["model time per utterance, p50 / p95", f"{lat['model_ms']['p50']:.1f} / {lat['model_ms']['p95']:.1f} ms"],
+            [f"CPU in silence (VAD only), {sil['audio_s']:.0f} s of low noise",
+             f"{sil['cpu_ms_per_audio_s']:.2f} ms per audio second ({100 * sil['cpu_ms_per_audio_s'] / 1e3:.2f} % of a core)"],
+            [f"{lng['hours']:g} h stream at 48 kHz in 20 ms chunks ({lng['chunks']} chunks, {lng['events']} events for "
+             f"{lng['expected_events']} utterances)", f"wall {lng['wall_s']:.0f} s, CPU {lng['cpu_s']:.0f} s"],
+            ["VmRSS over that hour, first / last / max sample",
+             f"{rss[0]:.1f} / {rss[-1]:.1f} / {max(rss):.1f} MB (peak ru_maxrss of the whole run {lng['ru_maxrss_mb']:.1f} MB)"],
+        ]),
         "", "VmRSS every 5 stream minutes: " + ", ".join(f"{s['stream_min']:g} min {s['vm_rss_mb']:.1f}"
                                                        for s in lng["rss_samples"]), ""])
 

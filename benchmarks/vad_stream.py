@@ -17,7 +17,6 @@ Writes benchmarks/results/vad_stream.json and .md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from edgeser.audio import SAMPLE_RATE
 from edgeser.data.streams import clicks, dc_offset, hum, mix_at_snr, speech_stream, white_noise
 from edgeser.machine import machine_info
+from edgeser.reports import markdown_table, write_report
 from edgeser.runtime.segment import speech_regions
 from edgeser.runtime.vad import VAD_PACKAGE, VAD_SHA256, VAD_VERSION, VadOptions, detect_speech
 
@@ -124,9 +124,7 @@ def main() -> None:
               "streams": [{"clips": [p.name for p in s.clips], "seconds": s.wave.size / SAMPLE_RATE}
                           for s in streams],
               "speech": rows, "nonspeech": noise_rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vad_stream.json").write_text(json.dumps(report, indent=2))
-    (args.out / "vad_stream.md").write_text(markdown(report))
+    write_report(args.out, "vad_stream", report, markdown=markdown(report))
     print(markdown(report))
 
 
@@ -143,18 +141,17 @@ def markdown(report: dict) -> str:
              "phone labels. Silero VAD: "
              f"{report['vad']['package']} {report['vad']['version']} (`silero_vad.onnx` sha256 "
              f"{report['vad']['sha256'][:12]}...), default `VadOptions`; energy: default `SegmentOptions`.", "",
-             "| condition | segmenter | refs | found | missed | false | merged | split | mean abs start err s | "
-             "mean abs end err s | max start / end err s | CPU ms per audio s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in report["speech"]:
-        lines.append(f"| {r['condition']} | {r['segmenter']} | {r['references']} | {r['found']} | {r['missed']} | "
-                     f"{r['false']} | {r['merged']} | {r['split']} | {num(r['start_err_mean_s'])} | "
-                     f"{num(r['end_err_mean_s'])} | {num(r.get('start_err_max_s'))} / {num(r.get('end_err_max_s'))} "
-                     f"| {r['cpu_ms_per_audio_s']:.2f} |")
+             *markdown_table(
+                 ["condition", "segmenter", "refs", "found", "missed", "false", "merged", "split",
+                  "mean abs start err s", "mean abs end err s", "max start / end err s", "CPU ms per audio s"],
+                 [[str(r["condition"]), str(r["segmenter"]), *(str(r[k]) for k in ("references", "found", "missed",
+                   "false", "merged", "split")), num(r["start_err_mean_s"]), num(r["end_err_mean_s"]),
+                   f"{num(r.get('start_err_max_s'))} / {num(r.get('end_err_max_s'))}", f"{r['cpu_ms_per_audio_s']:.2f}"]
+                  for r in report["speech"]])]
     lines += ["", "Non-speech, 5 s each: regions found (the right answer is 0) and the VAD's speech ratio.", "",
-              "| signal | silero-vad regions | energy regions | VAD speech ratio |", "|---|---|---|---|"]
-    for r in report["nonspeech"]:
-        lines.append(f"| {r['signal']} | {r['silero-vad']} | {r['energy']} | {r['speech_ratio']} |")
+              *markdown_table(["signal", "silero-vad regions", "energy regions", "VAD speech ratio"],
+                              [[str(r[k]) for k in ("signal", "silero-vad", "energy", "speech_ratio")]
+                               for r in report["nonspeech"]])]
     return "\n".join(lines) + "\n"
 
 

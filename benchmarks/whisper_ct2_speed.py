@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     from faster_whisper.feature_extractor import FeatureExtractor
 
-    from edgeser.files import write_json_atomic, write_text_atomic
     from edgeser.machine import machine_info
+    from edgeser.measures import interleaved_times
     from edgeser.modelling.whisper import whisper_model_dir
+    from edgeser.reports import markdown_table, write_report
     from edgeser.runtime.options import check_threads
     from edgeser.runtime.sessions import make_session
 
@@ -79,17 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             "ctranslate2 float32": lambda x=features: ct2["float32"].encode(x, to_cpu=True),
             "ctranslate2 int8": lambda x=features: ct2["int8"].encode(x, to_cpu=True),
         }
-        order = list(runs)
-        for run in runs.values():  # warm-up
-            for _ in range(3):
-                run()
-        times: dict[str, list[float]] = {name: [] for name in order}
-        for index in range(args.rounds):
-            rotated = order[index % len(order):] + order[: index % len(order)]
-            for name in rotated:
-                started = time.perf_counter()
-                runs[name]()
-                times[name].append((time.perf_counter() - started) * 1e3)
+        times = interleaved_times(runs, args.rounds, warmup=3, order="rotate")
         medians = {name: float(np.median(values)) for name, values in times.items()}
         rows.append({"seconds": seconds, "median_ms": medians,
                      "p90_ms": {name: float(np.percentile(v, 90)) for name, v in times.items()},
@@ -109,18 +99,14 @@ def main(argv: list[str] | None = None) -> int:
              f"Machine: {report['machine'].get('cpu')} ({report['machine'].get('cpu_class')}), {threads} thread(s), "
              f"{args.rounds} interleaved rounds, load average after {report['load_average_after'][0]:.2f}; "
              f"ctranslate2 {ctranslate2.__version__}, onnxruntime {ort.__version__}.", "",
-             "| clip | edgeser fp32 ms | edgeser int8 ms | CT2 float32 ms | CT2 int8 ms | CT2 int8 / edgeser int8 |",
-             "|---|---|---|---|---|---|"]
-    for row in rows:
-        m = row["median_ms"]
-        lines.append(f"| {row['seconds']:g} s | {m['edgeser fp32']:.1f} | {m['edgeser int8']:.1f} | "
-                     f"{m['ctranslate2 float32']:.1f} | {m['ctranslate2 int8']:.1f} | "
-                     f"{row['ct2_int8_over_edgeser_int8']:.2f} |")
+             *markdown_table(["clip", "edgeser fp32 ms", "edgeser int8 ms", "CT2 float32 ms", "CT2 int8 ms",
+                              "CT2 int8 / edgeser int8"],
+                             [[f"{row['seconds']:g} s", *(f"{row['median_ms'][name]:.1f}" for name in (
+                                 "edgeser fp32", "edgeser int8", "ctranslate2 float32", "ctranslate2 int8")),
+                               f"{row['ct2_int8_over_edgeser_int8']:.2f}"] for row in rows])]
     lines += ["", "A ratio above 1 means edgeser's INT8 encoder is the faster. edgeser's graph also computes the "
               "log-mel front end and the layer mix; CTranslate2's time excludes its log-mel.", ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out.with_suffix(".json"), report)
-    write_text_atomic(args.out.with_suffix(".md"), "\n".join(lines))
+    write_report(args.out.parent, args.out.stem, report, markdown="\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from edgeser.data.multicorpus import LABEL_SETS, corpus_of, describe, read_multicorpus, speaker_folds
 from edgeser.data.records import Corpus
-from edgeser.files import write_json_atomic, write_text_atomic
 from edgeser.metrics import classification_report
+from edgeser.reports import markdown_table, write_report
 from edgeser.training.featcache import FeatureCache, pooled
 
 PROTOCOLS = ("actor-folds", "emodb-loso")
@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
-    import os
-
     import torch
 
-    torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
+    from edgeser.runtime.options import thread_count
+
+    torch.set_num_threads(thread_count(most=max(1, args.threads)))
     corpora = {name: read_multicorpus(Path(args.data), label_set=name) for name in LABEL_SETS}
     corpus = corpora["ravdess8"]
     cache = FeatureCache(Path(args.cache))
@@ -114,12 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"UA {pooled_metrics['ua'] * 100:5.1f} WA {pooled_metrics['wa'] * 100:5.1f}",
                           file=sys.stderr)
     out = Path(args.out)
-    write_json_atomic(out.with_suffix(".json"), report)
     lines = ["# Frozen Whisper tiny.en probe", "", f"Command: `{report['command']}`", "",
-             "| window | label set | layer | protocol | UA % | WA % | macro-F1 % |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {w} | {ls} | {layer} | {p} | {ua * 100:.1f} | {wa * 100:.1f} | {f1 * 100:.1f} |"
-              for w, ls, layer, p, ua, wa, f1 in rows]
-    write_text_atomic(out.with_suffix(".md"), "\n".join(lines) + "\n")
+             *markdown_table(["window", "label set", "layer", "protocol", "UA %", "WA %", "macro-F1 %"],
+                             [[w, ls, layer, p, f"{ua * 100:.1f}", f"{wa * 100:.1f}", f"{f1 * 100:.1f}"]
+                              for w, ls, layer, p, ua, wa, f1 in rows])]
+    write_report(out.parent, out.stem, report, markdown="\n".join(lines) + "\n")
     print(out.with_suffix(".md"))
     return 0
 

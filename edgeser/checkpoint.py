@@ -10,13 +10,12 @@ A checkpoint is everything needed to rebuild the model (plus any named pretraine
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeser.errors import ModelError
-from edgeser.files import sha256_of, tool_versions, write_json_atomic
+from edgeser.files import atomic_file, clean_stale_staging, sha256_of, tool_versions, write_json_atomic
 from edgeser.text import CtcVocab
 
 CHECKPOINT_SCHEMA = 1
@@ -65,17 +64,16 @@ def save_checkpoint(
         versions=tool_versions(),
     )
     directory.mkdir(parents=True, exist_ok=True)
-    weights_tmp = directory / f".{WEIGHTS_FILE}.tmp"
+    clean_stale_staging(directory)  # temporary files of a save that was killed
     full = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     packaged = packaged_entries(model, full)
     referenced = {key for entry in packaged for key in entry["keys"]}
-    save_file({k: v for k, v in full.items() if k not in referenced}, str(weights_tmp))
-    info_dict = info.__dict__ | {"weights_sha256": sha256_of(weights_tmp), "packaged_weights": packaged}
-    if model.tokenizer is not None:
-        tokenizer_tmp = directory / f".{TOKENIZER_FILE}.tmp"
-        model.tokenizer.save(str(tokenizer_tmp))
-        os.replace(tokenizer_tmp, directory / TOKENIZER_FILE)
-    os.replace(weights_tmp, directory / WEIGHTS_FILE)
+    with atomic_file(directory / WEIGHTS_FILE) as weights_tmp:
+        save_file({k: v for k, v in full.items() if k not in referenced}, str(weights_tmp))
+        info_dict = info.__dict__ | {"weights_sha256": sha256_of(weights_tmp), "packaged_weights": packaged}
+        if model.tokenizer is not None:
+            with atomic_file(directory / TOKENIZER_FILE) as tokenizer_tmp:
+                model.tokenizer.save(str(tokenizer_tmp))
     write_json_atomic(directory / CHECKPOINT_FILE, info_dict)
     return directory
 

@@ -65,18 +65,29 @@ def tool_versions() -> dict[str, str]:
 # --------------------------------------------------------------------------------------------- files
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a unique temporary file beside `path`, flush it to disk, and rename it over `path`."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a unique temporary path beside `path` for a writer that takes a file name (safetensors, tokenizers);
+    once the block has written it, flush it to disk and rename it over `path`. On failure it is removed; if the
+    process is killed, `clean_stale_staging` of the folder removes it (`.NAME.edgeser-tmp-PID-TOKEN`)."""
     tmp = path.with_name(f".{path.name}{STAGING_MARK}{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        descriptor = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to a unique temporary file beside `path`, flush it to disk, and rename it over `path`."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

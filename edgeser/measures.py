@@ -1,11 +1,17 @@
-"""One definition of each comparison measure: cosine, label agreement, latency percentiles."""
+"""One definition of each comparison measure: cosine, label agreement, latency percentiles, and the interleaved
+rounds latency is measured in."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
 
 
 def cosine(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
@@ -43,6 +49,40 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
     return {"p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95)),
             "p99": float(np.percentile(array, 99)), "mean": float(array.mean())}
+
+
+def warm_up(runs: Mapping[K, Callable[[], object]], count: int) -> None:
+    """`count` untimed runs of each of `runs`, in order: all of one's before the next one's."""
+    for run in runs.values():
+        for _ in range(count):
+            run()
+
+
+def interleaved_times(runs: Mapping[K, Callable[[], R]], rounds: int, warmup: int = 0, *,
+                      order: Literal["alternate", "rotate"] = "alternate",
+                      each: Callable[[K, R], None] | None = None) -> dict[K, list[float]]:
+    """Milliseconds of every one of `runs` in `rounds` rounds, after `warmup` runs of each (`warm_up`).
+
+    Every round runs each once, so background load on a shared machine spreads over them instead of landing on
+    whichever runs last: in the given order, reversed every other round ("alternate"), or rotated by one more
+    place each round ("rotate"). `each(key, result)` is called with every timed run's result, after its time is
+    taken.
+    """
+    warm_up(runs, warmup)
+    keys = list(runs)
+    times: dict[K, list[float]] = {key: [] for key in keys}
+    for index in range(rounds if keys else 0):
+        if order == "alternate":
+            sequence = keys if index % 2 == 0 else keys[::-1]
+        else:
+            sequence = keys[index % len(keys):] + keys[: index % len(keys)]
+        for key in sequence:
+            started = time.perf_counter()
+            result = runs[key]()
+            times[key].append((time.perf_counter() - started) * 1e3)
+            if each is not None:
+                each(key, result)
+    return times
 
 
 class CosineStats:

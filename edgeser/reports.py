@@ -31,11 +31,12 @@ def as_dict(report: Any) -> dict[str, Any]:
     return asdict(report) if is_dataclass(report) and not isinstance(report, type) else dict(report)
 
 
-def write_report(directory: Path, name: str, report: Any, plots: PlotMaker | None = None) -> list[Path]:
+def write_report(directory: Path, name: str, report: Any, plots: PlotMaker | None = None, *,
+                 markdown: str | None = None) -> list[Path]:
     """Write `directory/NAME.json`, `NAME.md` and (with `plots`) `NAME-<plot>.png`; returns the plot paths.
 
     When the report has a `plots` list attribute it is set to the written PNG paths before the JSON and
-    Markdown are rendered.
+    Markdown are rendered. `markdown` is the Markdown of a report without `to_markdown` (a benchmark's dict).
     """
     directory.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -60,7 +61,7 @@ def write_report(directory: Path, name: str, report: Any, plots: PlotMaker | Non
     if hasattr(report, "plots"):
         report.plots = [str(p) for p in written]
     write_json_atomic(directory / f"{name}.json", as_dict(report))
-    write_text_atomic(directory / f"{name}.md", report.to_markdown())
+    write_text_atomic(directory / f"{name}.md", report.to_markdown() if markdown is None else markdown)
     return written
 
 

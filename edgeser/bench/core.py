@@ -38,7 +38,7 @@ from edgeser.bundle import BundleManifest, validate_bundle
 from edgeser.errors import BundleError
 from edgeser.machine import machine_info
 from edgeser.reports import write_report
-from edgeser.runtime.options import logical_cores
+from edgeser.runtime.options import thread_count
 
 PRECISION_ORDER = ("fp32", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic", "fp16")
 DEFAULT_INT8 = "int8"  # what `edgeser quantize --int8` writes: the row `--compare` is about
@@ -51,7 +51,7 @@ class BenchOptions:
 
     lengths_s: tuple[float, ...] = DEFAULT_LENGTHS_S
     batches: tuple[int, ...] = (1,)
-    threads: tuple[int, ...] = field(default_factory=lambda: (logical_cores(),))
+    threads: tuple[int, ...] = field(default_factory=lambda: (thread_count(),))
     precisions: tuple[str, ...] | None = None  # None: every precision in the bundle
     providers: tuple[str, ...] | None = None  # onnxruntime execution providers of the bundle's rows
     compare: bool = False  # PyTorch float, quantize_dynamic defaults, OpenVINO (when installed)

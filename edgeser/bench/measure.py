@@ -9,13 +9,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from edgeser.bench.clips import Speech
 from edgeser.bench.runners import Chain, VariantSpec, load_chain
-from edgeser.measures import cosine
+from edgeser.measures import agreement, cosine, interleaved_times
 
 Progress = Callable[[str], None]
 
@@ -104,21 +105,21 @@ def measure_cell(chains: dict[str, Chain], waves: list[np.ndarray], seconds: flo
             cells[name].error = " ".join(str(err).split())[:300]
             progress(f"  {name}: failed at {seconds:g} s x {batch} ({cells[name].error})")
     live = [name for name in chains if cells[name].error is None]
+
+    def stage_times(name: str, result: tuple[np.ndarray, np.ndarray, dict[str, float]]) -> None:
+        for stage, ms in result[2].items():
+            cells[name].stages_ms.setdefault(stage, []).append(ms)
+
     started = time.perf_counter()
-    for index in range(plan.rounds):
-        for name in live if index % 2 == 0 else reversed(live):
-            t = time.perf_counter()
-            _, _, stages = chains[name](waves)
-            cell = cells[name]
-            cell.totals_ms.append((time.perf_counter() - t) * 1e3)
-            for stage, ms in stages.items():
-                cell.stages_ms.setdefault(stage, []).append(ms)
+    times = interleaved_times({name: partial(chains[name], waves) for name in live}, plan.rounds, each=stage_times)
+    for name, totals in times.items():
+        cells[name].totals_ms = totals
     if reference in outputs:
         ref_features, ref_logits = outputs[reference]
         for name, (features, logits) in outputs.items():
             if features.shape == ref_features.shape:
                 cells[name].feature_cosine = cosine(ref_features, features)
-            cells[name].label_agreement = float(np.mean(np.argmax(ref_logits, -1) == np.argmax(logits, -1)))
+            cells[name].label_agreement = agreement(np.argmax(ref_logits, -1).tolist(), np.argmax(logits, -1).tolist())
     load = os.getloadavg()[0]
     summary = ", ".join(f"{n} {np.median(cells[n].totals_ms):.0f} ms" for n in live if cells[n].totals_ms)
     progress(f"{seconds:g} s x {batch}, {threads} threads, {plan.rounds} rounds in "

@@ -30,7 +30,7 @@ from edgeser.bundle import validate_bundle
 from edgeser.checks.compare import compare_stages
 from edgeser.errors import BundleError, DataError, SplitError
 from edgeser.machine import machine_info
-from edgeser.measures import CosineStats, cosine, percentiles
+from edgeser.measures import CosineStats, agreement, cosine, percentiles
 from edgeser.metrics import cer, classification_report, wer
 from edgeser.reports import REPORTS_DIR, write_report
 from edgeser.stages import StageRun
@@ -113,7 +113,6 @@ def run_variant(pipe: Any, name: str, waves: list[np.ndarray], warmup: int, refe
     totals, rtfs, predictions, transcripts, runs = [], [], [], [], []
     stage_stats = {s: CosineStats() for s in pipe.graph.stages}
     logit_cosines: list[float] = []
-    agree = transcripts_same = 0
     with click.progressbar(list(enumerate(waves)), label=f"running {name}", file=sys.stderr) as bar:
         for index, wave in bar:
             started = time.perf_counter()
@@ -130,8 +129,6 @@ def run_variant(pipe: Any, name: str, waves: list[np.ndarray], warmup: int, refe
             if references is None:
                 continue
             reference = references[index]
-            agree += int(predictions[-1] == int(np.argmax(reference.logits[0])))
-            transcripts_same += int(transcripts[-1] == (reference.transcripts[0] if reference.transcripts else None))
             logit_cosines.append(cosine(reference.logits, run.logits))
             compare_stages(pipe.graph, pipe.runners, reference, stage_stats, candidate_run=run)
     result.latency_ms = {stage: percentiles(values) for stage, values in stage_times.items()}
@@ -139,9 +136,10 @@ def run_variant(pipe: Any, name: str, waves: list[np.ndarray], warmup: int, refe
     result.latency_clips = len(totals)
     result.rtf = {k: v for k, v in percentiles(rtfs).items() if k in ("p50", "p95", "mean")}
     if references is not None:
-        result.agreement_fp32 = agree / len(waves)
+        result.agreement_fp32 = agreement(predictions, [int(np.argmax(r.logits[0])) for r in references])
         if references[0].transcripts is not None:
-            result.transcript_agreement = transcripts_same / len(waves)
+            result.transcript_agreement = agreement(
+                transcripts, [r.transcripts[0] if r.transcripts else None for r in references])
         result.logit_cosine = {"mean": float(np.mean(logit_cosines)), "min": float(np.min(logit_cosines))}
         result.stage_cosine = {s: {k: a.summary()[k] for k in ("mean", "min")} for s, a in stage_stats.items()
                                if a.count}
@@ -255,7 +253,7 @@ def check_variants(
         if run.result.status != "ok":
             continue
         fill_metrics(run.result, labels, run.predictions, len(manifest.labels), references, run.transcripts)
-        run.result.agreement = float(np.mean([a == b for a, b in zip(run.predictions, baseline.predictions)]))
+        run.result.agreement = agreement(run.predictions, baseline.predictions)
     for result in results:
         if result.status != "ok":
             continue

@@ -15,7 +15,7 @@ from edgeser.checks.reference import float_pipeline
 from edgeser.data import load_corpus
 from edgeser.data.records import Utterance
 from edgeser.errors import DataError
-from edgeser.measures import CosineStats
+from edgeser.measures import CosineStats, agreement
 from edgeser.reports import REPORTS_DIR, write_report
 from edgeser.runtime.pipeline import Pipeline
 
@@ -84,27 +84,28 @@ def check_parity(
     if not clips:
         raise DataError(f"{data_spec}: no utterances to compare on")
     stats = {stage: CosineStats() for stage in graph.stages}
-    labels_agree = transcripts_agree = 0
+    labels: tuple[list[int], list[int]] = ([], [])  # chained, expected
+    texts: tuple[list[str | None], list[str | None]] = ([], [])
     with click.progressbar(clips, label="parity", file=sys.stderr) as bar:
         for utt in bar:
             wave = load_audio(utt.path)
             expected = reference.run_stages([wave])
             chained = candidate.run_stages([wave])
             compare_stages(graph, candidate.runners, expected, stats, candidate_run=chained)
-            labels_agree += int(np.argmax(chained.logits[0]) == np.argmax(expected.logits[0]))
-            if expected.transcripts is not None and chained.transcripts is not None:
-                transcripts_agree += int(chained.transcripts[0] == expected.transcripts[0])
+            for side, run in enumerate((chained, expected)):
+                labels[side].append(int(np.argmax(run.logits[0])))
+                texts[side].append(run.transcripts[0] if run.transcripts is not None else None)
     count = len(clips)
     report_stages = {name: {"max_abs_diff": s.max_abs_diff, "min_cosine": s.summary()["min"],
                             "mean_cosine": s.summary()["mean"]} for name, s in stats.items()}
-    agreement = labels_agree / count
+    label_agreement = agreement(*labels)
     failures = [f"{name} min cosine {s['min_cosine']:.7f} < {min_cosine}" for name, s in report_stages.items()
                 if s["min_cosine"] < min_cosine]
-    if agreement < min_agreement:
-        failures.append(f"label agreement {agreement:.2%} < {min_agreement:.0%}")
+    if label_agreement < min_agreement:
+        failures.append(f"label agreement {label_agreement:.2%} < {min_agreement:.0%}")
     report = ParityReport(
-        bundle=str(bundle), data=data_spec, clips=count, stages=report_stages, label_agreement=agreement,
-        transcript_agreement=transcripts_agree / count if graph.decodes else None,
+        bundle=str(bundle), data=data_spec, clips=count, stages=report_stages, label_agreement=label_agreement,
+        transcript_agreement=agreement(*texts) if graph.decodes else None,  # both runs decode with the one graph
         gates={"min_cosine": min_cosine, "min_agreement": min_agreement}, passed=not failures, failures=failures,
     )
     write_report(bundle / REPORTS_DIR, "parity", report)

@@ -55,13 +55,13 @@ def bench_command(bundle: Path, lengths: str, batch_sizes: str, threads_list: st
     start, peak memory and per-stage times, by clip length, batch size and thread count, in interleaved rounds.
     Writes bench.json, bench.md and plots into BUNDLE/reports (or --out); progress goes to stderr."""
     from edgeser.bench.core import BenchOptions, run_bench
-    from edgeser.runtime.options import logical_cores
+    from edgeser.runtime.options import thread_count
 
     if nncf and not compare:
         raise click.UsageError("--nncf adds a comparison row: use it with --compare")
     options = BenchOptions(
         lengths_s=_numbers(lengths, float, "--lengths"), batches=_numbers(batch_sizes, int, "--batch-sizes"),
-        threads=_numbers(threads_list, int, "--threads") if threads_list else (logical_cores(),),
+        threads=_numbers(threads_list, int, "--threads") if threads_list else (thread_count(),),
         precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()) if precisions else None,
         providers=tuple(providers) or None, compare=compare, nncf=nncf, clips=clip_sources, rounds=rounds,
         warmup=warmup, cold_start=not no_cold_start, plots=not no_plots, spin=spin)

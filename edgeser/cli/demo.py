@@ -26,9 +26,9 @@ def demo_command(data: Path | None, out: Path, checkpoint: Path | None, limit: i
                  as_json: bool) -> None:
     """Export, calibrate, INT8, TensorRT readiness, check against float on held-out clips, predict a few."""
     from edgeser.demo import render, run_demo
-    from edgeser.runtime.options import logical_cores
+    from edgeser.runtime.options import thread_count
 
-    result = run_demo(out, data, checkpoint=checkpoint, limit=limit, threads=threads or min(2, logical_cores()))
+    result = run_demo(out, data, checkpoint=checkpoint, limit=limit, threads=thread_count(threads, most=2))
     click.echo(json.dumps(asdict(result), indent=2, default=str) if as_json else render(result))
 
 

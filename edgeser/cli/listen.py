@@ -21,8 +21,7 @@ from typing import Any
 import click
 import numpy as np
 
-from edgeser.bundle import PRECISIONS
-from edgeser.cli.params import Bounded, threads_option
+from edgeser.cli.params import Bounded, precision_option, threads_option
 from edgeser.runtime.options import BACKENDS
 
 # A microphone callback hands chunks to the main thread through a queue this long; past it (the model is
@@ -46,7 +45,7 @@ MIC_QUEUE_CHUNKS = 500
               help="Silence that ends an utterance (the least wait before its event).")
 @click.option("--max-speech-s", type=float, default=12.0, show_default=True,
               help="Longer speech is split into events of at most this length (<= 30).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="Bundle variant.")
+@precision_option()
 @threads_option()
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True,
               help="As for `edgeser predict`.")

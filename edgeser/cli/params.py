@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from edgeser.bundle import PRECISIONS
 from edgeser.runtime.options import FORCE_THREADS_ENV, OVERSUBSCRIBE, bounded, check_threads
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -74,3 +75,10 @@ def threads_option(help: str = "onnxruntime intra-op threads [at most the logica
         return force_threads_option(click.option("--threads", type=THREADS, help=help, **kwargs)(function))
 
     return decorate
+
+
+def precision_option(*names: str, help: str = "Bundle variant.", **kwargs: Any) -> Callable[[F], F]:
+    """`--precision`: one of the bundle variants (`edgeser.bundle.Precision`, so every command offers the same
+    ones), fp32 unless `default` says otherwise; `names` renames the parameter (e.g. "precisions")."""
+    return click.option("--precision", *names, type=click.Choice(PRECISIONS),
+                        help=help, **{"default": "fp32", "show_default": True, **kwargs})

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import click
 
-from edgeser.bundle import PRECISIONS
-from edgeser.cli.params import threads_option
+from edgeser.cli.params import precision_option, threads_option
 from edgeser.cli.ray_options import predict_on_ray, ray_option, ray_scoring_options
 from edgeser.runtime.options import BACKENDS
 
@@ -21,7 +20,7 @@ LITTLE_SPEECH = 0.1
 @click.command("predict")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("files", nargs=-1)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="Bundle variant.")
+@precision_option()
 @threads_option()
 @click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True,
               help="onnxruntime on the CPU, onnxruntime's CUDA or TensorRT execution provider, or the TensorRT "

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
-from edgeser.cli.params import Bounded
+from edgeser.cli.params import Bounded, precision_option
 from edgeser.errors import ClusterError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -108,7 +108,7 @@ def check_on_ray(bundle: Path, ray_value: str, data_spec: str, out: Path | None,
 @click.argument("spec", nargs=-1)
 @ray_option
 @ray_scoring_options
-@click.option("--precision", default="fp32", show_default=True, help="Bundle variant.")
+@precision_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def predict_ray_command(bundle: Path, spec: tuple[str, ...], ray_address: str | None, precision: str,
                         as_json: bool, out: Path | None, **ray_options: Any) -> None:
@@ -123,7 +123,7 @@ def predict_ray_command(bundle: Path, spec: tuple[str, ...], ray_address: str | 
 @ray_option
 @click.option("--data", "data_spec", required=True, help="Data spec of the corpus to evaluate on (every clip).")
 @ray_scoring_options
-@click.option("--precision", default="fp32", show_default=True, help="Bundle variant.")
+@precision_option()
 @click.option("--min-ua", type=float, help="Gate: exit 1 if UA (0..1) is below this.")
 @click.option("--max-errors", type=int, help="Gate: exit 1 if more clips than this fail.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

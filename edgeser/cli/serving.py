@@ -8,16 +8,14 @@ from pathlib import Path
 
 import click
 
-from edgeser.cli.params import Bounded, threads_option
+from edgeser.cli.params import Bounded, precision_option, threads_option
 from edgeser.errors import ServingError
-
-PRECISION_HELP = "Bundle variant: fp32, int8, int8-dynamic, fp16."
 
 
 @click.command("export-triton")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--precision", default="fp32", show_default=True, help=PRECISION_HELP)
+@precision_option()
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "python"]), default="onnxruntime",
               show_default=True, help="What runs the stage models: Triton's onnxruntime_onnx or tensorrt_plan "
                                       "platform, or onnxruntime inside the Python backend.")
@@ -45,7 +43,7 @@ def export_triton_command(bundle: Path, out: Path, precision: str, backend: str,
 
 @click.command("serve")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--precision", default="fp32", show_default=True, help=PRECISION_HELP)
+@precision_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
 @click.option("--port", "http_port", type=int, default=8000, show_default=True, help="HTTP port.")
 @click.option("--grpc-port", type=int, help="gRPC port [HTTP port + 1].")

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import click
 
-from edgeser.cli.params import Bounded
+from edgeser.cli.params import Bounded, precision_option
 
 
 @click.command("doctor")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--target", default="tensorrt", show_default=True,
               help="tensorrt (= tensorrt:10), tensorrt:10, tensorrt:11, or tensorrt:MAJOR.MINOR for a newer floor.")
-@click.option("--precision", "precisions", multiple=True,
-              help="Variant(s) to check (repeatable); default: every variant in bundle.json.")
+@precision_option("precisions", multiple=True, default=None, show_default=False,
+                  help="Variant(s) to check (repeatable); default: every variant in bundle.json.")
 @click.option("--profile", "profiles", multiple=True, metavar="STAGE:INPUT=MIN,OPT,MAX",
               help="Optimisation profile override, shapes like 1x16000 (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")

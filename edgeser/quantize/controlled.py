@@ -145,6 +145,8 @@ class Evaluator:
         classes = np.array(self.labels)
         bound = float(np.mean([flipped[classes == c].mean() for c in np.unique(classes)]))
         cosines = [cosine(a, b) for a, b in zip(self.reference, logits)]
+        # agreement as 1 - flip rate, not `measures.agreement`: (n - k) / n and 1 - k / n can differ in the last
+        # bit, and the figure is in the bundle's quantization report
         return Measurement(what, ua, 100 * (self.fp32_ua - ua), max(0.0, 100 * (self.fp32_ua - pessimistic)),
                            100 * bound, float(1.0 - flipped.mean()), float(np.mean(cosines)))
 

@@ -9,7 +9,6 @@ down. The figures and the CPU they were measured on go into the variant's settin
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeser.runtime.options import logical_cores
+from edgeser.measures import interleaved_times
+from edgeser.runtime.options import thread_count
 
 SPEED_ROUNDS = 5
 SPEED_WARMUP = 1
@@ -70,19 +70,12 @@ def interleaved_medians(fp32: Path, int8: Path, feeds: dict[str, np.ndarray], th
     """Median ms of the fp32 and INT8 sessions, one run of each per round, order alternating."""
     from edgeser.runtime.sessions import make_session
 
-    sessions = [make_session(fp32, None, threads), make_session(int8, None, threads)]
-    names = [{i.name for i in s.get_inputs()} for s in sessions]
-    runs = [lambda s=s, n=n: s.run(None, {k: v for k, v in feeds.items() if k in n}) for s, n in zip(sessions, names)]
-    for run in runs:
-        for _ in range(SPEED_WARMUP):
-            run()
-    times: list[list[float]] = [[], []]
-    for index in range(rounds):
-        for which in ((0, 1) if index % 2 == 0 else (1, 0)):
-            started = time.perf_counter()
-            runs[which]()
-            times[which].append((time.perf_counter() - started) * 1e3)
-    return float(np.median(times[0])), float(np.median(times[1]))
+    sessions = {"fp32": make_session(fp32, None, threads), "int8": make_session(int8, None, threads)}
+    names = {key: {i.name for i in s.get_inputs()} for key, s in sessions.items()}
+    runs = {key: lambda s=s, n=names[key]: s.run(None, {k: v for k, v in feeds.items() if k in n})
+            for key, s in sessions.items()}
+    times = interleaved_times(runs, rounds, SPEED_WARMUP)
+    return float(np.median(times["fp32"])), float(np.median(times["int8"]))
 
 
 def check_speed(cache: Any, stage: str, fp32: Path, int8: Path, threads: int | None = None,
@@ -90,7 +83,7 @@ def check_speed(cache: Any, stage: str, fp32: Path, int8: Path, threads: int | N
     """Time `stage`'s fp32 and INT8 graphs on this CPU (see the module docstring)."""
     import onnx
 
-    threads = threads or logical_cores()
+    threads = thread_count(threads)
     inputs = [i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input]
     key, feeds = timing_feeds(cache, stage, inputs)
     fp32_ms, int8_ms = (timer or interleaved_medians)(fp32, int8, feeds, threads, rounds)
@@ -103,7 +96,7 @@ def measured_on(threads: int | None) -> dict[str, Any]:
 
     from edgeser.machine import cpu_info
 
-    return {**cpu_info(), "threads": threads or logical_cores(), "onnxruntime": onnxruntime.__version__}
+    return {**cpu_info(), "threads": thread_count(threads), "onnxruntime": onnxruntime.__version__}
 
 
 def cpu_class_notes(manifest: Any, machine: dict[str, Any]) -> list[str]:

@@ -101,44 +101,34 @@ class ClipScorer:
         self.labels = list(self.pipe.labels)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> Any:
+        from edgeser.runtime.pipeline import isolated
+
         paths = [str(p) for p in batch["path"]]
-        results: dict[int, Any] = {}
-        waves: dict[int, np.ndarray] = {}
-        for row, path in enumerate(paths):
-            try:
-                waves[row] = self.pipe.read(path)
-            except EdgeserError as err:
-                results[row] = str(err)
-        results.update(self.predict(waves))
+        waves, unread = isolated(dict(enumerate(paths)), self.pipe.read, lambda _path, err: str(err))
+        results: dict[int, Any] = {**unread, **self.predict(waves)}
         return rows_from_results(batch, results, len(paths))
 
     def predict(self, waves: Mapping[int, np.ndarray]) -> dict[int, Any]:
-        """Prediction or error text per row; a batch that fails as a whole is retried clip by clip."""
+        """Prediction or error text per row; a batch that fails as a whole is retried clip by clip (any exception:
+        a library failure on one clip is an error row, not a lost job)."""
         from edgeser.audio import SAMPLE_RATE
+        from edgeser.runtime.pipeline import isolated
+        from edgeser.runtime.results import Prediction
 
-        order = list(waves)
-        if not order:
-            return {}
-        try:
-            outcomes = self.pipe.batch([(waves[r], SAMPLE_RATE) for r in order], batch_size=len(order))
-        except Exception:  # noqa: BLE001 (isolate the clip that broke the batch; each clip's error is kept)
-            return self.one_by_one(waves)
-        return {r: outcome if hasattr(outcome, "label") else f"{outcome.source}: {outcome.error}"
-                for r, outcome in zip(order, outcomes)}
+        def together(clips: list[np.ndarray]) -> list[Any]:
+            outcomes = self.pipe.batch([(wave, SAMPLE_RATE) for wave in clips], batch_size=len(clips))
+            return [o if isinstance(o, Prediction) else f"{o.source}: {o.error}" for o in outcomes]
 
-    def one_by_one(self, waves: Mapping[int, np.ndarray]) -> dict[int, Any]:
-        """Each clip alone: its Prediction or its error text."""
-        from edgeser.audio import SAMPLE_RATE
+        done, failed = isolated(waves, lambda wave: self.pipe((wave, SAMPLE_RATE)), clip_error, together=together,
+                                errors=(Exception,))
+        return {**done, **failed}
 
-        found: dict[int, Any] = {}
-        for r in waves:
-            try:
-                found[r] = self.pipe((waves[r], SAMPLE_RATE))
-            except EdgeserError as err:
-                found[r] = str(err)
-            except Exception as err:  # noqa: BLE001 (a library failure on one clip: an error row, not a lost job)
-                found[r] = f"unexpected {type(err).__name__}: {' '.join(str(err).split())[:300]}"
-        return found
+
+def clip_error(_wave: object, err: Exception) -> str:
+    """The error text of a clip that failed alone: edgeser's one line, or the library's exception named."""
+    if isinstance(err, EdgeserError):
+        return str(err)
+    return f"unexpected {type(err).__name__}: {' '.join(str(err).split())[:300]}"
 
 
 def rows_from_results(batch: Mapping[str, np.ndarray], results: Mapping[int, Any], count: int) -> Any:

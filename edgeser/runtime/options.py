@@ -77,6 +77,15 @@ def logical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def thread_count(threads: int | None = None, *, most: int | None = None) -> int:
+    """The threads to run with where an option may be left out: `threads` where given, else every logical core
+    (at most `most`)."""
+    if threads:
+        return threads
+    cores = logical_cores()
+    return cores if most is None else min(most, cores)
+
+
 def positive_int(name: str, value: object) -> int:
     """`value` as a positive int, or an OptionError naming the option."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +23,7 @@ from edgeser.runtime.options import (
     check_backend,
     check_threads,
 )
-from edgeser.runtime.results import Failure, Prediction, Timeline, Utterance
+from edgeser.runtime.results import Failure, Prediction, Timeline, Utterance, class_probabilities
 from edgeser.runtime.segment import SegmentOptions, speech_regions, timeline
 from edgeser.runtime.sessions import OrtRunner
 from edgeser.runtime.vad import VadOptions, detect_speech, vad_available
@@ -33,10 +33,34 @@ from edgeser.stages import FUSION_HEAD, StageGraph, StageRun, StageRunner
 AudioInput = str | Path | bytes | BinaryIO | tuple[npt.ArrayLike, float]
 
 
-def softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(exp / exp.sum(axis=-1, keepdims=True), dtype=np.float64)
+K = TypeVar("K")
+T = TypeVar("T")
+R = TypeVar("R")
+F = TypeVar("F")
+
+
+def isolated(items: Mapping[K, T], one: Callable[[T], R], failed: Callable[[T, Exception], F], *,
+             together: Callable[[list[T]], Sequence[R]] | None = None,
+             errors: tuple[type[Exception], ...] = (EdgeserError,)) -> tuple[dict[K, R], dict[K, F]]:
+    """Per-clip failure isolation: `one(item)` of each item, and in a second dict `failed(item, error)` for each
+    item whose run raised one of `errors`, so one bad clip (or request) never costs the others theirs.
+
+    With `together`, all items first run as one batch (it returns their results in item order); only where that
+    raises one of `errors` does each run alone through `one`, so each failure is its own.
+    """
+    if together is not None and items:
+        try:
+            return dict(zip(items, together(list(items.values())))), {}
+        except errors:
+            pass  # each alone, below
+    done: dict[K, R] = {}
+    failures: dict[K, F] = {}
+    for key, item in items.items():
+        try:
+            done[key] = one(item)
+        except errors as err:
+            failures[key] = failed(item, err)
+    return done, failures
 
 
 def describe(audio: object) -> str:
@@ -213,13 +237,9 @@ class Pipeline:
         An input that cannot be read gets a `Failure` (its source and the one-line reason); the rest still run.
         """
         batch_size = bounded_int("batch_size", batch_size)
-        results: dict[int, Prediction | Failure] = {}
-        waves: dict[int, npt.NDArray[np.float32]] = {}
-        for index, audio in enumerate(inputs):
-            try:
-                waves[index] = self.read(audio)
-            except EdgeserError as err:
-                results[index] = Failure(describe(audio), str(err))
+        waves, failures = isolated(dict(enumerate(inputs)), self.read,
+                                   lambda audio, err: Failure(describe(audio), str(err)))
+        results: dict[int, Prediction | Failure] = dict(failures)
         ratios = {i: self._speech_ratio(wave)[0] for i, wave in waves.items()}
         results.update(self._predict_bucketed(waves, batch_size, ratios))
         return [results[i] for i in range(len(inputs))]
@@ -274,17 +294,17 @@ class Pipeline:
     def _predictions(self, waves: list[npt.NDArray[np.float32]], extra: dict[str, float] | None = None,
                      ratios: Sequence[float | None] | None = None) -> list[Prediction]:
         run = self.run_stages(waves)
-        probabilities = softmax(run.logits)
+        probabilities, best = class_probabilities(run.logits)
         timings = {**(extra or {}), **run.timings_ms}
         timings["total"] = sum(timings.values())
         labels = self.graph.labels
         predictions = []
         for row, wave in enumerate(waves):
-            best = int(np.argmax(probabilities[row]))
+            top = int(best[row])
             predictions.append(
                 Prediction(
-                    label=labels[best],
-                    confidence=float(probabilities[row, best]),
+                    label=labels[top],
+                    confidence=float(probabilities[row, top]),
                     probabilities={label: float(p) for label, p in zip(labels, probabilities[row])},
                     transcript=run.transcripts[row] if run.transcripts is not None else None,
                     duration_s=wave.size / SAMPLE_RATE,

@@ -1,9 +1,24 @@
-"""What the runtime returns: one clip's `Prediction`, a bad input's `Failure`, a long recording's `Timeline`,
-a stream's `Utterance` events."""
+"""What the runtime returns: one clip's `Prediction` (its probabilities and label from `class_probabilities`), a
+bad input's `Failure`, a long recording's `Timeline`, a stream's `Utterance` events."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+def class_probabilities(logits: npt.NDArray[np.floating[Any]], dtype: type[np.floating[Any]] = np.float64
+                        ) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.intp]]:
+    """A batch of logits `[B, C]` to each row's class probabilities (softmax over the last axis, computed in
+    float64, then cast to `dtype`) and its most probable class (arg-max of the cast probabilities, the first of
+    equals)."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    probabilities = np.asarray(exp / exp.sum(axis=-1, keepdims=True), dtype=dtype)
+    return probabilities, probabilities.argmax(axis=-1)
 
 
 @dataclass(frozen=True)

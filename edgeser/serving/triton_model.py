@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeser.audio import check_waveform
-from edgeser.errors import AudioError, EdgeserError, ServingError
+from edgeser.errors import AudioError, ServingError
 from edgeser.serving.repository import (
     LABEL,
     LENGTH,
@@ -91,19 +91,13 @@ class PipelineModel:
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         """One response per request; a bad request gets an error response and the others still run."""
+        from edgeser.runtime.pipeline import isolated
+
         pb = _pb()
-        responses: list[Any] = [None] * len(requests)
-        clips: dict[int, Waves] = {}
-        for index, request in enumerate(requests):
-            try:
-                clips[index] = self.read_request(request)
-            except EdgeserError as err:
-                responses[index] = pb.InferenceResponse(error=pb.TritonError(str(err)))
-        if clips:
-            for index, outcome in self.predict(clips).items():
-                responses[index] = outcome if not isinstance(outcome, str) else \
-                    pb.InferenceResponse(error=pb.TritonError(outcome))
-        return responses
+        clips, unread = isolated(dict(enumerate(requests)), self.read_request, lambda _request, err: str(err))
+        outcomes: dict[int, Any] = {**unread, **(self.predict(clips) if clips else {})}
+        responses = [outcomes[index] for index in range(len(requests))]
+        return [pb.InferenceResponse(error=pb.TritonError(r)) if isinstance(r, str) else r for r in responses]
 
     def read_request(self, request: Any) -> Waves:
         """The checked 16 kHz waveforms of one request (`waveform` [N, S] float32, optional `length` [N, 1])."""
@@ -128,35 +122,34 @@ class PipelineModel:
         return waves
 
     def predict(self, clips: Mapping[int, Waves]) -> dict[int, Any]:
-        """Run every request's clips in one batch; if that fails, each request alone (its error is its own)."""
-        order = list(clips)
-        flat = [wave for index in order for wave in clips[index]]
-        try:
-            run = self.run_stages(flat)
-        except EdgeserError as err:
-            if len(order) == 1:
-                return {order[0]: str(err)}
-            return {index: self._alone(clips[index]) for index in order}
-        responses, row = {}, 0
-        for index in order:
-            count = len(clips[index])
-            responses[index] = self.response(run, slice(row, row + count))
-            row += count
-        return responses
+        """Run every request's clips in one batch; if that fails, each request alone (its error is its own).
+        Responses, or error texts, keyed like `clips`."""
+        from edgeser.runtime.pipeline import isolated
+
+        def together(requests: list[Waves]) -> list[Any]:
+            run = self.run_stages([wave for waves in requests for wave in waves])
+            responses, row = [], 0
+            for waves in requests:
+                responses.append(self.response(run, slice(row, row + len(waves))))
+                row += len(waves)
+            return responses
+
+        # a request alone is not run twice: its batch's error is its own
+        done, failed = isolated(clips, self._alone, lambda _waves, err: str(err),
+                                together=together if len(clips) > 1 else None)
+        return {**done, **failed}
 
     def _alone(self, waves: Waves) -> Any:
-        try:
-            return self.response(self.run_stages(waves), slice(0, len(waves)))
-        except EdgeserError as err:
-            return str(err)
+        """The response to one request's clips, run on their own."""
+        return self.response(self.run_stages(waves), slice(0, len(waves)))
 
     def response(self, run: StageRun, rows: slice) -> Any:
-        from edgeser.runtime.pipeline import softmax
+        from edgeser.runtime.results import class_probabilities
 
         pb = _pb()
         logits = np.asarray(run.logits[rows], dtype=np.float32)
-        probabilities = softmax(logits.astype(np.float64)).astype(np.float32)
-        labels = np.array([[self.labels[int(i)].encode()] for i in probabilities.argmax(axis=-1)], dtype=np.object_)
+        probabilities, best = class_probabilities(logits, np.float32)
+        labels = np.array([[self.labels[int(i)].encode()] for i in best], dtype=np.object_)
         texts = (run.transcripts or [""] * len(run.logits))[rows]
         transcripts = np.array([[(t or "").encode()] for t in texts], dtype=np.object_)
         return pb.InferenceResponse([pb.Tensor(LABEL, labels), pb.Tensor(PROBABILITIES, probabilities),

@@ -203,6 +203,8 @@ def evaluate(
 
     With a `world` of several processes each rank runs every `size`-th batch (the same batches one process
     runs) and the predictions are all-gathered in batch order: every rank returns the same result."""
+    from edgeser.runtime.results import class_probabilities
+
     model.eval()
     graph = model.stage_graph()
     runners = torch_runners(model, device)
@@ -213,15 +215,13 @@ def evaluate(
             continue
         truth = [c.transcript for c in batch] if text_source == "ground_truth" else None
         run = graph.run(runners, [c.audio for c in batch], transcripts=truth)
-        logits = run.logits.astype(np.float64)
-        probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probs /= probs.sum(axis=-1, keepdims=True)
-        rows.append((index, [c.id for c in batch], probs, run.transcripts or [""] * len(batch)))
+        probs, best = class_probabilities(run.logits)
+        rows.append((index, [c.id for c in batch], probs, run.transcripts or [""] * len(batch), best))
     if world is not None and size > 1:
         rows = sorted((row for part in world.gather(rows) for row in part), key=lambda row: row[0])
     ids = [clip_id for row in rows for clip_id in row[1]]
     probabilities = [p for row in rows for p in row[2].tolist()]
-    predictions = [int(np.argmax(p)) for p in probabilities]
+    predictions = [int(i) for row in rows for i in row[4]]
     transcripts = [t for row in rows for t in row[3]]
     truth_by_id = {c.id: c for c in clips}
     labels = [truth_by_id[i].label for i in ids]
