@@ -119,7 +119,7 @@ def read_checkpoint_info(directory: Path) -> dict[str, Any]:
     if not path.is_file() or not (directory / WEIGHTS_FILE).is_file():
         raise ModelError(f"{directory}: not an edgeser checkpoint (needs {CHECKPOINT_FILE} and {WEIGHTS_FILE})")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ModelError(f"{path}: corrupt checkpoint metadata ({err.msg})") from None
     if int(info.get("schema", 0)) > CHECKPOINT_SCHEMA:

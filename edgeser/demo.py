@@ -76,7 +76,7 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
     from edgeser.quantize.fp16 import convert_int8_fp16
     from edgeser.quantize.variants import quantize_int8_tensorrt
     from edgeser.reports import REPORTS_DIR
-    from edgeser.runtime import Pipeline
+    from edgeser.runtime import Pipeline, Prediction
 
     say = log or (lambda line: click.echo(line, err=True))
     started = time.perf_counter()
@@ -121,7 +121,7 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
     picks = [held_out[i * len(held_out) // predict_clips] for i in range(min(predict_clips, len(held_out)))]
     pipe = Pipeline.load(out, "int8", threads=threads)
     for utt, prediction in zip(picks, pipe.batch([u.path for u in picks])):
-        if hasattr(prediction, "label"):
+        if isinstance(prediction, Prediction):
             result.predictions.append({"clip": utt.path.name, "true": utt.label, "predicted": prediction.label,
                                        "confidence": prediction.confidence, "transcript": prediction.transcript,
                                        "reference": utt.transcript})

@@ -68,9 +68,10 @@ def probe_in_subprocess(spec: dict[str, Any], threads: int, clip: Path, runs: in
         lines = (done.stderr or done.stdout).strip().splitlines()
         return {"error": lines[-1][:300] if lines else f"exit status {done.returncode}"}
     try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
         return {"error": "no result printed"}
+    return result
 
 
 def main() -> None:

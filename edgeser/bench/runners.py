@@ -17,11 +17,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
-from edgeser.bundle import read_manifest
+from edgeser.bundle import Precision, read_manifest
 from edgeser.errors import BundleError
 
 PYTORCH = "pytorch float"
@@ -90,7 +90,7 @@ def runtime_chain(spec: VariantSpec, threads: int) -> Chain:
         options["providers"] = list(spec.providers)
     if spec.backend not in ("onnxruntime", ""):
         options["backend"] = spec.backend
-    pipeline = Pipeline.load(spec.bundle, spec.precision, **options)
+    pipeline = Pipeline.load(spec.bundle, cast(Precision, spec.precision), **options)  # Pipeline.load checks it
 
     def run(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         result = pipeline.run_stages(list(waves))

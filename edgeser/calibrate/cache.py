@@ -182,7 +182,7 @@ def calibrate_bundle(
     target = bundle / CALIBRATION_DIR
     with atomic_dir(target) as staging:
         buffer = io.BytesIO()
-        np.savez(buffer, **captured.flat())
+        np.savez(buffer, **captured.flat())  # type: ignore[arg-type]  # numpy's stub: **arrays vs allow_pickle
         (staging / INPUTS_FILE).write_bytes(buffer.getvalue())
         provenance["inputs_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
         write_json_atomic(staging / PROVENANCE_FILE, provenance)

@@ -21,9 +21,9 @@ from typing import Any
 import click
 import numpy as np
 
-from edgeser.bundle import PRECISIONS
+from edgeser.bundle import PRECISIONS, Precision
 from edgeser.cli.params import Bounded, threads_option
-from edgeser.runtime.options import BACKENDS
+from edgeser.runtime.options import BACKENDS, Backend
 
 # A microphone callback hands chunks to the main thread through a queue this long; past it (the model is
 # slower than the audio) chunks are dropped and counted.
@@ -53,7 +53,7 @@ MIC_QUEUE_CHUNKS = 500
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per utterance, then an end line.")
 def listen_command(bundle: Path, source: str | None, device: int | None, fast: bool, rate: int | None,
                    channels: int, chunk_ms: int, threshold: float, min_silence_ms: float, max_speech_s: float,
-                   precision: str, threads: int | None, backend: str, as_json: bool) -> None:
+                   precision: Precision, threads: int | None, backend: Backend, as_json: bool) -> None:
     """Find utterances in live audio (a file, stdin PCM or a microphone) and print each one's emotion."""
     from edgeser.errors import OptionError
     from edgeser.runtime import Listener, Pipeline, VadOptions

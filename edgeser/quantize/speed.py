@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeser.runtime.options import logical_cores
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 SPEED_ROUNDS = 5
 SPEED_WARMUP = 1
@@ -72,7 +75,11 @@ def interleaved_medians(fp32: Path, int8: Path, feeds: dict[str, np.ndarray], th
 
     sessions = [make_session(fp32, None, threads), make_session(int8, None, threads)]
     names = [{i.name for i in s.get_inputs()} for s in sessions]
-    runs = [lambda s=s, n=n: s.run(None, {k: v for k, v in feeds.items() if k in n}) for s, n in zip(sessions, names)]
+
+    def run_of(session: InferenceSession, wanted: set[str]) -> Callable[[], object]:
+        return lambda: session.run(None, {k: v for k, v in feeds.items() if k in wanted})
+
+    runs = [run_of(s, n) for s, n in zip(sessions, names)]
     for run in runs:
         for _ in range(SPEED_WARMUP):
             run()

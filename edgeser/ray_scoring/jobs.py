@@ -18,11 +18,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from edgeser.errors import ClusterError, EdgeserError
+
+if TYPE_CHECKING:
+    from edgeser.bundle import Precision
 
 # One result row per clip; `error` is set (and the prediction columns null) where the clip failed.
 COLUMNS = ("index", "id", "path", "label", "confidence", "probabilities", "logits", "transcript", "duration_s",
@@ -97,7 +100,7 @@ class ClipScorer:
         from edgeser.runtime import Pipeline
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else None
-        self.pipe = Pipeline.load(bundle, precision, threads=threads, providers=providers)
+        self.pipe = Pipeline.load(bundle, cast("Precision", precision), threads=threads, providers=providers)
         self.labels = list(self.pipe.labels)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> Any:

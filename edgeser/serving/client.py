@@ -15,7 +15,7 @@ import json
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,9 @@ from edgeser.serving.repository import (
     WAVEFORM,
 )
 from edgeser.stages import pad_batch
+
+if TYPE_CHECKING:
+    from tritonclient.utils import InferenceServerException
 
 PROTOCOLS = ("http", "grpc")
 NUMPY_TO_TRITON = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "int8": "INT8",
@@ -52,10 +55,11 @@ def triton_module(protocol: str) -> Any:
     return module
 
 
-def _exception_type() -> type[Exception]:
+def _exception_type() -> type[InferenceServerException]:
     from tritonclient.utils import InferenceServerException
 
-    return InferenceServerException
+    exception: type[InferenceServerException] = InferenceServerException  # tritonclient ships no types
+    return exception
 
 
 @dataclass(frozen=True)
