@@ -124,7 +124,7 @@ class ClipScorer:
             return {}
         try:
             outcomes = self.pipe.batch([(waves[r], SAMPLE_RATE) for r in order], batch_size=len(order))
-        except Exception:  # noqa: BLE001 (isolate the clip that broke the batch; each clip's error is kept)
+        except Exception:  # isolate the clip that broke the batch; each clip's error is kept
             return self.one_by_one(waves)
         return {r: outcome if hasattr(outcome, "label") else f"{outcome.source}: {outcome.error}"
                 for r, outcome in zip(order, outcomes)}
@@ -139,7 +139,7 @@ class ClipScorer:
                 found[r] = self.pipe((waves[r], SAMPLE_RATE))
             except EdgeserError as err:
                 found[r] = str(err)
-            except Exception as err:  # noqa: BLE001 (a library failure on one clip: an error row, not a lost job)
+            except Exception as err:  # a library failure on one clip: an error row, not a lost job
                 found[r] = f"unexpected {type(err).__name__}: {' '.join(str(err).split())[:300]}"
         return found
 

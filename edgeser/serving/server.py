@@ -145,7 +145,7 @@ class TritonServer:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             env=self.environment(), start_new_session=True,
-                                            preexec_fn=_terminate_with_parent)  # noqa: PLW1509 (no locks taken)
+                                            preexec_fn=_terminate_with_parent)  # it takes no locks (safe beside threads)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

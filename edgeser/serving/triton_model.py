@@ -221,7 +221,7 @@ class StageModel:
             stacked = {n: np.concatenate([feeds[i][n] for i in members]) for n, _ in self.inputs}
             try:
                 outputs = self.session.run([n for n, _ in self.outputs], stacked)
-            except Exception as err:  # noqa: BLE001 (onnxruntime raises its own types; the message goes back)
+            except Exception as err:  # onnxruntime raises its own types; the message goes back
                 for i in members:
                     responses[i] = pb.InferenceResponse(error=pb.TritonError(" ".join(str(err).split())[:300]))
                 continue
