@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 API = REPO / "tests" / "data" / "tensorrt_api"
 CUDA_API = REPO / "tests" / "data" / "cuda_api"
 SOURCES = [REPO / "edgeser" / "trt" / "build.py", REPO / "edgeser" / "runtime" / "tensorrt.py",
-           REPO / "edgeser" / "trt" / "engines.py"]
+           REPO / "edgeser" / "runtime" / "engines.py"]
 # Variables (or attribute names) that hold TensorRT objects, and the class each is.
 OBJECTS = {"builder": "Builder", "network": "INetworkDefinition", "config": "IBuilderConfig", "parser": "OnnxParser",
            "profile": "IOptimizationProfile", "engine": "ICudaEngine", "context": "IExecutionContext",
