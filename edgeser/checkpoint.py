@@ -121,7 +121,7 @@ def read_checkpoint_info(directory: Path) -> dict[str, Any]:
     try:
         info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ModelError(f"{path}: corrupt checkpoint metadata ({err.msg})") from None
+        raise ModelError(f"{path}: corrupt checkpoint metadata ({err.msg})") from err
     if int(info.get("schema", 0)) > CHECKPOINT_SCHEMA:
         raise ModelError(f"{path}: checkpoint schema {info.get('schema')} is newer than this edgeser supports")
     return info

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeser.errors import BundleError
+from edgeser.errors import BundleError, MissingDependencyError, ProviderError
 
 
 def probe(request: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def main() -> None:
         raise SystemExit("usage: python -m edgeser.bench.probe '<json request>'")
     try:
         print(json.dumps(probe(json.loads(sys.argv[1]))))
-    except BundleError as err:
+    except (BundleError, MissingDependencyError, ProviderError) as err:  # what loading a row raises: one line
         raise SystemExit(f"error: {err}") from None
 
 

@@ -88,7 +88,7 @@ def read_calibration(bundle: Path) -> CalibrationCache:
             provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
             payload = (root / INPUTS_FILE).read_bytes()
         except json.JSONDecodeError as err:
-            raise BundleError(f"{provenance_path}: corrupt calibration provenance ({err.msg})") from None
+            raise BundleError(f"{provenance_path}: corrupt calibration provenance ({err.msg})") from err
         except FileNotFoundError:
             continue  # the folder was swapped between the two reads
         expected = provenance.get("inputs_sha256")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from edgeser.errors import ClusterError, EdgeserError
+from edgeser.errors import ClusterError, EdgeserError, MissingDependencyError
 
 if TYPE_CHECKING:
     from edgeser.bundle import Precision
@@ -36,16 +36,16 @@ LABELS_KEY = b"edgeser.labels"
 def _pyarrow() -> Any:
     try:
         import pyarrow
-    except ImportError:
-        raise ClusterError("corpus scoring with Ray needs the `ray` extra: pip install 'edgeser[ray]'") from None
+    except ImportError as err:
+        raise MissingDependencyError("pyarrow", "ray", "corpus scoring with Ray") from err
     return pyarrow
 
 
 def _ray() -> Any:
     try:
         import ray
-    except ImportError:
-        raise ClusterError("corpus scoring with Ray needs the `ray` extra: pip install 'edgeser[ray]'") from None
+    except ImportError as err:
+        raise MissingDependencyError("ray", "ray", "corpus scoring with Ray") from err
     return ray
 
 
@@ -199,7 +199,7 @@ def connect(options: RayOptions) -> Any:
         else:
             ray.init(address=options.address, runtime_env=runtime_env, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ClusterError(f"Ray at {options.address or 'local'}: {' '.join(str(err).split())[:300]}") from None
+        raise ClusterError(f"Ray at {options.address or 'local'}: {' '.join(str(err).split())[:300]}") from err
     quiet(ray)
     return ray
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeser.errors import ServingError
+from edgeser.errors import MissingDependencyError, ServingError
 from edgeser.serving.repository import (
     LABEL,
     LENGTH,
@@ -49,9 +49,8 @@ def triton_module(protocol: str) -> Any:
             import tritonclient.http as module
         else:
             import tritonclient.grpc as module
-    except ImportError:
-        raise ServingError("talking to a Triton server needs tritonclient: pip install 'edgeser[serve-client]'") \
-            from None
+    except ImportError as err:
+        raise MissingDependencyError("tritonclient", "serve-client", "talking to a Triton server") from err
     return module
 
 
@@ -87,7 +86,7 @@ class _Connection:
                 self.client = self.module.InferenceServerClient(url)
                 self.config = self.client.get_model_config(model, as_json=True)["config"]
         except _exception_type() as err:
-            raise ServingError(f"{url}: cannot use model {model!r} ({err.message()})") from None
+            raise ServingError(f"{url}: cannot use model {model!r} ({err.message()})") from err
         self.timeout_s = timeout_s
 
     def infer(self, arrays: Mapping[str, np.ndarray], outputs: list[str]) -> Any:
@@ -104,7 +103,7 @@ class _Connection:
                 return self.client.infer(self.model, inputs, outputs=wanted)
             return self.client.infer(self.model, inputs, outputs=wanted, client_timeout=self.timeout_s)
         except _exception_type() as err:
-            raise ServingError(f"{self.url} model {self.model}: {' '.join(str(err.message()).split())}") from None
+            raise ServingError(f"{self.url} model {self.model}: {' '.join(str(err.message()).split())}") from err
 
     def close(self) -> None:
         self.client.close()
