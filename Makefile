@@ -18,7 +18,7 @@ setup:
 demo: setup
 	$(PYTHON) -m edgeser.cli demo --data $(DATA)
 
-# Style and types (ruff; mypy, strict on the lean runtime), then the tests.
+# Style and types (ruff; mypy, strict on everything but the torch packages), then the tests.
 lint:
 	$(PYTHON) -m ruff check edgeser tests tools
 	$(PYTHON) -m mypy

@@ -100,7 +100,7 @@ def _open_target(source: AudioSource) -> str | BinaryIO:
             seekable = handle.seekable() if callable(getattr(handle, "seekable", None)) else True
             size = _size(handle) if seekable else 0
         except (OSError, ValueError) as err:  # closed, or a pipe that cannot seek
-            raise AudioError(_describe(source), f"cannot read the file object ({_short(err)})") from None
+            raise AudioError(_describe(source), f"cannot read the file object ({_short(err)})") from err
         if not seekable:
             raise AudioError(_describe(source), "the file object cannot seek; pass its bytes or a path instead")
         if size == 0:
@@ -123,7 +123,7 @@ def probe(source: AudioSource) -> AudioInfo:
     try:
         info = sf.info(target)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(_describe(source), f"unreadable or corrupt audio ({_short(err)})") from None
+        raise AudioError(_describe(source), f"unreadable or corrupt audio ({_short(err)})") from err
     result = AudioInfo(
         path=_describe(source),
         container=info.format,
@@ -270,7 +270,7 @@ def load_audio(
     try:
         samples, sample_rate = sf.read(target, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(name, f"unreadable or corrupt audio ({_short(err)})") from None
+        raise AudioError(name, f"unreadable or corrupt audio ({_short(err)})") from err
     if samples.shape[0] == 0:
         raise AudioError(name, "empty audio (0 samples)")
     if not np.all(np.isfinite(samples)):
@@ -303,7 +303,7 @@ def scan_audio(source: AudioSource, *, min_duration: float = MIN_DURATION_S, blo
                 if content is not None:
                     content.update(data.tobytes())
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
-        raise AudioError(info.path, f"unreadable or corrupt audio ({_short(err)})") from None
+        raise AudioError(info.path, f"unreadable or corrupt audio ({_short(err)})") from err
     if frames == 0:
         raise AudioError(info.path, "empty audio (0 samples)")
     if info.sample_rate < MIN_SAMPLE_RATE:

@@ -138,9 +138,9 @@ def read_manifest(root: Path) -> BundleManifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BundleError(f"{path}: corrupt manifest ({err})") from None
+        raise BundleError(f"{path}: corrupt manifest ({err})") from err
     except OSError as err:
-        raise BundleError(f"{path}: cannot read the manifest ({err.strerror})") from None
+        raise BundleError(f"{path}: cannot read the manifest ({err.strerror})") from err
     return BundleManifest.from_dict(data, str(path))
 
 

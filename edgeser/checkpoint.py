@@ -117,9 +117,9 @@ def read_checkpoint_info(directory: Path) -> dict[str, Any]:
     if not path.is_file() or not (directory / WEIGHTS_FILE).is_file():
         raise ModelError(f"{directory}: not an edgeser checkpoint (needs {CHECKPOINT_FILE} and {WEIGHTS_FILE})")
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ModelError(f"{path}: corrupt checkpoint metadata ({err.msg})") from None
+        raise ModelError(f"{path}: corrupt checkpoint metadata ({err.msg})") from err
     if int(info.get("schema", 0)) > CHECKPOINT_SCHEMA:
         raise ModelError(f"{path}: checkpoint schema {info.get('schema')} is newer than this edgeser supports")
     return info

@@ -53,6 +53,10 @@ class MissingDependencyError(EdgeserError, ImportError):
         super().__init__(f"{purpose} needs {module}, which is not installed: {command}")
 
 
+class ProviderError(EdgeserError, RuntimeError):
+    """An onnxruntime execution provider that is not available here, or that a session asked for and did not get."""
+
+
 class ServingError(EdgeserError, RuntimeError):
     """A model repository cannot be written, or an inference server cannot be started, reached or used."""
 
@@ -66,7 +70,8 @@ class OutputError(EdgeserError, OSError):
 
 
 class TensorRTUnavailable(EdgeserError, RuntimeError):
-    """TensorRT, cuda-python or a CUDA GPU is missing on this machine."""
+    """TensorRT's libraries or a CUDA GPU is missing or unusable on this machine (a missing `tensorrt` or
+    cuda-python package is a MissingDependencyError)."""
 
 
 class EngineError(BundleError):

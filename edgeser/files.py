@@ -192,7 +192,7 @@ def staging_dir(parent: Path, name: str, kind: str = "tmp") -> Iterator[Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputError(f"{parent / name}: cannot create its folder ({err.strerror or err})") from None
+        raise OutputError(f"{parent / name}: cannot create its folder ({err.strerror or err})") from err
     clean_stale_staging(parent)
     mark = STAGING_MARK if kind == "tmp" else ASIDE_MARK
     path = parent / f".{name}{mark}{os.getpid()}-{secrets.token_hex(4)}"
@@ -200,7 +200,7 @@ def staging_dir(parent: Path, name: str, kind: str = "tmp") -> Iterator[Path]:
     try:
         lock.touch()
     except OSError as err:
-        raise OutputError(f"{parent / name}: cannot write in {parent} ({err.strerror or err})") from None
+        raise OutputError(f"{parent / name}: cannot write in {parent} ({err.strerror or err})") from err
     with _held_lock(lock):
         try:
             path.mkdir()

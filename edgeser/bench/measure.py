@@ -79,7 +79,7 @@ def measure(specs: Sequence[VariantSpec], plan: Plan, speech: Speech, reference:
             progress(f"loading {spec.name} ({threads} threads)")
             try:
                 chains[spec.name] = load_chain(spec, threads)
-            except Exception as err:  # noqa: BLE001 - one row that cannot load (a missing extra) must not stop the rest
+            except Exception as err:  # one row that cannot load (a missing extra) must not stop the rest
                 failed[spec.name] = " ".join(str(err).split())[:300]
                 progress(f"  {spec.name}: skipped ({failed[spec.name]})")
         for seconds in plan.lengths_s:
@@ -101,7 +101,7 @@ def measure_cell(chains: dict[str, Chain], waves: list[np.ndarray], seconds: flo
             for _ in range(max(plan.warmup, 1)):
                 features, logits, _ = chain(waves)
             outputs[name] = (features, logits)
-        except Exception as err:  # noqa: BLE001 - e.g. a graph that refuses this batch size or length
+        except Exception as err:  # e.g. a graph that refuses this batch size or length
             cells[name].error = " ".join(str(err).split())[:300]
             progress(f"  {name}: failed at {seconds:g} s x {batch} ({cells[name].error})")
     live = [name for name in chains if cells[name].error is None]

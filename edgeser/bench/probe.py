@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeser.errors import BundleError
+from edgeser.errors import BundleError, MissingDependencyError, ProviderError
 
 
 def probe(request: dict[str, Any]) -> dict[str, Any]:
@@ -68,9 +68,10 @@ def probe_in_subprocess(spec: dict[str, Any], threads: int, clip: Path, runs: in
         lines = (done.stderr or done.stdout).strip().splitlines()
         return {"error": lines[-1][:300] if lines else f"exit status {done.returncode}"}
     try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
         return {"error": "no result printed"}
+    return result
 
 
 def main() -> None:
@@ -78,7 +79,7 @@ def main() -> None:
         raise SystemExit("usage: python -m edgeser.bench.probe '<json request>'")
     try:
         print(json.dumps(probe(json.loads(sys.argv[1]))))
-    except BundleError as err:
+    except (BundleError, MissingDependencyError, ProviderError) as err:  # what loading a row raises: one line
         raise SystemExit(f"error: {err}") from None
 
 

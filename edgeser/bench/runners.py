@@ -17,12 +17,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
-from edgeser.bundle import read_manifest
-from edgeser.errors import BundleError
+from edgeser.bundle import Precision, read_manifest
+from edgeser.errors import BundleError, MissingDependencyError
 
 PYTORCH = "pytorch float"
 QUANTIZE_DYNAMIC = "quantize_dynamic"
@@ -90,7 +90,7 @@ def runtime_chain(spec: VariantSpec, threads: int) -> Chain:
         options["providers"] = list(spec.providers)
     if spec.backend not in ("onnxruntime", ""):
         options["backend"] = spec.backend
-    pipeline = Pipeline.load(spec.bundle, spec.precision, **options)
+    pipeline = Pipeline.load(spec.bundle, cast(Precision, spec.precision), **options)  # Pipeline.load checks it
 
     def run(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         result = pipeline.run_stages(list(waves))
@@ -166,8 +166,8 @@ def openvino_runners(paths: Mapping[str, str], threads: int) -> dict[str, OpenVi
 def openvino_core() -> Any:
     try:
         import openvino
-    except ImportError:
-        raise BundleError("OpenVINO rows need the package openvino (pip install 'edgeser[bench]')") from None
+    except ImportError as err:
+        raise MissingDependencyError("openvino", "bench", "an OpenVINO row of `edgeser bench --compare`") from err
     return openvino.Core()
 
 
@@ -200,8 +200,8 @@ def write_openvino_nncf(bundle: Path, workdir: Path, waves: Sequence[np.ndarray]
     """OpenVINO IR of each fp32 stage, INT8-quantised by NNCF on the stage inputs of `waves` (real speech)."""
     try:
         import nncf
-    except ImportError:
-        raise BundleError("the NNCF row needs the package nncf (pip install 'edgeser[bench]')") from None
+    except ImportError as err:
+        raise MissingDependencyError("nncf", "bench", "the NNCF row of `edgeser bench --compare --nncf`") from err
     import openvino
 
     from edgeser.stages import StageGraph

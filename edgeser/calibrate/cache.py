@@ -88,7 +88,7 @@ def read_calibration(bundle: Path) -> CalibrationCache:
             provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
             payload = (root / INPUTS_FILE).read_bytes()
         except json.JSONDecodeError as err:
-            raise BundleError(f"{provenance_path}: corrupt calibration provenance ({err.msg})") from None
+            raise BundleError(f"{provenance_path}: corrupt calibration provenance ({err.msg})") from err
         except FileNotFoundError:
             continue  # the folder was swapped between the two reads
         expected = provenance.get("inputs_sha256")
@@ -182,7 +182,7 @@ def calibrate_bundle(
     target = bundle / CALIBRATION_DIR
     with atomic_dir(target) as staging:
         buffer = io.BytesIO()
-        np.savez(buffer, **captured.flat())
+        np.savez(buffer, **captured.flat())  # type: ignore[arg-type]  # numpy's stub: **arrays vs allow_pickle
         (staging / INPUTS_FILE).write_bytes(buffer.getvalue())
         provenance["inputs_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
         write_json_atomic(staging / PROVENANCE_FILE, provenance)

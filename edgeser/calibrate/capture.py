@@ -113,6 +113,7 @@ def capture_stage_inputs(
 ) -> CapturedInputs:
     """Run each clip through the fp32 `pipeline` (batch 1) and keep every stage's inputs at fixed shapes."""
     manifest = pipeline.manifest
+    assert manifest is not None  # for mypy: Pipeline.load sets it
     buckets = sorted({round(s * SAMPLE_RATE) for s in buckets_s})
     batch_safe = bool(manifest.supports_padded_batch)
     wanted = {t.name for spec in manifest.stages.values() for t in spec.inputs}
@@ -160,6 +161,7 @@ def add_text_inputs(pipeline: Pipeline, captured: CapturedInputs, texts: Sequenc
     """Add `texts` (distinct, non-empty) as text-encoder calibration items, grouped `text-t<tokens>`; returns
     how many. Only `input_ids` / `attention_mask`: the stages after the text encoder calibrate on clips only."""
     manifest = pipeline.manifest
+    assert manifest is not None  # for mypy: Pipeline.load sets it
     wanted = {t.name for spec in manifest.stages.values() for t in spec.inputs}
     if not {"input_ids", "attention_mask"} <= wanted:
         return 0

@@ -8,7 +8,7 @@ import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
 
-class StageDataReader(CalibrationDataReader):
+class StageDataReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type information
     """Yields batch-1 feeds (`{input_name: array}`) of one stage; supports rewind and ranges."""
 
     def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:

@@ -26,7 +26,7 @@ import click
 import numpy as np
 
 from edgeser.audio import SAMPLE_RATE, load_audio
-from edgeser.bundle import validate_bundle
+from edgeser.bundle import Precision, validate_bundle
 from edgeser.checks.compare import compare_stages
 from edgeser.errors import BundleError, DataError, SplitError
 from edgeser.machine import machine_info
@@ -35,7 +35,7 @@ from edgeser.metrics import cer, classification_report, wer
 from edgeser.reports import REPORTS_DIR, write_report
 from edgeser.stages import StageRun
 
-ONNX_ORDER = ("fp32", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic", "fp16")
+ONNX_ORDER: tuple[Precision, ...] = ("fp32", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic", "fp16")
 FLOAT = "pytorch"
 REPORT_NAME = "variants"
 WARMUP_RUNS = 3
@@ -281,7 +281,7 @@ def check_variants(
     return report
 
 
-def tensorrt_variants(bundle: Path, precisions: list[str], waves: list[np.ndarray], warmup: int,
+def tensorrt_variants(bundle: Path, precisions: list[Precision], waves: list[np.ndarray], warmup: int,
                       references: list[StageRun], threads: int | None) -> dict[str, VariantRun]:
     """TensorRT engines (`edgeser build-trt`) of these precisions, where this machine can run them: a row
     `tensorrt-<precision>` each; engines built elsewhere or a machine without TensorRT give a `not run` row."""

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from edgeser import __version__
-from edgeser.errors import EdgeserError
+from edgeser.errors import EdgeserError, MissingDependencyError
 
 # The top-level module of an optional dependency -> the extra that installs it.
 EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export",
@@ -47,7 +47,7 @@ class EdgeserGroup(click.Group):
             root = (err.name or "").split(".")[0]
             if root not in EXTRAS or os.environ.get("EDGESER_DEBUG"):
                 raise
-            fail(f"this command needs {root}, which is not installed: pip install 'edgeser[{EXTRAS[root]}]'")
+            fail(str(MissingDependencyError(root, EXTRAS[root], "this command")))
         except OSError as err:  # a file-system problem with an input or output the user named
             if os.environ.get("EDGESER_DEBUG"):
                 raise

@@ -21,8 +21,9 @@ from typing import Any
 import click
 import numpy as np
 
+from edgeser.bundle import Precision
 from edgeser.cli.params import Bounded, precision_option, threads_option
-from edgeser.runtime.options import BACKENDS
+from edgeser.runtime.options import BACKENDS, Backend
 
 # A microphone callback hands chunks to the main thread through a queue this long; past it (the model is
 # slower than the audio) chunks are dropped and counted.
@@ -52,7 +53,7 @@ MIC_QUEUE_CHUNKS = 500
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per utterance, then an end line.")
 def listen_command(bundle: Path, source: str | None, device: int | None, fast: bool, rate: int | None,
                    channels: int, chunk_ms: int, threshold: float, min_silence_ms: float, max_speech_s: float,
-                   precision: str, threads: int | None, backend: str, as_json: bool) -> None:
+                   precision: Precision, threads: int | None, backend: Backend, as_json: bool) -> None:
     """Find utterances in live audio (a file, stdin PCM or a microphone) and print each one's emotion."""
     from edgeser.errors import OptionError
     from edgeser.runtime import Listener, Pipeline, VadOptions
@@ -130,7 +131,7 @@ def _file(path: Path, chunk_ms: int, fast: bool) -> Iterator[np.ndarray]:
                 fed += block.shape[0]
                 yield block[:, 0] if block.shape[1] == 1 else block
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(path, f"unreadable or corrupt audio ({' '.join(str(err).split())[:160]})") from None
+        raise AudioError(path, f"unreadable or corrupt audio ({' '.join(str(err).split())[:160]})") from err
 
 
 def _stdin(rate: int, channels: int, chunk_ms: int) -> Iterator[np.ndarray]:
@@ -160,16 +161,16 @@ def _microphone(device: int, rate: int | None, channels: int, chunk_ms: int
 
     try:
         import sounddevice as sd
-    except ModuleNotFoundError:
-        raise MissingDependencyError("sounddevice", "mic", "edgeser listen --device") from None
+    except ModuleNotFoundError as err:
+        raise MissingDependencyError("sounddevice", "mic", "edgeser listen --device") from err
     except OSError as err:  # the module is there, the PortAudio library is not
         raise AudioError(f"--device {device}", f"sounddevice cannot load PortAudio ({err}); install the "
-                                               "PortAudio library (e.g. apt-get install libportaudio2)") from None
+                                               "PortAudio library (e.g. apt-get install libportaudio2)") from err
     try:
         info = sd.query_devices(device, "input")
     except (ValueError, sd.PortAudioError) as err:
         raise AudioError(f"--device {device}", f"no such input device ({' '.join(str(err).split())[:160]}); "
-                                               "`python -m sounddevice` lists them") from None
+                                               "`python -m sounddevice` lists them") from err
     rate = rate or int(info["default_samplerate"])
     chunks: queue.Queue[np.ndarray] = queue.Queue(maxsize=MIC_QUEUE_CHUNKS)
     stats = {"dropped_chunks": 0}
@@ -185,7 +186,7 @@ def _microphone(device: int, rate: int | None, channels: int, chunk_ms: int
                                 blocksize=max(1, rate * chunk_ms // 1000), callback=callback)
     except (ValueError, sd.PortAudioError) as err:
         raise AudioError(f"--device {device}", f"cannot open it at {rate} Hz, {channels} channel(s) "
-                                               f"({' '.join(str(err).split())[:160]})") from None
+                                               f"({' '.join(str(err).split())[:160]})") from err
 
     def read() -> Iterator[np.ndarray]:
         with stream:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import click
 
+from edgeser.bundle import Precision
 from edgeser.cli.params import precision_option, threads_option
 from edgeser.cli.ray_options import predict_on_ray, ray_option, ray_scoring_options
-from edgeser.runtime.options import BACKENDS
+from edgeser.runtime.options import BACKENDS, Backend
 
 # Below this speech ratio the text output warns that the clip holds (almost) no voice.
 LITTLE_SPEECH = 0.1
@@ -30,7 +31,7 @@ LITTLE_SPEECH = 0.1
               "a timeline, or 'no speech found' (exit 0) where there is none.")
 @ray_option
 @ray_scoring_options
-def predict_command(bundle: Path, files: tuple[str, ...], precision: str, threads: int | None, backend: str,
+def predict_command(bundle: Path, files: tuple[str, ...], precision: Precision, threads: int | None, backend: Backend,
                     as_json: bool, long_audio: bool, ray_address: str | None, out: Path | None, workers: int,
                     cpus_per_worker: float, gpus_per_worker: float, batch_size: int, unordered: bool) -> None:
     """Predict the emotion (and transcript) of each FILE; bad files are reported and the rest still run.

@@ -231,7 +231,7 @@ def _manifest_rows(path: Path) -> list[dict[str, object]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the manifest as UTF-8") from None
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the manifest as UTF-8") from err
     if path.suffix.lower() in {".jsonl", ".ndjson"}:
         rows = []
         for number, line in enumerate(text.splitlines(), start=1):
@@ -240,7 +240,7 @@ def _manifest_rows(path: Path) -> list[dict[str, object]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: invalid JSON ({err.msg})") from None
+                raise DataError(f"{path}:{number}: invalid JSON ({err.msg})") from err
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{number}: each line must be a JSON object")
             rows.append(row)

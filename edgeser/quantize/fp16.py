@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 FP16_OP_BLOCK_LIST = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Log", "Exp", "Erf",
                       "LogSoftmax", "CumSum", "Range")  # fmt: skip
-FLOATS = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16",
+FLOATS: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16",
           onnx.TensorProto.DOUBLE: "float64"}
 # Inputs whose type is independent of the op's data type (so they may differ from the other float inputs).
 _FREE_INPUTS = {"Pow": {1}, "Resize": {1, 2}, "ConstantOfShape": {0}, "Cast": {0}, "CastLike": {0, 1},

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -186,7 +187,7 @@ def frame_first_conv(model: onnx.ModelProto, conv_name: str) -> str | None:
         model.graph.initializer.append(numpy_helper.from_array(value, f"{base}/{name}"))
         return f"{base}/{name}"
 
-    def node(op: str, inputs: list[str], name: str, **kwargs: object) -> str:
+    def node(op: str, inputs: list[str], name: str, **kwargs: Any) -> str:  # kwargs: attributes, as make_node's
         out = f"{base}/{name}_output_0"
         new.append(helper.make_node(op, inputs, [out], name=f"{base}/{name}", **kwargs))
         return out

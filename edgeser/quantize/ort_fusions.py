@@ -22,6 +22,8 @@ Split stays.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -131,7 +133,21 @@ def _leads_to_matmul(graph: _Graph, node: onnx.NodeProto) -> bool:
     return node.op_type == "MatMul"
 
 
-def _match(graph: _Graph, softmax: onnx.NodeProto) -> dict | None:
+class _Attention(TypedDict):
+    """One matched attention core: the q/k/v projections' outputs, the additive mask (or ""), the scores' scale,
+    the heads and model width, the core's output, the nodes it replaces and the Reshape it ends in."""
+
+    inputs: list[str]
+    mask: str
+    scale: float
+    heads: int
+    width: int
+    output: str
+    removed: list[onnx.NodeProto]
+    at: onnx.NodeProto
+
+
+def _match(graph: _Graph, softmax: onnx.NodeProto) -> _Attention | None:
     axis = next((helper.get_attribute_value(a) for a in softmax.attribute if a.name == "axis"), -1)
     if axis not in (-1, 3):
         return None

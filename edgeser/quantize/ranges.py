@@ -6,11 +6,14 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import onnx
 
 from edgeser.errors import BundleError
+
+if TYPE_CHECKING:
+    from edgeser.calibrate.cache import CalibrationCache
 
 
 class RangeSettings(Protocol):
@@ -82,8 +85,8 @@ def robust_collector(calibrator: Any) -> None:
         scenario=calibrator.scenario)
 
 
-def activation_ranges(prepared: Path, stage: str, cache: Any, options: RangeSettings, workdir: Path,
-                      variant: str = "") -> Path:
+def activation_ranges(prepared: Path, stage: str, cache: CalibrationCache, options: RangeSettings,
+                      workdir: Path, variant: str = "") -> Path:
     """Activation ranges of `stage` from the cached calibration inputs, computed once per method and cached;
     `variant` names a rewritten graph (SmoothQuant scales) whose ranges differ from the plain one's."""
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data

@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeser.measures import interleaved_times
 from edgeser.runtime.options import thread_count
+
+if TYPE_CHECKING:
+    pass
 
 SPEED_ROUNDS = 5
 SPEED_WARMUP = 1

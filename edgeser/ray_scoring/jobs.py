@@ -18,11 +18,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from edgeser.errors import ClusterError, EdgeserError
+from edgeser.errors import ClusterError, EdgeserError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from edgeser.bundle import Precision
 
 # One result row per clip; `error` is set (and the prediction columns null) where the clip failed.
 COLUMNS = ("index", "id", "path", "label", "confidence", "probabilities", "logits", "transcript", "duration_s",
@@ -33,16 +36,16 @@ LABELS_KEY = b"edgeser.labels"
 def _pyarrow() -> Any:
     try:
         import pyarrow
-    except ImportError:
-        raise ClusterError("corpus scoring with Ray needs the `ray` extra: pip install 'edgeser[ray]'") from None
+    except ImportError as err:
+        raise MissingDependencyError("pyarrow", "ray", "corpus scoring with Ray") from err
     return pyarrow
 
 
 def _ray() -> Any:
     try:
         import ray
-    except ImportError:
-        raise ClusterError("corpus scoring with Ray needs the `ray` extra: pip install 'edgeser[ray]'") from None
+    except ImportError as err:
+        raise MissingDependencyError("ray", "ray", "corpus scoring with Ray") from err
     return ray
 
 
@@ -97,7 +100,7 @@ class ClipScorer:
         from edgeser.runtime import Pipeline
 
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else None
-        self.pipe = Pipeline.load(bundle, precision, threads=threads, providers=providers)
+        self.pipe = Pipeline.load(bundle, cast("Precision", precision), threads=threads, providers=providers)
         self.labels = list(self.pipe.labels)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> Any:
@@ -186,7 +189,7 @@ def connect(options: RayOptions) -> Any:
         else:
             ray.init(address=options.address, runtime_env=runtime_env, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ClusterError(f"Ray at {options.address or 'local'}: {' '.join(str(err).split())[:300]}") from None
+        raise ClusterError(f"Ray at {options.address or 'local'}: {' '.join(str(err).split())[:300]}") from err
     quiet(ray)
     return ray
 

@@ -14,13 +14,20 @@ and `tokenizers.Tokenizer` are safe for concurrent calls). A `Listener` serves o
 share one Pipeline.
 
 Errors are one line naming the input: `AudioError` (an input clip), `OptionError` (an argument, `.name`),
-`BundleError` (the bundle, its graphs or engines), `MissingDependencyError` (an optional package), all
-`EdgeserError`s. `Precision` and `Backend` are the accepted values of `Pipeline.load`'s `precision` and
-`backend`.
+`BundleError` (the bundle, its graphs or engines), `MissingDependencyError` (an optional package),
+`ProviderError` (an onnxruntime execution provider this machine does not give), all `EdgeserError`s.
+`Precision` and `Backend` are the accepted values of `Pipeline.load`'s `precision` and `backend`.
 """
 
 from edgeser.bundle import PRECISIONS, Precision
-from edgeser.errors import AudioError, BundleError, EdgeserError, MissingDependencyError, OptionError
+from edgeser.errors import (
+    AudioError,
+    BundleError,
+    EdgeserError,
+    MissingDependencyError,
+    OptionError,
+    ProviderError,
+)
 from edgeser.runtime.listener import Listener
 from edgeser.runtime.options import BACKENDS, Backend
 from edgeser.runtime.pipeline import Pipeline
@@ -29,5 +36,5 @@ from edgeser.runtime.segment import SegmentOptions
 from edgeser.runtime.vad import SpeechDetector, VadOptions, detect_speech
 
 __all__ = ["BACKENDS", "PRECISIONS", "AudioError", "Backend", "BundleError", "EdgeserError", "Failure", "Listener",
-           "MissingDependencyError", "OptionError", "Pipeline", "Precision", "Prediction", "Segment",
+           "MissingDependencyError", "OptionError", "Pipeline", "Precision", "Prediction", "ProviderError", "Segment",
            "SegmentOptions", "SpeechDetector", "Timeline", "Utterance", "VadOptions", "detect_speech"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeser.errors import EngineError, TensorRTUnavailable
+from edgeser.errors import EngineError, MissingDependencyError, TensorRTUnavailable
 from edgeser.files import sha256_of
 
 ENGINE_DIR = "trt"
@@ -62,15 +62,17 @@ def slug(name: str) -> str:
 
 
 def import_tensorrt() -> Any:
-    """The `tensorrt` module, or a one-line TensorRTUnavailable saying how to install it."""
+    """The `tensorrt` module, or a one-line MissingDependencyError (TensorRTUnavailable: installed, unusable)
+    saying how to install it."""
     try:
         import tensorrt
     except ImportError as err:
-        missing = getattr(err, "name", None) in ("tensorrt", None) and "tensorrt" in str(err)
-        what = "TensorRT is not installed" if missing else f"TensorRT cannot be imported ({err})"
-        raise TensorRTUnavailable(f"{what}: {INSTALL_HINT}") from None
+        if getattr(err, "name", None) in ("tensorrt", None) and "tensorrt" in str(err):
+            raise MissingDependencyError("tensorrt", "trt", "building or running TensorRT engines",
+                                         INSTALL_HINT) from err
+        raise TensorRTUnavailable(f"TensorRT cannot be imported ({err}): {INSTALL_HINT}") from err
     except OSError as err:  # the Python package without its libnvinfer libraries
-        raise TensorRTUnavailable(f"TensorRT's libraries cannot be loaded ({err}): {INSTALL_HINT}") from None
+        raise TensorRTUnavailable(f"TensorRT's libraries cannot be loaded ({err}): {INSTALL_HINT}") from err
     return tensorrt
 
 
@@ -81,9 +83,9 @@ def import_cudart() -> Any:
     except ImportError:
         try:
             from cuda import cudart as runtime
-        except ImportError:
-            raise TensorRTUnavailable("cuda-python is not installed (TensorRT's device buffers need it): "
-                                      "pip install 'edgeser[trt]'") from None
+        except ImportError as err:
+            raise MissingDependencyError("cuda-python", "trt",
+                                         "building or running TensorRT engines (their device buffers)") from err
     return runtime
 
 
@@ -129,7 +131,7 @@ def read_engine_manifest(folder: Path) -> dict[str, Any]:
         raise EngineError(f"{folder}: no {ENGINE_MANIFEST}; an incomplete engine folder, rebuild it with "
                           "`edgeser build-trt`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EngineError(f"{path}: corrupt engine manifest ({err})") from None
+        raise EngineError(f"{path}: corrupt engine manifest ({err})") from err
     if not isinstance(data, dict) or data.get("schema") != ENGINE_SCHEMA or "stages" not in data:
         raise EngineError(f"{path}: not an edgeser engine manifest (schema {data.get('schema')!r})")
     return data

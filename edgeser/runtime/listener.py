@@ -168,7 +168,7 @@ class Listener:
         try:
             audio = np.asarray(samples)
         except (TypeError, ValueError) as err:
-            raise AudioError(where, f"not an array of samples ({type(samples).__name__}: {err})") from None
+            raise AudioError(where, f"not an array of samples ({type(samples).__name__}: {err})") from err
         expected = "[samples]" if self.channels == 1 else f"[samples, {self.channels}]"
         if not (audio.ndim == 1 and self.channels == 1) and not (audio.ndim == 2 and audio.shape[1] == self.channels):
             raise AudioError(where, f"shape {audio.shape}, expected {expected} ({self.channels} channel(s))")

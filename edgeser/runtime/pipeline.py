@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -85,16 +85,17 @@ class Pipeline:
     changed after it is made: `with_runners` returns a new one.
     """
 
-    def __init__(self, graph: StageGraph, runners: Mapping[str, StageRunner], *, precision: Precision = "fp32",
-                 backend: Backend = "onnxruntime", root: Path | None = None,
+    def __init__(self, graph: StageGraph, runners: Mapping[str, StageRunner], *,
+                 precision: Precision | Literal["pytorch"] = "fp32", backend: Backend | Literal["pytorch"] = "onnxruntime",
+                 root: Path | None = None,
                  manifest: BundleManifest | None = None) -> None:
         missing = [s for s in graph.stages if s not in runners]
         if missing:
             raise BundleError(f"{graph.source}: no runner for stage(s) {', '.join(missing)}")
         self.graph = graph
         self._runners = dict(runners)
-        self.precision: Precision = precision
-        self.backend: Backend = backend
+        self.precision = precision  # "pytorch": the float reference (`edgeser.checks.reference`)
+        self.backend = backend
         self.root = root
         self.manifest = manifest
 

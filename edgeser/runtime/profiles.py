@@ -58,7 +58,7 @@ def length_stats(bundle: Path) -> dict[str, dict[str, int]] | None:
     try:
         stats = json.loads(path.read_text(encoding="utf-8")).get("length_stats")
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ProfileError(f"{path}: unreadable calibration provenance ({err})") from None
+        raise ProfileError(f"{path}: unreadable calibration provenance ({err})") from err
     return stats or None
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeser.bundle import CPU_VARIANTS
-from edgeser.errors import BundleError
+from edgeser.errors import BundleError, ProviderError
 
 BACKENDS = ("onnxruntime", "cpu", "cuda", "tensorrt-ep")
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -118,5 +118,5 @@ def check_providers(session: Any, requested: list[str], path: Path) -> None:
         why = "no TensorRT 10 runtime (libnvinfer.so.10) can be loaded: install TensorRT 10 (pip install tensorrt-cu12)"
     else:
         why = "see onnxruntime's log above for why the EP failed to start"
-    raise BundleError(f"{path}: onnxruntime {onnxruntime.__version__} fell back to "
-                      f"{', '.join(session.get_providers())} without its TensorRT EP; {why}")
+    raise ProviderError(f"{path}: onnxruntime {onnxruntime.__version__} fell back to "
+                        f"{', '.join(session.get_providers())} without its TensorRT EP; {why}")

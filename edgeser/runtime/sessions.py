@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgeser.errors import BundleError
+from edgeser.errors import BundleError, ProviderError
 from edgeser.runtime.options import check_threads
 from edgeser.runtime.providers import check_providers
 
@@ -44,14 +44,14 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
     chosen = providers or ["CPUExecutionProvider"]
     unknown = [p for p in chosen if p not in available]
     if unknown:
-        raise BundleError(f"execution provider(s) {unknown} not available here (available: {available})")
+        raise ProviderError(f"execution provider(s) {unknown} not available here (available: {available})")
     model: str | bytes = str(path)
     if sha256 is not None:
         try:
             model = Path(path).read_bytes()
         except OSError as err:
             raise BundleError(f"{path}: cannot read the graph ({err.strerror}); was the bundle replaced while "
-                              "loading? Load it again") from None
+                              "loading? Load it again") from err
         if hashlib.sha256(model).hexdigest() != sha256:
             raise BundleError(f"{path}: checksum mismatch with bundle.json (the graph was changed after export, or "
                               "the bundle is being replaced while it loads: load it again)")
@@ -59,7 +59,7 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
         session = ort.InferenceSession(model, sess_options=options, providers=chosen,
                                        provider_options=provider_options)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise BundleError(f"{path}: onnxruntime cannot load this graph ({' '.join(str(err).split())[:200]})") from None
+        raise BundleError(f"{path}: onnxruntime cannot load this graph ({' '.join(str(err).split())[:200]})") from err
     check_providers(session, chosen, path)
     return session
 

@@ -15,12 +15,12 @@ import json
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edgeser.errors import ServingError
+from edgeser.errors import MissingDependencyError, ServingError
 from edgeser.serving.repository import (
     LABEL,
     LENGTH,
@@ -31,6 +31,9 @@ from edgeser.serving.repository import (
     WAVEFORM,
 )
 from edgeser.stages import pad_batch
+
+if TYPE_CHECKING:
+    from tritonclient.utils import InferenceServerException
 
 PROTOCOLS = ("http", "grpc")
 NUMPY_TO_TRITON = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "int8": "INT8",
@@ -46,16 +49,16 @@ def triton_module(protocol: str) -> Any:
             import tritonclient.http as module
         else:
             import tritonclient.grpc as module
-    except ImportError:
-        raise ServingError("talking to a Triton server needs tritonclient: pip install 'edgeser[serve-client]'") \
-            from None
+    except ImportError as err:
+        raise MissingDependencyError("tritonclient", "serve-client", "talking to a Triton server") from err
     return module
 
 
-def _exception_type() -> type[Exception]:
+def _exception_type() -> type[InferenceServerException]:
     from tritonclient.utils import InferenceServerException
 
-    return InferenceServerException
+    exception: type[InferenceServerException] = InferenceServerException  # tritonclient ships no types
+    return exception
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class _Connection:
                 self.client = self.module.InferenceServerClient(url)
                 self.config = self.client.get_model_config(model, as_json=True)["config"]
         except _exception_type() as err:
-            raise ServingError(f"{url}: cannot use model {model!r} ({err.message()})") from None
+            raise ServingError(f"{url}: cannot use model {model!r} ({err.message()})") from err
         self.timeout_s = timeout_s
 
     def infer(self, arrays: Mapping[str, np.ndarray], outputs: list[str]) -> Any:
@@ -100,7 +103,7 @@ class _Connection:
                 return self.client.infer(self.model, inputs, outputs=wanted)
             return self.client.infer(self.model, inputs, outputs=wanted, client_timeout=self.timeout_s)
         except _exception_type() as err:
-            raise ServingError(f"{self.url} model {self.model}: {' '.join(str(err.message()).split())}") from None
+            raise ServingError(f"{self.url} model {self.model}: {' '.join(str(err.message()).split())}") from err
 
     def close(self) -> None:
         self.client.close()

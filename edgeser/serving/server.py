@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeser.errors import ServingError
+from edgeser.errors import MissingDependencyError, ServingError
 from edgeser.files import staging_dir
 
 SERVE_EXTRA_HINT = ("install the `serve` extra in its own environment (nvidia-pytriton pins numpy<2): "
@@ -48,7 +48,8 @@ def find_tritonserver() -> TritonInstall:
     """The Triton of the nvidia-pytriton wheel installed in this environment, or a one-line error."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ServingError(f"edgeser serve needs the tritonserver of the nvidia-pytriton wheel: {SERVE_EXTRA_HINT}")
+        raise MissingDependencyError("nvidia-pytriton", "serve", "edgeser serve (the tritonserver of its wheel)",
+                                     SERVE_EXTRA_HINT)
     package = Path(next(iter(spec.submodule_search_locations)))
     root = package / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -145,7 +146,7 @@ class TritonServer:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             env=self.environment(), start_new_session=True,
-                                            preexec_fn=_terminate_with_parent)  # noqa: PLW1509 (no locks taken)
+                                            preexec_fn=_terminate_with_parent)  # it takes no locks (safe beside threads)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -160,7 +161,7 @@ class TritonServer:
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
-                return response.status == 200
+                return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 

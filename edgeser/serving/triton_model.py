@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from edgeser.audio import check_waveform
+from edgeser.bundle import Precision
 from edgeser.errors import AudioError, ServingError
 from edgeser.serving.repository import (
     LABEL,
@@ -161,7 +162,8 @@ def local_stages(params: Mapping[str, str]) -> Callable[[Waves], StageRun]:
     from edgeser.runtime import Pipeline
 
     threads = int(params.get("threads") or 0) or None
-    pipe = Pipeline.load(params["bundle"], params.get("precision") or "fp32", threads=threads)
+    precision = cast(Precision, params.get("precision") or "fp32")  # Pipeline.load checks it
+    pipe = Pipeline.load(params["bundle"], precision, threads=threads)
     return pipe.run_stages
 
 
@@ -212,7 +214,7 @@ class StageModel:
             stacked = {n: np.concatenate([feeds[i][n] for i in members]) for n, _ in self.inputs}
             try:
                 outputs = self.session.run([n for n, _ in self.outputs], stacked)
-            except Exception as err:  # noqa: BLE001 (onnxruntime raises its own types; the message goes back)
+            except Exception as err:  # onnxruntime raises its own types; the message goes back
                 for i in members:
                     responses[i] = pb.InferenceResponse(error=pb.TritonError(" ".join(str(err).split())[:300]))
                 continue

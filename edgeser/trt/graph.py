@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeser.errors import BundleError
+from edgeser.errors import BundleError, MissingDependencyError
 from edgeser.trt.operators import ONNX_TYPES
 
 # Ops whose output is never a build-time constant, whatever their inputs.
@@ -78,13 +78,12 @@ def load_graph(path: Path) -> GraphFacts:
     try:
         import onnx
         from onnx import numpy_helper
-    except ImportError:
-        raise BundleError("the TensorRT doctor reads ONNX graphs with the onnx package: "
-                          "pip install 'edgeser[export]'") from None
+    except ImportError as err:
+        raise MissingDependencyError("onnx", "export", "the TensorRT doctor (it reads ONNX graphs)") from err
     try:
         model = onnx.load(str(path))
     except Exception as err:
-        raise BundleError(f"{path}: not a readable ONNX graph ({' '.join(str(err).split())[:160]})") from None
+        raise BundleError(f"{path}: not a readable ONNX graph ({' '.join(str(err).split())[:160]})") from err
     with contextlib.suppress(Exception):  # inference helps with element types; graphs without it still check
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

@@ -81,7 +81,7 @@ def parse_engine_information(text: str | dict[str, Any]) -> LayerPrecisions:
     try:
         data = json.loads(text) if isinstance(text, str) else text
     except json.JSONDecodeError as err:
-        raise InspectorError(f"engine inspector output is not JSON ({err.msg} at {err.pos})") from None
+        raise InspectorError(f"engine inspector output is not JSON ({err.msg} at {err.pos})") from err
     if not isinstance(data, dict) or not isinstance(data.get("Layers"), list):
         raise InspectorError("engine inspector output has no Layers list")
     layers = data["Layers"]

@@ -67,7 +67,7 @@ def load_table(major: int) -> dict[str, Any]:
         table: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         return table
     except (OSError, json.JSONDecodeError) as err:
-        raise TargetError(f"{path}: operator table unreadable ({err}); reinstall edgeser") from None
+        raise TargetError(f"{path}: operator table unreadable ({err}); reinstall edgeser") from err
 
 
 def table_source(major: int) -> dict[str, Any]:
