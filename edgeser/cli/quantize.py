@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from edgeser.bundle import CALIBRATION_METHODS
 from edgeser.cli import echo_json
 from edgeser.cli.check import csv
 from edgeser.cli.params import THREADS, Bounded, threads_option
@@ -66,7 +67,7 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
               "(int8-trt-fp16/, what `build-trt --int8` builds; writes int8-trt first when it is missing).")
 @click.option("--int8-dynamic", "int8_dynamic", is_flag=True, help="Dynamic INT8 (MatMul weights; no calibration).")
 @click.option("--fp16", "fp16", is_flag=True, help="FP16 for GPUs (sensitive ops and the front end stay FP32).")
-@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile",
+@click.option("--method", type=click.Choice(CALIBRATION_METHODS), default="percentile",
               show_default=True, help="Calibration method of --int8.")
 @click.option("--exclude", multiple=True, help="Keep these in float instead of the defaults: categories "
               "(frontend, first-conv, layernorm, softmax, residual-add, gelu, narrow, grouped-conv, "

@@ -10,6 +10,7 @@ import click
 
 from edgeser.cli.params import Bounded, threads_option
 from edgeser.errors import ServingError
+from edgeser.serving.repository import BACKENDS as TRITON_BACKENDS
 
 PRECISION_HELP = "Bundle variant: fp32, int8, int8-dynamic, fp16."
 
@@ -18,7 +19,7 @@ PRECISION_HELP = "Bundle variant: fp32, int8, int8-dynamic, fp16."
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--precision", default="fp32", show_default=True, help=PRECISION_HELP)
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "python"]), default="onnxruntime",
+@click.option("--backend", type=click.Choice(TRITON_BACKENDS), default="onnxruntime",
               show_default=True, help="What runs the stage models: Triton's onnxruntime_onnx or tensorrt_plan "
                                       "platform, or onnxruntime inside the Python backend.")
 @click.option("--engines", help="TensorRT target folder under BUNDLE/trt/ [the only one there].")

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from edgeser.cli.params import Bounded
-from edgeser.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+from edgeser.data.protocols import DEFAULT_PROTOCOL, PAPER_PROTOCOL, PROTOCOLS
 from edgeser.modelling import MODEL_NAMES
+from edgeser.text import TEXT_SOURCES
 
 
 @click.command("train")
@@ -17,7 +18,7 @@ from edgeser.modelling import MODEL_NAMES
 @click.option("--data", "data_spec", required=True, help="Data spec, e.g. emodb:../shared/data/emodb.")
 @click.option("--fold", "fold_index", type=click.IntRange(min=0), default=0, show_default=True,
               help="Fold of the protocol (held-out speaker/session for the default).")
-@click.option("--protocol", type=click.Choice([*PROTOCOLS, "paper"]), default=DEFAULT_PROTOCOL, show_default=True,
+@click.option("--protocol", type=click.Choice([*PROTOCOLS, PAPER_PROTOCOL]), default=DEFAULT_PROTOCOL, show_default=True,
               help="Evaluation protocol: speaker-independent (the deployment estimate), a paper's own split, or "
                    "`paper`: the one the model's recipe names.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Checkpoint folder [runs/MODEL-SIZE-CORPUS-foldK].")
@@ -25,7 +26,7 @@ from edgeser.modelling import MODEL_NAMES
 @click.option("--batch-size", type=Bounded("train_batch_size"),
               help="Override the recipe's batch size: the global batch, split across the processes under torchrun.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's learning rate.")
-@click.option("--text-source-eval", type=click.Choice(["asr", "ground-truth"]),
+@click.option("--text-source-eval", type=click.Choice([source.replace("_", "-") for source in TEXT_SOURCES]),
               help="Text the text branch reads when evaluating: the model's own CTC transcript (deployment) or "
                    "the ground truth (the papers' GT rows) [the recipe's].")
 @click.option("--seed", type=int, default=0, show_default=True)

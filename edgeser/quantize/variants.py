@@ -19,12 +19,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 import onnx
 
-from edgeser.bundle import MANIFEST, StageFile, read_manifest, validate_bundle
+from edgeser.bundle import MANIFEST, CalibrationMethod, StageFile, read_manifest, validate_bundle
 from edgeser.errors import BundleError
 from edgeser.files import atomic_dir, sha256_of, staging_dir, working_directory, write_json_atomic
 from edgeser.quantize.fuse import frame_first_conv, fuse_parallel_matmuls, union_ranges
@@ -45,6 +45,8 @@ from edgeser.quantize.speed import measured_on
 LOG = logging.getLogger(__name__)
 TENSORRT_PRECISION = "int8-trt"
 TENSORRT_FP16_PRECISION = "int8-trt-fp16"  # int8-trt with its float remainder in FP16 (fp16.py)
+QuantTypeName = Literal["QInt8", "QUInt8"]  # onnxruntime's QuantType: signed or unsigned 8-bit
+QuantTarget = Literal["cpu", "tensorrt"]  # what a graph is made for: onnxruntime on the CPU, or TensorRT
 
 
 @dataclass(frozen=True)
@@ -54,19 +56,19 @@ class Int8Options:
     # percentile (99.999), on the trained stfnet fold 0, every width quantised (EMO-DB speaker 03, 49 clips):
     # logit RMSE vs fp32 0.040 and 1 label flip, where minmax gave 0.042 and 2 flips, entropy 0.104 and 1;
     # HuBERT-large feature cosine 0.9988 against 0.9986 for minmax. Calibration (histograms) is slower.
-    method: str = "percentile"
+    method: CalibrationMethod = "percentile"
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     exclude: tuple[str, ...] | None = None  # None: the default float categories; else exactly these patterns
     min_width: int = NARROW_WIDTH  # GEMMs with fewer input features or output channels stay float (0: none)
     per_channel: bool = True
-    activation_type: str = "QUInt8"
-    weight_type: str = "QInt8"
+    activation_type: QuantTypeName = "QUInt8"
+    weight_type: QuantTypeName = "QInt8"
     # TensorRT's ONNX parser takes symmetric INT8 only: activations QInt8 with zero point 0, float biases (it has
     # no INT32 DequantizeLinear), and one Q/DQ pair per consumer. See `Int8Options.tensorrt()`.
     symmetric_activations: bool = False
     dedicated_qdq: bool = False
     quantize_bias: bool = True
-    target: str = "cpu"  # cpu (onnxruntime) or tensorrt: what the graph is made for, recorded in its settings
+    target: QuantTarget = "cpu"  # cpu (onnxruntime) or tensorrt: what the graph is made for, recorded in its settings
     percentile: float = 99.999
     matmul_weights_only: bool = False  # True: leave activation x activation MatMuls (attention) in float
     quantize_outputs: bool = True  # False: Q/DQ only on node inputs (outputs stay float until the next consumer)
@@ -249,7 +251,7 @@ def op_counts(path: Path) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
-def quant_type(name: str) -> Any:
+def quant_type(name: QuantTypeName) -> Any:
     from onnxruntime.quantization import QuantType
 
     try:

@@ -22,6 +22,7 @@ from edgeser.modelling.base import SerModel, SerOutput
 from edgeser.modelling.runner import torch_runners
 from edgeser.modelling.train_hooks import l2_penalty
 from edgeser.stages import pad_batch
+from edgeser.text import TextSource
 from edgeser.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ def _grouped(groups: list[str], labels: list[int], predictions: list[int], class
 
 
 def evaluate(
-    model: SerModel, clips: list[Clip], *, batch_size: int = 16, text_source: str = "asr",
+    model: SerModel, clips: list[Clip], *, batch_size: int = 16, text_source: TextSource = "asr",
     device: torch.device | None = None, per_speaker: bool = False, world: World | None = None,
 ) -> EvalResult:
     """Run the model as deployed, through the stage contract (`StageGraph` + PyTorch runners): the text branch

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 
 from edgeser.checkpoint import load_checkpoint, save_checkpoint
 from edgeser.data import load_corpus
-from edgeser.data.protocols import DEFAULT_PROTOCOL, limited, make_split
+from edgeser.data.protocols import DEFAULT_PROTOCOL, PAPER_PROTOCOL, ProtocolName, limited, make_split
 from edgeser.errors import ModelError
 from edgeser.files import atomic_dir, clean_stale_staging, write_json_atomic, write_text_atomic
 from edgeser.modelling.base import SerModel
@@ -61,7 +61,7 @@ def train(
     fold_index: int,
     out_dir: Path,
     *,
-    protocol: str = DEFAULT_PROTOCOL,
+    protocol: ProtocolName | Literal["paper"] = DEFAULT_PROTOCOL,
     seed: int = 0,
     device_name: str = "auto",
     resume: bool = False,
@@ -81,7 +81,8 @@ def train(
 
 
 def train_world(
-    world: World, model_name: str, size: str, data_spec: str, fold_index: int, out_dir: Path, *, protocol: str,
+    world: World, model_name: str, size: str, data_spec: str, fold_index: int, out_dir: Path, *,
+    protocol: ProtocolName | Literal["paper"],
     seed: int, resume: bool, overrides: dict[str, Any] | None, model_overrides: dict[str, Any] | None,
     limit: int | None, log: Callable[[str], None],
 ) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def train_world(
     seed_everything(seed)
     recipe = load_recipe(model_name)
     config = TrainConfig.from_recipe(recipe, size, overrides or {})
-    if protocol == "paper":
+    if protocol == PAPER_PROTOCOL:
         if not config.protocol:
             raise ModelError(f"{model_name}/{size}: the recipe names no paper protocol; choose one with --protocol")
         protocol = config.protocol
