@@ -44,6 +44,7 @@ def train_command(
 
     Launched by `torchrun --nproc-per-node N -m edgeser.cli train ...` it trains with DistributedDataParallel
     over N processes (same global batch and seed as one process; rank 0 writes and prints)."""
+    from edgeser.cli.progress import CLICK
     from edgeser.data.spec import parse_spec
     from edgeser.training import train
     from edgeser.training.distributed import main_process
@@ -52,7 +53,7 @@ def train_command(
         out_dir = Path("runs") / f"{model_name}-{size}-{parse_spec(data_spec)[0]}-fold{fold_index}"
     metrics = train(
         model_name, size, data_spec, fold_index, out_dir, protocol=protocol, seed=seed, device_name=device,
-        resume=resume, limit=limit,
+        resume=resume, limit=limit, progress=CLICK,
         overrides={"epochs": epochs, "batch_size": batch_size, "lr": lr,
                    "text_source_eval": text_source_eval.replace("-", "_") if text_source_eval else None},
     )

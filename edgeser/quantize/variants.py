@@ -13,7 +13,6 @@ import hashlib
 import io
 import logging
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,12 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import click
 import onnx
 
 from edgeser.bundle import MANIFEST, CalibrationMethod, StageFile, read_manifest, validate_bundle
 from edgeser.errors import BundleError
 from edgeser.files import atomic_dir, sha256_of, staging_dir, working_directory, write_json_atomic
+from edgeser.progress import STDERR, Progress
 from edgeser.quantize.fuse import frame_first_conv, fuse_parallel_matmuls, union_ranges
 from edgeser.quantize.graph import (
     DEFAULT_OP_TYPES,
@@ -167,15 +166,16 @@ def write_variant(
     write_stage: Callable[[str, Path, Path], StageReport],
     settings: dict[str, Any],
     label: str,
+    progress: Progress = STDERR,
 ) -> dict[str, StageReport]:
-    """Write `bundle/<precision>/` stage by stage with `write_stage(stage, fp32_path, out_path)`, then list it."""
+    """Write `bundle/<precision>/` stage by stage with `write_stage(stage, fp32_path, out_path)`, then list it
+    (under a progress bar named `label`)."""
     manifest = validate_bundle(bundle, "fp32")
     reports: dict[str, StageReport] = {}
     files: dict[str, StageFile] = {}
     with atomic_dir(bundle / precision) as staging:
         stages = list(manifest.precisions["fp32"].items())
-        with click.progressbar(stages, label=label, file=sys.stderr,
-                               item_show_func=lambda s: s[0] if s else None) as bar:
+        with progress.bar(stages, label, lambda s: s[0]) as bar:
             for stage, entry in bar:
                 started = time.perf_counter()
                 out = staging / f"{stage}.onnx"
@@ -407,8 +407,8 @@ def keep_if_faster(report: StageReport, stage: str, fp32: Path, out: Path, cache
                        speed=report.speed)
 
 
-def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: str = "int8"
-                  ) -> dict[str, StageReport]:
+def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: str = "int8",
+                  progress: Progress = STDERR) -> dict[str, StageReport]:
     """Static QDQ INT8 of every stage from the bundle's calibration cache; writes `bundle/int8/`."""
     from edgeser.calibrate import read_calibration
 
@@ -435,11 +435,12 @@ def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: s
     }  # fmt: skip
     with staging_dir(bundle, "quantize") as tmp:
         return write_variant(bundle, precision, static_stage_writer(cache, options, tmp), settings,
-                             f"int8 ({options.method})")
+                             f"int8 ({options.method})", progress)
 
 
-def quantize_int8_tensorrt(bundle: Path, options: Int8Options | None = None) -> dict[str, StageReport]:
+def quantize_int8_tensorrt(bundle: Path, options: Int8Options | None = None, progress: Progress = STDERR
+                           ) -> dict[str, StageReport]:
     """Static INT8 for TensorRT (`Int8Options.tensorrt()`: signed symmetric activations with zero point 0,
     symmetric per-channel weights on the output-channel axis, constant scales, float biases, dedicated Q/DQ);
     writes `bundle/int8-trt/`. It runs in onnxruntime too, so `edgeser check` measures its accuracy on CPU."""
-    return quantize_int8(bundle, options or Int8Options.tensorrt(), precision=TENSORRT_PRECISION)
+    return quantize_int8(bundle, options or Int8Options.tensorrt(), precision=TENSORRT_PRECISION, progress=progress)

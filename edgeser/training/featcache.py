@@ -13,7 +13,6 @@ window: the clip zero-padded to 480,000 samples, then only the clip's own frames
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -25,6 +24,7 @@ from edgeser.data.records import Utterance
 from edgeser.errors import DataError
 from edgeser.files import write_bytes_atomic
 from edgeser.modelling.whisper import WINDOW_SAMPLES, WhisperLogMel, load_whisper_encoder, whisper_model_dir
+from edgeser.progress import SILENT, Progress
 
 FeatureWindow = Literal["cut", "padded"]
 WINDOWS: tuple[FeatureWindow, ...] = get_args(FeatureWindow)
@@ -84,8 +84,8 @@ class FeatureCache:
         keep = int(encoder.frame_lengths(torch.tensor(length // 160)))
         return torch.stack([h[0, :keep] for h in layers]).numpy().astype(np.float16)
 
-    def fill(self, utterances: list[Utterance], window: FeatureWindow = "cut", progress: bool = False) -> int:
-        """Encode every clip not cached yet; returns how many were encoded."""
+    def fill(self, utterances: list[Utterance], window: FeatureWindow = "cut", progress: Progress = SILENT) -> int:
+        """Encode every clip not cached yet (a `progress` line every 200 clips); returns how many were encoded."""
         if window not in WINDOWS:
             raise DataError(f"unknown feature window {window!r}; choose one of {', '.join(WINDOWS)}")
         todo = [u for u in utterances if not self.path(u.id, window).is_file()]
@@ -94,8 +94,8 @@ class FeatureCache:
             buffer = _npy_bytes(hidden)
             self.path(utt.id, window).parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(self.path(utt.id, window), buffer)
-            if progress and (n % 200 == 0 or n == len(todo)):
-                print(f"  encoded {n}/{len(todo)} clips ({window} window)", file=sys.stderr, flush=True)
+            if n % 200 == 0 or n == len(todo):
+                progress(f"  encoded {n}/{len(todo)} clips ({window} window)")
         return len(todo)
 
 
