@@ -27,6 +27,7 @@ from edgeser.data.multicorpus import LABEL_SETS, corpus_of, describe, read_multi
 from edgeser.data.records import Corpus
 from edgeser.metrics import classification_report
 from edgeser.reports import markdown_table, write_report
+from edgeser.progress import STDERR
 from edgeser.training.featcache import FeatureCache, pooled
 
 PROTOCOLS = ("actor-folds", "emodb-loso")
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     windows = ["cut", "padded"] if args.padded else ["cut"]
     started = time.time()
     for window in windows:
-        cache.fill(corpus.utterances, window, progress=True)
+        cache.fill(corpus.utterances, window, progress=STDERR)
     encode_s = time.time() - started
     rows = []
     report: dict[str, object] = {

@@ -14,8 +14,9 @@ from edgeser.errors import BundleError
 from edgeser.files import sha256_of
 from edgeser.stages import STAGE_ORDER, apply_frame_layout
 
-__all__ = ["MANIFEST", "PRECISIONS", "TOKENIZER", "BundleManifest", "Precision", "StageFile", "StageSpec",
-           "TensorSpec", "apply_frame_layout", "read_manifest", "sha256_of", "validate_bundle"]
+__all__ = ["CALIBRATION_METHODS", "MANIFEST", "PRECISIONS", "TOKENIZER", "BundleManifest", "CalibrationMethod",
+           "Precision", "StageFile", "StageSpec", "TensorSpec", "apply_frame_layout", "read_manifest", "sha256_of",
+           "validate_bundle"]
 
 BUNDLE_SCHEMA = 1
 MANIFEST = "bundle.json"
@@ -23,6 +24,11 @@ TOKENIZER = "tokenizer.json"
 # int8: the CPU default (u8 activations); int8-trt: symmetric s8 Q/DQ for TensorRT; int8-dynamic: CPU only.
 Precision = Literal["fp32", "fp16", "int8", "int8-trt", "int8-trt-fp16", "int8-dynamic"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+# How static INT8 estimates activation ranges (onnxruntime's CalibrationMethod; `quantize --method`), recorded in
+# bundle.json's quantization settings. Here, torch- and onnx-free, so the command line lists it without importing
+# the quantiser (`edgeser.quantize.ranges` maps it).
+CalibrationMethod = Literal["minmax", "percentile", "entropy"]
+CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = get_args(CalibrationMethod)
 # Variants written for onnxruntime on the CPU, not for TensorRT (the doctor skips them, the TensorRT EP refuses them).
 CPU_VARIANTS = {"int8": "the CPU INT8 variant (u8 activations); `quantize --int8-trt` writes TensorRT's",
                 "int8-dynamic": "dynamic INT8 runs on onnxruntime's CPU kernels only"}

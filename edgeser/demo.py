@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
-
 from edgeser.assets import demo_clips
 from edgeser.errors import DataError
+from edgeser.progress import STDERR, Progress
 
 SHIPPED_CLIPS = demo_clips()
 MODEL = "cmgi"
@@ -66,8 +65,8 @@ def recorded_options(checkpoint: Path | None) -> str:
 
 
 def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = None, limit: int = 200,
-             threads: int | None = 2, predict_clips: int = 6, log: Any = None) -> DemoResult:
-    """Run every step into `out/` (replaced whole each run) and return the closing figures."""
+             threads: int | None = 2, predict_clips: int = 6, progress: Progress = STDERR) -> DemoResult:
+    """Run every step into `out/` (replaced whole each run), reporting to `progress`; return the closing figures."""
     from edgeser.calibrate import calibrate_bundle
     from edgeser.checks.fidelity import check_variants
     from edgeser.data import load_corpus
@@ -78,32 +77,32 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
     from edgeser.reports import REPORTS_DIR
     from edgeser.runtime import Pipeline, Prediction
 
-    say = log or (lambda line: click.echo(line, err=True))
     started = time.perf_counter()
     spec = data_spec(data, checkpoint)
     result = DemoResult(str(out), spec, 0.0)
 
     def step(name: str, what: str) -> Any:
-        say(f"[{len(result.steps) + 1}/6] {what}")
+        progress(f"[{len(result.steps) + 1}/6] {what}")
         return time.perf_counter(), name
 
     mark = step("export", f"export the {MODEL} default to {out}")
-    export_bundle(MODEL, out, checkpoint=checkpoint, force=True)
+    export_bundle(MODEL, out, checkpoint=checkpoint, force=True, progress=progress)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     mark = step("calibrate", f"calibrate on training-side clips of {spec}")
-    calibrate_bundle(out, spec, samples=64, threads=threads)
+    calibrate_bundle(out, spec, samples=64, threads=threads, progress=progress)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     mark = step("quantize", "write the INT8 variants: int8 for this CPU, int8-trt and int8-trt-fp16 (FP16 remainder) "
                             "for TensorRT")
-    quantize_int8(out, Int8Options())
-    quantize_int8_tensorrt(out, Int8Options.tensorrt())
-    convert_int8_fp16(out)
+    quantize_int8(out, Int8Options(), progress=progress)
+    quantize_int8_tensorrt(out, Int8Options.tensorrt(), progress=progress)
+    convert_int8_fp16(out, progress=progress)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     mark = step("doctor", "check TensorRT readiness offline (doctor)")
     result.doctor = doctor(out)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     mark = step("check", f"check every variant against PyTorch float on {limit} held-out clips")
-    report = check_variants(out, spec, limit=limit, threads=threads, precisions=["fp32", "int8", "int8-trt", "int8-trt-fp16"])
+    report = check_variants(out, spec, limit=limit, threads=threads, precisions=["fp32", "int8", "int8-trt", "int8-trt-fp16"],
+                            progress=progress)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     for v in report.variants:
         if v.status != "ok":

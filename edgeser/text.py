@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
+# What a text branch reads when evaluating: the model's own CTC transcript (deployment) or the reference text.
+TextSource = Literal["asr", "ground_truth"]
+TEXT_SOURCES: tuple[TextSource, ...] = get_args(TextSource)
 BLANK = "<blank>"
 WORD_DELIMITER = "|"
 # Lower-case Latin letters, the apostrophe and the German letters EMO-DB needs.

@@ -120,3 +120,13 @@ def test_every_error_class_lives_in_the_errors_module() -> None:
                 if bases & names or node.name.endswith("Error"):
                     elsewhere.append(f"{path.relative_to(ROOT)}:{node.name}")
     assert elsewhere == []
+
+
+def test_only_the_command_line_draws_on_the_terminal() -> None:
+    """click lives in edgeser/cli only; the library reports through `edgeser.progress`."""
+    users = sorted(module_name(path) for path in ROOT.rglob("*.py")
+                   if any(isinstance(node, ast.Import | ast.ImportFrom)
+                          and any((alias.name if isinstance(node, ast.Import) else node.module or "") == "click"
+                                  for alias in node.names)
+                          for node in ast.walk(ast.parse(path.read_text()))))
+    assert users and all(m.startswith("edgeser.cli") for m in users), users

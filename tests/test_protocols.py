@@ -14,6 +14,7 @@ from edgeser.data import load_corpus
 from edgeser.data.protocols import PROTOCOLS, fingerprint, make_split, split_from_provenance
 from edgeser.errors import SplitError
 from edgeser.modelling.registry import load_recipe
+from edgeser.progress import SILENT
 from edgeser.training import TrainConfig
 from tests.test_training import tiny
 
@@ -70,7 +71,7 @@ def test_each_models_paper_protocol_trains_end_to_end(name: str, shared_data: Pa
     data = f"emodb:{shared_data / 'emodb'}"
     metrics = training.train(name, "small", data, 0, tmp_path / "run", protocol=protocol, seed=0, device_name="cpu",
                              limit=40, overrides={"epochs": 1, "batch_size": 8}, model_overrides=tiny(name),
-                             log=lambda _: None)
+                             progress=SILENT)
     info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     provenance = info["provenance"]
     assert provenance["protocol"] == protocol and "ua" in metrics["evaluation"]

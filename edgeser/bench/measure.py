@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -17,12 +16,7 @@ import numpy as np
 from edgeser.bench.clips import Speech
 from edgeser.bench.runners import Chain, VariantSpec, load_chain
 from edgeser.measures import agreement, cosine, interleaved_times
-
-Progress = Callable[[str], None]
-
-
-def stderr_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+from edgeser.progress import STDERR, Progress
 
 
 @dataclass
@@ -67,7 +61,7 @@ class Plan:
 
 
 def measure(specs: Sequence[VariantSpec], plan: Plan, speech: Speech, reference: str | None,
-            progress: Progress = stderr_progress) -> tuple[list[Cell], dict[str, str]]:
+            progress: Progress = STDERR) -> tuple[list[Cell], dict[str, str]]:
     """Every row at every setting, interleaved; returns the cells and the rows that failed to load (why)."""
     cells: list[Cell] = []
     failed: dict[str, str] = {}

@@ -35,6 +35,7 @@ from edgeser.calibrate.capture import (
 from edgeser.calibrate.selection import CalibrationSet, select_calibration_set
 from edgeser.data.protocols import Split, fingerprint, split_from_provenance
 from edgeser.errors import BundleError, OptionError
+from edgeser.progress import STDERR, Progress
 
 CALIBRATION_DIR = "calibration"
 INPUTS_FILE = "inputs.npz"
@@ -120,6 +121,7 @@ def calibrate_bundle(
     buckets_s: tuple[float, ...] = DEFAULT_BUCKETS_S,
     threads: int | None = None,
     text_sentences: bool = True,
+    progress: Progress = STDERR,
 ) -> CalibrationCache:
     """Select calibration clips from `data_spec` (never the evaluation split), capture and cache stage inputs.
 
@@ -146,7 +148,7 @@ def calibrate_bundle(
     pipeline = Pipeline.load(bundle, "fp32", threads=threads)
     waves = [load_audio(u.path) for u in chosen.utterances]
     started = time.perf_counter()
-    captured = capture_stage_inputs(pipeline, waves, buckets_s, progress=f"capturing {len(waves)} calibration clips")
+    captured = capture_stage_inputs(pipeline, waves, buckets_s, f"capturing {len(waves)} calibration clips", progress)
     transcripts = [u.transcript for u in chosen.utterances if u.transcript]
     sentences = calibration_sentences() if text_sentences else []
     texts = add_text_inputs(pipeline, captured, transcripts + sentences)

@@ -22,15 +22,14 @@ sentences added (alpha 0.8: 0.997 / 0.993).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 
 from edgeser.audio import SAMPLE_RATE
+from edgeser.progress import STDERR, Progress
 from edgeser.runtime.pipeline import Pipeline
 from edgeser.stages import stack_padded
 
@@ -109,9 +108,10 @@ def _pad_axis1(array: np.ndarray, size: int) -> np.ndarray:
 
 def capture_stage_inputs(
     pipeline: Pipeline, waves: Sequence[np.ndarray], buckets_s: Sequence[float] = DEFAULT_BUCKETS_S,
-    progress: str | None = "capturing stage inputs",
+    label: str = "capturing stage inputs", progress: Progress = STDERR,
 ) -> CapturedInputs:
-    """Run each clip through the fp32 `pipeline` (batch 1) and keep every stage's inputs at fixed shapes."""
+    """Run each clip through the fp32 `pipeline` (batch 1) and keep every stage's inputs at fixed shapes
+    (`label`: the progress bar's)."""
     manifest = pipeline.manifest
     assert manifest is not None  # for mypy: Pipeline.load sets it
     buckets = sorted({round(s * SAMPLE_RATE) for s in buckets_s})
@@ -119,7 +119,7 @@ def capture_stage_inputs(
     wanted = {t.name for spec in manifest.stages.values() for t in spec.inputs}
     rows: dict[str, dict[str, list[np.ndarray]]] = {}
     captured = CapturedInputs()
-    with click.progressbar(list(waves), label=progress or "", file=sys.stderr) if progress else _null(waves) as bar:
+    with progress.bar(list(waves), label) as bar:
         for wave in bar:
             target = bucket_samples(wave.size, buckets, batch_safe)
             fixed, valid = fit_waveform(wave, target)
@@ -176,16 +176,3 @@ def add_text_inputs(pipeline: Pipeline, captured: CapturedInputs, texts: Sequenc
     for key, tensors in sorted(rows.items()):
         captured.groups[key] = {name: np.concatenate(values) for name, values in tensors.items()}
     return len(unique)
-
-
-class _null:
-    """A stand-in for a progress bar context when progress is off."""
-
-    def __init__(self, items: Sequence[np.ndarray]) -> None:
-        self.items = items
-
-    def __enter__(self) -> Sequence[np.ndarray]:
-        return self.items
-
-    def __exit__(self, *_: object) -> None:
-        return None

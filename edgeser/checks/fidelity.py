@@ -16,13 +16,11 @@ Gates (`max_ua_drop` points, `min_agreement` fraction) apply to every ONNX varia
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
 from edgeser.audio import SAMPLE_RATE, load_audio
@@ -32,6 +30,7 @@ from edgeser.errors import BundleError, DataError, SplitError
 from edgeser.machine import machine_info
 from edgeser.measures import CosineStats, agreement, cosine, percentiles
 from edgeser.metrics import cer, classification_report, wer
+from edgeser.progress import STDERR, Progress
 from edgeser.reports import REPORTS_DIR, write_report
 from edgeser.stages import StageRun
 
@@ -104,7 +103,7 @@ class VariantRun:
 
 
 def run_variant(pipe: Any, name: str, waves: list[np.ndarray], warmup: int, references: list[StageRun] | None,
-                keep_runs: bool) -> VariantRun:
+                keep_runs: bool, progress: Progress = STDERR) -> VariantRun:
     """Run one variant over every clip (batch 1), timing each run; compare with fp32 `references` if given."""
     result = VariantResult(name)
     for _ in range(warmup if waves else 0):
@@ -113,7 +112,7 @@ def run_variant(pipe: Any, name: str, waves: list[np.ndarray], warmup: int, refe
     totals, rtfs, predictions, transcripts, runs = [], [], [], [], []
     stage_stats = {s: CosineStats() for s in pipe.graph.stages}
     logit_cosines: list[float] = []
-    with click.progressbar(list(enumerate(waves)), label=f"running {name}", file=sys.stderr) as bar:
+    with progress.bar(list(enumerate(waves)), f"running {name}") as bar:
         for index, wave in bar:
             started = time.perf_counter()
             run = pipe.run_stages([wave])
@@ -169,6 +168,7 @@ def check_variants(
     max_ua_drop: float | None = None,
     min_agreement: float | None = None,
     plots: bool = True,
+    progress: Progress = STDERR,
 ) -> VariantsReport:
     """Run every variant on the evaluation split, write `reports/variants.{json,md,png}`, apply the gates."""
     from edgeser.calibrate.cache import bundle_split
@@ -203,7 +203,7 @@ def check_variants(
         raise DataError(f"{data_spec}: no evaluation clips of fold {split.index} carry the bundle's labels "
                         f"({', '.join(manifest.labels)})")
     waves = []
-    with click.progressbar(utterances, label=f"loading {len(utterances)} evaluation clips", file=sys.stderr) as bar:
+    with progress.bar(utterances, f"loading {len(utterances)} evaluation clips") as bar:
         for utt in bar:
             waves.append(load_audio(utt.path))
     labels = [known[u.label] for u in utterances]
@@ -212,16 +212,16 @@ def check_variants(
 
     runs: dict[str, VariantRun] = {}
     fp32 = Pipeline.load(bundle, "fp32", threads=threads)
-    runs["fp32"] = run_variant(fp32, "fp32", waves, warmup, None, keep_runs=True)
+    runs["fp32"] = run_variant(fp32, "fp32", waves, warmup, None, keep_runs=True, progress=progress)
     reference_runs = runs["fp32"].runs
     runs["fp32"].result.agreement_fp32 = 1.0
     runs["fp32"].result.transcript_agreement = 1.0 if reference_runs[0].transcripts is not None else None
     runs["fp32"].result.logit_cosine = {"mean": 1.0, "min": 1.0}
     runs["fp32"].result.stage_cosine = {s: {"mean": 1.0, "min": 1.0} for s in fp32.graph.stages}
     if include_float:
-        click.echo("running PyTorch float", err=True)
+        progress("running PyTorch float")
         torch_pipe = float_pipeline(bundle, threads=threads)
-        runs[FLOAT] = run_variant(torch_pipe, FLOAT, waves, warmup, None, keep_runs=False)
+        runs[FLOAT] = run_variant(torch_pipe, FLOAT, waves, warmup, None, keep_runs=False, progress=progress)
         size, note = float_size(bundle, [p for r in torch_pipe.runners.values() for p in r.module.parameters()])
         runs[FLOAT].result.size_bytes, runs[FLOAT].result.note = size, note
     for precision in wanted:
@@ -229,7 +229,8 @@ def check_variants(
             continue
         try:
             pipe = Pipeline.load(bundle, precision, threads=threads)
-            runs[precision] = run_variant(pipe, precision, waves, warmup, reference_runs, keep_runs=False)
+            runs[precision] = run_variant(pipe, precision, waves, warmup, reference_runs, keep_runs=False,
+                                          progress=progress)
         except Exception as err:  # fp16 may lack kernels on this provider: say so; anything else is an error
             if precision != "fp16":
                 raise
@@ -242,7 +243,7 @@ def check_variants(
         entries = manifest.precisions[precision]
         runs[precision].result.stage_bytes = {s: e.bytes for s, e in entries.items()}
         runs[precision].result.size_bytes = sum(e.bytes for e in entries.values())
-    engines = tensorrt_variants(bundle, wanted, waves, warmup, reference_runs, threads)
+    engines = tensorrt_variants(bundle, wanted, waves, warmup, reference_runs, threads, progress)
     runs.update(engines)
 
     order = ([FLOAT] if include_float else []) + wanted + list(engines)
@@ -282,7 +283,8 @@ def check_variants(
 
 
 def tensorrt_variants(bundle: Path, precisions: list[Precision], waves: list[np.ndarray], warmup: int,
-                      references: list[StageRun], threads: int | None) -> dict[str, VariantRun]:
+                      references: list[StageRun], threads: int | None, progress: Progress = STDERR
+                      ) -> dict[str, VariantRun]:
     """TensorRT engines (`edgeser build-trt`) of these precisions, where this machine can run them: a row
     `tensorrt-<precision>` each; engines built elsewhere or a machine without TensorRT give a `not run` row."""
     from edgeser.errors import EdgeserError
@@ -297,7 +299,7 @@ def tensorrt_variants(bundle: Path, precisions: list[Precision], waves: list[np.
         except EdgeserError as err:
             rows[name] = VariantRun(VariantResult(name, status="not run", note=f"{name}: {err}"), [], [], [])
             continue
-        rows[name] = run_variant(pipe, name, waves, warmup, references, keep_runs=False)
+        rows[name] = run_variant(pipe, name, waves, warmup, references, keep_runs=False, progress=progress)
         rows[name].result.note = "TensorRT engines; frame lengths from the bundle layout"
     return rows
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 
 from edgeser.audio import load_audio
@@ -16,6 +14,7 @@ from edgeser.data import load_corpus
 from edgeser.data.records import Utterance
 from edgeser.errors import DataError
 from edgeser.measures import CosineStats, agreement
+from edgeser.progress import STDERR, Progress
 from edgeser.reports import REPORTS_DIR, write_report
 from edgeser.runtime.pipeline import Pipeline
 
@@ -75,6 +74,7 @@ def check_parity(
     checkpoint: Path | None = None,
     min_cosine: float = MIN_COSINE,
     min_agreement: float = MIN_AGREEMENT,
+    progress: Progress = STDERR,
 ) -> ParityReport:
     """Compare each stage on identical inputs, then the chained runtime end to end; write reports/parity.*."""
     candidate = Pipeline.load(bundle, "fp32")
@@ -86,7 +86,7 @@ def check_parity(
     stats = {stage: CosineStats() for stage in graph.stages}
     labels: tuple[list[int], list[int]] = ([], [])  # chained, expected
     texts: tuple[list[str | None], list[str | None]] = ([], [])
-    with click.progressbar(clips, label="parity", file=sys.stderr) as bar:
+    with progress.bar(clips, "parity") as bar:
         for utt in bar:
             wave = load_audio(utt.path)
             expected = reference.run_stages([wave])

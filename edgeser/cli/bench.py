@@ -55,6 +55,7 @@ def bench_command(bundle: Path, lengths: str, batch_sizes: str, threads_list: st
     start, peak memory and per-stage times, by clip length, batch size and thread count, in interleaved rounds.
     Writes bench.json, bench.md and plots into BUNDLE/reports (or --out); progress goes to stderr."""
     from edgeser.bench.core import BenchOptions, run_bench
+    from edgeser.cli.progress import CLICK
     from edgeser.runtime.options import thread_count
 
     if nncf and not compare:
@@ -68,7 +69,7 @@ def bench_command(bundle: Path, lengths: str, batch_sizes: str, threads_list: st
     args = sys.argv[1:]
     args = args[1:] if args[:1] == ["bench"] else args
     command = f"{click.get_current_context().command_path} {shlex.join(args)}"
-    report = run_bench(bundle, options, out_dir, command=command)
+    report = run_bench(bundle, options, out_dir, command=command, progress=CLICK)
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, default=str))
     else:

@@ -50,9 +50,10 @@ def check_parity_command(
 ) -> None:
     """fp32 graphs in onnxruntime vs PyTorch on real clips: per-stage diff/cosine, end-to-end agreement."""
     from edgeser.checks.parity import check_parity
+    from edgeser.cli.progress import CLICK
 
     report = check_parity(bundle, data_spec, limit=limit, checkpoint=checkpoint, min_cosine=min_cosine,
-                          min_agreement=min_agreement)
+                          min_agreement=min_agreement, progress=CLICK)
     emit_report(report, as_json)
     click.echo(f"reports: {bundle / 'reports' / 'parity.md'} (and .json)", err=True)
 
@@ -88,6 +89,7 @@ def check_variants_command(
     over every clip of the corpus on Ray instead.
     """
     from edgeser.checks.fidelity import check_variants
+    from edgeser.cli.progress import CLICK
 
     if ray_address is not None:
         precision = csv(precisions)[0] if precisions else "fp32"
@@ -99,7 +101,7 @@ def check_variants_command(
     report = check_variants(
         bundle, data_spec, fold_index=fold_index, limit=limit, precisions=csv(precisions) if precisions else None,
         include_float=not no_float, threads=threads, warmup=warmup, max_ua_drop=max_ua_drop,
-        min_agreement=min_agreement, plots=not no_plots,
+        min_agreement=min_agreement, plots=not no_plots, progress=CLICK,
     )
     where = bundle / "reports"
     plots = ", ".join(Path(p).name for p in report.plots)

@@ -25,10 +25,12 @@ from edgeser.cli.params import threads_option
 def demo_command(data: Path | None, out: Path, checkpoint: Path | None, limit: int, threads: int | None,
                  as_json: bool) -> None:
     """Export, calibrate, INT8, TensorRT readiness, check against float on held-out clips, predict a few."""
+    from edgeser.cli.progress import CLICK
     from edgeser.demo import render, run_demo
     from edgeser.runtime.options import thread_count
 
-    result = run_demo(out, data, checkpoint=checkpoint, limit=limit, threads=thread_count(threads, most=2))
+    result = run_demo(out, data, checkpoint=checkpoint, limit=limit, threads=thread_count(threads, most=2),
+                      progress=CLICK)
     click.echo(json.dumps(asdict(result), indent=2, default=str) if as_json else render(result))
 
 

@@ -21,13 +21,14 @@ from edgeser.modelling import MODEL_NAMES
 def export_command(model_name: str, size: str, checkpoint: Path | None, out_dir: Path | None, random_weights: bool,
                    force: bool) -> None:
     """Export each stage as its own ONNX graph into a bundle with bundle.json and tokenizer.json."""
+    from edgeser.cli.progress import CLICK
     from edgeser.export.exporter import export_bundle
 
     if out_dir is None:
         name = model_name if size == "small" else f"{model_name}-{size}"
         out_dir = Path("build") / (f"{model_name}-{size}-random" if random_weights else name)
     result = export_bundle(model_name, out_dir, size=size, checkpoint=checkpoint, random_weights=random_weights,
-                           force=force)
+                           force=force, progress=CLICK)
     stages = ", ".join(f"{name} {sec:.1f} s" for name, sec in result.stages.items())
     click.echo(f"wrote {result.bundle} ({result.bytes / 1e6:.1f} MB) in {result.seconds:.1f} s: {stages}")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from edgeser.bundle import CALIBRATION_METHODS, CalibrationMethod
 from edgeser.cli import echo_json
 from edgeser.cli.check import csv
 from edgeser.cli.params import THREADS, Bounded, threads_option
@@ -33,6 +34,7 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
                       as_json: bool) -> None:
     """Pick calibration clips off the evaluation split, capture each stage's real inputs, cache them in BUNDLE."""
     from edgeser.calibrate import calibrate_bundle
+    from edgeser.cli.progress import CLICK
     from edgeser.errors import DataError
     from edgeser.runtime.options import bounded
 
@@ -47,7 +49,7 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
         raise click.BadParameter(f"{buckets!r}: give seconds like 2,4", param_hint="--buckets") from None
     bucket_s = tuple(bounded("--buckets", s, "clip_seconds") for s in seconds)  # past the bound: one line, exit 1
     cache = calibrate_bundle(bundle, data_spec, fold_index=fold_index, samples=samples, seed=seed, ids=ids,
-                             buckets_s=bucket_s, threads=threads, text_sentences=text_sentences)
+                             buckets_s=bucket_s, threads=threads, text_sentences=text_sentences, progress=CLICK)
     p = cache.provenance
     if as_json:
         echo_json(p)
@@ -66,7 +68,7 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
               "(int8-trt-fp16/, what `build-trt --int8` builds; writes int8-trt first when it is missing).")
 @click.option("--int8-dynamic", "int8_dynamic", is_flag=True, help="Dynamic INT8 (MatMul weights; no calibration).")
 @click.option("--fp16", "fp16", is_flag=True, help="FP16 for GPUs (sensitive ops and the front end stay FP32).")
-@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="percentile",
+@click.option("--method", type=click.Choice(CALIBRATION_METHODS), default="percentile",
               show_default=True, help="Calibration method of --int8.")
 @click.option("--exclude", multiple=True, help="Keep these in float instead of the defaults: categories "
               "(frontend, first-conv, layernorm, softmax, residual-add, gelu, narrow, grouped-conv, "
@@ -90,7 +92,7 @@ def calibrate_command(bundle: Path, data_spec: str, fold_index: int | None, samp
               "onnxruntime's MultiHeadAttention (for onnxruntime builds without contrib ops).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
 def quantize_command(
-    bundle: Path, int8: bool, int8_trt: bool, int8_trt_fp16: bool, int8_dynamic: bool, fp16: bool, method: str,
+    bundle: Path, int8: bool, int8_trt: bool, int8_trt_fp16: bool, int8_dynamic: bool, fp16: bool, method: CalibrationMethod,
     exclude: tuple[str, ...],
     op_types: str | None, dynamic_op_types: str, min_width: int | None, max_ua_drop: float | None,
     min_agreement: float | None, data_spec: str | None, fold_index: int | None, validation_clips: int,
@@ -101,6 +103,7 @@ def quantize_command(
     from dataclasses import asdict
 
     from edgeser.bundle import read_manifest
+    from edgeser.cli.progress import CLICK
     from edgeser.quantize import Int8Options, convert_fp16, quantize_int8, quantize_int8_dynamic
     from edgeser.quantize.fp16 import convert_int8_fp16
     from edgeser.quantize.graph import DEFAULT_OP_TYPES, NARROW_WIDTH
@@ -125,24 +128,24 @@ def quantize_command(
 
             report = quantize_controlled(bundle, max_ua_drop, data_spec=data_spec, fold_index=fold_index,
                                          options=options, validation_clips=validation_clips,
-                                         min_agreement=min_agreement, threads=threads)
+                                         min_agreement=min_agreement, threads=threads, progress=CLICK)
             written["controlled"] = asdict(report)
             if not as_json:
                 click.echo(report.to_markdown())
         else:
-            quantize_int8(bundle, options)
+            quantize_int8(bundle, options, progress=CLICK)
     if int8_trt:
         trt_changes: dict[str, Any] = {"method": method, "min_width": min_width}
         if excluded is not None:
             trt_changes["exclude"] = excluded
-        quantize_int8_tensorrt(bundle, Int8Options.tensorrt(**trt_changes))
+        quantize_int8_tensorrt(bundle, Int8Options.tensorrt(**trt_changes), progress=CLICK)
     if int8_trt_fp16:
-        convert_int8_fp16(bundle)
+        convert_int8_fp16(bundle, progress=CLICK)
     if int8_dynamic:
         quantize_int8_dynamic(bundle, op_types=tuple(csv(dynamic_op_types)), exclude=excluded,
-                              min_width=min_width)
+                              min_width=min_width, progress=CLICK)
     if fp16:
-        convert_fp16(bundle, exclude=excluded)
+        convert_fp16(bundle, exclude=excluded, progress=CLICK)
     manifest = read_manifest(bundle)
     fp32_bytes = sum(e.bytes for e in manifest.precisions["fp32"].values())
     chosen = (("int8", int8), ("int8-trt", int8_trt), ("int8-trt-fp16", int8_trt_fp16), ("int8-dynamic", int8_dynamic),

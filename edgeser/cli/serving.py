@@ -10,13 +10,15 @@ import click
 
 from edgeser.cli.params import Bounded, precision_option, threads_option
 from edgeser.errors import ServingError
+from edgeser.serving.repository import BACKENDS as TRITON_BACKENDS
+from edgeser.serving.repository import TritonBackend
 
 
 @click.command("export-triton")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @precision_option()
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "python"]), default="onnxruntime",
+@click.option("--backend", type=click.Choice(TRITON_BACKENDS), default="onnxruntime",
               show_default=True, help="What runs the stage models: Triton's onnxruntime_onnx or tensorrt_plan "
                                       "platform, or onnxruntime inside the Python backend.")
 @click.option("--engines", help="TensorRT target folder under BUNDLE/trt/ [the only one there].")
@@ -25,7 +27,7 @@ from edgeser.errors import ServingError
 @click.option("--max-delay-ms", type=float, default=5.0, show_default=True, help="Dynamic batching queue delay.")
 @click.option("--instances", type=Bounded("instances"), default=1, show_default=True, help="Instances of each model.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON.")
-def export_triton_command(bundle: Path, out: Path, precision: str, backend: str, engines: str | None,
+def export_triton_command(bundle: Path, out: Path, precision: str, backend: TritonBackend, engines: str | None,
                           max_batch: int | None, max_delay_ms: float, instances: int, as_json: bool) -> None:
     """Write a Triton Inference Server model repository for BUNDLE at OUT (replaced whole)."""
     from dataclasses import asdict

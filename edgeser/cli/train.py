@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import click
 
 from edgeser.cli.params import Bounded
-from edgeser.data.protocols import DEFAULT_PROTOCOL, PROTOCOLS
+from edgeser.data.protocols import DEFAULT_PROTOCOL, PAPER_PROTOCOL, PROTOCOLS, ProtocolName
 from edgeser.modelling import MODEL_NAMES
+from edgeser.text import TEXT_SOURCES, TextSource
 
 
 @click.command("train")
@@ -17,7 +19,7 @@ from edgeser.modelling import MODEL_NAMES
 @click.option("--data", "data_spec", required=True, help="Data spec, e.g. emodb:../shared/data/emodb.")
 @click.option("--fold", "fold_index", type=click.IntRange(min=0), default=0, show_default=True,
               help="Fold of the protocol (held-out speaker/session for the default).")
-@click.option("--protocol", type=click.Choice([*PROTOCOLS, "paper"]), default=DEFAULT_PROTOCOL, show_default=True,
+@click.option("--protocol", type=click.Choice([*PROTOCOLS, PAPER_PROTOCOL]), default=DEFAULT_PROTOCOL, show_default=True,
               help="Evaluation protocol: speaker-independent (the deployment estimate), a paper's own split, or "
                    "`paper`: the one the model's recipe names.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Checkpoint folder [runs/MODEL-SIZE-CORPUS-foldK].")
@@ -25,7 +27,7 @@ from edgeser.modelling import MODEL_NAMES
 @click.option("--batch-size", type=Bounded("train_batch_size"),
               help="Override the recipe's batch size: the global batch, split across the processes under torchrun.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override the recipe's learning rate.")
-@click.option("--text-source-eval", type=click.Choice(["asr", "ground-truth"]),
+@click.option("--text-source-eval", type=click.Choice([source.replace("_", "-") for source in TEXT_SOURCES]),
               help="Text the text branch reads when evaluating: the model's own CTC transcript (deployment) or "
                    "the ground truth (the papers' GT rows) [the recipe's].")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -35,14 +37,15 @@ from edgeser.modelling import MODEL_NAMES
 @click.option("--limit", type=click.IntRange(min=2), help="Use at most N training clips (smoke runs).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 def train_command(
-    model_name: str, size: str, data_spec: str, fold_index: int, protocol: str, out_dir: Path | None,
-    epochs: int | None, batch_size: int | None, lr: float | None, text_source_eval: str | None, seed: int,
+    model_name: str, size: str, data_spec: str, fold_index: int, protocol: ProtocolName | Literal["paper"], out_dir: Path | None,
+    epochs: int | None, batch_size: int | None, lr: float | None, text_source_eval: TextSource | None, seed: int,
     device: str, limit: int | None, resume: bool,
 ) -> None:
     """Train a zoo model on one fold: keep the epoch with the best validation UA, then evaluate it once.
 
     Launched by `torchrun --nproc-per-node N -m edgeser.cli train ...` it trains with DistributedDataParallel
     over N processes (same global batch and seed as one process; rank 0 writes and prints)."""
+    from edgeser.cli.progress import CLICK
     from edgeser.data.spec import parse_spec
     from edgeser.training import train
     from edgeser.training.distributed import main_process
@@ -51,7 +54,7 @@ def train_command(
         out_dir = Path("runs") / f"{model_name}-{size}-{parse_spec(data_spec)[0]}-fold{fold_index}"
     metrics = train(
         model_name, size, data_spec, fold_index, out_dir, protocol=protocol, seed=seed, device_name=device,
-        resume=resume, limit=limit,
+        resume=resume, limit=limit, progress=CLICK,
         overrides={"epochs": epochs, "batch_size": batch_size, "lr": lr,
                    "text_source_eval": text_source_eval.replace("-", "_") if text_source_eval else None},
     )

@@ -6,12 +6,14 @@ import csv
 import json
 import re
 from pathlib import Path
+from typing import Literal, get_args
 
 from edgeser.data.records import Corpus, CorpusBuilder
 from edgeser.errors import DataError
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".aif", ".aiff", ".ogg"}
-SPLIT_SIDES = ("train", "validation", "eval")  # a manifest's `split` column
+SplitSide = Literal["train", "validation", "eval"]  # a manifest's `split` column
+SPLIT_SIDES: tuple[SplitSide, ...] = get_args(SplitSide)
 
 
 def _require_dir(root: Path, what: str) -> Path:

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from edgeser.data.corpora import read_emodb, read_ravdess, read_tess
 from edgeser.data.records import Corpus, FileProblem, Utterance
@@ -42,13 +43,14 @@ from edgeser.errors import DataError
 
 MULTI_CORPORA = ("ravdess", "emodb", "tess")
 RAVDESS8 = ["neutral", "calm", "happy", "sad", "angry", "fear", "disgust", "surprise"]
-LABEL_SETS: dict[str, list[str]] = {
+LabelSet = Literal["ravdess8", "seven", "four"]
+LABEL_SETS: dict[LabelSet, list[str]] = {
     "ravdess8": RAVDESS8,
     "seven": ["neutral", "happy", "sad", "angry", "fear", "disgust", "surprise"],
     "four": ["neutral", "happy", "sad", "angry"],
 }
 # corpus label -> label in the set (after the readers' own naming: TESS `ps` is already "surprise").
-_FOLDS = {"seven": {"calm": "neutral"}}
+_FOLDS: dict[LabelSet, dict[str, str]] = {"seven": {"calm": "neutral"}}
 
 EMODB_SPEAKERS = ("03", "08", "09", "10", "11", "12", "13", "14", "15", "16")
 EMODB_FOLDS = (("03", "08"), ("09", "10"), ("11", "12", "13"), ("14", "15", "16"))
@@ -60,7 +62,7 @@ ACTOR_FOLD_VALIDATION = tuple(
 SHIPPED_FOLD = 3
 
 
-def map_label(label: str, label_set: str) -> str | None:
+def map_label(label: str, label_set: LabelSet) -> str | None:
     """The label of `label_set` a corpus label becomes, or None (dropped)."""
     mapped = _FOLDS.get(label_set, {}).get(label, label)
     return mapped if mapped in LABEL_SETS[label_set] else None

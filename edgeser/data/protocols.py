@@ -27,18 +27,21 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
+from edgeser.data.corpora import SPLIT_SIDES
 from edgeser.data.records import Corpus, Utterance
 from edgeser.data.splits import Fold, corpus_folds, stratified_kfold
 from edgeser.errors import SplitError
 
-DEFAULT_PROTOCOL = "speaker-independent"
-PROTOCOLS = ("speaker-independent", "gcf2net-random-5fold", "mscnn-10fold", "saser-60-20-20", "stfnet-holdout",
-             "actor-folds", "emodb-loso", "manifest-split")
-SPEAKER_LIST_PROTOCOLS = ("actor-folds", "emodb-loso")  # fixed speaker lists of the multi corpus
+ProtocolName = Literal["speaker-independent", "gcf2net-random-5fold", "mscnn-10fold", "saser-60-20-20",
+                       "stfnet-holdout", "actor-folds", "emodb-loso", "manifest-split"]
+PROTOCOLS: tuple[ProtocolName, ...] = get_args(ProtocolName)
+DEFAULT_PROTOCOL: ProtocolName = "speaker-independent"
+PAPER_PROTOCOL = "paper"  # what `edgeser train --protocol` also takes: the protocol the model's recipe names
+SPEAKER_LIST_PROTOCOLS: tuple[ProtocolName, ...] = ("actor-folds", "emodb-loso")  # fixed speaker lists (multi corpus)
 MIN_VALIDATION_SHARE = 0.10
 SINGLE_SPEAKER_VALIDATION_SHARE = 0.15
 
@@ -52,7 +55,7 @@ def fingerprint(ids: list[str] | tuple[str, ...]) -> str:
 class Split:
     """One fold of a protocol: which clips train, which select the model, which evaluate it."""
 
-    protocol: str
+    protocol: ProtocolName
     corpus: str
     index: int
     held_out: str
@@ -127,7 +130,7 @@ def _speaker_validation(corpus: Corpus, fold: Fold, seed: int) -> tuple[set[str]
             f"training speaker(s) {', '.join(picked)} held out for model selection")
 
 
-def make_split(corpus: Corpus, protocol: str = DEFAULT_PROTOCOL, index: int = 0, seed: int = 0,
+def make_split(corpus: Corpus, protocol: ProtocolName = DEFAULT_PROTOCOL, index: int = 0, seed: int = 0,
                validation: bool = True) -> Split:
     """Fold `index` of `protocol` on `corpus`; `validation=False` keeps every non-evaluation clip for training."""
     if protocol not in PROTOCOLS:
@@ -178,7 +181,7 @@ def _given_split(corpus: Corpus, index: int, seed: int) -> Split:
     if index != 0:
         raise SplitError(f"{corpus.name} under manifest-split has one fold (0); got {index}")
     ids = {side: tuple(u.id for u in corpus.utterances if corpus.sides.get(u.id) == side)
-           for side in ("train", "validation", "eval")}
+           for side in SPLIT_SIDES}
     if not ids["eval"]:
         raise SplitError(f"{corpus.root}: no row of the manifest has split=eval")
     held_out = ", ".join(sorted({u.speaker for u in corpus.subset(list(ids["eval"]))}))
@@ -207,7 +210,7 @@ def _copies_together(corpus: Corpus, sides: list[tuple[str, ...]]
     return train, validation, evaluation
 
 
-def _speaker_list_split(corpus: Corpus, protocol: str, index: int, seed: int, validation: bool) -> Split:
+def _speaker_list_split(corpus: Corpus, protocol: ProtocolName, index: int, seed: int, validation: bool) -> Split:
     """A fold of `actor-folds` / `emodb-loso`: fixed lists of evaluated and validation speakers."""
     from edgeser.data.multicorpus import ACTOR_FOLDS, EMODB_SPEAKERS, actor_fold_sides, emodb_loso_sides
 
@@ -232,7 +235,7 @@ def _speaker_list_split(corpus: Corpus, protocol: str, index: int, seed: int, va
     return Split(protocol, corpus.name, index, ", ".join(sorted(evaluated)), train_ids, val_ids, eval_ids, seed, note)
 
 
-def _holdout(utterances: list[Utterance], share: float, seed: int, protocol: str) -> Fold:
+def _holdout(utterances: list[Utterance], share: float, seed: int, protocol: ProtocolName) -> Fold:
     evaluated = _stratified_share(utterances, share, seed)
     return Fold(0, f"{protocol}: random {share:.0%}", tuple(u.id for u in utterances if u.id not in evaluated),
                 tuple(u.id for u in utterances if u.id in evaluated))
@@ -256,7 +259,7 @@ def split_from_provenance(corpus: Corpus, provenance: dict[str, Any] | None, fol
     if fold_index is not None and fold_index != recorded:
         raise SplitError(f"{source} was trained on {corpus.name} fold {recorded}: fold {fold_index}'s evaluation "
                          f"clips are its training clips; use fold {recorded}")
-    protocol = str(provenance.get("protocol", DEFAULT_PROTOCOL))
+    protocol = provenance.get("protocol", DEFAULT_PROTOCOL)  # make_split refuses an unknown one
     split = make_split(corpus, protocol, recorded, int(provenance.get("seed", 0)),
                        validation="validation_ids_sha" in provenance)
     limit = provenance.get("limit")

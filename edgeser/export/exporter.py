@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import onnx
 import torch
 
@@ -21,6 +19,7 @@ from edgeser.export.stages import StageExport, stage_exports
 from edgeser.files import atomic_dir, sha256_of, tool_versions, write_json_atomic
 from edgeser.modelling.base import SerModel
 from edgeser.modelling.registry import build_model, model_class
+from edgeser.progress import STDERR, Progress
 
 OPSET = 18
 # Ops that only exist for training; an inference graph must not contain them.
@@ -156,6 +155,7 @@ def export_bundle(
     random_weights: bool = False,
     opset: int = OPSET,
     force: bool = False,
+    progress: Progress = STDERR,
 ) -> ExportResult:
     """Export a zoo model (checkpoint, shipped default or random weights) into a bundle at `out`.
 
@@ -165,12 +165,13 @@ def export_bundle(
     started = time.perf_counter()
     check_output(out, force)
     model, source = prepare_model(model_name, size, checkpoint, random_weights)
-    result = write_bundle(model, out, source, opset)
+    result = write_bundle(model, out, source, opset, progress)
     result.seconds = round(time.perf_counter() - started, 2)
     return result
 
 
-def write_bundle(model: SerModel, out: Path, source: dict[str, Any], opset: int = OPSET) -> ExportResult:
+def write_bundle(model: SerModel, out: Path, source: dict[str, Any], opset: int = OPSET,
+                 progress: Progress = STDERR) -> ExportResult:
     """Export every stage into `out/fp32/`, write tokenizer and manifest; replaces `out` only when complete."""
     started = time.perf_counter()
     model_name, size = model.name, str(model.config.get("size", ""))
@@ -181,8 +182,7 @@ def write_bundle(model: SerModel, out: Path, source: dict[str, Any], opset: int 
     with atomic_dir(out) as staging:
         (staging / "fp32").mkdir()
         files: dict[str, StageFile] = {}
-        with click.progressbar(stages, label=f"exporting {model_name}/{size}", file=sys.stderr,
-                               item_show_func=lambda s: s.name if s else None) as bar:
+        with progress.bar(stages, f"exporting {model_name}/{size}", lambda s: s.name) as bar:
             for stage in bar:
                 stage_started = time.perf_counter()
                 relative = f"fp32/{stage.name}.onnx"

@@ -1,7 +1,8 @@
 """The pretrained pieces (HuBERT / wav2vec2, BERT / RoBERTa / MiniLM), created offline, plus what the
 transformer fusion models (cmgi, gcf2net) share: stage wrappers, masked attention.
 
-Where a backbone comes from (`spec` is the `acoustic` or `text` dict of a recipe size):
+Where a backbone comes from (`spec` is the `acoustic` or `text` dict of a recipe size, read as an `AcousticSpec` /
+`TextSpec`, or a `whisper.WhisperSpec` for `"type": "whisper"`; a key they lack is refused):
 
 * `"config": {...}` without `"pretrained"`: built from scratch from `HubertConfig` / `Wav2Vec2Config` /
   `BertConfig` / `RobertaConfig` with these overrides (random init).
@@ -31,8 +32,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, Self, get_args
 
 import torch
 from torch import nn
@@ -40,17 +43,57 @@ from torch.nn.utils import parametrize
 
 from edgeser.errors import MissingDependencyError, ModelError
 from edgeser.modelling.base import SerModel, lengths_to_mask
+from edgeser.modelling.dims import PARSE, ModelDims, RecipeDims
+from edgeser.modelling.whisper import WhisperAcousticEncoder, WhisperSpec
 
 logger = logging.getLogger(__name__)
 
 BACKBONES_ENV = "EDGESER_BACKBONES"
 DEFAULT_ATTENTION = "eager"
 DEFAULT_TEXT_MAX_LENGTH = 64
-ACOUSTIC_TYPES = ("hubert", "wav2vec2", "whisper")
-TEXT_TYPES = ("bert", "roberta", "minilm")
+AcousticType = Literal["hubert", "wav2vec2", "whisper"]
+ACOUSTIC_TYPES: tuple[AcousticType, ...] = get_args(AcousticType)
+TextType = Literal["bert", "roberta", "minilm"]
+TEXT_TYPES: tuple[TextType, ...] = get_args(TextType)
 
 
 # --------------------------------------------------------------------------------------------- specs
+@dataclass(frozen=True, kw_only=True)
+class BackboneSpec(RecipeDims):
+    """What a pretrained-backbone spec (a recipe size's `acoustic` or `text` dict) says about where the
+    backbone comes from; see the module doc. `type` None is refused by the builders, naming the choices."""
+
+    type: str | None = None
+    pretrained: str | None = None  # a model id or folder
+    config: dict[str, Any] = field(default_factory=dict)  # the HF config's fields (overrides of a pretrained one)
+    random_weights: bool = False  # the pretrained architecture, random weights
+    random_weights_config: dict[str, Any] | None = None  # that architecture (`record_architecture` writes it)
+    attn_implementation: str = DEFAULT_ATTENTION
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcousticSpec(BackboneSpec):
+    """`acoustic` of a HuBERT / wav2vec2 model; `freeze_feature_encoder` stops training the CNN feature encoder."""
+
+    SECTION = "acoustic"
+
+    type: AcousticType | None = None
+    freeze_feature_encoder: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextSpec(BackboneSpec):
+    """`text`: BERT / RoBERTa / MiniLM, truncated to `max_length` tokens, with `tokenizer_file` (a tokenizer.json
+    to use instead of looking one up) and `freeze` (the text encoder takes no gradient)."""
+
+    SECTION = "text"
+
+    type: TextType | None = None
+    max_length: int = DEFAULT_TEXT_MAX_LENGTH
+    tokenizer_file: str | None = None
+    freeze: bool = False
+
+
 def resolve_spec(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """A copy of a backbone spec with the model-level `random_weights` (e.g. a build override) filled in.
 
@@ -66,11 +109,11 @@ def resolve_spec(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]
 _CONFIG_META_KEYS = {"architectures", "transformers_version", "model_type", "torch_dtype", "dtype"}
 
 
-def record_architecture(target: dict[str, Any], spec: dict[str, Any], backbone: nn.Module) -> None:
+def record_architecture(target: dict[str, Any], spec: BackboneSpec, backbone: nn.Module) -> None:
     """Store the config of a backbone loaded from pretrained weights (per the resolved `spec`) as
     `target["random_weights_config"]`, so checkpoints rebuild the same architecture with `random_weights`
     and without the download. No-op for random-weight and from-scratch builds."""
-    if not spec.get("pretrained") or spec.get("random_weights", False) or spec.get("type") == "minilm":
+    if not spec.pretrained or spec.random_weights or spec.type == "minilm":
         return
     config = backbone.config.to_dict()  # type: ignore[union-attr]
     target["random_weights_config"] = {
@@ -127,13 +170,13 @@ def _local_config(config_cls: Any, name: str) -> Any | None:
         return None
 
 
-def _random_config(config_cls: Any, spec: dict[str, Any], kind: str) -> Any:
+def _random_config(config_cls: Any, spec: BackboneSpec, kind: str) -> Any:
     """Config of a random-weight build of a pretrained architecture (shipped dict, else local config.json)."""
-    overrides = dict(spec.get("config", {}))
-    shipped = spec.get("random_weights_config")
+    overrides = dict(spec.config)
+    shipped = spec.random_weights_config
     if shipped is not None:
         return config_cls(**{**shipped, **overrides})
-    name = spec.get("pretrained")
+    name = spec.pretrained
     local = _local_config(config_cls, name) if name else None
     if local is None:
         raise ModelError(
@@ -146,26 +189,25 @@ def _random_config(config_cls: Any, spec: dict[str, Any], kind: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- acoustic
-def acoustic_backbone(spec: dict[str, Any]) -> nn.Module:
+def acoustic_backbone(spec: AcousticSpec | Mapping[str, Any]) -> nn.Module:
     """A `HubertModel` / `Wav2Vec2Model` from a recipe spec (pretrained, random-weight or from scratch)."""
     from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model
 
-    kind = spec.get("type")
+    spec = AcousticSpec.of(spec)
+    kind = spec.type
     if kind not in ACOUSTIC_TYPES or kind == "whisper":
         hf_types = [t for t in ACOUSTIC_TYPES if t != "whisper"]
         raise ModelError(f"acoustic backbone type {kind!r} is not one of {', '.join(hf_types)}")
     config_cls, model_cls = (
         (HubertConfig, HubertModel) if kind == "hubert" else (Wav2Vec2Config, Wav2Vec2Model)
     )
-    attn = spec.get("attn_implementation", DEFAULT_ATTENTION)
-    if spec.get("pretrained") and not spec.get("random_weights", False):
-        return _from_pretrained(
-            model_cls, spec["pretrained"], "acoustic", attn_implementation=attn, **spec.get("config", {})
-        )
-    if spec.get("pretrained"):
+    attn = spec.attn_implementation
+    if spec.pretrained and not spec.random_weights:
+        return _from_pretrained(model_cls, spec.pretrained, "acoustic", attn_implementation=attn, **spec.config)
+    if spec.pretrained:
         config = _random_config(config_cls, spec, "acoustic")
     else:
-        config = config_cls(**spec.get("config", {}))
+        config = config_cls(**spec.config)
     config._attn_implementation = attn
     return model_cls(config)
 
@@ -236,7 +278,7 @@ def _drop_pooler(model: nn.Module) -> nn.Module:
     return model
 
 
-def text_backbone(spec: dict[str, Any]) -> tuple[nn.Module, Any]:
+def text_backbone(spec: TextSpec | Mapping[str, Any]) -> tuple[nn.Module, Any]:
     """A text encoder (`BertModel` / `RobertaModel`, no pooler) and its `tokenizers.Tokenizer`, from a spec.
 
     Random-weight builds still need a tokenizer: the pretrained one if it is available locally, else the
@@ -245,11 +287,12 @@ def text_backbone(spec: dict[str, Any]) -> tuple[nn.Module, Any]:
     """
     from transformers import AutoModel, BertConfig, BertModel, RobertaConfig, RobertaModel
 
-    kind = spec.get("type")
+    spec = TextSpec.of(spec)
+    kind = spec.type
     if kind not in TEXT_TYPES:
         raise ModelError(f"text backbone type {kind!r} is not one of {', '.join(TEXT_TYPES)}")
-    max_length = int(spec.get("max_length", DEFAULT_TEXT_MAX_LENGTH))
-    attn = spec.get("attn_implementation", DEFAULT_ATTENTION)
+    max_length = spec.max_length
+    attn = spec.attn_implementation
 
     if kind == "minilm":  # shipped with the package: always the real weights
         path = minilm_path()
@@ -257,18 +300,16 @@ def text_backbone(spec: dict[str, Any]) -> tuple[nn.Module, Any]:
         return _drop_pooler(model), _configure_tokenizer(_minilm_tokenizer(), max_length)
 
     config_cls, model_cls = (BertConfig, BertModel) if kind == "bert" else (RobertaConfig, RobertaModel)
-    name = spec.get("pretrained")
-    tokenizer = _tokenizer_file(spec["tokenizer_file"]) if spec.get("tokenizer_file") else None
-    if name and not spec.get("random_weights", False):
-        model = _drop_pooler(
-            _from_pretrained(model_cls, name, "text", attn_implementation=attn, **spec.get("config", {}))
-        )
+    name = spec.pretrained
+    tokenizer = _tokenizer_file(spec.tokenizer_file) if spec.tokenizer_file else None
+    if name and not spec.random_weights:
+        model = _drop_pooler(_from_pretrained(model_cls, name, "text", attn_implementation=attn, **spec.config))
         tokenizer = tokenizer or _local_tokenizer(name)
         if tokenizer is None:
             raise ModelError(f"pretrained text backbone {name!r} was found but its tokenizer was not")
         return model, _configure_tokenizer(tokenizer, max_length)
 
-    config = _random_config(config_cls, spec, "text") if name else config_cls(**spec.get("config", {}))
+    config = _random_config(config_cls, spec, "text") if name else config_cls(**spec.config)
     if tokenizer is None and name:
         tokenizer = _local_tokenizer(name)
     if tokenizer is None:
@@ -387,37 +428,71 @@ class TextEncoder(nn.Module):
         ).last_hidden_state
 
 
+def _acoustic_spec(value: Any, where: str) -> AcousticSpec | WhisperSpec:
+    """The `acoustic` section: a `WhisperSpec` for `"type": "whisper"`, else a (HuBERT / wav2vec2) `AcousticSpec`."""
+    if isinstance(value, Mapping) and value.get("type") == "whisper":
+        return WhisperSpec.from_recipe(value, where)
+    return AcousticSpec.from_recipe(value, where)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusionDims(RecipeDims):
+    """What the `fusion` section of every pretrained-backbone model has: the CTC head's dropout."""
+
+    ctc_dropout: float = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainedFusionDims(ModelDims):
+    """The typed config of a pretrained-backbone fusion model (cmgi, gcf2net). The backbone specs are read
+    resolved (`resolve_spec`: the top-level `random_weights` reaches them), the acoustic one with the model's
+    `FREEZE_FEATURE_ENCODER` default; subclasses give `fusion` its fields."""
+
+    FREEZE_FEATURE_ENCODER: ClassVar[bool] = False
+
+    acoustic: AcousticSpec | WhisperSpec = field(metadata={PARSE: _acoustic_spec})
+    text: TextSpec
+    fusion: FusionDims = field(default_factory=FusionDims)
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any] | None, where: str | None = None) -> Self:
+        if isinstance(recipe, Mapping):
+            recipe = dict(recipe)
+            if isinstance(recipe.get("acoustic"), Mapping):
+                resolved = resolve_spec(recipe["acoustic"], recipe)
+                recipe["acoustic"] = {"freeze_feature_encoder": cls.FREEZE_FEATURE_ENCODER, **resolved}
+            if isinstance(recipe.get("text"), Mapping):
+                recipe["text"] = resolve_spec(recipe["text"], recipe)
+        return super().from_recipe(recipe, where)
+
+
 class PretrainedFusionModel(SerModel):
     """A CmGI/GCF2-Net style model: pretrained acoustic encoder (CNN feature encoder + Transformer), CTC head,
     pretrained text encoder and tokenizer; subclasses add their fusion head.
 
     Records the backbones' architectures in `config` (so checkpoints rebuild offline). The acoustic spec's
-    `freeze_feature_encoder` (default `freeze_feature_encoder_default`) freezes the CNN feature encoder.
+    `freeze_feature_encoder` (default: the dims' `FREEZE_FEATURE_ENCODER`) freezes the CNN feature encoder.
+    `dims` is the typed `config`.
     """
 
-    def __init__(self, config: dict[str, Any], labels: list[str], vocab: Any,
-                 freeze_feature_encoder_default: bool) -> None:
+    def __init__(self, config: dict[str, Any], labels: list[str], vocab: Any, dims: PretrainedFusionDims) -> None:
         from edgeser.modelling.blocks import CtcHead
 
         super().__init__(config, labels, vocab)
-        acoustic_spec = resolve_spec(config["acoustic"], config)
-        text_spec = resolve_spec(config["text"], config)
+        self.dims = dims
+        acoustic_spec, text_spec = dims.acoustic, dims.text
         self.audio_encoder: nn.Module
-        if acoustic_spec.get("type") == "whisper":  # the packaged Whisper tiny.en: always its real weights
-            from edgeser.modelling.whisper import WhisperAcousticEncoder
-
+        if isinstance(acoustic_spec, WhisperSpec):  # the packaged Whisper tiny.en: always its real weights
             self.audio_encoder = WhisperAcousticEncoder(acoustic_spec)
         else:
             self.audio_encoder = AcousticEncoder(acoustic_backbone(acoustic_spec))
             record_architecture(config["acoustic"], acoustic_spec, self.audio_encoder.backbone)
-        dropout = float(config.get("fusion", {}).get("ctc_dropout", 0.1))
-        self.ctc_head = CtcHead(self.audio_encoder.hidden_size, len(vocab), dropout=dropout)
+        self.ctc_head = CtcHead(self.audio_encoder.hidden_size, len(vocab), dropout=dims.fusion.ctc_dropout)
         text_model, self.tokenizer = text_backbone(text_spec)
-        self.text_encoder = TextEncoder(text_model, freeze=bool(text_spec.get("freeze", False)))
-        self.text_package = MINILM_PACKAGE if text_spec.get("type") == "minilm" else None
+        self.text_encoder = TextEncoder(text_model, freeze=text_spec.freeze)
+        self.text_package = MINILM_PACKAGE if text_spec.type == "minilm" else None
         record_architecture(config["text"], text_spec, text_model)
-        self.frozen_feature_encoder = bool(acoustic_spec.get("freeze_feature_encoder",
-                                                             freeze_feature_encoder_default))
+        self.frozen_feature_encoder = acoustic_spec.freeze_feature_encoder
         if self.frozen_feature_encoder:
             self.audio_encoder.freeze_feature_encoder()
 

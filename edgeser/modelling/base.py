@@ -60,7 +60,8 @@ class SerModel(nn.Module):
     """A speech emotion recognition model made of the four export stages.
 
     Subclasses build the stages in `__init__` and keep their resolved config in
-    `self.config` (a JSON-serialisable dict) so checkpoints can rebuild them.
+    `self.config` (a JSON-serialisable dict) so checkpoints can rebuild them; they read it through
+    its typed form, `self.dims` (frozen dataclasses, `edgeser.modelling.dims`).
     `tokenizer` is a `tokenizers.Tokenizer` for the text branch (None for audio-only
     models); the runtime uses its `tokenizer.json` without transformers.
     """

@@ -6,20 +6,43 @@ module; IEMOCAP 4-class UA 79.62 / WA 79.50. Eq. numbers below refer to the pape
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from edgeser.errors import ModelError
-from edgeser.modelling.backbones import PretrainedFusionModel
+from edgeser.modelling.backbones import FusionDims, PretrainedFusionDims, PretrainedFusionModel
 from edgeser.modelling.base import fusion_masks, lengths_to_mask, masked_mean
 from edgeser.modelling.blocks import MaskedMultiHeadAttention
 from edgeser.text import CtcVocab
 
-BOUNDED_GATE = "sigmoid_of_linear"  # G = sigmoid(f(concat(s, c))), in (0, 1)
-LITERAL_GATE = "linear_of_sigmoid"  # G = f(sigmoid(concat(s, c))), Eq. 6 as printed
-GATES = (BOUNDED_GATE, LITERAL_GATE)
+Gate = Literal["sigmoid_of_linear", "linear_of_sigmoid"]
+BOUNDED_GATE: Gate = "sigmoid_of_linear"  # G = sigmoid(f(concat(s, c))), in (0, 1)
+LITERAL_GATE: Gate = "linear_of_sigmoid"  # G = f(sigmoid(concat(s, c))), Eq. 6 as printed
+GATES: tuple[Gate, ...] = get_args(Gate)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CmgiFusionDims(FusionDims):
+    """`fusion`: the common width `dim`, attention `heads` and dropouts, and the gate order (see `CmgiFusionHead`;
+    a config without one predates the choice and means `LITERAL_GATE`)."""
+
+    dim: int = 768
+    heads: int = 1
+    attention_dropout: float = 0.0
+    dropout: float = 0.1
+    gate: Gate = LITERAL_GATE
+
+
+@dataclass(frozen=True, kw_only=True)
+class CmgiDims(PretrainedFusionDims):
+    """The typed config of a CmGI size: HuBERT (or Whisper) and BERT / MiniLM specs, the CmGI fusion."""
+
+    SECTION = "cmgi"
+
+    fusion: CmgiFusionDims = field(default_factory=CmgiFusionDims)
 
 
 class CmgiFusionHead(nn.Module):
@@ -49,7 +72,7 @@ class CmgiFusionHead(nn.Module):
         heads: int = 1,
         attention_dropout: float = 0.0,
         dropout: float = 0.1,
-        gate: str = LITERAL_GATE,
+        gate: Gate = LITERAL_GATE,
     ) -> None:
         super().__init__()
         if gate not in GATES:
@@ -121,22 +144,22 @@ class CmgiModel(PretrainedFusionModel):
     name = "cmgi"
 
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
-        super().__init__(config, labels, vocab if vocab is not None else CtcVocab(),
-                         freeze_feature_encoder_default=False)
-        fusion = config.setdefault("fusion", {})
         # A config without a gate predates the choice: those checkpoints used the literal order. Recording the
         # resolved value keeps every checkpoint saved from here on explicit.
-        fusion.setdefault("gate", LITERAL_GATE)
+        config.setdefault("fusion", {}).setdefault("gate", LITERAL_GATE)
+        dims = CmgiDims.from_recipe(config)
+        super().__init__(config, labels, vocab if vocab is not None else CtcVocab(), dims)
+        fusion = dims.fusion
         audio_dim = self.audio_encoder.hidden_size
         self.fusion_head = CmgiFusionHead(
             audio_dim,
             self.text_encoder.hidden_size,
             len(self.labels),
-            dim=int(fusion.get("dim", 768)),
-            heads=int(fusion.get("heads", 1)),
-            attention_dropout=float(fusion.get("attention_dropout", 0.0)),
-            dropout=float(fusion.get("dropout", 0.1)),
-            gate=str(fusion["gate"]),
+            dim=fusion.dim,
+            heads=fusion.heads,
+            attention_dropout=fusion.attention_dropout,
+            dropout=fusion.dropout,
+            gate=fusion.gate,
         )
         self.acoustic_classifier = nn.Linear(audio_dim, len(self.labels))  # phase-1 SER head only
 

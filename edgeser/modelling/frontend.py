@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -83,7 +83,15 @@ def mel_filterbank(
     return weights
 
 
-def window_function(name: str, length: int) -> np.ndarray:
+FrontendKind = Literal["log_mel", "mfcc"]
+FRONTEND_KINDS: tuple[FrontendKind, ...] = get_args(FrontendKind)
+LogScale = Literal["db", "ln"]
+LOG_SCALES: tuple[LogScale, ...] = get_args(LogScale)
+# hamming, hann (alias hanning) or rectangular (aliases ones, boxcar)
+Window = Literal["hamming", "hann", "hanning", "rectangular", "ones", "boxcar"]
+
+
+def window_function(name: Window, length: int) -> np.ndarray:
     """Periodic ("fftbins") window of `length` samples: hamming, hann or rectangular (ones)."""
     n = np.arange(length, dtype=np.float64)
     if name == "hamming":
@@ -127,7 +135,7 @@ class PowerSpectrogram(nn.Module):
         n_fft: int = 512,
         win_length: int | None = None,
         hop_length: int = 160,
-        window: str = "hamming",
+        window: Window = "hamming",
         pad: int | None = None,
     ) -> None:
         super().__init__()
@@ -189,12 +197,12 @@ class LogMel(nn.Module):
         fmin: float = 0.0,
         fmax: float | None = None,
         htk: bool = False,
-        log: str = "db",
+        log: LogScale = "db",
         amin: float = 1e-10,
         top_db: float | None = None,
     ) -> None:
         super().__init__()
-        if log not in ("db", "ln"):
+        if log not in LOG_SCALES:
             raise ModelError(f"unknown log scale {log!r}; choose 'db' or 'ln'")
         fb = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax, htk)
         self.register_buffer("mel_matrix", torch.from_numpy(fb.T.copy()).float(), persistent=False)  # [K, M]
@@ -260,12 +268,12 @@ class FeatureFrontend(nn.Module):
 
     def __init__(
         self,
-        kind: str = "log_mel",
+        kind: FrontendKind = "log_mel",
         sample_rate: int = 16_000,
         n_fft: int = 512,
         win_length: int | None = None,
         hop_length: int = 160,
-        window: str = "hamming",
+        window: Window = "hamming",
         n_mels: int = 64,
         fmin: float = 0.0,
         fmax: float | None = None,
@@ -273,13 +281,13 @@ class FeatureFrontend(nn.Module):
         n_mfcc: int = 40,
         deltas: int = 0,
         delta_width: int = 9,
-        log: str = "db",
+        log: LogScale = "db",
         amin: float = 1e-10,
         top_db: float | None = 80.0,
         pad: int | None = None,
     ) -> None:
         super().__init__()
-        if kind not in ("log_mel", "mfcc"):
+        if kind not in FRONTEND_KINDS:
             raise ModelError(f"unknown front end kind {kind!r}; choose 'log_mel' or 'mfcc'")
         self.kind = kind
         self.sample_rate = int(sample_rate)

@@ -20,15 +20,39 @@ but the paper gives neither. The `paper` size keeps the architecture as describe
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from edgeser.modelling.backbones import PretrainedFusionModel
+from edgeser.modelling.backbones import FusionDims, PretrainedFusionDims, PretrainedFusionModel
 from edgeser.modelling.base import fusion_masks, masked_mean
 from edgeser.modelling.blocks import MaskedMultiHeadAttention
 from edgeser.text import CtcVocab
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gcf2NetFusionDims(FusionDims):
+    """`fusion`: the arguments of `Gcf2NetFusionHead` (Df = `dim`, m = `layers` ResCMFA blocks per direction)."""
+
+    dim: int = 768
+    layers: int = 4
+    heads: int = 8
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    expansion: int = 4
+    kernel_size: int = 31
+
+
+@dataclass(frozen=True, kw_only=True)
+class Gcf2NetDims(PretrainedFusionDims):
+    """The typed config of a GCF2-Net size: wav2vec2 (CNN frozen by default) and RoBERTa / MiniLM specs."""
+
+    SECTION = "gcf2net"
+    FREEZE_FEATURE_ENCODER = True
+
+    fusion: Gcf2NetFusionDims = field(default_factory=Gcf2NetFusionDims)
 
 
 class ResCmfaBlock(nn.Module):
@@ -179,18 +203,18 @@ class Gcf2NetModel(PretrainedFusionModel):
     name = "gcf2net"
 
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
-        super().__init__(config, labels, vocab if vocab is not None else CtcVocab(),
-                         freeze_feature_encoder_default=True)
-        fusion = config.get("fusion", {})
+        dims = Gcf2NetDims.from_recipe(config)
+        super().__init__(config, labels, vocab if vocab is not None else CtcVocab(), dims)
+        fusion = dims.fusion
         self.fusion_head = Gcf2NetFusionHead(
             self.audio_encoder.hidden_size,
             self.text_encoder.hidden_size,
             len(self.labels),
-            dim=int(fusion.get("dim", 768)),
-            layers=int(fusion.get("layers", 4)),
-            heads=int(fusion.get("heads", 8)),
-            dropout=float(fusion.get("dropout", 0.1)),
-            attention_dropout=float(fusion.get("attention_dropout", 0.1)),
-            expansion=int(fusion.get("expansion", 4)),
-            kernel_size=int(fusion.get("kernel_size", 31)),
+            dim=fusion.dim,
+            layers=fusion.layers,
+            heads=fusion.heads,
+            dropout=fusion.dropout,
+            attention_dropout=fusion.attention_dropout,
+            expansion=fusion.expansion,
+            kernel_size=fusion.kernel_size,
         )

@@ -19,7 +19,9 @@ at the per-clip `top_db` floor, where RAVDESS at 48 kHz had energy.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -27,7 +29,11 @@ from torch import nn
 
 from edgeser.errors import ModelError
 from edgeser.modelling.base import lengths_to_mask
+from edgeser.modelling.dims import RecipeDims
 from edgeser.modelling.frontend import build_frontend
+
+PadMode = Literal["reflect", "constant"]
+PAD_MODES: tuple[PadMode, ...] = get_args(PadMode)
 
 # A frame layout step that gives every clip exactly one frame: a "kernel" longer than any clip with a
 # one-frame minimum (max((L - K) // 1 + 1, 1) == 1 for every L < K).
@@ -68,6 +74,21 @@ class PolyphaseUpsampler(nn.Module):
         return phases.transpose(1, 2).reshape(x.shape[0], -1)
 
 
+@dataclass(frozen=True, kw_only=True)
+class MapDims(RecipeDims):
+    """The `map` section of STF-Net's `paper` size (see `FixedMfccMap`); `sample_rate` None: the input's rate."""
+
+    SECTION = "stfnet.map"
+
+    sample_rate: int | None = None
+    offset_s: float = 0.5
+    duration_s: float = 3.0
+    pad_mode: PadMode = "reflect"
+    half_width: int = 32
+    rolloff: float = 0.94
+    beta: float = 8.6
+
+
 class FixedMfccMap(nn.Module):
     """Waveform `[B, S]` (at `sample_rate`) + lengths -> the fixed `[B, n_mfcc, frames]` MFCC map (see module doc).
 
@@ -78,27 +99,24 @@ class FixedMfccMap(nn.Module):
     is done here.
     """
 
-    def __init__(self, map_config: dict[str, Any], frontend_config: dict[str, Any], sample_rate: int) -> None:
+    def __init__(self, map_config: MapDims | Mapping[str, Any], frontend_config: dict[str, Any], sample_rate: int
+                 ) -> None:
         super().__init__()
-        map_rate = int(map_config.get("sample_rate", sample_rate))
+        dims = MapDims.of(map_config)
+        map_rate = dims.sample_rate if dims.sample_rate is not None else int(sample_rate)
         if map_rate % sample_rate:
             raise ModelError(f"stfnet map rate {map_rate} Hz is not a multiple of the input rate {sample_rate} Hz")
         self.factor = map_rate // sample_rate
-        self.offset = round(float(map_config.get("offset_s", 0.5)) * sample_rate)
-        self.length = round(float(map_config.get("duration_s", 3.0)) * sample_rate)
+        self.offset = round(dims.offset_s * sample_rate)
+        self.length = round(dims.duration_s * sample_rate)
         if self.offset < 0 or self.length <= 0:
             raise ModelError("stfnet map needs offset_s >= 0 and duration_s > 0")
-        self.pad_mode = str(map_config.get("pad_mode", "reflect"))
-        if self.pad_mode not in ("reflect", "constant"):
+        self.pad_mode = dims.pad_mode
+        if self.pad_mode not in PAD_MODES:
             raise ModelError(f"stfnet map pad_mode must be 'reflect' or 'constant', got {self.pad_mode!r}")
         self.resample: PolyphaseUpsampler | None = None
         if self.factor > 1:
-            self.resample = PolyphaseUpsampler(
-                self.factor,
-                int(map_config.get("half_width", 32)),
-                float(map_config.get("rolloff", 0.94)),
-                float(map_config.get("beta", 8.6)),
-            )
+            self.resample = PolyphaseUpsampler(self.factor, dims.half_width, dims.rolloff, dims.beta)
         if "pad" in frontend_config:
             raise ModelError("stfnet map: the framing padding is the map's (n_fft // 2, pad_mode); drop frontend.pad")
         self.mfcc = build_frontend({**frontend_config, "pad": 0}, map_rate)

@@ -32,6 +32,7 @@ transcripts come from Google's API, edgeser's from the model's own CTC head.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,10 +42,52 @@ from torch import nn
 from edgeser.errors import ModelError
 from edgeser.modelling.base import fusion_masks, lengths_to_mask, masked_mean
 from edgeser.modelling.blocks import NEG_INF, mask_time, masked_max, masked_std
+from edgeser.modelling.dims import PARSE, RecipeDims
 from edgeser.modelling.frontend import MaskedFeatureNorm, build_frontend
-from edgeser.modelling.words import WordEmbedding, WordFusionModel
-from edgeser.modelling.xvector import XVectorBranch
+from edgeser.modelling.words import WordEmbedding, WordFusionModel, WordModelDims, WordTextDims
+from edgeser.modelling.xvector import XVectorBranch, XVectorDims
 from edgeser.text import CtcVocab
+
+
+@dataclass(frozen=True, kw_only=True)
+class MscnnAudioDims(RecipeDims):
+    """`audio`: the audio multi-scale CNN (kernel sizes in frames, filters per kernel)."""
+
+    kernels: tuple[int, ...] = (5, 7, 9, 11)
+    filters: int = 128
+
+
+@dataclass(frozen=True, kw_only=True)
+class MscnnTextDims(WordTextDims):
+    """`text`: the word vocabulary and embedding, then the text multi-scale CNN (kernel sizes in words)."""
+
+    kernels: tuple[int, ...] = (2, 3, 4, 5)
+    filters: int = 128
+
+
+@dataclass(frozen=True, kw_only=True)
+class MscnnFusionDims(RecipeDims):
+    """`fusion`: the hidden FC size and the dropout."""
+
+    hidden: int = 256
+    dropout: float = 0.3
+
+
+def _optional_xvector(value: Any, where: str) -> XVectorDims | None:
+    """An empty or null `xvector` section means no x-vector branch (the `small` size has none)."""
+    return XVectorDims.from_recipe(value, where) if value else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MscnnDims(WordModelDims):
+    """The typed config of an MSCNN-SPU-ATT size; `xvector` (the `paper` size) adds the x-vector branch."""
+
+    SECTION = "mscnn_spu_att"
+
+    audio: MscnnAudioDims = field(default_factory=MscnnAudioDims)
+    text: MscnnTextDims = field(default_factory=MscnnTextDims)
+    xvector: XVectorDims | None = field(default=None, metadata={PARSE: _optional_xvector})
+    fusion: MscnnFusionDims = field(default_factory=MscnnFusionDims)
 
 
 class MultiScaleCnn(nn.Module):
@@ -77,18 +120,15 @@ class MscnnAudioEncoder(nn.Module):
     with an `xvector` config, the clip's x-vector (from the same STFT) follows each valid frame's maps:
     `[B, F, Da + E]` (zero beyond the frames; the CTC head reads the first Da columns only)."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, dims: MscnnDims) -> None:
         super().__init__()
-        sample_rate = int(config.get("sample_rate", 16_000))
-        self.frontend = build_frontend(config.get("frontend", {}), sample_rate)
-        audio = config.get("audio", {})
+        sample_rate = dims.sample_rate
+        self.frontend = build_frontend(dims.frontend, sample_rate)
         self.norm = MaskedFeatureNorm(self.frontend.out_dim)
-        self.cnn = MultiScaleCnn(
-            self.frontend.out_dim, list(audio.get("kernels", [5, 7, 9, 11])), int(audio.get("filters", 128))
-        )
+        self.cnn = MultiScaleCnn(self.frontend.out_dim, list(dims.audio.kernels), dims.audio.filters)
         self.xvector: XVectorBranch | None = None
-        if config.get("xvector"):
-            self.xvector = XVectorBranch(sample_rate, self.frontend.spectrogram.n_fft, config["xvector"])
+        if dims.xvector is not None:
+            self.xvector = XVectorBranch(sample_rate, self.frontend.spectrogram.n_fft, dims.xvector)
         self.maps_dim = self.cnn.out_dim
         self.xvector_dim = self.xvector.out_dim if self.xvector is not None else 0
         self.out_dim = self.maps_dim + self.xvector_dim
@@ -112,14 +152,10 @@ class MscnnAudioEncoder(nn.Module):
 class MscnnTextEncoder(nn.Module):
     """`text_encoder`: token ids -> word vectors -> text multi-scale CNN; returns `[h | word vectors]` `[B, L, Dt + E]`."""
 
-    def __init__(self, words: list[str], text_config: dict[str, Any]) -> None:
+    def __init__(self, words: list[str], text_config: MscnnTextDims) -> None:
         super().__init__()
         self.embedding = WordEmbedding(words, text_config)
-        self.cnn = MultiScaleCnn(
-            self.embedding.dim,
-            list(text_config.get("kernels", [2, 3, 4, 5])),
-            int(text_config.get("filters", 128)),
-        )
+        self.cnn = MultiScaleCnn(self.embedding.dim, list(text_config.kernels), text_config.filters)
         self.cnn_dim = self.cnn.out_dim
         self.embedding_dim = self.embedding.dim
         self.out_dim = self.cnn_dim + self.embedding_dim
@@ -194,14 +230,14 @@ class MscnnSpuAttModel(WordFusionModel):
     name = "mscnn_spu_att"
 
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
-        super().__init__(config, labels, vocab, MscnnAudioEncoder, MscnnTextEncoder)
-        fusion = config.get("fusion", {})
+        dims = MscnnDims.from_recipe(config)
+        super().__init__(config, labels, vocab, dims, MscnnAudioEncoder, MscnnTextEncoder)
         self.fusion_head = MscnnFusionHead(
             self.audio_encoder.maps_dim,
             self.text_encoder.cnn_dim,
             self.text_encoder.embedding_dim,
             len(labels),
-            int(fusion.get("hidden", 256)),
-            float(fusion.get("dropout", 0.3)),
+            dims.fusion.hidden,
+            dims.fusion.dropout,
             xvector_dim=self.audio_encoder.xvector_dim,
         )

@@ -9,11 +9,12 @@ from typing import Any
 
 from edgeser.assets import zoo_dir
 from edgeser.errors import ModelError
+from edgeser.modelling import ModelName
 from edgeser.modelling.base import SerModel
 from edgeser.text import CtcVocab
 
 # name -> "module:Class"; imported on use so one model's missing extra never breaks the rest.
-MODEL_CLASSES: dict[str, str] = {
+MODEL_CLASSES: dict[ModelName, str] = {
     "cmgi": "edgeser.modelling.cmgi:CmgiModel",
     "gcf2net": "edgeser.modelling.gcf2net:Gcf2NetModel",
     "mscnn_spu_att": "edgeser.modelling.mscnn_spu_att:MscnnSpuAttModel",

@@ -29,6 +29,7 @@ external ASR; edgeser adds the CTC head for it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,9 +44,60 @@ from edgeser.modelling.blocks import (
     conv_out_lengths,
     mask_time,
 )
+from edgeser.modelling.dims import RecipeDims
 from edgeser.modelling.frontend import MaskedFeatureNorm, build_frontend
-from edgeser.modelling.words import WordEmbedding, WordFusionModel
+from edgeser.modelling.words import WordEmbedding, WordFusionModel, WordModelDims, WordTextDims
 from edgeser.text import CtcVocab
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaserCnnDims(RecipeDims):
+    """`cnn`: one strided CNN module per entry of `channels` (3: the paper's best on IEMOCAP)."""
+
+    channels: tuple[int, ...] = (32, 64, 128)
+    dropout: float = 0.3
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaserTransformerDims(RecipeDims):
+    """`transformer`: width `dim`, `heads`, feed-forward `ff_dim` (None: 4 x dim), `layers`, `dropout`."""
+
+    dim: int = 512
+    heads: int = 8
+    ff_dim: int | None = None
+    layers: int = 6
+    dropout: float = 0.3
+
+    @property
+    def feed_forward(self) -> int:
+        return self.ff_dim if self.ff_dim is not None else 4 * self.dim
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaserTextDims(WordTextDims):
+    """`text`: the word vocabulary and embedding, then a GRU of `gru_hidden` units."""
+
+    gru_hidden: int = 128
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaserFusionDims(RecipeDims):
+    """`fusion`: the width `dim` both modalities are projected to, and the dropout."""
+
+    dim: int = 128
+    dropout: float = 0.3
+
+
+@dataclass(frozen=True, kw_only=True)
+class SaserDims(WordModelDims):
+    """The typed config of a SASER size."""
+
+    SECTION = "saser"
+
+    cnn: SaserCnnDims = field(default_factory=SaserCnnDims)
+    transformer: SaserTransformerDims = field(default_factory=SaserTransformerDims)
+    text: SaserTextDims = field(default_factory=SaserTextDims)
+    fusion: SaserFusionDims = field(default_factory=SaserFusionDims)
 
 
 class StridedCnn(nn.Module):
@@ -88,26 +140,17 @@ class StridedCnn(nn.Module):
 class SaserAudioEncoder(nn.Module):
     """`audio_encoder`: log-mel -> [strided CNN | frame-stacked Transformer] per frame `[B, F, Dc + d]`."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, dims: SaserDims) -> None:
         super().__init__()
-        self.frontend = build_frontend(config.get("frontend", {}), int(config.get("sample_rate", 16_000)))
+        self.frontend = build_frontend(dims.frontend, dims.sample_rate)
         n_feat = self.frontend.out_dim
-        cnn = config.get("cnn", {})
         self.norm = MaskedFeatureNorm(n_feat)
-        self.cnn = StridedCnn(
-            n_feat, list(cnn.get("channels", [32, 64, 128])), float(cnn.get("dropout", 0.3))
-        )
+        self.cnn = StridedCnn(n_feat, list(dims.cnn.channels), dims.cnn.dropout)
         self.stack = self.cnn.time_reduction
-        tr = config.get("transformer", {})
-        dim = int(tr.get("dim", 512))
+        tr = dims.transformer
+        dim = tr.dim
         self.stacker = nn.Conv1d(n_feat, dim, kernel_size=self.stack, stride=self.stack)
-        self.transformer = TransformerEncoder(
-            dim,
-            int(tr.get("heads", 8)),
-            int(tr.get("ff_dim", 4 * dim)),
-            int(tr.get("layers", 6)),
-            float(tr.get("dropout", 0.3)),
-        )
+        self.transformer = TransformerEncoder(dim, tr.heads, tr.feed_forward, tr.layers, tr.dropout)
         self.out_dim = self.cnn.out_dim + dim
 
     def frame_layout(self) -> list[tuple[int, int, int, int]]:
@@ -130,10 +173,10 @@ class SaserAudioEncoder(nn.Module):
 class SaserTextEncoder(nn.Module):
     """`text_encoder`: token ids -> word vectors -> unidirectional GRU; `[B, L, hidden]`, zero at padding."""
 
-    def __init__(self, words: list[str], text_config: dict[str, Any]) -> None:
+    def __init__(self, words: list[str], text_config: SaserTextDims) -> None:
         super().__init__()
         self.embedding = WordEmbedding(words, text_config)
-        hidden = int(text_config.get("gru_hidden", 128))
+        hidden = text_config.gru_hidden
         self.gru = nn.GRU(self.embedding.dim, hidden, batch_first=True)
         self.out_dim = hidden
 
@@ -183,12 +226,8 @@ class SaserModel(WordFusionModel):
     name = "saser"
 
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
-        super().__init__(config, labels, vocab, SaserAudioEncoder, SaserTextEncoder)
-        fusion = config.get("fusion", {})
+        dims = SaserDims.from_recipe(config)
+        super().__init__(config, labels, vocab, dims, SaserAudioEncoder, SaserTextEncoder)
         self.fusion_head = SaserFusionHead(
-            self.audio_encoder.out_dim,
-            self.text_encoder.out_dim,
-            len(labels),
-            int(fusion.get("dim", 128)),
-            float(fusion.get("dropout", 0.3)),
+            self.audio_encoder.out_dim, self.text_encoder.out_dim, len(labels), dims.fusion.dim, dims.fusion.dropout
         )

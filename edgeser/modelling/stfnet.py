@@ -32,7 +32,8 @@ AWGN noise is scaled to the whole clip, not to the zero-padded 3 s window.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -42,8 +43,9 @@ from torch import nn
 from edgeser.errors import ModelError
 from edgeser.modelling.base import SerModel, lengths_to_mask, masked_mean
 from edgeser.modelling.blocks import TransformerEncoder, mask_time
+from edgeser.modelling.dims import ModelDims, RecipeDims
 from edgeser.modelling.frontend import MaskedFeatureNorm, build_frontend
-from edgeser.modelling.mfcc_map import ONE_FRAME_STEP, FixedMfccMap, MapScaler, pooled_sizes
+from edgeser.modelling.mfcc_map import ONE_FRAME_STEP, FixedMfccMap, MapDims, MapScaler, pooled_sizes
 from edgeser.modelling.train_hooks import awgn_copies
 from edgeser.text import CtcVocab
 
@@ -51,6 +53,84 @@ DEFAULT_SNR_DB = (
     15.0,
     30.0,
 )  # the AWGN SNR range of the implementation the paper mirrors (paper: none given)
+AwgnMode = Literal["online", "offline", "off"]
+AWGN_MODES: tuple[AwgnMode, ...] = get_args(AwgnMode)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StfNetCnnDims(RecipeDims):
+    """`cnn`: `branches` parallel CNNs of Conv 3x3 (`channels`) -> BatchNorm -> ReLU -> MaxPool (`freq_pools` x
+    `time_pools`) -> Dropout blocks. These time pools are the variable-length encoder's (time / 4 in all)."""
+
+    branches: int = 2
+    channels: tuple[int, ...] = (16, 32, 64)
+    freq_pools: tuple[int, ...] = (2, 4, 4)
+    time_pools: tuple[int, ...] = (2, 2, 1)
+    dropout: float = 0.3
+
+
+@dataclass(frozen=True, kw_only=True)
+class StfNetMapCnnDims(StfNetCnnDims):
+    """`cnn` of the fixed-map encoder: the implementation's pools, 2 x 2, 4 x 4, 4 x 4."""
+
+    time_pools: tuple[int, ...] = (2, 4, 4)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StfNetTransformerDims(RecipeDims):
+    """`transformer`: the temporal branch over the MFCC frames (d = the MFCC count)."""
+
+    heads: int = 4
+    ff_dim: int = 512
+    layers: int = 4
+    dropout: float = 0.4
+    positional_encoding: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class StfNetMapTransformerDims(StfNetTransformerDims):
+    """`transformer` of the fixed-map encoder: the map is max-pooled by `time_pool` in time first (282 -> 70)."""
+
+    time_pool: int = 4
+
+
+@dataclass(frozen=True, kw_only=True)
+class AwgnDims(RecipeDims):
+    """`awgn`: the paper's noise augmentation (see `StfNetModel`)."""
+
+    mode: AwgnMode = "online"
+    probability: float = 0.5
+    snr_db: tuple[float, ...] = DEFAULT_SNR_DB
+    copies: int = 1
+    integer_snr: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class StfNetDims(ModelDims):
+    """A config without `map` (`small`): the variable-length encoder. `frontend` holds `FeatureFrontend`'s
+    arguments (`frontend.build_frontend` checks them)."""
+
+    SECTION = "stfnet"
+
+    sample_rate: int = 16_000
+    frontend: dict[str, Any] = field(default_factory=dict)
+    cnn: StfNetCnnDims = field(default_factory=StfNetCnnDims)
+    transformer: StfNetTransformerDims = field(default_factory=StfNetTransformerDims)
+    awgn: AwgnDims = field(default_factory=AwgnDims)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StfNetMapDims(StfNetDims):
+    """A config with a `map` section (`paper`): the fixed 40 x 282 MFCC map encoder."""
+
+    map: MapDims
+    cnn: StfNetMapCnnDims = field(default_factory=StfNetMapCnnDims)
+    transformer: StfNetMapTransformerDims = field(default_factory=StfNetMapTransformerDims)
+
+
+def stfnet_dims(config: dict[str, Any]) -> StfNetDims:
+    """The typed sizes of an STF-Net config: `StfNetMapDims` when it has a `map` section, else `StfNetDims`."""
+    return (StfNetMapDims if "map" in config else StfNetDims).from_recipe(config)
 
 
 def awgn(
@@ -72,13 +152,11 @@ def awgn(
     return (waveform + noise * noise_std.unsqueeze(1)) * mask
 
 
-def stfnet_transformer(n_feat: int, tr: dict[str, Any]) -> TransformerEncoder:
+def stfnet_transformer(n_feat: int, tr: StfNetTransformerDims) -> TransformerEncoder:
     """STF-Net's temporal branch: a Transformer encoder over the MFCC frames (recipe `transformer` block)."""
-    heads = int(tr.get("heads", 4))
-    if n_feat % heads:
-        raise ModelError(f"stfnet transformer: {n_feat} MFCC features are not divisible by {heads} heads")
-    return TransformerEncoder(n_feat, heads, int(tr.get("ff_dim", 512)), int(tr.get("layers", 4)),
-                              float(tr.get("dropout", 0.4)), positional=bool(tr.get("positional_encoding", False)))
+    if n_feat % tr.heads:
+        raise ModelError(f"stfnet transformer: {n_feat} MFCC features are not divisible by {tr.heads} heads")
+    return TransformerEncoder(n_feat, tr.heads, tr.ff_dim, tr.layers, tr.dropout, positional=tr.positional_encoding)
 
 
 class SpatialCnn(nn.Module):
@@ -138,28 +216,23 @@ class SpatialCnn(nn.Module):
 class StfNetAudioEncoder(nn.Module):
     """`audio_encoder`: MFCC map -> [CNN 1 | CNN 2 | Transformer] per frame at 1/4 of the MFCC frame rate."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, dims: StfNetDims) -> None:
         super().__init__()
-        self.frontend = build_frontend(config.get("frontend", {}), int(config.get("sample_rate", 16_000)))
+        self.frontend = build_frontend(dims.frontend, dims.sample_rate)
         if self.frontend.kind != "mfcc":
             raise ModelError("stfnet reads an MFCC map: set frontend.kind to 'mfcc'")
         n_feat = self.frontend.out_dim
-        cnn = config.get("cnn", {})
-        channels = list(cnn.get("channels", [16, 32, 64]))
-        freq_pools = list(cnn.get("freq_pools", [2, 4, 4]))
-        time_pools = list(cnn.get("time_pools", [2, 2, 1]))
-        dropout = float(cnn.get("dropout", 0.3))
+        cnn = dims.cnn
         self.time_reduction = 1
-        for pool in time_pools:
-            self.time_reduction *= int(pool)
+        for pool in cnn.time_pools:
+            self.time_reduction *= pool
         self.norm = MaskedFeatureNorm(n_feat)
         self.cnns = nn.ModuleList(
-            SpatialCnn(n_feat, channels, freq_pools, time_pools, dropout)
-            for _ in range(int(cnn.get("branches", 2)))
+            SpatialCnn(n_feat, list(cnn.channels), list(cnn.freq_pools), list(cnn.time_pools), cnn.dropout)
+            for _ in range(cnn.branches)
         )
-        tr = config.get("transformer", {})
-        self.positional = bool(tr.get("positional_encoding", False))
-        self.transformer = stfnet_transformer(n_feat, tr)
+        self.positional = dims.transformer.positional_encoding
+        self.transformer = stfnet_transformer(n_feat, dims.transformer)
         self.out_dim = sum(c.out_dim for c in self.cnns) + n_feat
 
     def frame_layout(self) -> list[tuple[int, int, int, int]]:
@@ -188,31 +261,22 @@ class StfNetMapEncoder(nn.Module):
     """`audio_encoder` of the `paper` size: the fixed 40 x 282 MFCC map, the two CNNs flattened and the Transformer
     averaged over time, as the implementation; one "frame" per clip `[B, 1, 2 * 512 + 40]`, frame length 1."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, dims: StfNetMapDims) -> None:
         super().__init__()
-        self.frontend = FixedMfccMap(
-            config["map"], config.get("frontend", {}), int(config.get("sample_rate", 16_000))
-        )
+        self.frontend = FixedMfccMap(dims.map, dims.frontend, dims.sample_rate)
         n_feat, frames = self.frontend.n_mfcc, self.frontend.frames
         self.scaler = MapScaler((n_feat, frames))
-        cnn = config.get("cnn", {})
-        time_pools = list(cnn.get("time_pools", [2, 4, 4]))
+        cnn = dims.cnn
+        time_pools = list(cnn.time_pools)
         self.cnns = nn.ModuleList(
-            SpatialCnn(
-                n_feat,
-                list(cnn.get("channels", [16, 32, 64])),
-                list(cnn.get("freq_pools", [2, 4, 4])),
-                time_pools,
-                float(cnn.get("dropout", 0.3)),
-            )
-            for _ in range(int(cnn.get("branches", 2)))
+            SpatialCnn(n_feat, list(cnn.channels), list(cnn.freq_pools), time_pools, cnn.dropout)
+            for _ in range(cnn.branches)
         )
         cnn_frames = pooled_sizes(frames, time_pools)
-        tr = config.get("transformer", {})
-        self.time_pool = int(tr.get("time_pool", 4))
+        self.time_pool = dims.transformer.time_pool
         if cnn_frames < 1 or frames // self.time_pool < 1:
             raise ModelError(f"stfnet: time pools leave nothing of the {frames}-frame map")
-        self.transformer = stfnet_transformer(n_feat, tr)
+        self.transformer = stfnet_transformer(n_feat, dims.transformer)
         self.out_dim = sum(c.out_dim * cnn_frames for c in self.cnns) + n_feat
 
     def frame_layout(self) -> list[tuple[int, int, int, int]]:
@@ -256,16 +320,19 @@ class StfNetModel(SerModel):
 
     def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> None:
         super().__init__(config, labels, vocab)
-        self.audio_encoder = StfNetMapEncoder(config) if "map" in config else StfNetAudioEncoder(config)
+        self.dims = dims = stfnet_dims(config)
+        self.audio_encoder = (
+            StfNetMapEncoder(dims) if isinstance(dims, StfNetMapDims) else StfNetAudioEncoder(dims)
+        )
         self.fusion_head = StfNetFusionHead(self.audio_encoder.out_dim, len(labels))
-        awgn_config = config.get("awgn", {})
-        self.awgn_mode = str(awgn_config.get("mode", "online"))
-        if self.awgn_mode not in ("online", "offline", "off"):
+        awgn_config = dims.awgn
+        self.awgn_mode = awgn_config.mode
+        if self.awgn_mode not in AWGN_MODES:
             raise ModelError(f"stfnet awgn.mode must be 'online', 'offline' or 'off', got {self.awgn_mode!r}")
-        self.awgn_probability = float(awgn_config.get("probability", 0.5))
-        self.awgn_snr_db = tuple(float(v) for v in awgn_config.get("snr_db", DEFAULT_SNR_DB))
-        self.awgn_copies = int(awgn_config.get("copies", 1))
-        self.awgn_integer_snr = bool(awgn_config.get("integer_snr", False))
+        self.awgn_probability = awgn_config.probability
+        self.awgn_snr_db = awgn_config.snr_db
+        self.awgn_copies = awgn_config.copies
+        self.awgn_integer_snr = awgn_config.integer_snr
 
     def augment_waveform(
         self, waveform: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None

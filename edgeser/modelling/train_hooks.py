@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -61,6 +61,9 @@ def output_layer(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
+L2Scope = Literal["classifier", "weights"]  # the output layer's weight matrix, or every trainable weight
+
+
 def l2_penalty(model: nn.Module, spec: dict[str, Any] | None) -> torch.Tensor | None:
     """`weight * sum ||W||^2` over the weights `spec["scope"]` names, or None when `spec` is empty.
 
@@ -70,7 +73,7 @@ def l2_penalty(model: nn.Module, spec: dict[str, Any] | None) -> torch.Tensor | 
     """
     if not spec or not float(spec.get("weight", 0.0)):
         return None
-    scope = spec.get("scope", "classifier")
+    scope: L2Scope = spec.get("scope", "classifier")
     if scope == "classifier":
         parameters = [output_layer(model).weight]
     elif scope == "weights":

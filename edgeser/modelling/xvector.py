@@ -21,6 +21,8 @@ a sliding window clipped at the edges rather than shifted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +32,7 @@ from torch import nn
 from edgeser.errors import ModelError
 from edgeser.modelling.base import lengths_to_mask, masked_mean
 from edgeser.modelling.blocks import mask_time, masked_std
+from edgeser.modelling.dims import RecipeDims
 from edgeser.modelling.frontend import LogMel, MaskedFeatureNorm
 
 
@@ -72,6 +75,22 @@ class TdnnLayer(nn.Module):
         return self.norm(y, mask)
 
 
+@dataclass(frozen=True, kw_only=True)
+class XVectorDims(RecipeDims):
+    """The `xvector` section of MSCNN-SPU-ATT's `paper` size: Kaldi's VoxCeleb x-vector sizes by default."""
+
+    SECTION = "xvector"
+
+    n_mels: int = 24
+    fmin: float = 20.0
+    fmax: float = 7600.0
+    cmn_window: int = 301
+    kernels: tuple[int, ...] = (5, 3, 3, 1, 1)
+    dilations: tuple[int, ...] = (1, 2, 3, 1, 1)
+    channels: tuple[int, ...] = (512, 512, 512, 512, 1500)
+    embedding_dim: int = 512
+
+
 class XVectorBranch(nn.Module):
     """Power spectrum `[B, F, n_fft // 2 + 1]` (25 ms / 10 ms frames) + frame lengths -> x-vectors `[B, E]`.
 
@@ -79,24 +98,20 @@ class XVectorBranch(nn.Module):
     `dilations` ([1, 2, 3, 1, 1]), `channels` ([512, 512, 512, 512, 1500]), `embedding_dim` (512).
     """
 
-    def __init__(self, sample_rate: int, n_fft: int, config: dict[str, Any]) -> None:
+    def __init__(self, sample_rate: int, n_fft: int, config: XVectorDims | Mapping[str, Any]) -> None:
         super().__init__()
-        n_mels = int(config.get("n_mels", 24))
-        self.fbank = LogMel(
-            sample_rate, n_fft, n_mels, float(config.get("fmin", 20.0)), float(config.get("fmax", 7600.0)),
-            htk=True, log="ln", top_db=None,
-        )  # fmt: skip
-        self.cmn = SlidingMeanNorm(n_mels, int(config.get("cmn_window", 301)))
-        kernels = [int(k) for k in config.get("kernels", [5, 3, 3, 1, 1])]
-        dilations = [int(d) for d in config.get("dilations", [1, 2, 3, 1, 1])]
-        channels = [int(c) for c in config.get("channels", [512, 512, 512, 512, 1500])]
+        xv = XVectorDims.of(config)
+        n_mels = xv.n_mels
+        self.fbank = LogMel(sample_rate, n_fft, n_mels, xv.fmin, xv.fmax, htk=True, log="ln", top_db=None)
+        self.cmn = SlidingMeanNorm(n_mels, xv.cmn_window)
+        kernels, dilations, channels = list(xv.kernels), list(xv.dilations), list(xv.channels)
         if not len(kernels) == len(dilations) == len(channels) or not channels:
             raise ModelError("x-vector kernels, dilations and channels need the same (non-zero) length")
         dims = [n_mels, *channels]
         self.layers = nn.ModuleList(
             TdnnLayer(dims[i], dims[i + 1], kernels[i], dilations[i]) for i in range(len(channels))
         )
-        self.out_dim = int(config.get("embedding_dim", 512))
+        self.out_dim = xv.embedding_dim
         self.segment6 = nn.Linear(2 * channels[-1], self.out_dim)
 
     def forward(self, power: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:

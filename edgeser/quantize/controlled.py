@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import onnx
 
@@ -37,6 +36,7 @@ from edgeser.errors import DataError
 from edgeser.files import staging_dir
 from edgeser.measures import cosine
 from edgeser.metrics import classification_report
+from edgeser.progress import STDERR, Progress
 from edgeser.quantize.graph import quantisable_groups, resolve_exclusions
 from edgeser.quantize.variants import (
     Int8Options,
@@ -167,6 +167,7 @@ def quantize_controlled(
     threads: int | None = None,
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     build_stage: Callable[[str, Path, Path, frozenset[str]], StageReport] | None = None,
+    progress: Progress = STDERR,
 ) -> ControlledReport:
     """The most quantised INT8 configuration within `max_ua_drop` (points, pessimistic) on calibration-side clips."""
     from edgeser.calibrate import read_calibration, validation_slice
@@ -199,7 +200,7 @@ def quantize_controlled(
         return m.drop_bound <= max_ua_drop + 1e-9 and agreement_ok
 
     with staging_dir(bundle, "controlled") as tmp:
-        click.echo(f"accuracy-controlled INT8: {len(waves)} calibration-side validation clips", err=True)
+        progress(f"accuracy-controlled INT8: {len(waves)} calibration-side validation clips")
         ev = Evaluator(bundle, cache, options, tmp, waves, labels, len(manifest.labels), threads, build_stage)
         report = ControlledReport(
             bundle=str(bundle), data=data_spec, fold=fold.index, held_out=fold.held_out,
@@ -213,8 +214,8 @@ def quantize_controlled(
             m = ev.measure(config, what)
             m.within = within(m)
             report.measurements.append(m)
-            click.echo(f"  {what}: worst-case UA drop {m.drop_bound:.2f} pts, agreement {m.agreement:.2%}"
-                       f"{'  ok' if m.within else ''}", err=True)
+            progress(f"  {what}: worst-case UA drop {m.drop_bound:.2f} pts, agreement {m.agreement:.2%}"
+                     f"{'  ok' if m.within else ''}")
             return m
 
         stages = [s for s in manifest.stages if quantisable_count(ev, s) > 0]
@@ -242,7 +243,7 @@ def quantize_controlled(
         report.quantized_stages = quantised
         float_nodes = {s: tuple(sorted(v)) for s, v in config.items() if v}
         final_options = Int8Options(**{**asdict(options), "stages": tuple(quantised), "float_nodes": float_nodes})
-    quantize_int8(bundle, final_options)
+    quantize_int8(bundle, final_options, progress=progress)
     write_reports(bundle, report)
     return report
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import onnx
 
 from edgeser.files import staging_dir
+from edgeser.progress import STDERR, Progress
 from edgeser.quantize.graph import DYNAMIC_OP_TYPES, NARROW_WIDTH, quantisable_nodes, resolve_exclusions
 from edgeser.quantize.variants import StageReport, op_counts, preprocess, write_variant
 
 
 def quantize_int8_dynamic(bundle: Path, op_types: tuple[str, ...] = DYNAMIC_OP_TYPES,
                           exclude: tuple[str, ...] | None = None, per_channel: bool = True,
-                          min_width: int = NARROW_WIDTH) -> dict[str, StageReport]:
+                          min_width: int = NARROW_WIDTH, progress: Progress = STDERR) -> dict[str, StageReport]:
     """Dynamic INT8 (weights int8, activations quantised at run time), MatMul only by default; writes
     `bundle/int8-dynamic/`. The front end stays float (a ConvInteger/MatMulInteger there wrecks accuracy)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -37,4 +38,4 @@ def quantize_int8_dynamic(bundle: Path, op_types: tuple[str, ...] = DYNAMIC_OP_T
         settings = {"kind": "dynamic", "op_types": list(op_types), "per_channel": per_channel,
                     "weight_type": "QInt8", "exclude": list(exclude) if exclude is not None else "default",
                     "min_width": min_width}
-        return write_variant(bundle, "int8-dynamic", write, settings, "int8-dynamic")
+        return write_variant(bundle, "int8-dynamic", write, settings, "int8-dynamic", progress)

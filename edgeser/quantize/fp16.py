@@ -29,6 +29,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgeser.errors import BundleError
+from edgeser.progress import STDERR, Progress
 from edgeser.quantize.graph import resolve_exclusions
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ def fp16_settings(exclude: tuple[str, ...] | None) -> dict[str, Any]:
             "note": "GPU format: on CPU, FP16 runs slower than FP32 (or not at all)"}
 
 
-def convert_fp16(bundle: Path, exclude: tuple[str, ...] | None = None) -> dict[str, StageReport]:
+def convert_fp16(bundle: Path, exclude: tuple[str, ...] | None = None, progress: Progress = STDERR
+                 ) -> dict[str, StageReport]:
     """FP16 weights and activations with FP32 inputs/outputs and explicit casts around the ops kept in FP32
     (numerically sensitive ops and the front end): a graph a strongly typed TensorRT network builds as it is
     (see fp16.py). A GPU format: on CPU it is usually slower than FP32. Writes `bundle/fp16/`."""
@@ -122,7 +124,7 @@ def convert_fp16(bundle: Path, exclude: tuple[str, ...] | None = None) -> dict[s
         onnx.save(converted, str(out))
         return StageReport("fp16", 0, kept, op_counts(out), "none")
 
-    return write_variant(bundle, "fp16", write, fp16_settings(exclude), "fp16")
+    return write_variant(bundle, "fp16", write, fp16_settings(exclude), "fp16", progress)
 
 
 QDQ_FP16_OPSET = 19  # the first opset whose QuantizeLinear / DequantizeLinear take FP16 inputs and scales
@@ -150,7 +152,7 @@ def int8_fp16_graph(source: Path) -> tuple[onnx.ModelProto, dict[str, str], dict
     return converted, kept, {"qdq": len(qdq), "qdq_fp16": len(in_fp16), "subnormal_scales": subnormal}
 
 
-def convert_int8_fp16(bundle: Path) -> dict[str, StageReport]:
+def convert_int8_fp16(bundle: Path, progress: Progress = STDERR) -> dict[str, StageReport]:
     """`int8-trt` with its float remainder in FP16 (see the module docstring); writes `bundle/int8-trt-fp16/`.
     Needs the bundle's `int8-trt` variant (`edgeser quantize BUNDLE --int8-trt`)."""
     from edgeser.bundle import validate_bundle
@@ -176,4 +178,4 @@ def convert_int8_fp16(bundle: Path) -> dict[str, StageReport]:
     settings = {**fp16_settings(None), "kind": "int8+fp16", "from": TENSORRT_PRECISION, "opset": QDQ_FP16_OPSET,
                 "int8": {k: source_settings.get(k) for k in ("method", "percentile", "smooth_alpha", "calibration")},
                 "note": "GPU format (TensorRT, strongly typed): on CPU the FP16 ops run slower than FP32"}
-    return write_variant(bundle, TENSORRT_FP16_PRECISION, write, settings, "int8+fp16 (TensorRT)")
+    return write_variant(bundle, TENSORRT_FP16_PRECISION, write, settings, "int8+fp16 (TensorRT)", progress)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import onnx
 
+from edgeser.bundle import CALIBRATION_METHODS, CalibrationMethod
 from edgeser.errors import BundleError
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ class RangeSettings(Protocol):
     """What `activation_ranges` reads of the INT8 settings (`edgeser.quantize.variants.Int8Options`)."""
 
     @property
-    def method(self) -> str: ...
+    def method(self) -> CalibrationMethod: ...
 
     @property
     def percentile(self) -> float: ...
@@ -30,13 +31,13 @@ class RangeSettings(Protocol):
 
     def signature(self) -> str: ...
 
-METHODS = ("minmax", "percentile", "entropy")
+METHODS = CALIBRATION_METHODS
 # Items per collect_data call (one shape per call). Histogram calibrators hold every calibrated tensor of the
 # items of a call: HuBERT-large peaks near 10 GB of RAM at 8 items, so they get 2.
-CALIBRATION_CHUNK = {"minmax": 8, "percentile": 2, "entropy": 2}
+CALIBRATION_CHUNK: dict[CalibrationMethod, int] = {"minmax": 8, "percentile": 2, "entropy": 2}
 
 
-def calibration_method(name: str) -> Any:
+def calibration_method(name: CalibrationMethod) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
     table = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,

@@ -13,20 +13,19 @@ import hashlib
 import io
 import logging
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import click
 import onnx
 
-from edgeser.bundle import MANIFEST, StageFile, read_manifest, validate_bundle
+from edgeser.bundle import MANIFEST, CalibrationMethod, StageFile, read_manifest, validate_bundle
 from edgeser.errors import BundleError
 from edgeser.files import atomic_dir, sha256_of, staging_dir, working_directory, write_json_atomic
+from edgeser.progress import STDERR, Progress
 from edgeser.quantize.fuse import frame_first_conv, fuse_parallel_matmuls, union_ranges
 from edgeser.quantize.graph import (
     DEFAULT_OP_TYPES,
@@ -45,6 +44,8 @@ from edgeser.quantize.speed import measured_on
 LOG = logging.getLogger(__name__)
 TENSORRT_PRECISION = "int8-trt"
 TENSORRT_FP16_PRECISION = "int8-trt-fp16"  # int8-trt with its float remainder in FP16 (fp16.py)
+QuantTypeName = Literal["QInt8", "QUInt8"]  # onnxruntime's QuantType: signed or unsigned 8-bit
+QuantTarget = Literal["cpu", "tensorrt"]  # what a graph is made for: onnxruntime on the CPU, or TensorRT
 
 
 @dataclass(frozen=True)
@@ -54,19 +55,19 @@ class Int8Options:
     # percentile (99.999), on the trained stfnet fold 0, every width quantised (EMO-DB speaker 03, 49 clips):
     # logit RMSE vs fp32 0.040 and 1 label flip, where minmax gave 0.042 and 2 flips, entropy 0.104 and 1;
     # HuBERT-large feature cosine 0.9988 against 0.9986 for minmax. Calibration (histograms) is slower.
-    method: str = "percentile"
+    method: CalibrationMethod = "percentile"
     op_types: tuple[str, ...] = DEFAULT_OP_TYPES
     exclude: tuple[str, ...] | None = None  # None: the default float categories; else exactly these patterns
     min_width: int = NARROW_WIDTH  # GEMMs with fewer input features or output channels stay float (0: none)
     per_channel: bool = True
-    activation_type: str = "QUInt8"
-    weight_type: str = "QInt8"
+    activation_type: QuantTypeName = "QUInt8"
+    weight_type: QuantTypeName = "QInt8"
     # TensorRT's ONNX parser takes symmetric INT8 only: activations QInt8 with zero point 0, float biases (it has
     # no INT32 DequantizeLinear), and one Q/DQ pair per consumer. See `Int8Options.tensorrt()`.
     symmetric_activations: bool = False
     dedicated_qdq: bool = False
     quantize_bias: bool = True
-    target: str = "cpu"  # cpu (onnxruntime) or tensorrt: what the graph is made for, recorded in its settings
+    target: QuantTarget = "cpu"  # cpu (onnxruntime) or tensorrt: what the graph is made for, recorded in its settings
     percentile: float = 99.999
     matmul_weights_only: bool = False  # True: leave activation x activation MatMuls (attention) in float
     quantize_outputs: bool = True  # False: Q/DQ only on node inputs (outputs stay float until the next consumer)
@@ -165,15 +166,16 @@ def write_variant(
     write_stage: Callable[[str, Path, Path], StageReport],
     settings: dict[str, Any],
     label: str,
+    progress: Progress = STDERR,
 ) -> dict[str, StageReport]:
-    """Write `bundle/<precision>/` stage by stage with `write_stage(stage, fp32_path, out_path)`, then list it."""
+    """Write `bundle/<precision>/` stage by stage with `write_stage(stage, fp32_path, out_path)`, then list it
+    (under a progress bar named `label`)."""
     manifest = validate_bundle(bundle, "fp32")
     reports: dict[str, StageReport] = {}
     files: dict[str, StageFile] = {}
     with atomic_dir(bundle / precision) as staging:
         stages = list(manifest.precisions["fp32"].items())
-        with click.progressbar(stages, label=label, file=sys.stderr,
-                               item_show_func=lambda s: s[0] if s else None) as bar:
+        with progress.bar(stages, label, lambda s: s[0]) as bar:
             for stage, entry in bar:
                 started = time.perf_counter()
                 out = staging / f"{stage}.onnx"
@@ -249,7 +251,7 @@ def op_counts(path: Path) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
-def quant_type(name: str) -> Any:
+def quant_type(name: QuantTypeName) -> Any:
     from onnxruntime.quantization import QuantType
 
     try:
@@ -405,8 +407,8 @@ def keep_if_faster(report: StageReport, stage: str, fp32: Path, out: Path, cache
                        speed=report.speed)
 
 
-def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: str = "int8"
-                  ) -> dict[str, StageReport]:
+def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: str = "int8",
+                  progress: Progress = STDERR) -> dict[str, StageReport]:
     """Static QDQ INT8 of every stage from the bundle's calibration cache; writes `bundle/int8/`."""
     from edgeser.calibrate import read_calibration
 
@@ -433,11 +435,12 @@ def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: s
     }  # fmt: skip
     with staging_dir(bundle, "quantize") as tmp:
         return write_variant(bundle, precision, static_stage_writer(cache, options, tmp), settings,
-                             f"int8 ({options.method})")
+                             f"int8 ({options.method})", progress)
 
 
-def quantize_int8_tensorrt(bundle: Path, options: Int8Options | None = None) -> dict[str, StageReport]:
+def quantize_int8_tensorrt(bundle: Path, options: Int8Options | None = None, progress: Progress = STDERR
+                           ) -> dict[str, StageReport]:
     """Static INT8 for TensorRT (`Int8Options.tensorrt()`: signed symmetric activations with zero point 0,
     symmetric per-channel weights on the output-channel axis, constant scales, float biases, dedicated Q/DQ);
     writes `bundle/int8-trt/`. It runs in onnxruntime too, so `edgeser check` measures its accuracy on CPU."""
-    return quantize_int8(bundle, options or Int8Options.tensorrt(), precision=TENSORRT_PRECISION)
+    return quantize_int8(bundle, options or Int8Options.tensorrt(), precision=TENSORRT_PRECISION, progress=progress)

@@ -15,7 +15,7 @@ import json
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -35,12 +35,13 @@ from edgeser.stages import pad_batch
 if TYPE_CHECKING:
     from tritonclient.utils import InferenceServerException
 
-PROTOCOLS = ("http", "grpc")
+TritonProtocol = Literal["http", "grpc"]
+PROTOCOLS: tuple[TritonProtocol, ...] = get_args(TritonProtocol)
 NUMPY_TO_TRITON = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "int8": "INT8",
                    "uint8": "UINT8", "bool": "BOOL"}
 
 
-def triton_module(protocol: str) -> Any:
+def triton_module(protocol: TritonProtocol) -> Any:
     """tritonclient.http or tritonclient.grpc, or a one-line error naming the extra."""
     if protocol not in PROTOCOLS:
         raise ServingError(f"unknown protocol {protocol!r}; choose http or grpc")
@@ -74,7 +75,7 @@ class RemotePrediction:
 class _Connection:
     """A tritonclient client for one model, with its config (as JSON) and one-line errors."""
 
-    def __init__(self, url: str, model: str, protocol: str, timeout_s: float) -> None:
+    def __init__(self, url: str, model: str, protocol: TritonProtocol, timeout_s: float) -> None:
         self.module = triton_module(protocol)
         self.url, self.model, self.protocol = url, model, protocol
         try:
@@ -121,7 +122,7 @@ class TritonClient:
     gets its own connection on first use.
     """
 
-    def __init__(self, url: str, *, protocol: str = "http", model: str = PIPELINE_MODEL, timeout_s: float = 120.0
+    def __init__(self, url: str, *, protocol: TritonProtocol = "http", model: str = PIPELINE_MODEL, timeout_s: float = 120.0
                  ) -> None:
         self._args = (url, model, protocol, timeout_s)
         self._local = threading.local()
@@ -165,7 +166,7 @@ class TritonClient:
 class TritonRunner:
     """A `StageRunner` that runs one stage model on a Triton server: `StageGraph.run` can chain remote stages."""
 
-    def __init__(self, url: str, stage: str, *, protocol: str = "http", timeout_s: float = 120.0) -> None:
+    def __init__(self, url: str, stage: str, *, protocol: TritonProtocol = "http", timeout_s: float = 120.0) -> None:
         self.connection = _Connection(url, stage, protocol, timeout_s)
         config = self.connection.config
         self.input_names = tuple(t["name"] for t in config["input"])

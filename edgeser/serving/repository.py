@@ -22,13 +22,16 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 from edgeser.bundle import MANIFEST, PRECISIONS, BundleManifest, TensorSpec, read_manifest, validate_bundle
 from edgeser.errors import ServingError
 from edgeser.files import atomic_dir, write_text_atomic
 from edgeser.stages import STAGE_ORDER
 
-BACKENDS = ("onnxruntime", "tensorrt", "python")
+# What runs the stage models: Triton's onnxruntime_onnx or tensorrt_plan platform, or onnxruntime in the Python backend.
+TritonBackend = Literal["onnxruntime", "tensorrt", "python"]
+BACKENDS: tuple[TritonBackend, ...] = get_args(TritonBackend)
 PIPELINE_MODEL = "edgeser"
 # The `edgeser` model's tensors (the request and the response of one clip).
 WAVEFORM, LENGTH = "waveform", "length"
@@ -75,7 +78,7 @@ class Repository:
 
     path: str
     models: list[str]
-    backend: str
+    backend: TritonBackend | Literal["local"]  # local: `serve`'s repository, the runtime in the Python backend
     precision: str
 
 
@@ -116,7 +119,7 @@ def _batching(options: RepositoryOptions) -> str:
     return f"dynamic_batching {{ max_queue_delay_microseconds: {round(options.max_delay_ms * 1000)} }}"
 
 
-def stage_config(stage: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], backend: str,
+def stage_config(stage: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], backend: TritonBackend,
                  options: RepositoryOptions) -> str:
     """config.pbtxt of one stage model."""
     head = {"onnxruntime": 'platform: "onnxruntime_onnx"', "tensorrt": 'platform: "tensorrt_plan"',
@@ -216,7 +219,7 @@ def engine_limits(folder: Path, manifest: BundleManifest, options: RepositoryOpt
 
 
 def write_model_repository(bundle: str | Path, out: str | Path, *, precision: str = "fp32",
-                           backend: str = "onnxruntime", options: RepositoryOptions | None = None,
+                           backend: TritonBackend = "onnxruntime", options: RepositoryOptions | None = None,
                            engines: str | None = None) -> Repository:
     """Write the Triton model repository for one bundle variant at `out` (replaced whole, atomically)."""
     options = options or RepositoryOptions()
@@ -289,8 +292,8 @@ def repository_labels(repository: Path) -> list[str]:
     return list(read_manifest(repository / PIPELINE_MODEL / "1").labels)
 
 
-def repository_readme(bundle: Path, labels: Sequence[str], stages: Sequence[str], backend: str, precision: str,
-                      options: RepositoryOptions) -> str:
+def repository_readme(bundle: Path, labels: Sequence[str], stages: Sequence[str], backend: TritonBackend,
+                      precision: str, options: RepositoryOptions) -> str:
     """README.md of a written repository: what is in it, the server command, a client example."""
     platform = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "python": "python (onnxruntime)"}
     return f"""# Triton model repository for `{bundle.name}` ({precision})

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,7 +19,9 @@ from edgeser.metrics import cer, classification_report, wer
 from edgeser.modelling.base import SerModel, SerOutput
 from edgeser.modelling.runner import torch_runners
 from edgeser.modelling.train_hooks import l2_penalty
+from edgeser.progress import STDERR, Progress
 from edgeser.stages import pad_batch
+from edgeser.text import TextSource
 from edgeser.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -39,15 +39,13 @@ class Clip:
     speaker: str = ""
 
 
-def load_clips(utterances: list[Utterance], labels: list[str], progress: str | None = None, *,
-               quiet: bool = False) -> list[Clip]:
-    """Decode every clip once (16 kHz mono); transcripts missing from the corpus become empty. `quiet`: no
-    progress bar (the training processes other than rank 0)."""
-    index = {label: i for i, label in enumerate(labels)}
+def load_clips(utterances: list[Utterance], labels: list[str], label: str = "loading audio", *,
+               progress: Progress = STDERR) -> list[Clip]:
+    """Decode every clip once (16 kHz mono) under a progress bar named `label`; transcripts missing from the
+    corpus become empty."""
+    index = {name: i for i, name in enumerate(labels)}
     clips = []
-    bar_or_list = nullcontext(utterances) if quiet else click.progressbar(
-        utterances, label=progress or "loading audio", file=sys.stderr)
-    with bar_or_list as bar:
+    with progress.bar(utterances, label) as bar:
         for utt in bar:
             clips.append(Clip(utt.id, load_audio(utt.path), index[utt.label], utt.transcript or "", utt.speaker))
     return clips
@@ -195,7 +193,7 @@ def _grouped(groups: list[str], labels: list[int], predictions: list[int], class
 
 
 def evaluate(
-    model: SerModel, clips: list[Clip], *, batch_size: int = 16, text_source: str = "asr",
+    model: SerModel, clips: list[Clip], *, batch_size: int = 16, text_source: TextSource = "asr",
     device: torch.device | None = None, per_speaker: bool = False, world: World | None = None,
 ) -> EvalResult:
     """Run the model as deployed, through the stage contract (`StageGraph` + PyTorch runners): the text branch

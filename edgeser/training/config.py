@@ -5,14 +5,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
+from edgeser.data.protocols import ProtocolName
 from edgeser.errors import ModelError
+from edgeser.text import TEXT_SOURCES, TextSource
 
-TEXT_SOURCES = ("asr", "ground_truth")
-CROPS = ("auto", "random-window", "none")
+Crop = Literal["auto", "random-window", "none"]
+CROPS: tuple[Crop, ...] = get_args(Crop)
+LrSchedule = Literal["cosine", "constant"]
+LR_SCHEDULES: tuple[LrSchedule, ...] = get_args(LrSchedule)
+OptimizerName = Literal["adamw", "adam", "sgd"]
+OPTIMIZERS: tuple[OptimizerName, ...] = get_args(OptimizerName)
 
 
 @dataclass
@@ -29,21 +35,21 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    optimizer: str = "adamw"  # adamw, adam or sgd (with `momentum`)
+    optimizer: OptimizerName = "adamw"  # adamw, adam or sgd (with `momentum`)
     momentum: float = 0.9
     grad_accumulation: int = 1  # batches per optimiser step (CmGI paper: batch 2 x 8)
     ctc_weight: float = 0.0
-    lr_schedule: str = "cosine"  # warm-up then cosine decay, or "constant"
+    lr_schedule: LrSchedule = "cosine"  # warm-up then cosine decay, or "constant"
     warmup_ratio: float = 0.05
     grad_clip: float | None = 5.0  # 0 or None: no clipping
     l2_penalty: dict[str, Any] | None = None
-    protocol: str | None = None  # the paper's protocol (recipe); the CLI picks it with --protocol paper
+    protocol: ProtocolName | None = None  # the paper's protocol (recipe); the CLI picks it with --protocol paper
     # Training clips longer than `max_seconds`: "random-window" cuts a random window (only where the target
     # follows: audio-only models); "none" keeps whole clips in length-bucketed batches; "auto" picks
     # "none" for models with a CTC head or a text branch (their transcript covers the whole clip).
-    crop: str = "auto"
+    crop: Crop = "auto"
     max_seconds: float = 8.0
-    text_source_eval: str = "asr"  # "asr" (deployment: the model's own transcript) or "ground_truth"
+    text_source_eval: TextSource = "asr"  # "asr" (deployment: the model's own transcript) or "ground_truth"
     stages: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -53,7 +59,7 @@ class TrainConfig:
             raise ModelError(f"text_source_eval {self.text_source_eval!r}: choose asr or ground_truth")
         if self.crop not in CROPS:
             raise ModelError(f"crop {self.crop!r}: choose one of {', '.join(CROPS)}")
-        if self.lr_schedule not in ("cosine", "constant"):
+        if self.lr_schedule not in LR_SCHEDULES:
             raise ModelError(f"lr_schedule {self.lr_schedule!r}: choose cosine or constant")
         for name in ("epochs", "batch_size", "grad_accumulation"):
             if int(getattr(self, name)) < 1:
@@ -73,7 +79,7 @@ class TrainConfig:
         config.extra = {k: v for k, v in merged.items() if k not in known}
         return config
 
-    def crop_for(self, crops_safely: bool) -> str:
+    def crop_for(self, crops_safely: bool) -> Crop:
         """The crop policy in force for a model (`crops_safely`: its targets do not depend on the whole clip)."""
         if self.crop != "auto":
             return self.crop
@@ -97,10 +103,11 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
         return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    raise ModelError(f"unknown optimizer {config.optimizer!r} in the recipe; use adamw, adam or sgd")
+    raise ModelError(f"unknown optimizer {config.optimizer!r} in the recipe; use {', '.join(OPTIMIZERS[:-1])} or "
+                     f"{OPTIMIZERS[-1]}")
 
 
-def lr_lambda(total_steps: int, warmup_steps: int, schedule: str = "cosine") -> Callable[[int], float]:
+def lr_lambda(total_steps: int, warmup_steps: int, schedule: LrSchedule = "cosine") -> Callable[[int], float]:
     def warmup_cosine(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)

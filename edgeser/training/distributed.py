@@ -260,9 +260,5 @@ def unsynchronised(model: nn.Module) -> Iterator[None]:
             module.sync = True
 
 
-def quiet(_: str) -> None:
-    """The log of ranks other than 0."""
-
-
 __all__ = ["SyncedBatchNorm", "SyncedMaskedFeatureNorm", "World", "launched_by_torchrun", "main_process",
-           "process_world", "quiet", "synchronise_norms", "unsynchronised"]
+           "process_world", "synchronise_norms", "unsynchronised"]

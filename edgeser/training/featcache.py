@@ -13,9 +13,8 @@ window: the clip zero-padded to 480,000 samples, then only the clip's own frames
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -25,8 +24,10 @@ from edgeser.data.records import Utterance
 from edgeser.errors import DataError
 from edgeser.files import write_bytes_atomic
 from edgeser.modelling.whisper import WINDOW_SAMPLES, WhisperLogMel, load_whisper_encoder, whisper_model_dir
+from edgeser.progress import SILENT, Progress
 
-WINDOWS = ("cut", "padded")
+FeatureWindow = Literal["cut", "padded"]
+WINDOWS: tuple[FeatureWindow, ...] = get_args(FeatureWindow)
 
 
 def pooled(hidden: np.ndarray, layer: int | str = "final") -> np.ndarray:
@@ -62,17 +63,17 @@ class FeatureCache:
         return {"weights": str(self.model_dir / "model.bin"), "sha256": self.digest,
                 "dims": self.encoder.dims.to_dict(), "cache": str(self.root)}
 
-    def path(self, uid: str, window: str) -> Path:
+    def path(self, uid: str, window: FeatureWindow) -> Path:
         return self.root / window / (uid.replace("/", "__") + ".npy")
 
-    def get(self, uid: str, window: str = "cut") -> np.ndarray:
+    def get(self, uid: str, window: FeatureWindow = "cut") -> np.ndarray:
         path = self.path(uid, window)
         if not path.is_file():
             raise DataError(f"{path}: no cached features for clip {uid} ({window} window); fill the cache first")
         return np.load(path, allow_pickle=False)
 
     @torch.no_grad()
-    def encode(self, audio: np.ndarray, window: str = "cut") -> np.ndarray:
+    def encode(self, audio: np.ndarray, window: FeatureWindow = "cut") -> np.ndarray:
         """All hidden states `[layers + 1, frames, dim]` float16 of one 16 kHz clip."""
         encoder = self.encoder
         length = min(len(audio), WINDOW_SAMPLES)
@@ -83,8 +84,8 @@ class FeatureCache:
         keep = int(encoder.frame_lengths(torch.tensor(length // 160)))
         return torch.stack([h[0, :keep] for h in layers]).numpy().astype(np.float16)
 
-    def fill(self, utterances: list[Utterance], window: str = "cut", progress: bool = False) -> int:
-        """Encode every clip not cached yet; returns how many were encoded."""
+    def fill(self, utterances: list[Utterance], window: FeatureWindow = "cut", progress: Progress = SILENT) -> int:
+        """Encode every clip not cached yet (a `progress` line every 200 clips); returns how many were encoded."""
         if window not in WINDOWS:
             raise DataError(f"unknown feature window {window!r}; choose one of {', '.join(WINDOWS)}")
         todo = [u for u in utterances if not self.path(u.id, window).is_file()]
@@ -93,8 +94,8 @@ class FeatureCache:
             buffer = _npy_bytes(hidden)
             self.path(utt.id, window).parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(self.path(utt.id, window), buffer)
-            if progress and (n % 200 == 0 or n == len(todo)):
-                print(f"  encoded {n}/{len(todo)} clips ({window} window)", file=sys.stderr, flush=True)
+            if n % 200 == 0 or n == len(todo):
+                progress(f"  encoded {n}/{len(todo)} clips ({window} window)")
         return len(todo)
 
 

@@ -9,25 +9,23 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import click
 import numpy as np
 import torch
 
 from edgeser.checkpoint import load_checkpoint, save_checkpoint
 from edgeser.data import load_corpus
-from edgeser.data.protocols import DEFAULT_PROTOCOL, limited, make_split
+from edgeser.data.protocols import DEFAULT_PROTOCOL, PAPER_PROTOCOL, ProtocolName, limited, make_split
 from edgeser.errors import ModelError
 from edgeser.files import atomic_dir, clean_stale_staging, write_json_atomic, write_text_atomic
 from edgeser.modelling.base import SerModel
 from edgeser.modelling.registry import build_model, load_recipe
+from edgeser.progress import SILENT, STDERR, Progress
 from edgeser.training.batches import Clip, TrainingLoss, batches, compute_loss, evaluate, load_clips
 from edgeser.training.config import (
     TrainConfig,
@@ -36,7 +34,7 @@ from edgeser.training.config import (
     make_optimizer,
     stage_plan,
 )
-from edgeser.training.distributed import World, process_world, quiet, synchronise_norms, unsynchronised
+from edgeser.training.distributed import World, process_world, synchronise_norms, unsynchronised
 
 STATE_DIR = "train_state"
 METRICS_FILE = "metrics.jsonl"
@@ -61,36 +59,38 @@ def train(
     fold_index: int,
     out_dir: Path,
     *,
-    protocol: str = DEFAULT_PROTOCOL,
+    protocol: ProtocolName | Literal["paper"] = DEFAULT_PROTOCOL,
     seed: int = 0,
     device_name: str = "auto",
     resume: bool = False,
     overrides: dict[str, Any] | None = None,
     model_overrides: dict[str, Any] | None = None,
     limit: int | None = None,
-    log: Callable[[str], None] = lambda line: click.echo(line, err=True),
+    progress: Progress = STDERR,
 ) -> dict[str, Any]:
     """Train one fold; returns the metrics written to `out_dir/checkpoint.json` (best, evaluation, history).
 
     Under torchrun every process runs this with the same arguments (`edgeser.training.distributed`): the
-    recipe's batch size is the global batch, rank 0 writes and logs, every rank returns the same metrics."""
+    recipe's batch size is the global batch, rank 0 writes and reports `progress`, every rank returns the same
+    metrics."""
     with process_world(device_name) as world:
         return train_world(world, model_name, size, data_spec, fold_index, out_dir, protocol=protocol, seed=seed,
                            resume=resume, overrides=overrides, model_overrides=model_overrides, limit=limit,
-                           log=log if world.main else quiet)
+                           progress=progress if world.main else SILENT)
 
 
 def train_world(
-    world: World, model_name: str, size: str, data_spec: str, fold_index: int, out_dir: Path, *, protocol: str,
+    world: World, model_name: str, size: str, data_spec: str, fold_index: int, out_dir: Path, *,
+    protocol: ProtocolName | Literal["paper"],
     seed: int, resume: bool, overrides: dict[str, Any] | None, model_overrides: dict[str, Any] | None,
-    limit: int | None, log: Callable[[str], None],
+    limit: int | None, progress: Progress,
 ) -> dict[str, Any]:
     """`train` in one of the training processes (the only one without torchrun)."""
     device = world.device
     seed_everything(seed)
     recipe = load_recipe(model_name)
     config = TrainConfig.from_recipe(recipe, size, overrides or {})
-    if protocol == "paper":
+    if protocol == PAPER_PROTOCOL:
         if not config.protocol:
             raise ModelError(f"{model_name}/{size}: the recipe names no paper protocol; choose one with --protocol")
         protocol = config.protocol
@@ -125,29 +125,29 @@ def train_world(
         start_epoch, best, history = restore_state(state_dir, model, optimizer, scheduler, provenance)
         if world.main:
             write_history(out_dir, history)  # the saved state is the truth, whatever happened after it
-        log(f"resuming at epoch {start_epoch + 1}/{len(plan)} (best validation UA so far "
+        progress(f"resuming at epoch {start_epoch + 1}/{len(plan)} (best validation UA so far "
             f"{best['ua'] if best else 0:.4f})")
     if world.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(out_dir)  # temporary files of a run killed mid-write (the state folder cleans its own)
 
     train_clips = load_clips(corpus.subset(split.train_ids), corpus.labels,
-                             f"loading {len(split.train_ids)} training clips", quiet=not world.main)
+                             f"loading {len(split.train_ids)} training clips", progress=progress)
     train_clips += offline_copies(model, train_clips, seed)  # the paper's offline augmentation (training side only)
     validation_clips = load_clips(corpus.subset(split.validation_ids), corpus.labels,
-                                  f"loading {len(split.validation_ids)} validation clips", quiet=not world.main)
+                                  f"loading {len(split.validation_ids)} validation clips", progress=progress)
     crop = config.crop_for(model.ctc_head is None and not model.uses_text)
-    log(f"{model_name}/{size} on {corpus.name}, {protocol} fold {split.index} ({split.held_out}): "
+    progress(f"{model_name}/{size} on {corpus.name}, {protocol} fold {split.index} ({split.held_out}): "
         f"{len(train_clips)} train, {len(validation_clips)} validation ({split.validation_note}), "
         f"{len(split.eval_ids)} evaluation; {sum(p.numel() for p in model.parameters()):,} parameters, "
         f"device {device}" + (f" x {world.size} processes" if world.distributed else "") + f", crop {crop}")
     if config.batch_size < world.size:
-        log(f"warning: batch size {config.batch_size} is smaller than the {world.size} processes: every process "
+        progress(f"warning: batch size {config.batch_size} is smaller than the {world.size} processes: every process "
             "computes each batch whole (no speed-up); raise --batch-size or start fewer processes")
     for epoch in range(start_epoch, len(plan)):
         stage = plan[epoch]
         entry = train_epoch(model, train_clips, config, device, stage, epoch, len(plan), seed, optimizer, scheduler,
-                            bucketed=crop == "none", world=world)
+                            bucketed=crop == "none", world=world, progress=progress)
         result = evaluate(model, validation_clips, batch_size=config.batch_size, text_source=config.text_source_eval,
                           device=device, world=world)
         entry["validation"] = {k: v for k, v in result.metrics.items() if k != "confusion"}
@@ -157,7 +157,7 @@ def train_world(
         eligible = plan[epoch] is plan[-1]
         improved = eligible and (best is None or better(result.metrics, best))
         cer_text = f"  CER {result.metrics['cer']:.3f}" if "cer" in result.metrics else ""
-        log(f"epoch {epoch + 1}: loss {entry['train']['loss']:.4f}  validation UA {result.metrics['ua']:.4f}  "
+        progress(f"epoch {epoch + 1}: loss {entry['train']['loss']:.4f}  validation UA {result.metrics['ua']:.4f}  "
             f"WA {result.metrics['wa']:.4f}  loss {result.metrics['loss']:.4f}{cer_text}"
             f"  ({entry['seconds']} s){'  *best' if improved else ''}")
         if improved:
@@ -168,7 +168,7 @@ def train_world(
             save_state(state_dir, model, optimizer, scheduler, epoch + 1, best, history, provenance)
             write_history(out_dir, history)
         world.barrier()
-    return final_evaluation(out_dir, corpus, split, config, best, history, world, log)
+    return final_evaluation(out_dir, corpus, split, config, best, history, world, progress)
 
 
 def better(metrics: dict[str, Any], best: dict[str, Any]) -> bool:
@@ -199,8 +199,9 @@ def offline_copies(model: SerModel, clips: list[Clip], seed: int) -> list[Clip]:
 
 def train_epoch(model: SerModel, clips: list[Clip], config: TrainConfig, device: torch.device, stage: dict[str, Any],
                 epoch: int, epochs: int, seed: int, optimizer: torch.optim.Optimizer, scheduler: Any,
-                bucketed: bool, world: World | None = None) -> dict[str, Any]:
-    """One pass over the training clips; returns the history entry (mean losses, seconds).
+                bucketed: bool, world: World | None = None, progress: Progress = STDERR) -> dict[str, Any]:
+    """One pass over the training clips under a progress bar (rank 0's); returns the history entry (mean
+    losses, seconds).
 
     With several processes each rank trains on its slice of every global batch (`World.shard`) through
     DistributedDataParallel, and the epoch's mean losses are summed over the ranks."""
@@ -213,9 +214,7 @@ def train_epoch(model: SerModel, clips: list[Clip], config: TrainConfig, device:
     totals: dict[str, float] = {}
     count = 0
     groups = list(batches(clips, config.batch_size, rng, bucketed=bucketed))
-    progress = click.progressbar(groups, label=f"epoch {epoch + 1}/{epochs}", file=sys.stderr) if world.main \
-        else nullcontext(groups)
-    with progress as bar:
+    with (progress if world.main else SILENT).bar(groups, f"epoch {epoch + 1}/{epochs}") as bar:
         optimizer.zero_grad(set_to_none=True)
         for index, batch in enumerate(bar, start=1):
             step = index % config.grad_accumulation == 0 or index == len(groups)
@@ -252,14 +251,13 @@ def train_epoch(model: SerModel, clips: list[Clip], config: TrainConfig, device:
 
 
 def final_evaluation(out_dir: Path, corpus: Any, split: Any, config: TrainConfig, best: dict[str, Any] | None,
-                     history: list[dict[str, Any]], world: World, log: Callable[[str], None]
-                     ) -> dict[str, Any]:
+                     history: list[dict[str, Any]], world: World, progress: Progress) -> dict[str, Any]:
     """The kept model on the evaluation clips, once; recorded in checkpoint.json beside the validation figures."""
     if best is None:
         raise ModelError(f"{out_dir}: no final-stage epoch ran, so no checkpoint was kept")
     model = load_checkpoint(out_dir).to(world.device)
     clips = load_clips(corpus.subset(split.eval_ids), corpus.labels, f"evaluating on {len(split.eval_ids)} clips",
-                       quiet=not world.main)
+                       progress=progress)
     result = evaluate(model, clips, batch_size=config.batch_size, text_source=config.text_source_eval,
                       device=world.device, per_speaker=True, world=world)
     evaluation = {**result.metrics, "epoch": best["epoch"], "text_source": config.text_source_eval}
@@ -270,7 +268,7 @@ def final_evaluation(out_dir: Path, corpus: Any, split: Any, config: TrainConfig
         info["metrics"] = metrics
         write_json_atomic(info_path, info)
     world.barrier()
-    log(f"kept epoch {best['epoch']} (validation UA {best['ua']:.4f}); evaluation ({split.held_out}): "
+    progress(f"kept epoch {best['epoch']} (validation UA {best['ua']:.4f}); evaluation ({split.held_out}): "
         f"UA {evaluation['ua']:.4f} WA {evaluation['wa']:.4f}"
         + (f" CER {evaluation['cer']:.3f}" if "cer" in evaluation else ""))
     return metrics
