@@ -18,9 +18,10 @@ setup:
 demo: setup
 	$(PYTHON) -m edgeser.cli demo --data $(DATA)
 
-# Style and types (ruff; mypy, strict on everything but the torch packages), then the tests.
+# Style and types (ruff check, ruff format --check; mypy, strict on every package without torch), then the tests.
 lint:
 	$(PYTHON) -m ruff check edgeser tests tools
+	$(PYTHON) -m ruff format --check edgeser tests tools benchmarks examples
 	$(PYTHON) -m mypy
 
 test: setup serve-env lint

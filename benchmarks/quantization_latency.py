@@ -28,13 +28,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--nncf", action="store_true", help="Add OpenVINO + NNCF INT8.")
-    parser.add_argument("--clips", action="append", default=[], help="Speech source (see edgeser bench --clips).")
+    parser.add_argument(
+        "--clips", action="append", default=[], help="Speech source (see edgeser bench --clips)."
+    )
     args = parser.parse_args()
     manifest = read_manifest(args.bundle)
     name = f"quantization_latency-{manifest.model}-{manifest.size}-{cpu_info()['cpu_class']}"
     out = REPO / "benchmarks" / "results" / name
-    options = BenchOptions(lengths_s=tuple(float(x) for x in args.lengths.split(",")), threads=(args.threads,),
-                           compare=True, nncf=args.nncf, clips=tuple(args.clips), rounds=args.rounds)
+    options = BenchOptions(
+        lengths_s=tuple(float(x) for x in args.lengths.split(",")),
+        threads=(args.threads,),
+        compare=True,
+        nncf=args.nncf,
+        clips=tuple(args.clips),
+        rounds=args.rounds,
+    )
     report = run_bench(args.bundle, options, out, command="python " + " ".join(sys.argv))
     print(report.to_markdown())
 

@@ -27,13 +27,24 @@ def main() -> None:
     parser.add_argument("--lengths", default="2,4.5,10", help="Clip lengths in seconds.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--clips", action="append", default=[], help="Speech source (see edgeser bench --clips).")
+    parser.add_argument(
+        "--clips", action="append", default=[], help="Speech source (see edgeser bench --clips)."
+    )
     args = parser.parse_args()
     manifest = read_manifest(args.bundle)
-    out = (REPO / "benchmarks" / "results"
-           / f"runtime_latency-{manifest.model}-{manifest.size}-{args.precision}-{cpu_info()['cpu_class']}")
-    options = BenchOptions(lengths_s=tuple(float(x) for x in args.lengths.split(",")), threads=(args.threads,),
-                           precisions=(args.precision,), clips=tuple(args.clips), rounds=args.rounds)
+    out = (
+        REPO
+        / "benchmarks"
+        / "results"
+        / f"runtime_latency-{manifest.model}-{manifest.size}-{args.precision}-{cpu_info()['cpu_class']}"
+    )
+    options = BenchOptions(
+        lengths_s=tuple(float(x) for x in args.lengths.split(",")),
+        threads=(args.threads,),
+        precisions=(args.precision,),
+        clips=tuple(args.clips),
+        rounds=args.rounds,
+    )
     report = run_bench(args.bundle, options, out, command="python " + " ".join(sys.argv))
     print(report.to_markdown())
 

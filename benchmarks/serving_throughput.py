@@ -33,18 +33,27 @@ LEVELS = (1, 4, 16)
 
 def summarise(latencies_s: list[float], wall_s: float) -> dict[str, float]:
     ms = percentiles([1e3 * x for x in latencies_s])
-    return {"requests": len(latencies_s), "wall_s": round(wall_s, 3),
-            "throughput_rps": round(len(latencies_s) / wall_s, 2),
-            "p50_ms": round(ms["p50"], 2), "p95_ms": round(ms["p95"], 2), "latencies_s": latencies_s}
+    return {
+        "requests": len(latencies_s),
+        "wall_s": round(wall_s, 3),
+        "throughput_rps": round(len(latencies_s) / wall_s, 2),
+        "p50_ms": round(ms["p50"], 2),
+        "p95_ms": round(ms["p95"], 2),
+        "latencies_s": latencies_s,
+    }
 
 
 def pooled(rounds: list[dict]) -> dict[str, float]:  # type: ignore[type-arg]
     """Several rounds of one variant: the median round's throughput, percentiles of every request's latency."""
     ms = percentiles([1e3 * x for r in rounds for x in r["latencies_s"]])
-    return {"requests": sum(r["requests"] for r in rounds), "rounds": len(rounds),
-            "throughput_rps": round(float(np.median([r["throughput_rps"] for r in rounds])), 2),
-            "throughput_per_round": [r["throughput_rps"] for r in rounds],
-            "p50_ms": round(ms["p50"], 2), "p95_ms": round(ms["p95"], 2)}
+    return {
+        "requests": sum(r["requests"] for r in rounds),
+        "rounds": len(rounds),
+        "throughput_rps": round(float(np.median([r["throughput_rps"] for r in rounds])), 2),
+        "throughput_per_round": [r["throughput_rps"] for r in rounds],
+        "p50_ms": round(ms["p50"], 2),
+        "p95_ms": round(ms["p95"], 2),
+    }
 
 
 def sequential(pipe, waves: list[np.ndarray]) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -92,14 +101,33 @@ def concurrent(url: str, waves: list[np.ndarray], clients: int) -> dict[str, flo
     return summarise(latencies, time.perf_counter() - started)
 
 
-def start_server(python: Path, bundle: Path, port: int, threads: int, max_batch: int, delay_ms: float,
-                 log: Path) -> subprocess.Popen[bytes]:
-    command = [str(python), "-c", "from edgeser.cli.serving import serve_command; serve_command()",
-               str(bundle), "--port", str(port), "--grpc-port", str(port + 1), "--threads", str(threads),
-               "--max-batch", str(max_batch), "--max-delay-ms", str(delay_ms)]
+def start_server(
+    python: Path, bundle: Path, port: int, threads: int, max_batch: int, delay_ms: float, log: Path
+) -> subprocess.Popen[bytes]:
+    command = [
+        str(python),
+        "-c",
+        "from edgeser.cli.serving import serve_command; serve_command()",
+        str(bundle),
+        "--port",
+        str(port),
+        "--grpc-port",
+        str(port + 1),
+        "--threads",
+        str(threads),
+        "--max-batch",
+        str(max_batch),
+        "--max-delay-ms",
+        str(delay_ms),
+    ]
     with log.open("wb") as handle:
-        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=handle,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
     for _ in range(600):
         if process.poll() is not None:
             raise SystemExit(f"server exited: {log.read_text()[-1500:]}")
@@ -121,22 +149,43 @@ def server_stats(port: int) -> dict[str, int]:
 
 
 def to_markdown(report: dict) -> str:  # type: ignore[type-arg]
-    rows = [["in-process Pipeline, sequential", "1", *fmt(report["sequential"])],
-            *[[f"edgeser serve, {level} client(s)", str(level), *fmt(report["served"][str(level)])]
-              for level in LEVELS]]
+    rows = [
+        ["in-process Pipeline, sequential", "1", *fmt(report["sequential"])],
+        *[
+            [f"edgeser serve, {level} client(s)", str(level), *fmt(report["served"][str(level)])]
+            for level in LEVELS
+        ],
+    ]
     m = report["machine"]
-    batches = ", ".join(f"{k} clients: {v['inferences']}/{v['executions']}" for k, v in report["batching"].items())
-    return "\n".join([
-        f"# Serving throughput: `{report['bundle']}`", "",
-        (f"{report['requests']} requests of real EMO-DB speech (mean {report['mean_clip_s']:.2f} s per clip); server: "
-        f"`edgeser serve --max-batch {report['max_batch']} --max-delay-ms {report['max_delay_ms']} --threads "
-        f"{report['threads']}` (Triton {report['triton']}, Python backend), HTTP clients on the same machine."), "",
-        (f"{report['rounds']} interleaved rounds (sequential, then 1, 4, 16 clients, repeated); throughput is the "
-        f"median round's, latency percentiles pool every request of every round."), "",
-        *markdown_table(["how", "concurrency", "throughput (clips/s)", "p50 (ms)", "p95 (ms)"], rows), "",
-        f"Clips per model execution (inferences/executions, the dynamic batching at work): {batches}.", "",
-        (f"Machine: {m['cpu']} ({m['cpu_class']}), {m['logical_cores']} cores, load {m['load_average']} before the "
-        f"run and {report['load_after']} after; onnxruntime {m['versions'].get('onnxruntime')}. Command: `{report['command']}`."), ""])
+    batches = ", ".join(
+        f"{k} clients: {v['inferences']}/{v['executions']}" for k, v in report["batching"].items()
+    )
+    return "\n".join(
+        [
+            f"# Serving throughput: `{report['bundle']}`",
+            "",
+            (
+                f"{report['requests']} requests of real EMO-DB speech (mean {report['mean_clip_s']:.2f} s per clip); server: "
+                f"`edgeser serve --max-batch {report['max_batch']} --max-delay-ms {report['max_delay_ms']} --threads "
+                f"{report['threads']}` (Triton {report['triton']}, Python backend), HTTP clients on the same machine."
+            ),
+            "",
+            (
+                f"{report['rounds']} interleaved rounds (sequential, then 1, 4, 16 clients, repeated); throughput is the "
+                f"median round's, latency percentiles pool every request of every round."
+            ),
+            "",
+            *markdown_table(["how", "concurrency", "throughput (clips/s)", "p50 (ms)", "p95 (ms)"], rows),
+            "",
+            f"Clips per model execution (inferences/executions, the dynamic batching at work): {batches}.",
+            "",
+            (
+                f"Machine: {m['cpu']} ({m['cpu_class']}), {m['logical_cores']} cores, load {m['load_average']} before the "
+                f"run and {report['load_after']} after; onnxruntime {m['versions'].get('onnxruntime')}. Command: `{report['command']}`."
+            ),
+            "",
+        ]
+    )
 
 
 def fmt(row: dict[str, float]) -> list[str]:
@@ -160,19 +209,44 @@ def main() -> None:
 
     utterances = load_corpus(f"emodb:{args.data / 'emodb'}").utterances[: args.requests]
     waves = [load_audio(u.path, max_duration=30.0) for u in utterances]
-    report: dict = {"bundle": args.bundle.name, "requests": len(waves), "threads": args.threads,  # type: ignore[type-arg]
-                    "mean_clip_s": float(np.mean([w.size / 16_000 for w in waves])), "max_batch": args.max_batch,
-                    "max_delay_ms": args.max_delay_ms, "machine": machine_info(args.threads),
-                    "command": "PYTHONPATH=. python benchmarks/serving_throughput.py " + " ".join(
-                        [str(args.bundle), "--requests", str(args.requests), "--threads", str(args.threads),
-                         "--rounds", str(args.rounds),
-                         "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)])}
+    report: dict = {
+        "bundle": args.bundle.name,
+        "requests": len(waves),
+        "threads": args.threads,  # type: ignore[type-arg]
+        "mean_clip_s": float(np.mean([w.size / 16_000 for w in waves])),
+        "max_batch": args.max_batch,
+        "max_delay_ms": args.max_delay_ms,
+        "machine": machine_info(args.threads),
+        "command": "PYTHONPATH=. python benchmarks/serving_throughput.py "
+        + " ".join(
+            [
+                str(args.bundle),
+                "--requests",
+                str(args.requests),
+                "--threads",
+                str(args.threads),
+                "--rounds",
+                str(args.rounds),
+                "--max-batch",
+                str(args.max_batch),
+                "--max-delay-ms",
+                str(args.max_delay_ms),
+            ]
+        ),
+    }
     from edgeser.runtime import Pipeline
 
     pipe = Pipeline.load(args.bundle, threads=args.threads)
     log = Path("/tmp") / f"serving-benchmark-{os.getpid()}.log"
-    server = start_server(args.serve_python, args.bundle.resolve(), args.port, args.threads, args.max_batch,
-                          args.max_delay_ms, log)
+    server = start_server(
+        args.serve_python,
+        args.bundle.resolve(),
+        args.port,
+        args.threads,
+        args.max_batch,
+        args.max_delay_ms,
+        log,
+    )
     rounds: dict[str, list[dict]] = {"sequential": [], **{str(level): [] for level in LEVELS}}  # type: ignore[type-arg]
     batching = {str(level): {"inferences": 0, "executions": 0} for level in LEVELS}
     try:

@@ -42,12 +42,22 @@ def optimised_ops(path: Path) -> dict[str, int]:
         options.log_severity_level = 3
         options.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "w.data")
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
         ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         model = onnx.load(str(Path(tmp) / "optimised.onnx"), load_external_data=False)
     counts = collections.Counter(n.op_type for n in model.graph.node)
-    wanted = ("MatMul", "FusedMatMul", "Conv", "MatMulIntegerToFloat", "QLinearMatMul", "QLinearConv",
-              "QuantizeLinear", "DequantizeLinear")
+    wanted = (
+        "MatMul",
+        "FusedMatMul",
+        "Conv",
+        "MatMulIntegerToFloat",
+        "QLinearMatMul",
+        "QLinearConv",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    )
     return {k: counts[k] for k in wanted if counts[k]}
 
 
@@ -63,15 +73,21 @@ def held_out(clips: int, data: Path) -> list[np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("graphs", nargs="+", help="name=path of audio-encoder graphs; the first is the reference")
+    parser.add_argument(
+        "graphs", nargs="+", help="name=path of audio-encoder graphs; the first is the reference"
+    )
     parser.add_argument("--seconds", type=float, default=4.5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--clips", type=int, default=6, help="Held-out clips for the feature cosine.")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("EDGESER_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("EDGESER_DATA", REPO.parent / "shared" / "data"))
+    )
     parser.add_argument("--out", type=Path, help="Write OUT.json and OUT.md.")
-    parser.add_argument("--spin", action="store_true", help="Workers spin during runs (the runtime's `spin`).")
+    parser.add_argument(
+        "--spin", action="store_true", help="Workers spin during runs (the runtime's `spin`)."
+    )
     args = parser.parse_args()
     graphs = {name: Path(path) for name, path in (g.split("=", 1) for g in args.graphs)}
     wave = load_speech([f"tess:{args.data / 'tess'}"], args.seconds + 1).clips(args.seconds, 1)[0]
@@ -94,34 +110,75 @@ def main() -> None:
         p50 = float(np.median(times[name]))
         # each round's time against the reference's in the same round: steadier on a shared machine
         paired = np.array(times[name]) / np.array(times[reference])
-        rows[name] = {"path": str(path), "p50_ms": p50, "min_ms": float(np.min(times[name])),
-                      "ratio": p50 / float(np.median(times[reference])), "cosine_mean": float(np.mean(cosines)),
-                      "paired_ratio": {"median": float(np.median(paired)),
-                                       "quartiles": [float(q) for q in np.percentile(paired, [25, 75])]},
-                      "cosine_min": float(np.min(cosines)), "optimised_ops": optimised_ops(path)}
+        rows[name] = {
+            "path": str(path),
+            "p50_ms": p50,
+            "min_ms": float(np.min(times[name])),
+            "ratio": p50 / float(np.median(times[reference])),
+            "cosine_mean": float(np.mean(cosines)),
+            "paired_ratio": {
+                "median": float(np.median(paired)),
+                "quartiles": [float(q) for q in np.percentile(paired, [25, 75])],
+            },
+            "cosine_min": float(np.min(cosines)),
+            "optimised_ops": optimised_ops(path),
+        }
     machine = machine_info(args.threads)
-    lines = [f"# Audio-encoder A/B, {args.seconds:g} s clip, {args.threads} threads, {args.rounds} interleaved rounds"
-             f"{', spinning workers' if args.spin else ''}",
-             "", (f"{machine['cpu']} ({machine['cpu_class']}; {', '.join(machine['cpu_flags'])}), load {load_before} -> "
-             f"{load_after}; cosine over {len(clips)} held-out TESS clips of ~{np.mean([c.size for c in clips]) / 16e3:.1f} s."),
-             ""]
+    lines = [
+        f"# Audio-encoder A/B, {args.seconds:g} s clip, {args.threads} threads, {args.rounds} interleaved rounds"
+        f"{', spinning workers' if args.spin else ''}",
+        "",
+        (
+            f"{machine['cpu']} ({machine['cpu_class']}; {', '.join(machine['cpu_flags'])}), load {load_before} -> "
+            f"{load_after}; cosine over {len(clips)} held-out TESS clips of ~{np.mean([c.size for c in clips]) / 16e3:.1f} s."
+        ),
+        "",
+    ]
     table = []
     for name, r in rows.items():
         ops = ", ".join(f"{k} {v}" for k, v in r["optimised_ops"].items())
         quartiles = " / ".join(f"{q:.3f}" for q in r["paired_ratio"]["quartiles"])
-        table.append([name, f"{r['p50_ms']:.0f}", f"{r['ratio']:.3f}", f"{r['paired_ratio']['median']:.3f} ({quartiles})",
-                      f"{r['cosine_mean']:.5f} / {r['cosine_min']:.5f}", ops])
-    lines += markdown_table(["graph", "p50 ms", f"vs {reference}", f"per round vs {reference}: median (quartiles)",
-                             "feature cos mean / min", "onnxruntime runs"], table)
+        table.append(
+            [
+                name,
+                f"{r['p50_ms']:.0f}",
+                f"{r['ratio']:.3f}",
+                f"{r['paired_ratio']['median']:.3f} ({quartiles})",
+                f"{r['cosine_mean']:.5f} / {r['cosine_min']:.5f}",
+                ops,
+            ]
+        )
+    lines += markdown_table(
+        [
+            "graph",
+            "p50 ms",
+            f"vs {reference}",
+            f"per round vs {reference}: median (quartiles)",
+            "feature cos mean / min",
+            "onnxruntime runs",
+        ],
+        table,
+    )
     command = "python " + " ".join(sys.argv)
     lines += ["", f"Command: `{command}`"]
     print("\n".join(lines))
     if args.out:
-        write_report(args.out.parent, args.out.stem,
-                     {"rows": rows, "seconds": args.seconds, "threads": args.threads, "rounds": args.rounds,
-                      "spin": args.spin, "load_before": load_before, "load_after": load_after, "machine": machine,
-                      "command": command},
-                     markdown="\n".join(lines) + "\n")
+        write_report(
+            args.out.parent,
+            args.out.stem,
+            {
+                "rows": rows,
+                "seconds": args.seconds,
+                "threads": args.threads,
+                "rounds": args.rounds,
+                "spin": args.spin,
+                "load_before": load_before,
+                "load_after": load_after,
+                "machine": machine,
+                "command": command,
+            },
+            markdown="\n".join(lines) + "\n",
+        )
 
 
 if __name__ == "__main__":

@@ -32,12 +32,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--top", type=int, default=18)
-    parser.add_argument("--clips", action="append", default=[], help="Speech source (see edgeser bench --clips).")
+    parser.add_argument(
+        "--clips", action="append", default=[], help="Speech source (see edgeser bench --clips)."
+    )
     args = parser.parse_args()
     wave = load_speech(args.clips, args.seconds + 1).clips(args.seconds, 1)[0]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = args.threads, 1, 3
+    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = (
+        args.threads,
+        1,
+        3,
+    )
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(os.environ.get("TMPDIR", "/tmp")) / "edgeser-profile")
@@ -56,8 +62,10 @@ def main() -> None:
             by_op[event["args"]["op_name"]] += event["dur"]
             by_node[event["name"].removesuffix("_kernel_time")] += event["dur"]
     count = len(runs)
-    print(f"{args.graph}: {args.seconds:g} s clip, {args.threads} threads, load {os.getloadavg()[0]:.2f}; "
-          f"model_run mean {np.mean(runs) / 1e3:.1f} ms over {count} runs (first one a warm-up)")
+    print(
+        f"{args.graph}: {args.seconds:g} s clip, {args.threads} threads, load {os.getloadavg()[0]:.2f}; "
+        f"model_run mean {np.mean(runs) / 1e3:.1f} ms over {count} runs (first one a warm-up)"
+    )
     for op, micros in by_op.most_common(args.top):
         print(f"  {op:28s} {micros / count / 1e3:8.1f} ms")
     print("top nodes:")

@@ -59,8 +59,15 @@ def real_time_factor(pipe: Pipeline, streams: list) -> dict:
     for stream in streams:
         events += sum(1 for _ in pipe.stream(chunks(stream.wave)))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"audio_s": seconds, "events": events, "references": sum(len(s.references) for s in streams),
-            "wall_s": wall, "cpu_s": cpu, "rtf_wall": wall / seconds, "rtf_cpu": cpu / seconds}
+    return {
+        "audio_s": seconds,
+        "events": events,
+        "references": sum(len(s.references) for s in streams),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "rtf_wall": wall / seconds,
+        "rtf_cpu": cpu / seconds,
+    }
 
 
 def latency(pipe: Pipeline, streams: list) -> dict:
@@ -79,12 +86,20 @@ def latency(pipe: Pipeline, streams: list) -> dict:
         for event, when in found:
             after_event.append(event.latency_s)
             model_ms.append(event.prediction.timings_ms["total"])
-            ends = [b for a, b in stream.references if a < event.end_s * SAMPLE_RATE and event.start_s * SAMPLE_RATE < b]
+            ends = [
+                b
+                for a, b in stream.references
+                if a < event.end_s * SAMPLE_RATE and event.start_s * SAMPLE_RATE < b
+            ]
             if ends:
                 after_speech.append(when - (started + ends[-1] / SAMPLE_RATE))
 
     def pct(values: list[float]) -> dict:
-        return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)), "n": len(values)}
+        return {
+            "p50": float(np.percentile(values, 50)),
+            "p95": float(np.percentile(values, 95)),
+            "n": len(values),
+        }
 
     return {"latency_s": pct(after_event), "after_speech_end_s": pct(after_speech), "model_ms": pct(model_ms)}
 
@@ -116,9 +131,16 @@ def long_stream(pipe: Pipeline, hours: float, utterances: list[np.ndarray]) -> d
             samples.append({"stream_min": round(index * CHUNK_S / 60, 1), "vm_rss_mb": round(vm_rss_mb(), 1)})
     events += len(listener.flush())
     samples.append({"stream_min": round(total * CHUNK_S / 60, 1), "vm_rss_mb": round(vm_rss_mb(), 1)})
-    return {"hours": hours, "chunks": total, "events": events, "expected_events": total // every,
-            "wall_s": time.perf_counter() - wall, "cpu_s": time.process_time() - cpu,
-            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_samples": samples}
+    return {
+        "hours": hours,
+        "chunks": total,
+        "events": events,
+        "expected_events": total // every,
+        "wall_s": time.perf_counter() - wall,
+        "cpu_s": time.process_time() - cpu,
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_samples": samples,
+    }
 
 
 def silence_cpu(pipe: Pipeline, minutes: float = 10.0) -> dict:
@@ -130,7 +152,12 @@ def silence_cpu(pipe: Pipeline, minutes: float = 10.0) -> dict:
     cpu = time.process_time()
     events = sum(len(listener.feed(blocks[i % 256])) for i in range(count))
     cpu = time.process_time() - cpu
-    return {"audio_s": minutes * 60, "events": events, "cpu_s": cpu, "cpu_ms_per_audio_s": 1e3 * cpu / (minutes * 60)}
+    return {
+        "audio_s": minutes * 60,
+        "events": events,
+        "cpu_s": cpu,
+        "cpu_ms_per_audio_s": 1e3 * cpu / (minutes * 60),
+    }
 
 
 def main() -> None:
@@ -148,9 +175,15 @@ def main() -> None:
     fast_streams = [speech_stream(emodb, count=8, seed=seed) for seed in range(4)]
     paced_streams = [speech_stream(emodb, count=8, seed=seed) for seed in (20, 21)]
     list(pipe.stream(chunks(fast_streams[0].wave[: 3 * SAMPLE_RATE])))  # warm-up
-    report: dict = {"command": "python " + " ".join(sys.argv), "model": manifest.model, "size": manifest.size,
-                    "precision": "fp32", "threads": args.threads, "chunk_s": CHUNK_S,
-                    "vad": {"version": VAD_VERSION, "sha256": VAD_SHA256, "options": VadOptions().__dict__}}
+    report: dict = {
+        "command": "python " + " ".join(sys.argv),
+        "model": manifest.model,
+        "size": manifest.size,
+        "precision": "fp32",
+        "threads": args.threads,
+        "chunk_s": CHUNK_S,
+        "vad": {"version": VAD_VERSION, "sha256": VAD_SHA256, "options": VadOptions().__dict__},
+    }
     report["rtf"] = real_time_factor(pipe, fast_streams)
     print("rtf", report["rtf"], flush=True)
     report["latency"] = latency(pipe, paced_streams)
@@ -163,38 +196,69 @@ def main() -> None:
     report["machine"] = machine_info(args.threads)
     report["machine"]["load_average_before"] = list(load_before)
     report["machine"]["load_average_after"] = list(os.getloadavg())
-    report["machine"]["note"] = "another job (a model training) was loading this 2-core machine during the run"
-    write_report(args.out, f"stream_runtime-{manifest.model}-{manifest.size}", report, markdown=markdown(report))
+    report["machine"]["note"] = (
+        "another job (a model training) was loading this 2-core machine during the run"
+    )
+    write_report(
+        args.out, f"stream_runtime-{manifest.model}-{manifest.size}", report, markdown=markdown(report)
+    )
     print(markdown(report))
 
 
 def markdown(r: dict) -> str:
     m, rtf, lat, sil, lng = r["machine"], r["rtf"], r["latency"], r["silence"], r["long"]
     rss = [s["vm_rss_mb"] for s in lng["rss_samples"]]
-    return "\n".join([
-        f"# Streaming API: {r['model']} {r['size']} {r['precision']}, {r['threads']} thread(s), "
-        f"{1e3 * r['chunk_s']:.0f} ms chunks", "",
-        f"`{r['command']}`", "",
-        f"Machine: {m.get('cpu')} ({m.get('cpu_class')}), {m.get('logical_cores')} logical cores; load average "
-        f"before {m['load_average_before']}, after {m['load_average_after']}: {m['note']}. Silero VAD "
-        f"{r['vad']['version']} (sha256 {r['vad']['sha256'][:12]}...), default VadOptions.", "",
-        *markdown_table(["figure", "value"], [
-            [f"real-time factor (wall / CPU), {rtf['audio_s']:.0f} s of real speech streams fed fast",
-             f"{rtf['rtf_wall']:.4f} / {rtf['rtf_cpu']:.4f} ({rtf['events']} events for {rtf['references']} utterances)"],
-            [f"event latency after the segment's end, p50 / p95 (real-time feeding, n={lat['latency_s']['n']})",
-             f"{1e3 * lat['latency_s']['p50']:.0f} / {1e3 * lat['latency_s']['p95']:.0f} ms"],
-            ["event delay after the speech ended (phone labels), p50 / p95",
-             f"{1e3 * lat['after_speech_end_s']['p50']:.0f} / {1e3 * lat['after_speech_end_s']['p95']:.0f} ms"],
-            ["model time per utterance, p50 / p95", f"{lat['model_ms']['p50']:.1f} / {lat['model_ms']['p95']:.1f} ms"],
-            [f"CPU in silence (VAD only), {sil['audio_s']:.0f} s of low noise",
-             f"{sil['cpu_ms_per_audio_s']:.2f} ms per audio second ({100 * sil['cpu_ms_per_audio_s'] / 1e3:.2f} % of a core)"],
-            [f"{lng['hours']:g} h stream at 48 kHz in 20 ms chunks ({lng['chunks']} chunks, {lng['events']} events for "
-             f"{lng['expected_events']} utterances)", f"wall {lng['wall_s']:.0f} s, CPU {lng['cpu_s']:.0f} s"],
-            ["VmRSS over that hour, first / last / max sample",
-             f"{rss[0]:.1f} / {rss[-1]:.1f} / {max(rss):.1f} MB (peak ru_maxrss of the whole run {lng['ru_maxrss_mb']:.1f} MB)"],
-        ]),
-        "", "VmRSS every 5 stream minutes: " + ", ".join(f"{s['stream_min']:g} min {s['vm_rss_mb']:.1f}"
-                                                       for s in lng["rss_samples"]), ""])
+    return "\n".join(
+        [
+            f"# Streaming API: {r['model']} {r['size']} {r['precision']}, {r['threads']} thread(s), "
+            f"{1e3 * r['chunk_s']:.0f} ms chunks",
+            "",
+            f"`{r['command']}`",
+            "",
+            f"Machine: {m.get('cpu')} ({m.get('cpu_class')}), {m.get('logical_cores')} logical cores; load average "
+            f"before {m['load_average_before']}, after {m['load_average_after']}: {m['note']}. Silero VAD "
+            f"{r['vad']['version']} (sha256 {r['vad']['sha256'][:12]}...), default VadOptions.",
+            "",
+            *markdown_table(
+                ["figure", "value"],
+                [
+                    [
+                        f"real-time factor (wall / CPU), {rtf['audio_s']:.0f} s of real speech streams fed fast",
+                        f"{rtf['rtf_wall']:.4f} / {rtf['rtf_cpu']:.4f} ({rtf['events']} events for {rtf['references']} utterances)",
+                    ],
+                    [
+                        f"event latency after the segment's end, p50 / p95 (real-time feeding, n={lat['latency_s']['n']})",
+                        f"{1e3 * lat['latency_s']['p50']:.0f} / {1e3 * lat['latency_s']['p95']:.0f} ms",
+                    ],
+                    [
+                        "event delay after the speech ended (phone labels), p50 / p95",
+                        f"{1e3 * lat['after_speech_end_s']['p50']:.0f} / {1e3 * lat['after_speech_end_s']['p95']:.0f} ms",
+                    ],
+                    [
+                        "model time per utterance, p50 / p95",
+                        f"{lat['model_ms']['p50']:.1f} / {lat['model_ms']['p95']:.1f} ms",
+                    ],
+                    [
+                        f"CPU in silence (VAD only), {sil['audio_s']:.0f} s of low noise",
+                        f"{sil['cpu_ms_per_audio_s']:.2f} ms per audio second ({100 * sil['cpu_ms_per_audio_s'] / 1e3:.2f} % of a core)",
+                    ],
+                    [
+                        f"{lng['hours']:g} h stream at 48 kHz in 20 ms chunks ({lng['chunks']} chunks, {lng['events']} events for "
+                        f"{lng['expected_events']} utterances)",
+                        f"wall {lng['wall_s']:.0f} s, CPU {lng['cpu_s']:.0f} s",
+                    ],
+                    [
+                        "VmRSS over that hour, first / last / max sample",
+                        f"{rss[0]:.1f} / {rss[-1]:.1f} / {max(rss):.1f} MB (peak ru_maxrss of the whole run {lng['ru_maxrss_mb']:.1f} MB)",
+                    ],
+                ],
+            ),
+            "",
+            "VmRSS every 5 stream minutes: "
+            + ", ".join(f"{s['stream_min']:g} min {s['vm_rss_mb']:.1f}" for s in lng["rss_samples"]),
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

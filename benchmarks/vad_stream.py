@@ -49,6 +49,7 @@ SEGMENTERS = {"silero-vad": silero, "energy": energy}
 
 def score(found: Regions, references: Regions) -> dict[str, float]:
     """Hits, misses, false, merged, split regions and boundary errors of `found` against `references`."""
+
     def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
         return a[0] < b[1] and b[0] < a[1]
 
@@ -63,11 +64,18 @@ def score(found: Regions, references: Regions) -> dict[str, float]:
         ends.append(abs(over[-1][1] - ref[1]) / SAMPLE_RATE)
     false = sum(not any(overlaps(r, ref) for ref in references) for r in found)
     merged = sum(sum(overlaps(r, ref) for ref in references) > 1 for r in found)
-    return {"references": len(references), "found": hits, "missed": len(references) - hits, "false": false,
-            "merged": merged, "split": split, "start_err_mean_s": float(np.mean(starts)) if starts else None,
-            "start_err_max_s": float(np.max(starts)) if starts else None,
-            "end_err_mean_s": float(np.mean(ends)) if ends else None,
-            "end_err_max_s": float(np.max(ends)) if ends else None}
+    return {
+        "references": len(references),
+        "found": hits,
+        "missed": len(references) - hits,
+        "false": false,
+        "merged": merged,
+        "split": split,
+        "start_err_mean_s": float(np.mean(starts)) if starts else None,
+        "start_err_max_s": float(np.max(starts)) if starts else None,
+        "end_err_mean_s": float(np.mean(ends)) if ends else None,
+        "end_err_max_s": float(np.max(ends)) if ends else None,
+    }
 
 
 def add(total: dict[str, float], part: dict[str, float]) -> None:
@@ -86,13 +94,17 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
-    streams = [speech_stream(args.data / "emodb", count=args.count, seed=seed) for seed in range(args.streams)]
+    streams = [
+        speech_stream(args.data / "emodb", count=args.count, seed=seed) for seed in range(args.streams)
+    ]
     conditions = {"clean": lambda s, seed: s.wave}
     for snr in (20, 10, 5):
         conditions[f"white {snr} dB"] = lambda s, seed, snr=snr: mix_at_snr(
-            s.wave, white_noise(s.wave.size, seed=seed), snr, s.references)
-    conditions["hum 50 Hz 10 dB"] = lambda s, seed: mix_at_snr(s.wave, hum(s.wave.size, seed=seed), 10,
-                                                                 s.references)
+            s.wave, white_noise(s.wave.size, seed=seed), snr, s.references
+        )
+    conditions["hum 50 Hz 10 dB"] = lambda s, seed: mix_at_snr(
+        s.wave, hum(s.wave.size, seed=seed), 10, s.references
+    )
     rows = []
     for condition, make in conditions.items():
         for name, segment in SEGMENTERS.items():
@@ -108,22 +120,47 @@ def main() -> None:
                 add(total, score(found, stream.references))
             starts = [x for x in total.pop("start_err_all") if x is not None]
             ends = [x for x in total.pop("end_err_all") if x is not None]
-            rows.append({"condition": condition, "segmenter": name, **total,
-                         "start_err_mean_s": float(np.mean(starts)) if starts else None,
-                         "end_err_mean_s": float(np.mean(ends)) if ends else None,
-                         "cpu_ms_per_audio_s": 1e3 * cpu / seconds})
+            rows.append(
+                {
+                    "condition": condition,
+                    "segmenter": name,
+                    **total,
+                    "start_err_mean_s": float(np.mean(starts)) if starts else None,
+                    "end_err_mean_s": float(np.mean(ends)) if ends else None,
+                    "cpu_ms_per_audio_s": 1e3 * cpu / seconds,
+                }
+            )
             print(rows[-1], flush=True)
-    nonspeech = {"white noise": white_noise(5 * SAMPLE_RATE), "hum 50 Hz": hum(5 * SAMPLE_RATE, 50),
-                 "hum 60 Hz": hum(5 * SAMPLE_RATE, 60), "DC + noise": dc_offset(5 * SAMPLE_RATE),
-                 "clicks": clicks(5 * SAMPLE_RATE)}
-    noise_rows = [{"signal": signal, **{name: len(segment(wave)) for name, segment in SEGMENTERS.items()},
-                   "speech_ratio": round(detect_speech(wave)[1], 4)} for signal, wave in nonspeech.items()]
-    report = {"command": "python " + " ".join(sys.argv), "machine": machine_info(1),
-              "vad": {"package": VAD_PACKAGE, "version": VAD_VERSION, "sha256": VAD_SHA256,
-                      "options": VadOptions().__dict__},
-              "streams": [{"clips": [p.name for p in s.clips], "seconds": s.wave.size / SAMPLE_RATE}
-                          for s in streams],
-              "speech": rows, "nonspeech": noise_rows}
+    nonspeech = {
+        "white noise": white_noise(5 * SAMPLE_RATE),
+        "hum 50 Hz": hum(5 * SAMPLE_RATE, 50),
+        "hum 60 Hz": hum(5 * SAMPLE_RATE, 60),
+        "DC + noise": dc_offset(5 * SAMPLE_RATE),
+        "clicks": clicks(5 * SAMPLE_RATE),
+    }
+    noise_rows = [
+        {
+            "signal": signal,
+            **{name: len(segment(wave)) for name, segment in SEGMENTERS.items()},
+            "speech_ratio": round(detect_speech(wave)[1], 4),
+        }
+        for signal, wave in nonspeech.items()
+    ]
+    report = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": machine_info(1),
+        "vad": {
+            "package": VAD_PACKAGE,
+            "version": VAD_VERSION,
+            "sha256": VAD_SHA256,
+            "options": VadOptions().__dict__,
+        },
+        "streams": [
+            {"clips": [p.name for p in s.clips], "seconds": s.wave.size / SAMPLE_RATE} for s in streams
+        ],
+        "speech": rows,
+        "nonspeech": noise_rows,
+    }
     write_report(args.out, "vad_stream", report, markdown=markdown(report))
     print(markdown(report))
 
@@ -133,25 +170,59 @@ def markdown(report: dict) -> str:
         return "-" if x is None else f"{x:.3f}"
 
     machine = report["machine"]
-    lines = ["# Speech segmenters on real speech with known silences", "",
-             f"`{report['command']}`; {machine.get('cpu')}, load average {machine.get('load_average')} "
-             "(another job was running beside it).", "",
-             f"{len(report['streams'])} streams of EMO-DB clips with 1-2.5 s silences, "
-             f"{sum(s['seconds'] for s in report['streams']):.0f} s in all; reference speech ranges from EMO-DB's "
-             "phone labels. Silero VAD: "
-             f"{report['vad']['package']} {report['vad']['version']} (`silero_vad.onnx` sha256 "
-             f"{report['vad']['sha256'][:12]}...), default `VadOptions`; energy: default `SegmentOptions`.", "",
-             *markdown_table(
-                 ["condition", "segmenter", "refs", "found", "missed", "false", "merged", "split",
-                  "mean abs start err s", "mean abs end err s", "max start / end err s", "CPU ms per audio s"],
-                 [[str(r["condition"]), str(r["segmenter"]), *(str(r[k]) for k in ("references", "found", "missed",
-                   "false", "merged", "split")), num(r["start_err_mean_s"]), num(r["end_err_mean_s"]),
-                   f"{num(r.get('start_err_max_s'))} / {num(r.get('end_err_max_s'))}", f"{r['cpu_ms_per_audio_s']:.2f}"]
-                  for r in report["speech"]])]
-    lines += ["", "Non-speech, 5 s each: regions found (the right answer is 0) and the VAD's speech ratio.", "",
-              *markdown_table(["signal", "silero-vad regions", "energy regions", "VAD speech ratio"],
-                              [[str(r[k]) for k in ("signal", "silero-vad", "energy", "speech_ratio")]
-                               for r in report["nonspeech"]])]
+    lines = [
+        "# Speech segmenters on real speech with known silences",
+        "",
+        f"`{report['command']}`; {machine.get('cpu')}, load average {machine.get('load_average')} "
+        "(another job was running beside it).",
+        "",
+        f"{len(report['streams'])} streams of EMO-DB clips with 1-2.5 s silences, "
+        f"{sum(s['seconds'] for s in report['streams']):.0f} s in all; reference speech ranges from EMO-DB's "
+        "phone labels. Silero VAD: "
+        f"{report['vad']['package']} {report['vad']['version']} (`silero_vad.onnx` sha256 "
+        f"{report['vad']['sha256'][:12]}...), default `VadOptions`; energy: default `SegmentOptions`.",
+        "",
+        *markdown_table(
+            [
+                "condition",
+                "segmenter",
+                "refs",
+                "found",
+                "missed",
+                "false",
+                "merged",
+                "split",
+                "mean abs start err s",
+                "mean abs end err s",
+                "max start / end err s",
+                "CPU ms per audio s",
+            ],
+            [
+                [
+                    str(r["condition"]),
+                    str(r["segmenter"]),
+                    *(str(r[k]) for k in ("references", "found", "missed", "false", "merged", "split")),
+                    num(r["start_err_mean_s"]),
+                    num(r["end_err_mean_s"]),
+                    f"{num(r.get('start_err_max_s'))} / {num(r.get('end_err_max_s'))}",
+                    f"{r['cpu_ms_per_audio_s']:.2f}",
+                ]
+                for r in report["speech"]
+            ],
+        ),
+    ]
+    lines += [
+        "",
+        "Non-speech, 5 s each: regions found (the right answer is 0) and the VAD's speech ratio.",
+        "",
+        *markdown_table(
+            ["signal", "silero-vad regions", "energy regions", "VAD speech ratio"],
+            [
+                [str(r[k]) for k in ("signal", "silero-vad", "energy", "speech_ratio")]
+                for r in report["nonspeech"]
+            ],
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 

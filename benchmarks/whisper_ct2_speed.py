@@ -48,8 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     from edgeser.runtime.options import check_threads
     from edgeser.runtime.sessions import make_session
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, required=True, help="An exported cmgi edge bundle with an int8 variant.")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--bundle", type=Path, required=True, help="An exported cmgi edge bundle with an int8 variant."
+    )
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--seconds", type=float, nargs="+", default=[3.0, 10.0])
     parser.add_argument("--rounds", type=int, default=30)
@@ -60,17 +64,24 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.rounds <= 1000:
         raise SystemExit(f"--rounds {args.rounds}: choose 1..1000")
 
-    sessions = {name: make_session(args.bundle / name / "audio_encoder.onnx", None, threads)
-                for name in ("fp32", "int8")}
+    sessions = {
+        name: make_session(args.bundle / name / "audio_encoder.onnx", None, threads)
+        for name in ("fp32", "int8")
+    }
     folder = str(whisper_model_dir())
-    ct2 = {kind: ctranslate2.models.Whisper(folder, device="cpu", compute_type=kind, intra_threads=threads)
-           for kind in ("float32", "int8")}
+    ct2 = {
+        kind: ctranslate2.models.Whisper(folder, device="cpu", compute_type=kind, intra_threads=threads)
+        for kind in ("float32", "int8")
+    }
     extractor = FeatureExtractor(feature_size=80)
     rows: list[dict[str, Any]] = []
     for seconds in args.seconds:
         audio = speech(args.data, seconds)
         names = [i.name for i in sessions["fp32"].get_inputs()]
-        feeds = {names[0]: audio[None], **({names[1]: np.array([len(audio)], np.int64)} if len(names) > 1 else {})}
+        feeds = {
+            names[0]: audio[None],
+            **({names[1]: np.array([len(audio)], np.int64)} if len(names) > 1 else {}),
+        }
         mel = extractor(audio)[:, : int(seconds * 100)]  # [80, frames]: the clip's own window
         features = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel[None].astype(np.float32)))
         runs = {
@@ -81,31 +92,73 @@ def main(argv: list[str] | None = None) -> int:
         }
         times = interleaved_times(runs, args.rounds, warmup=3, order="rotate")
         medians = {name: float(np.median(values)) for name, values in times.items()}
-        rows.append({"seconds": seconds, "median_ms": medians,
-                     "p90_ms": {name: float(np.percentile(v, 90)) for name, v in times.items()},
-                     "ct2_int8_over_edgeser_int8": medians["ctranslate2 int8"] / medians["edgeser int8"],
-                     "ct2_float32_over_edgeser_fp32": medians["ctranslate2 float32"] / medians["edgeser fp32"]})
+        rows.append(
+            {
+                "seconds": seconds,
+                "median_ms": medians,
+                "p90_ms": {name: float(np.percentile(v, 90)) for name, v in times.items()},
+                "ct2_int8_over_edgeser_int8": medians["ctranslate2 int8"] / medians["edgeser int8"],
+                "ct2_float32_over_edgeser_fp32": medians["ctranslate2 float32"] / medians["edgeser fp32"],
+            }
+        )
         print(f"{seconds:g} s: " + ", ".join(f"{k} {v:.1f} ms" for k, v in medians.items()), file=sys.stderr)
     report = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
-        "bundle": str(args.bundle), "threads": threads, "rounds": args.rounds,
-        "machine": machine_info(threads), "load_average_after": list(os.getloadavg()),
-        "versions": {"ctranslate2": ctranslate2.__version__, "onnxruntime": ort.__version__,
-                     "numpy": np.__version__},
+        "command": "python "
+        + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
+        "bundle": str(args.bundle),
+        "threads": threads,
+        "rounds": args.rounds,
+        "machine": machine_info(threads),
+        "load_average_after": list(os.getloadavg()),
+        "versions": {
+            "ctranslate2": ctranslate2.__version__,
+            "onnxruntime": ort.__version__,
+            "numpy": np.__version__,
+        },
         "rows": rows,
     }
-    lines = ["# Whisper tiny.en encoder: edgeser ONNX against CTranslate2", "",
-             f"Command: `{report['command']}`", "",
-             f"Machine: {report['machine'].get('cpu')} ({report['machine'].get('cpu_class')}), {threads} thread(s), "
-             f"{args.rounds} interleaved rounds, load average after {report['load_average_after'][0]:.2f}; "
-             f"ctranslate2 {ctranslate2.__version__}, onnxruntime {ort.__version__}.", "",
-             *markdown_table(["clip", "edgeser fp32 ms", "edgeser int8 ms", "CT2 float32 ms", "CT2 int8 ms",
-                              "CT2 int8 / edgeser int8"],
-                             [[f"{row['seconds']:g} s", *(f"{row['median_ms'][name]:.1f}" for name in (
-                                 "edgeser fp32", "edgeser int8", "ctranslate2 float32", "ctranslate2 int8")),
-                               f"{row['ct2_int8_over_edgeser_int8']:.2f}"] for row in rows])]
-    lines += ["", "A ratio above 1 means edgeser's INT8 encoder is the faster. edgeser's graph also computes the "
-              "log-mel front end and the layer mix; CTranslate2's time excludes its log-mel.", ""]
+    lines = [
+        "# Whisper tiny.en encoder: edgeser ONNX against CTranslate2",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Machine: {report['machine'].get('cpu')} ({report['machine'].get('cpu_class')}), {threads} thread(s), "
+        f"{args.rounds} interleaved rounds, load average after {report['load_average_after'][0]:.2f}; "
+        f"ctranslate2 {ctranslate2.__version__}, onnxruntime {ort.__version__}.",
+        "",
+        *markdown_table(
+            [
+                "clip",
+                "edgeser fp32 ms",
+                "edgeser int8 ms",
+                "CT2 float32 ms",
+                "CT2 int8 ms",
+                "CT2 int8 / edgeser int8",
+            ],
+            [
+                [
+                    f"{row['seconds']:g} s",
+                    *(
+                        f"{row['median_ms'][name]:.1f}"
+                        for name in (
+                            "edgeser fp32",
+                            "edgeser int8",
+                            "ctranslate2 float32",
+                            "ctranslate2 int8",
+                        )
+                    ),
+                    f"{row['ct2_int8_over_edgeser_int8']:.2f}",
+                ]
+                for row in rows
+            ],
+        ),
+    ]
+    lines += [
+        "",
+        "A ratio above 1 means edgeser's INT8 encoder is the faster. edgeser's graph also computes the "
+        "log-mel front end and the layer mix; CTranslate2's time excludes its log-mel.",
+        "",
+    ]
     write_report(args.out.parent, args.out.stem, report, markdown="\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -38,8 +38,9 @@ def metrics(truth: list[str], pred: list[str], labels: list[str]) -> dict[str, o
     return classification_report([index[t] for t in truth], [index[p] for p in pred], len(labels)).to_dict()
 
 
-def probe(cache: FeatureCache, corpus: Corpus, label_set: str, layer: int | str, window: str,
-          c: float = 0.05) -> dict[str, object]:
+def probe(
+    cache: FeatureCache, corpus: Corpus, label_set: str, layer: int | str, window: str, c: float = 0.05
+) -> dict[str, object]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -62,8 +63,9 @@ def probe(cache: FeatureCache, corpus: Corpus, label_set: str, layer: int | str,
             clf.fit(x_train, y_train)
             fold_pred = list(clf.predict(x_test))
             fold_true = [u.label for u in test]
-            per_fold.append({"fold": fold.name, "test_clips": len(test),
-                             **metrics(fold_true, fold_pred, labels)})
+            per_fold.append(
+                {"fold": fold.name, "test_clips": len(test), **metrics(fold_true, fold_pred, labels)}
+            )
             truth += fold_true
             pred += fold_pred
         results[protocol] = {"pooled": metrics(truth, pred, labels), "folds": per_fold}
@@ -95,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     report: dict[str, object] = {
         "command": " ".join(["python", "benchmarks/whisper_probe.py", *(argv or sys.argv[1:])]),
-        "encoder": cache.describe(), "corpus": {name: describe(c) for name, c in corpora.items()}, "classifier": "StandardScaler + "
-        "LogisticRegression(C=0.05) on mean+std of one hidden state", "encode_seconds": round(encode_s, 1),
+        "encoder": cache.describe(),
+        "corpus": {name: describe(c) for name, c in corpora.items()},
+        "classifier": "StandardScaler + LogisticRegression(C=0.05) on mean+std of one hidden state",
+        "encode_seconds": round(encode_s, 1),
         "results": [],
     }
     for window in windows:
@@ -109,16 +113,36 @@ def main(argv: list[str] | None = None) -> int:
                 report["results"].append(entry)  # type: ignore[union-attr]
                 for protocol, value in result.items():
                     pooled_metrics = value["pooled"]  # type: ignore[index]
-                    rows.append((window, label_set, str(layer), protocol, pooled_metrics["ua"],
-                                 pooled_metrics["wa"], pooled_metrics["macro_f1"]))
-                    print(f"{window:6s} {label_set:8s} layer {layer!s:5s} {protocol:12s} "
-                          f"UA {pooled_metrics['ua'] * 100:5.1f} WA {pooled_metrics['wa'] * 100:5.1f}",
-                          file=sys.stderr)
+                    rows.append(
+                        (
+                            window,
+                            label_set,
+                            str(layer),
+                            protocol,
+                            pooled_metrics["ua"],
+                            pooled_metrics["wa"],
+                            pooled_metrics["macro_f1"],
+                        )
+                    )
+                    print(
+                        f"{window:6s} {label_set:8s} layer {layer!s:5s} {protocol:12s} "
+                        f"UA {pooled_metrics['ua'] * 100:5.1f} WA {pooled_metrics['wa'] * 100:5.1f}",
+                        file=sys.stderr,
+                    )
     out = Path(args.out)
-    lines = ["# Frozen Whisper tiny.en probe", "", f"Command: `{report['command']}`", "",
-             *markdown_table(["window", "label set", "layer", "protocol", "UA %", "WA %", "macro-F1 %"],
-                             [[w, ls, layer, p, f"{ua * 100:.1f}", f"{wa * 100:.1f}", f"{f1 * 100:.1f}"]
-                              for w, ls, layer, p, ua, wa, f1 in rows])]
+    lines = [
+        "# Frozen Whisper tiny.en probe",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        *markdown_table(
+            ["window", "label set", "layer", "protocol", "UA %", "WA %", "macro-F1 %"],
+            [
+                [w, ls, layer, p, f"{ua * 100:.1f}", f"{wa * 100:.1f}", f"{f1 * 100:.1f}"]
+                for w, ls, layer, p, ua, wa, f1 in rows
+            ],
+        ),
+    ]
     write_report(out.parent, out.stem, report, markdown="\n".join(lines) + "\n")
     print(out.with_suffix(".md"))
     return 0

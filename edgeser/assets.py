@@ -26,8 +26,10 @@ def shipped_dir() -> Path:
     """The folder of the package's shipped files (`edgeser/shipped/`), as a real path on disk."""
     root = files("edgeser") / "shipped"
     if not isinstance(root, Path):  # a zipped install (zipimport): checkpoints and clips are read as files
-        raise ModelError(f"edgeser is imported from an archive ({root}); its shipped files need an unpacked "
-                         "install (pip install edgeser)")
+        raise ModelError(
+            f"edgeser is imported from an archive ({root}); its shipped files need an unpacked "
+            "install (pip install edgeser)"
+        )
     return root
 
 

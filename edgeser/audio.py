@@ -67,8 +67,11 @@ class AudioInfo:
 
 def is_file_object(source: object) -> TypeGuard[BinaryIO]:
     """A binary file object (an open file, `io.BytesIO`...): what soundfile reads besides paths."""
-    return not isinstance(source, (str, Path, bytes)) and callable(getattr(source, "read", None)) \
+    return (
+        not isinstance(source, (str, Path, bytes))
+        and callable(getattr(source, "read", None))
         and callable(getattr(source, "seek", None))
+    )
 
 
 def _describe(source: AudioSource) -> str:
@@ -94,7 +97,9 @@ def _open_target(source: AudioSource) -> str | BinaryIO:
         return io.BytesIO(source)
     if is_file_object(source):
         if isinstance(source, io.TextIOBase):
-            raise AudioError(_describe(source), "a text-mode file object; open the file in binary mode ('rb')")
+            raise AudioError(
+                _describe(source), "a text-mode file object; open the file in binary mode ('rb')"
+            )
         handle: BinaryIO = source
         try:
             seekable = handle.seekable() if callable(getattr(handle, "seekable", None)) else True
@@ -102,7 +107,9 @@ def _open_target(source: AudioSource) -> str | BinaryIO:
         except (OSError, ValueError) as err:  # closed, or a pipe that cannot seek
             raise AudioError(_describe(source), f"cannot read the file object ({_short(err)})") from err
         if not seekable:
-            raise AudioError(_describe(source), "the file object cannot seek; pass its bytes or a path instead")
+            raise AudioError(
+                _describe(source), "the file object cannot seek; pass its bytes or a path instead"
+            )
         if size == 0:
             raise AudioError(_describe(source), "empty input (0 bytes)")
         handle.seek(0)
@@ -143,13 +150,18 @@ def _short(err: Exception) -> str:
     return " ".join(str(err).split())[:160] or type(err).__name__
 
 
-def to_mono_16k(samples: npt.ArrayLike, sample_rate: int, *, source: str = "<array>") -> npt.NDArray[np.float32]:
+def to_mono_16k(
+    samples: npt.ArrayLike, sample_rate: int, *, source: str = "<array>"
+) -> npt.NDArray[np.float32]:
     """Down-mix `[S]` or `[S, C]` samples to mono and resample to 16 kHz with soxr (high quality)."""
     audio = np.asarray(samples)
     if audio.ndim not in (1, 2):
-        raise AudioError(source, f"expected 1-D mono or 2-D [samples, channels] audio, got shape {audio.shape}")
-    if audio.dtype == np.bool_ or not (np.issubdtype(audio.dtype, np.floating)
-                                       or np.issubdtype(audio.dtype, np.integer)):
+        raise AudioError(
+            source, f"expected 1-D mono or 2-D [samples, channels] audio, got shape {audio.shape}"
+        )
+    if audio.dtype == np.bool_ or not (
+        np.issubdtype(audio.dtype, np.floating) or np.issubdtype(audio.dtype, np.integer)
+    ):
         raise AudioError(source, f"unsupported sample dtype {audio.dtype}")
     if np.issubdtype(audio.dtype, np.integer):
         # PCM scaling: signed ints are two's complement around 0, unsigned ones offset binary around the middle
@@ -162,7 +174,9 @@ def to_mono_16k(samples: npt.ArrayLike, sample_rate: int, *, source: str = "<arr
     if sample_rate <= 0:
         raise AudioError(source, f"invalid sample rate {sample_rate}")
     if sample_rate < MIN_SAMPLE_RATE:
-        raise AudioError(source, f"sample rate {sample_rate} Hz is below the {MIN_SAMPLE_RATE} Hz minimum for speech")
+        raise AudioError(
+            source, f"sample rate {sample_rate} Hz is below the {MIN_SAMPLE_RATE} Hz minimum for speech"
+        )
     audio = audio.astype(np.float32, copy=False)
     if sample_rate != SAMPLE_RATE and audio.size:
         if not np.all(np.isfinite(audio)):
@@ -181,8 +195,11 @@ def channel_axis(shape: tuple[int, ...], source: str) -> int:
         return 1
     if rows <= MAX_CHANNELS:
         return 0
-    raise AudioError(source, f"2-D audio of shape {shape} has no channel axis of at most {MAX_CHANNELS}; pass "
-                             "[samples] or [samples, channels]")
+    raise AudioError(
+        source,
+        f"2-D audio of shape {shape} has no channel axis of at most {MAX_CHANNELS}; pass "
+        "[samples] or [samples, channels]",
+    )
 
 
 def check_waveform(
@@ -242,8 +259,10 @@ def _refuse_truncated(source: AudioSource, target: str | BinaryIO) -> None:
 
 
 def too_long(duration: float, max_duration: float) -> str:
-    return (f"too long: {duration:.1f} s (maximum {max_duration:g} s); split long recordings with "
-            "`edgeser predict --long` or `Pipeline.long`")
+    return (
+        f"too long: {duration:.1f} s (maximum {max_duration:g} s); split long recordings with "
+        "`edgeser predict --long` or `Pipeline.long`"
+    )
 
 
 def load_audio(
@@ -276,12 +295,20 @@ def load_audio(
     if not np.all(np.isfinite(samples)):
         raise AudioError(name, "contains NaN or infinite samples")
     audio = to_mono_16k(samples, int(sample_rate), source=name)
-    check_waveform(audio, source=name, min_duration=min_duration, max_duration=max_duration, on_silent=on_silent)
+    check_waveform(
+        audio, source=name, min_duration=min_duration, max_duration=max_duration, on_silent=on_silent
+    )
     return audio
 
 
-def scan_audio(source: AudioSource, *, min_duration: float = MIN_DURATION_S, block_seconds: float = 10.0,
-               on_silent: SilencePolicy = "error", content: Any = None) -> AudioInfo:
+def scan_audio(
+    source: AudioSource,
+    *,
+    min_duration: float = MIN_DURATION_S,
+    block_seconds: float = 10.0,
+    on_silent: SilencePolicy = "error",
+    content: Any = None,
+) -> AudioInfo:
     """Check a whole file as `load_audio` would (readable, complete, finite, long enough, not silent), decoding
     it in blocks so memory stays small whatever its length; returns its header. `content` (a hashlib object)
     is fed the decoded samples, so two files holding one recording in different containers hash alike."""
@@ -307,8 +334,10 @@ def scan_audio(source: AudioSource, *, min_duration: float = MIN_DURATION_S, blo
     if frames == 0:
         raise AudioError(info.path, "empty audio (0 samples)")
     if info.sample_rate < MIN_SAMPLE_RATE:
-        raise AudioError(info.path, f"sample rate {info.sample_rate} Hz is below the {MIN_SAMPLE_RATE} Hz minimum "
-                                    "for speech")
+        raise AudioError(
+            info.path,
+            f"sample rate {info.sample_rate} Hz is below the {MIN_SAMPLE_RATE} Hz minimum for speech",
+        )
     duration = frames / info.sample_rate
     if duration < min_duration:
         raise AudioError(info.path, f"too short: {duration:.3f} s (minimum {min_duration:g} s)")

@@ -14,9 +14,22 @@ from edgeser.errors import BundleError
 from edgeser.files import sha256_of
 from edgeser.stages import STAGE_ORDER, apply_frame_layout
 
-__all__ = ["CALIBRATION_METHODS", "MANIFEST", "PRECISIONS", "TOKENIZER", "BundleManifest", "CalibrationMethod",
-           "Precision", "StageFile", "StageSpec", "TensorSpec", "apply_frame_layout", "read_manifest", "sha256_of",
-           "validate_bundle"]
+__all__ = [
+    "CALIBRATION_METHODS",
+    "MANIFEST",
+    "PRECISIONS",
+    "TOKENIZER",
+    "BundleManifest",
+    "CalibrationMethod",
+    "Precision",
+    "StageFile",
+    "StageSpec",
+    "TensorSpec",
+    "apply_frame_layout",
+    "read_manifest",
+    "sha256_of",
+    "validate_bundle",
+]
 
 BUNDLE_SCHEMA = 1
 MANIFEST = "bundle.json"
@@ -30,8 +43,10 @@ PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 CalibrationMethod = Literal["minmax", "percentile", "entropy"]
 CALIBRATION_METHODS: tuple[CalibrationMethod, ...] = get_args(CalibrationMethod)
 # Variants written for onnxruntime on the CPU, not for TensorRT (the doctor skips them, the TensorRT EP refuses them).
-CPU_VARIANTS = {"int8": "the CPU INT8 variant (u8 activations); `quantize --int8-trt` writes TensorRT's",
-                "int8-dynamic": "dynamic INT8 runs on onnxruntime's CPU kernels only"}
+CPU_VARIANTS = {
+    "int8": "the CPU INT8 variant (u8 activations); `quantize --int8-trt` writes TensorRT's",
+    "int8-dynamic": "dynamic INT8 runs on onnxruntime's CPU kernels only",
+}
 
 
 @dataclass(frozen=True)
@@ -83,7 +98,9 @@ class BundleManifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = MANIFEST) -> BundleManifest:
         if not isinstance(data, dict):
-            raise BundleError(f"{source}: malformed manifest (expected a JSON object, got {type(data).__name__})")
+            raise BundleError(
+                f"{source}: malformed manifest (expected a JSON object, got {type(data).__name__})"
+            )
         version = data.get("schema_version")
         if not isinstance(version, int):
             raise BundleError(f"{source}: no schema_version; not an edgeser bundle")
@@ -116,7 +133,11 @@ class BundleManifest:
         unknown = [s for s in self.stages if s not in STAGE_ORDER]
         if unknown:
             raise BundleError(f"{source}: unknown stage(s) {', '.join(unknown)}")
-        if not isinstance(self.labels, list) or not self.labels or not all(isinstance(x, str) for x in self.labels):
+        if (
+            not isinstance(self.labels, list)
+            or not self.labels
+            or not all(isinstance(x, str) for x in self.labels)
+        ):
             raise BundleError(f"{source}: labels must be a non-empty list of names, got {self.labels!r}")
         if len(set(self.labels)) != len(self.labels):
             raise BundleError(f"{source}: duplicate labels {self.labels}")
@@ -125,9 +146,13 @@ class BundleManifest:
             raise BundleError(f"{source}: no fusion_head stage with a logits output")
         width = head.outputs[0].shape[-1] if head.outputs[0].shape else None
         if isinstance(width, int) and width != len(self.labels):
-            raise BundleError(f"{source}: {len(self.labels)} labels but the fusion head outputs {width} logits")
+            raise BundleError(
+                f"{source}: {len(self.labels)} labels but the fusion head outputs {width} logits"
+            )
         if not isinstance(self.sample_rate, int) or self.sample_rate != 16_000:
-            raise BundleError(f"{source}: sample_rate {self.sample_rate!r}; edgeser bundles take 16000 Hz audio")
+            raise BundleError(
+                f"{source}: sample_rate {self.sample_rate!r}; edgeser bundles take 16000 Hz audio"
+            )
 
     def frame_lengths(self, sample_lengths: Any) -> Any:
         """Valid encoder frames for sample lengths, from the layout (never from low-precision engine outputs)."""
@@ -151,8 +176,13 @@ def read_manifest(root: Path) -> BundleManifest:
 
 
 # The quantize flag that writes each derived variant (named in the error when one is missing).
-QUANTIZE_FLAGS = {"int8": "--int8", "int8-trt": "--int8-trt", "int8-trt-fp16": "--int8-trt-fp16",
-                  "int8-dynamic": "--int8-dynamic", "fp16": "--fp16"}
+QUANTIZE_FLAGS = {
+    "int8": "--int8",
+    "int8-trt": "--int8-trt",
+    "int8-trt-fp16": "--int8-trt-fp16",
+    "int8-dynamic": "--int8-dynamic",
+    "fp16": "--fp16",
+}
 
 
 def validate_bundle(root: Path, precision: str = "fp32", verify_checksums: bool = True) -> BundleManifest:

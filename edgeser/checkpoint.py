@@ -41,7 +41,10 @@ class CheckpointInfo:
 
 
 def save_checkpoint(
-    model: Any, directory: Path, metrics: dict[str, Any], provenance: dict[str, Any],
+    model: Any,
+    directory: Path,
+    metrics: dict[str, Any],
+    provenance: dict[str, Any],
     training: dict[str, Any] | None = None,
 ) -> Path:
     """Write or update a checkpoint in `directory`, each file through a temporary name and a rename.
@@ -104,8 +107,15 @@ def packaged_entries(model: Any, state: dict[str, Any]) -> list[dict[str, Any]]:
             version = metadata.version(package)
         except metadata.PackageNotFoundError:
             version = "?"
-        entries.append({"package": package, "version": version, "prefix": prefix, "keys": keys,
-                        "sha256": tensors_sha256({k: state[k] for k in keys})})
+        entries.append(
+            {
+                "package": package,
+                "version": version,
+                "prefix": prefix,
+                "keys": keys,
+                "sha256": tensors_sha256({k: state[k] for k in keys}),
+            }
+        )
     return entries
 
 
@@ -115,13 +125,17 @@ def read_checkpoint_info(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise ModelError(f"{directory}: checkpoint folder not found")
     if not path.is_file() or not (directory / WEIGHTS_FILE).is_file():
-        raise ModelError(f"{directory}: not an edgeser checkpoint (needs {CHECKPOINT_FILE} and {WEIGHTS_FILE})")
+        raise ModelError(
+            f"{directory}: not an edgeser checkpoint (needs {CHECKPOINT_FILE} and {WEIGHTS_FILE})"
+        )
     try:
         info: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ModelError(f"{path}: corrupt checkpoint metadata ({err.msg})") from err
     if int(info.get("schema", 0)) > CHECKPOINT_SCHEMA:
-        raise ModelError(f"{path}: checkpoint schema {info.get('schema')} is newer than this edgeser supports")
+        raise ModelError(
+            f"{path}: checkpoint schema {info.get('schema')} is newer than this edgeser supports"
+        )
     return info
 
 
@@ -133,10 +147,14 @@ def check_packaged(directory: Path, model: Any, entries: list[dict[str, Any]]) -
     for entry in entries:
         missing = [k for k in entry["keys"] if k not in current]
         if missing:
-            raise ModelError(f"{directory}: weights from {entry['package']} ({missing[0]}) are not in the model")
+            raise ModelError(
+                f"{directory}: weights from {entry['package']} ({missing[0]}) are not in the model"
+            )
         if tensors_sha256({k: current[k] for k in entry["keys"]}) != entry["sha256"]:
-            raise ModelError(f"{directory}: the installed {entry['package']} gives other weights than the checkpoint "
-                             f"was trained with ({entry['package']} {entry['version']}); install that version")
+            raise ModelError(
+                f"{directory}: the installed {entry['package']} gives other weights than the checkpoint "
+                f"was trained with ({entry['package']} {entry['version']}); install that version"
+            )
         keys |= set(entry["keys"])
     return keys
 
@@ -151,7 +169,9 @@ def load_checkpoint(directory: Path | str) -> Any:
     info = read_checkpoint_info(directory)
     expected = info.get("weights_sha256")
     if expected and sha256_of(directory / WEIGHTS_FILE) != expected:
-        raise ModelError(f"{directory / WEIGHTS_FILE}: weights do not match checkpoint.json (changed or cut short mid-save)")
+        raise ModelError(
+            f"{directory / WEIGHTS_FILE}: weights do not match checkpoint.json (changed or cut short mid-save)"
+        )
     vocab = CtcVocab.from_dict(info["vocab"]) if info.get("vocab") else None
     # The weights come from the checkpoint: rebuild backbone architectures without reading pretrained
     # weights, and use the checkpoint's own tokenizer.

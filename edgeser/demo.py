@@ -47,8 +47,10 @@ def data_spec(data: Path | None, checkpoint: Path | None = None) -> str:
     if data is not None and all((data / name).is_dir() for name in MULTI_CORPORA):
         return f"multi:{data}{recorded_options(checkpoint)}"
     if not SHIPPED_CLIPS.is_file():
-        raise DataError(f"{SHIPPED_CLIPS}: the shipped demo clips are missing and no --data DIR holding "
-                        f"{', '.join(MULTI_CORPORA)} was given")
+        raise DataError(
+            f"{SHIPPED_CLIPS}: the shipped demo clips are missing and no --data DIR holding "
+            f"{', '.join(MULTI_CORPORA)} was given"
+        )
     return f"manifest:{SHIPPED_CLIPS}"
 
 
@@ -64,8 +66,16 @@ def recorded_options(checkpoint: Path | None) -> str:
     return f"?{spec.partition('?')[2]}" if spec.startswith("multi:") and "?" in spec else ""
 
 
-def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = None, limit: int = 200,
-             threads: int | None = 2, predict_clips: int = 6, progress: Progress = STDERR) -> DemoResult:
+def run_demo(
+    out: Path,
+    data: Path | None = None,
+    *,
+    checkpoint: Path | None = None,
+    limit: int = 200,
+    threads: int | None = 2,
+    predict_clips: int = 6,
+    progress: Progress = STDERR,
+) -> DemoResult:
     """Run every step into `out/` (replaced whole each run), reporting to `progress`; return the closing figures."""
     from edgeser.calibrate import calibrate_bundle
     from edgeser.checks.fidelity import check_variants
@@ -91,8 +101,11 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
     mark = step("calibrate", f"calibrate on training-side clips of {spec}")
     calibrate_bundle(out, spec, samples=64, threads=threads, progress=progress)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
-    mark = step("quantize", "write the INT8 variants: int8 for this CPU, int8-trt and int8-trt-fp16 (FP16 remainder) "
-                            "for TensorRT")
+    mark = step(
+        "quantize",
+        "write the INT8 variants: int8 for this CPU, int8-trt and int8-trt-fp16 (FP16 remainder) "
+        "for TensorRT",
+    )
     quantize_int8(out, Int8Options(), progress=progress)
     quantize_int8_tensorrt(out, Int8Options.tensorrt(), progress=progress)
     convert_int8_fp16(out, progress=progress)
@@ -101,16 +114,30 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
     result.doctor = doctor(out)
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     mark = step("check", f"check every variant against PyTorch float on {limit} held-out clips")
-    report = check_variants(out, spec, limit=limit, threads=threads, precisions=["fp32", "int8", "int8-trt", "int8-trt-fp16"],
-                            progress=progress)
+    report = check_variants(
+        out,
+        spec,
+        limit=limit,
+        threads=threads,
+        precisions=["fp32", "int8", "int8-trt", "int8-trt-fp16"],
+        progress=progress,
+    )
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     for v in report.variants:
         if v.status != "ok":
             continue
         e2e = v.latency_ms.get("end_to_end", {})
-        result.rows.append({"variant": v.name, "size_mb": (v.size_bytes or 0) / 1e6, "p50_ms": e2e.get("p50"),
-                            "rtf": v.rtf.get("p50"), "agreement": v.agreement, "ua": v.metrics.get("ua"),
-                            "cer": v.metrics.get("cer")})
+        result.rows.append(
+            {
+                "variant": v.name,
+                "size_mb": (v.size_bytes or 0) / 1e6,
+                "p50_ms": e2e.get("p50"),
+                "rtf": v.rtf.get("p50"),
+                "agreement": v.agreement,
+                "ua": v.metrics.get("ua"),
+                "cer": v.metrics.get("cer"),
+            }
+        )
     mark = step("predict", f"predict {predict_clips} held-out clips with the torch-free runtime (int8)")
     corpus = load_corpus(spec)
     from edgeser.calibrate.cache import bundle_split
@@ -121,13 +148,23 @@ def run_demo(out: Path, data: Path | None = None, *, checkpoint: Path | None = N
     pipe = Pipeline.load(out, "int8", threads=threads)
     for utt, prediction in zip(picks, pipe.batch([u.path for u in picks])):
         if isinstance(prediction, Prediction):  # a Failure (an unreadable clip) is left out
-            result.predictions.append({"clip": utt.path.name, "true": utt.label, "predicted": prediction.label,
-                                       "confidence": prediction.confidence, "transcript": prediction.transcript,
-                                       "reference": utt.transcript})
+            result.predictions.append(
+                {
+                    "clip": utt.path.name,
+                    "true": utt.label,
+                    "predicted": prediction.label,
+                    "confidence": prediction.confidence,
+                    "transcript": prediction.transcript,
+                    "reference": utt.transcript,
+                }
+            )
     result.steps[mark[1]] = time.perf_counter() - mark[0]
     reports = out / REPORTS_DIR
-    result.reports = [str(reports / "variants.md"), *[str(p) for p in report.plots],
-                      str(reports / f"doctor-{result.doctor.get('target', '')}.md")]
+    result.reports = [
+        str(reports / "variants.md"),
+        *[str(p) for p in report.plots],
+        str(reports / f"doctor-{result.doctor.get('target', '')}.md"),
+    ]
     result.seconds = time.perf_counter() - started
     return result
 
@@ -141,9 +178,13 @@ def doctor(bundle: Path) -> dict[str, Any]:
     target = parse_target("tensorrt:10")
     report = run_doctor(bundle, target)
     write_report(bundle / REPORTS_DIR, f"doctor-{target.label}", report)
-    return {"target": target.label, "passed": report.passed, "errors": len(report.errors),
-            "warnings": len(report.findings) - len(report.errors),
-            "first_error": report.errors[0].message if report.errors else ""}
+    return {
+        "target": target.label,
+        "passed": report.passed,
+        "errors": len(report.errors),
+        "warnings": len(report.findings) - len(report.errors),
+        "first_error": report.errors[0].message if report.errors else "",
+    }
 
 
 def render(result: DemoResult) -> str:
@@ -152,21 +193,41 @@ def render(result: DemoResult) -> str:
     def fmt(value: Any, spec: str, scale: float = 1.0) -> str:
         return "-" if value is None else format(scale * value, spec)
 
-    lines = [f"edgeser demo: {MODEL} default, data {result.data}, {result.seconds:.0f} s", "",
-             f"{'variant':<13} {'size MB':>8} {'p50 ms':>8} {'RTF':>7} {'agree float':>12} {'UA %':>6} {'CER %':>6}"]
+    lines = [
+        f"edgeser demo: {MODEL} default, data {result.data}, {result.seconds:.0f} s",
+        "",
+        f"{'variant':<13} {'size MB':>8} {'p50 ms':>8} {'RTF':>7} {'agree float':>12} {'UA %':>6} {'CER %':>6}",
+    ]
     for row in result.rows:
-        lines.append(f"{row['variant']:<13} {fmt(row['size_mb'], '.1f'):>8} {fmt(row['p50_ms'], '.1f'):>8} "
-                     f"{fmt(row['rtf'], '.3f'):>7} {fmt(row['agreement'], '.1f', 100):>11}% "
-                     f"{fmt(row['ua'], '.1f', 100):>6} {fmt(row['cer'], '.1f', 100):>6}")
+        lines.append(
+            f"{row['variant']:<13} {fmt(row['size_mb'], '.1f'):>8} {fmt(row['p50_ms'], '.1f'):>8} "
+            f"{fmt(row['rtf'], '.3f'):>7} {fmt(row['agreement'], '.1f', 100):>11}% "
+            f"{fmt(row['ua'], '.1f', 100):>6} {fmt(row['cer'], '.1f', 100):>6}"
+        )
     lines += ["", "held-out clips (int8, torch-free runtime):"]
     for p in result.predictions:
         verdict = "right" if p["predicted"] == p["true"] else "WRONG"
-        lines.append(f"  {p['clip']:<28} true {p['true']:<8} predicted {p['predicted']:<8} {p['confidence']:.2f} "
-                     f"{verdict:<5}  heard: {p['transcript']!r} (said: {p['reference']!r})")
+        lines.append(
+            f"  {p['clip']:<28} true {p['true']:<8} predicted {p['predicted']:<8} {p['confidence']:.2f} "
+            f"{verdict:<5}  heard: {p['transcript']!r} (said: {p['reference']!r})"
+        )
     d = result.doctor
-    lines += ["", (f"TensorRT 10 readiness ({d.get('target')}): " + ("ready" if d.get("passed") else
-               f"NOT ready, {d.get('errors')} error(s), e.g. {d.get('first_error')}")
-               + f"; {d.get('warnings')} warning(s)"), "", "reports and plots:", *[f"  {p}" for p in result.reports],
-              "", "next: edgeser predict BUNDLE your.wav --precision int8 | edgeser bench BUNDLE | "
-              "edgeser build-trt BUNDLE --int8 (on a GPU)"]
+    lines += [
+        "",
+        (
+            f"TensorRT 10 readiness ({d.get('target')}): "
+            + (
+                "ready"
+                if d.get("passed")
+                else f"NOT ready, {d.get('errors')} error(s), e.g. {d.get('first_error')}"
+            )
+            + f"; {d.get('warnings')} warning(s)"
+        ),
+        "",
+        "reports and plots:",
+        *[f"  {p}" for p in result.reports],
+        "",
+        "next: edgeser predict BUNDLE your.wav --precision int8 | edgeser bench BUNDLE | "
+        "edgeser build-trt BUNDLE --int8 (on a GPU)",
+    ]
     return "\n".join(lines)

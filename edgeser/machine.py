@@ -48,8 +48,16 @@ def gpu_info() -> list[dict[str, str]]:
         return []
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True).stdout
+            [
+                "nvidia-smi",
+                "--query-gpu=name,memory.total,driver_version,compute_cap",
+                "--format=csv,noheader",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     gpus = []
@@ -74,6 +82,13 @@ def machine_info(threads: int | None) -> dict[str, Any]:
         load = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
     except (OSError, ValueError):
         load = []
-    return {**cpu_info(), "gpus": gpu_info(), "logical_cores": os.cpu_count(), "load_average": load,
-            "threads": threads, "python": platform.python_version(), "platform": platform.platform(),
-            "versions": versions}
+    return {
+        **cpu_info(),
+        "gpus": gpu_info(),
+        "logical_cores": os.cpu_count(),
+        "load_average": load,
+        "threads": threads,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }

@@ -47,8 +47,12 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     if not len(values):
         return {}
     array = np.asarray(values, dtype=np.float64)
-    return {"p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95)),
-            "p99": float(np.percentile(array, 99)), "mean": float(array.mean())}
+    return {
+        "p50": float(np.percentile(array, 50)),
+        "p95": float(np.percentile(array, 95)),
+        "p99": float(np.percentile(array, 99)),
+        "mean": float(array.mean()),
+    }
 
 
 def warm_up(runs: Mapping[K, Callable[[], object]], count: int) -> None:
@@ -58,9 +62,14 @@ def warm_up(runs: Mapping[K, Callable[[], object]], count: int) -> None:
             run()
 
 
-def interleaved_times(runs: Mapping[K, Callable[[], R]], rounds: int, warmup: int = 0, *,
-                      order: Literal["alternate", "rotate"] = "alternate",
-                      each: Callable[[K, R], None] | None = None) -> dict[K, list[float]]:
+def interleaved_times(
+    runs: Mapping[K, Callable[[], R]],
+    rounds: int,
+    warmup: int = 0,
+    *,
+    order: Literal["alternate", "rotate"] = "alternate",
+    each: Callable[[K, R], None] | None = None,
+) -> dict[K, list[float]]:
     """Milliseconds of every one of `runs` in `rounds` rounds, after `warmup` runs of each (`warm_up`).
 
     Every round runs each once, so background load on a shared machine spreads over them instead of landing on
@@ -75,7 +84,7 @@ def interleaved_times(runs: Mapping[K, Callable[[], R]], rounds: int, warmup: in
         if order == "alternate":
             sequence = keys if index % 2 == 0 else keys[::-1]
         else:
-            sequence = keys[index % len(keys):] + keys[: index % len(keys)]
+            sequence = keys[index % len(keys) :] + keys[: index % len(keys)]
         for key in sequence:
             started = time.perf_counter()
             result = runs[key]()
@@ -107,5 +116,8 @@ class CosineStats:
     def summary(self) -> dict[str, float]:
         if not self.cosines:
             return {}
-        return {"mean": float(np.mean(self.cosines)), "min": float(np.min(self.cosines)),
-                "max_abs_diff": self.max_abs_diff}
+        return {
+            "mean": float(np.mean(self.cosines)),
+            "min": float(np.min(self.cosines)),
+            "max_abs_diff": self.max_abs_diff,
+        }

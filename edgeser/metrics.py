@@ -58,7 +58,9 @@ class ClassificationReport:
         return asdict(self)
 
 
-def classification_report(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> ClassificationReport:
+def classification_report(
+    y_true: Sequence[int], y_pred: Sequence[int], num_classes: int
+) -> ClassificationReport:
     matrix = confusion_matrix(y_true, y_pred, num_classes)
     return ClassificationReport(
         wa=weighted_accuracy(matrix),

@@ -29,8 +29,9 @@ class Progress(Protocol):
     def __call__(self, line: str) -> None:
         """Report one line (a step started, a figure measured, a warning)."""
 
-    def bar(self, items: Sequence[T], label: str, item_label: Callable[[T], str] | None = None
-            ) -> AbstractContextManager[Iterable[T]]:
+    def bar(
+        self, items: Sequence[T], label: str, item_label: Callable[[T], str] | None = None
+    ) -> AbstractContextManager[Iterable[T]]:
         """A context giving an iterable over `items`, drawn as a bar named `label`; `item_label` names the
         current item where the bar shows it."""
 
@@ -43,8 +44,9 @@ class LineProgress:
         print(line, file=sys.stderr, flush=True)
 
     @contextmanager
-    def bar(self, items: Sequence[T], label: str, item_label: Callable[[T], str] | None = None
-            ) -> Iterator[Iterable[T]]:
+    def bar(
+        self, items: Sequence[T], label: str, item_label: Callable[[T], str] | None = None
+    ) -> Iterator[Iterable[T]]:
         self(label)
         yield items
 
@@ -56,8 +58,9 @@ class SilentProgress:
         return None
 
     @contextmanager
-    def bar(self, items: Sequence[T], label: str, item_label: Callable[[T], str] | None = None
-            ) -> Iterator[Iterable[T]]:
+    def bar(
+        self, items: Sequence[T], label: str, item_label: Callable[[T], str] | None = None
+    ) -> Iterator[Iterable[T]]:
         yield items
 
 

@@ -31,8 +31,9 @@ def as_dict(report: Any) -> dict[str, Any]:
     return asdict(report) if is_dataclass(report) and not isinstance(report, type) else dict(report)
 
 
-def write_report(directory: Path, name: str, report: Any, plots: PlotMaker | None = None, *,
-                 markdown: str | None = None) -> list[Path]:
+def write_report(
+    directory: Path, name: str, report: Any, plots: PlotMaker | None = None, *, markdown: str | None = None
+) -> list[Path]:
     """Write `directory/NAME.json`, `NAME.md` and (with `plots`) `NAME-<plot>.png`; returns the plot paths.
 
     When the report has a `plots` list attribute it is set to the written PNG paths before the JSON and
@@ -67,5 +68,8 @@ def write_report(directory: Path, name: str, report: Any, plots: PlotMaker | Non
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     """Lines of a Markdown table."""
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *["| " + " | ".join(row) + " |" for row in rows]]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(row) + " |" for row in rows],
+    ]

@@ -25,7 +25,12 @@ import numpy.typing as npt
 from edgeser.errors import BundleError
 from edgeser.text import CtcVocab
 
-AUDIO_ENCODER, CTC_HEAD, TEXT_ENCODER, FUSION_HEAD = "audio_encoder", "ctc_head", "text_encoder", "fusion_head"
+AUDIO_ENCODER, CTC_HEAD, TEXT_ENCODER, FUSION_HEAD = (
+    "audio_encoder",
+    "ctc_head",
+    "text_encoder",
+    "fusion_head",
+)
 STAGE_ORDER = (AUDIO_ENCODER, CTC_HEAD, TEXT_ENCODER, FUSION_HEAD)
 
 
@@ -63,6 +68,8 @@ class ManifestView(Protocol):
 
     @property
     def supports_padded_batch(self) -> bool: ...
+
+
 # The steps between stages, timed like the stages.
 CTC_DECODE, TOKENIZE = "ctc_decode", "tokenize"
 STEP_ORDER = (AUDIO_ENCODER, CTC_HEAD, CTC_DECODE, TOKENIZE, TEXT_ENCODER, FUSION_HEAD)
@@ -74,8 +81,14 @@ def stage_io(stage: str, uses_text: bool = True) -> tuple[tuple[str, ...], tuple
         AUDIO_ENCODER: (("waveform", "lengths"), ("features", "frame_lengths")),
         CTC_HEAD: (("features",), ("log_probs",)),
         TEXT_ENCODER: (("input_ids", "attention_mask"), ("token_features",)),
-        FUSION_HEAD: ((("features", "frame_lengths", "token_features", "attention_mask") if uses_text
-                       else ("features", "frame_lengths")), ("logits",)),
+        FUSION_HEAD: (
+            (
+                ("features", "frame_lengths", "token_features", "attention_mask")
+                if uses_text
+                else ("features", "frame_lengths")
+            ),
+            ("logits",),
+        ),
     }
     if stage not in table:
         raise BundleError(f"unknown stage {stage!r}; stages are {', '.join(STAGE_ORDER)}")
@@ -97,7 +110,9 @@ class Tokenizer(Protocol):
     def encode_batch(self, texts: list[str]) -> list[Any]: ...
 
 
-def pad_batch(arrays: Sequence[npt.NDArray[Any]], dtype: Any = np.float32) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
+def pad_batch(
+    arrays: Sequence[npt.NDArray[Any]], dtype: Any = np.float32
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
     """Zero-pad arrays along their first axis into `[B, max_len, ...]`, with the lengths `[B]` int64."""
     lengths = np.array([a.shape[0] for a in arrays], dtype=np.int64)
     longest = int(lengths.max()) if len(arrays) else 0
@@ -107,7 +122,9 @@ def pad_batch(arrays: Sequence[npt.NDArray[Any]], dtype: Any = np.float32) -> tu
     return batch, lengths
 
 
-def apply_frame_layout(sample_lengths: npt.ArrayLike, layout: Iterable[Sequence[int]]) -> npt.NDArray[np.int64]:
+def apply_frame_layout(
+    sample_lengths: npt.ArrayLike, layout: Iterable[Sequence[int]]
+) -> npt.NDArray[np.int64]:
     """Frame lengths through time-reducing steps `[kernel, stride, total_padding, min_length]`:
     `max((L + total_padding - kernel) // stride + 1, min_length)`, never below 0."""
     lengths = np.asarray(sample_lengths, dtype=np.int64)
@@ -116,7 +133,9 @@ def apply_frame_layout(sample_lengths: npt.ArrayLike, layout: Iterable[Sequence[
     return lengths
 
 
-def tokenize(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+def tokenize(
+    tokenizer: Tokenizer, texts: Sequence[str]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Token ids and attention mask `[B, L]` int64, zero-padded to the longest (L >= 1; empty text: no tokens)."""
     encodings = tokenizer.encode_batch([t or "" for t in texts])
     length = max(1, max((len(e.ids) for e in encodings), default=1))
@@ -236,7 +255,9 @@ class StageGraph:
         """Greedy CTC decode of each clip's valid frames."""
         if self.vocab is None:
             raise BundleError(f"{self.source}: no CTC vocabulary to decode with")
-        return [self.vocab.decode_log_probs(log_probs[i], int(frame_lengths[i])) for i in range(len(log_probs))]
+        return [
+            self.vocab.decode_log_probs(log_probs[i], int(frame_lengths[i])) for i in range(len(log_probs))
+        ]
 
     def tokenize(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Token ids and attention mask `[B, L]` int64 (L >= 1), as the text encoder was exported."""
@@ -250,18 +271,26 @@ class StageGraph:
         """The inputs of `stage` taken by name from `values`."""
         missing = [n for n in self.inputs[stage] if n not in values]
         if missing:
-            raise BundleError(f"{self.source}: stage {stage} needs {', '.join(missing)}, which nothing produced")
+            raise BundleError(
+                f"{self.source}: stage {stage} needs {', '.join(missing)}, which nothing produced"
+            )
         return {name: values[name] for name in self.inputs[stage]}
 
-    def run_stage(self, runners: Mapping[str, StageRunner], stage: str, values: Mapping[str, np.ndarray]
-                  ) -> dict[str, np.ndarray]:
+    def run_stage(
+        self, runners: Mapping[str, StageRunner], stage: str, values: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         """Run one stage on the named tensors in `values` (e.g. a reference run's), returning its outputs."""
         if stage not in runners:
             raise BundleError(f"{self.source}: no runner for stage {stage}")
         return runners[stage].run(self.feeds(stage, values))
 
-    def run(self, runners: Mapping[str, StageRunner], waves: Sequence[npt.NDArray[np.float32]], *,
-            transcripts: Sequence[str] | None = None) -> StageRun:
+    def run(
+        self,
+        runners: Mapping[str, StageRunner],
+        waves: Sequence[npt.NDArray[np.float32]],
+        *,
+        transcripts: Sequence[str] | None = None,
+    ) -> StageRun:
         """Chain the stages on a batch of 16 kHz mono waveforms (zero-padded together where the model allows).
 
         `transcripts` replace the CTC transcripts as the text input (ground-truth text evaluation).
@@ -269,8 +298,12 @@ class StageGraph:
         if not waves:
             raise BundleError(f"{self.source}: no waveforms to run")
         if not self.supports_padded_batch and len(waves) > 1:
-            return stack_runs([self.run(runners, [wave], transcripts=None if transcripts is None else [transcripts[i]])
-                               for i, wave in enumerate(waves)])
+            return stack_runs(
+                [
+                    self.run(runners, [wave], transcripts=None if transcripts is None else [transcripts[i]])
+                    for i, wave in enumerate(waves)
+                ]
+            )
         timings: dict[str, float] = {}
         raw: dict[str, dict[str, np.ndarray]] = {}
         batch, lengths = pad_batch(waves)
@@ -316,5 +349,7 @@ def stack_runs(runs: Sequence[StageRun]) -> StageRun:
     for run in runs:
         for key, value in run.timings_ms.items():
             timings[key] = timings.get(key, 0.0) + value
-    transcripts = [t for r in runs for t in (r.transcripts or [])] if runs[0].transcripts is not None else None
+    transcripts = (
+        [t for r in runs for t in (r.transcripts or [])] if runs[0].transcripts is not None else None
+    )
     return StageRun(values, transcripts, timings)

@@ -44,8 +44,9 @@ def chunks(path: Path, fast: bool, chunk_ms: int = 20) -> tuple[int, Iterator[np
     def play() -> Iterator[np.ndarray]:
         started, fed = time.perf_counter(), 0
         with handle:
-            for block in handle.blocks(blocksize=handle.samplerate * chunk_ms // 1000, dtype="float32",
-                                       always_2d=True):
+            for block in handle.blocks(
+                blocksize=handle.samplerate * chunk_ms // 1000, dtype="float32", always_2d=True
+            ):
                 if not fast:
                     time.sleep(max(0.0, fed / handle.samplerate - (time.perf_counter() - started)))
                 fed += block.shape[0]
@@ -57,8 +58,10 @@ def chunks(path: Path, fast: bool, chunk_ms: int = 20) -> tuple[int, Iterator[np
 def react(event: Utterance) -> str:
     p = event.prediction
     manner = REACTIONS.get(p.label, "carry on") if p.confidence >= MIN_CONFIDENCE else "carry on (unsure)"
-    return (f"kiosk: {event.start_s:6.2f}-{event.end_s:6.2f} s customer sounds {p.label} ({p.confidence:.2f}), "
-            f"heard {p.transcript or '-'!r} -> {manner} [{1e3 * event.latency_s:.0f} ms after they stopped]")
+    return (
+        f"kiosk: {event.start_s:6.2f}-{event.end_s:6.2f} s customer sounds {p.label} ({p.confidence:.2f}), "
+        f"heard {p.transcript or '-'!r} -> {manner} [{1e3 * event.latency_s:.0f} ms after they stopped]"
+    )
 
 
 def main() -> int:

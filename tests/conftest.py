@@ -77,7 +77,9 @@ def tiny_cmgi_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # printed. With the recipes' bounded gate its logits spread half as much and the INT8 logit cosine on 12
     # TESS clips is 0.989 instead of 0.994 (features 0.998 either way): kept as it was.
     fusion = {**resolve_size(load_recipe("cmgi"), "small")["fusion"], "gate": "linear_of_sigmoid"}
-    model = build_model("cmgi", "small", TEST_LABELS, overrides={"acoustic": TINY_HUBERT, "fusion": fusion}).eval()
+    model = build_model(
+        "cmgi", "small", TEST_LABELS, overrides={"acoustic": TINY_HUBERT, "fusion": fusion}
+    ).eval()
     with torch.no_grad():  # a CTC head that emits varied characters, so the text path sees real tokens
         model.ctc_head.proj.weight.mul_(30.0)
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "cmgi", {}, {"data_spec": "tests"})

@@ -21,7 +21,10 @@ MODELS = ("cmgi", "gcf2net", "mscnn_spu_att", "saser", "stfnet")
 def test_every_shipped_file_lies_inside_the_imported_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ZOO_ENV, raising=False)
     package = Path(edgeser.__file__).resolve().parent
-    assert shipped_dir().resolve() == package / "shipped" and zoo_dir().resolve() == package / "shipped" / "models"
+    assert (
+        shipped_dir().resolve() == package / "shipped"
+        and zoo_dir().resolve() == package / "shipped" / "models"
+    )
     for name in MODELS:
         recipe = json.loads((zoo_dir() / f"{name}.json").read_text(encoding="utf-8"))
         assert recipe["model"] == name and "small" in recipe["sizes"]

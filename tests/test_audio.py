@@ -51,7 +51,10 @@ def test_bytes_input_matches_file(tmp_path: Path) -> None:
         (lambda p: p.write_bytes(b"RIFF\x00\x00garbage that is not audio" * 3), "unreadable or corrupt"),
         (lambda p: sf.write(p, tone(0.05), SAMPLE_RATE), "too short"),
         (lambda p: sf.write(p, np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE), "all-silent"),
-        (lambda p: sf.write(p, np.full(SAMPLE_RATE, np.nan, np.float32), SAMPLE_RATE, subtype="FLOAT"), "NaN"),
+        (
+            lambda p: sf.write(p, np.full(SAMPLE_RATE, np.nan, np.float32), SAMPLE_RATE, subtype="FLOAT"),
+            "NaN",
+        ),
         (lambda p: sf.write(p, np.zeros((0,), np.float32), SAMPLE_RATE), "empty"),
     ],
     ids=["zero-bytes", "corrupt", "too-short", "silent", "nan", "no-samples"],

@@ -63,8 +63,11 @@ def test_cli_bad_bundles(stfnet_bundle: Path, tmp_path: Path) -> None:
     clip = write_audio(tmp_path / "clip.wav", seconds=1.0)
     code, _, err = cli(["predict", str(tmp_path / "nope"), str(clip)])
     assert code == 1 and "bundle folder not found" in one_line_error(err, "nope")
-    cases = ((json.dumps([1, 2]), "expected a JSON object, got list"),
-             (json.dumps("text"), "expected a JSON object, got str"), ("{not json", "corrupt manifest"))
+    cases = (
+        (json.dumps([1, 2]), "expected a JSON object, got list"),
+        (json.dumps("text"), "expected a JSON object, got str"),
+        ("{not json", "corrupt manifest"),
+    )
     for index, (body, problem) in enumerate(cases):
         broken = copy(stfnet_bundle, tmp_path / f"b{index}")
         (broken / "bundle.json").write_text(body)
@@ -76,7 +79,10 @@ def test_cli_bad_bundles(stfnet_bundle: Path, tmp_path: Path) -> None:
     (labels / "bundle.json").write_text(json.dumps(manifest))
     code, _, err = cli(["predict", str(labels), str(clip)])
     assert code == 1 and "4 labels but the fusion head outputs 7 logits" in one_line_error(err, "bundle.json")
-    manifest["stages"]["fusion_head"]["outputs"][0]["shape"] = ["batch", 4]  # a consistent lie: the graph says 7
+    manifest["stages"]["fusion_head"]["outputs"][0]["shape"] = [
+        "batch",
+        4,
+    ]  # a consistent lie: the graph says 7
     (labels / "bundle.json").write_text(json.dumps(manifest))
     code, _, err = cli(["predict", str(labels), str(clip)])
     assert code == 1 and "lists 4 labels but the fusion head" in one_line_error(err, str(labels))
@@ -93,8 +99,9 @@ def test_cli_bad_audio_files_are_reported_and_the_rest_still_run(stfnet_bundle: 
     sf.write(long, np.zeros(31 * 16_000, np.float32) + 0.1, 16_000)
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
-    code, out, err = cli(["predict", str(stfnet_bundle), str(tmp_path / "missing.wav"), str(empty), str(long),
-                          str(good)])
+    code, out, err = cli(
+        ["predict", str(stfnet_bundle), str(tmp_path / "missing.wav"), str(empty), str(long), str(good)]
+    )
     assert code == 1 and out.startswith(str(good)) and len(out.splitlines()) == 1  # the good file still ran
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 3 and "Traceback" not in err
@@ -127,10 +134,19 @@ def test_cli_long_without_speech_says_so_and_invents_no_label(stfnet_bundle: Pat
         (["bench", "B", "--rounds", "ten"], "'ten' is not a valid integer"),
         (["check", "parity", "B", "--data", "emodb:x", "--limit", "-5"], "-5 is not in the range x>=1"),
         (["check", "parity", "B", "--data", "emodb:x", "--limit", "0"], "0 is not in the range x>=1"),
-        (["check", "variants", "B", "--data", "emodb:x", "--min-agreement", "1.5"], "1.5 is not in the range"),
+        (
+            ["check", "variants", "B", "--data", "emodb:x", "--min-agreement", "1.5"],
+            "1.5 is not in the range",
+        ),
         (["export", "--model", "nosuch"], "'nosuch' is not one of 'cmgi', 'gcf2net'"),
-        (["train", "--model", "stfnet", "--data", "emodb:x", "--protocol", "nosuch"], "'nosuch' is not one of"),
-        (["quantize", "B"], "choose at least one of --int8, --int8-trt, --int8-trt-fp16, --int8-dynamic, --fp16"),
+        (
+            ["train", "--model", "stfnet", "--data", "emodb:x", "--protocol", "nosuch"],
+            "'nosuch' is not one of",
+        ),
+        (
+            ["quantize", "B"],
+            "choose at least one of --int8, --int8-trt, --int8-trt-fp16, --int8-dynamic, --fp16",
+        ),
     ],
 )
 def test_cli_usage_errors_exit_2_naming_the_option(args: list[str], needle: str) -> None:
@@ -144,7 +160,9 @@ def two_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     from edgeser.runtime import options
 
     monkeypatch.setattr(options, "logical_cores", lambda: 2)
-    monkeypatch.delenv(options.FORCE_THREADS_ENV, raising=False)  # and `--force-threads` sets it: undone after
+    monkeypatch.delenv(
+        options.FORCE_THREADS_ENV, raising=False
+    )  # and `--force-threads` sets it: undone after
 
 
 RAY = ["--ray", "x.csv", "--out", "o.parquet"]
@@ -154,8 +172,11 @@ CORES = "threads is more than the 2 logical cores here"
 BOUND_CASES = [
     (["predict", "B", "x.wav", "--threads", "5000"], "--threads", f"5000 {CORES}"),
     (["predict", "B", "x.wav", "--threads", "3"], "--threads", f"3 {CORES}"),
-    (["predict", "B", "x.wav", "--force-threads", "--threads", "9"], "--threads", "more than 8 (4 per logical "
-     "core, 2 here) even when forced"),
+    (
+        ["predict", "B", "x.wav", "--force-threads", "--threads", "9"],
+        "--threads",
+        "more than 8 (4 per logical core, 2 here) even when forced",
+    ),
     (["predict", "B", "x.wav", "--threads", "9", "--force-threads"], "--threads", "even when forced"),
     (["predict", "B", "x.wav", "--threads", "-3"], "--threads", "expected a positive integer, got -3"),
     (["predict", "B", "x.wav", "--threads", "0"], "--threads", "expected a positive integer, got 0"),
@@ -173,17 +194,27 @@ BOUND_CASES = [
     (["calibrate", "B", "--data", "emodb:x", "--threads", "5000"], "--threads", f"5000 {CORES}"),
     (["quantize", "B", "--int8", "--threads", "5000"], "--threads", f"5000 {CORES}"),
     (["quantize", "B", "--int8", "--speed-threads", "5000"], "--speed-threads", f"5000 {CORES}"),
-    (["quantize", "B", "--int8", "--max-ua-drop", "1", "--validation-clips", "100000"], "--validation-clips",
-     "100000 is outside 1..4096"),
+    (
+        ["quantize", "B", "--int8", "--max-ua-drop", "1", "--validation-clips", "100000"],
+        "--validation-clips",
+        "100000 is outside 1..4096",
+    ),
     (["check", "B", "--data", "emodb:x", "--threads", "5000"], "--threads", f"5000 {CORES}"),
-    (["check", "variants", "B", "--data", "emodb:x", "--warmup", "1000"], "--warmup", "1000 is outside 0..100"),
+    (
+        ["check", "variants", "B", "--data", "emodb:x", "--warmup", "1000"],
+        "--warmup",
+        "1000 is outside 0..100",
+    ),
     (["bench", "B", "--threads", "1,5000"], "--threads", f"5000 {CORES}"),
     (["bench", "B", "--batch-sizes", "1,100000"], "--batch-sizes", "100000 is outside 1..256"),
     (["bench", "B", "--lengths", "4.5,3600"], "--lengths", "3600 is outside 0.1..30"),
     (["bench", "B", "--rounds", "100000"], "--rounds", "100000 is outside 1..1000"),
     (["bench", "B", "--warmup", "-1"], "--warmup", "-1 is outside 0..100"),
-    (["train", "--model", "stfnet", "--data", "emodb:x", "--batch-size", "100000"], "--batch-size",
-     "100000 is outside 1..4096"),
+    (
+        ["train", "--model", "stfnet", "--data", "emodb:x", "--batch-size", "100000"],
+        "--batch-size",
+        "100000 is outside 1..4096",
+    ),
     (["export-triton", "B", "repo", "--max-batch", "100000"], "--max-batch", "100000 is outside 1..256"),
     (["export-triton", "B", "repo", "--instances", "1000"], "--instances", "1000 is outside 1..64"),
     (["serve", "B", "--max-batch", "0"], "--max-batch", "0 is outside 1..256"),
@@ -199,10 +230,17 @@ BOUND_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("args", "option", "problem"), BOUND_CASES, ids=[" ".join(c[0]) for c in BOUND_CASES])
+@pytest.mark.parametrize(
+    ("args", "option", "problem"), BOUND_CASES, ids=[" ".join(c[0]) for c in BOUND_CASES]
+)
 def test_cli_resource_bounds_refuse_in_one_line_before_any_work(
-        two_cores: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], option: str,
-        problem: str) -> None:
+    two_cores: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    option: str,
+    problem: str,
+) -> None:
     """Every option that sizes a resource is bounded: one line naming the option, the bound and why, exit 1.
     The bundle B does not exist, so the refusal comes from the option itself, before any work (nothing written
     in the working folder either)."""
@@ -229,8 +267,9 @@ def _spy_sessions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return opened
 
 
-def test_cli_too_many_threads_never_open_a_session(stfnet_bundle: Path, tmp_path: Path, two_cores: None,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_too_many_threads_never_open_a_session(
+    stfnet_bundle: Path, tmp_path: Path, two_cores: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`predict --threads 5000` took the host's process table; now no onnxruntime session is made. Forced, up to
     4 threads a core run, and every stage session gets exactly that many."""
 
@@ -263,8 +302,18 @@ def test_cli_export_never_loses_work(stfnet_bundle: Path, tmp_path: Path) -> Non
     code, _, err = cli(["export", "--model", "stfnet", "--out", str(worked)])
     assert code == 1 and "calibration, reports/" in one_line_error(err, "--force")
     assert (worked / "reports" / "variants.md").read_text() == "results"
-    code, _, err = cli(["export", "--model", "stfnet", "--random-weights", "--checkpoint", str(worked),
-                        "--out", str(tmp_path / "x")])
+    code, _, err = cli(
+        [
+            "export",
+            "--model",
+            "stfnet",
+            "--random-weights",
+            "--checkpoint",
+            str(worked),
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     assert code == 1 and "exclude each other" in one_line_error(err)
     code, _, err = cli(["export", "--model", "stfnet", "--out", "/sys/edgeser-test-bundle"])
     assert code == 1 and "cannot write" in one_line_error(err, "/sys")
@@ -291,11 +340,21 @@ def test_cli_bad_data(stfnet_bundle: Path, shared_data: Path, tmp_path: Path) ->
     assert code == 1 and one_line_error(err, "tess")
     code, _, err = cli(["quantize", str(stfnet_bundle), "--int8"])
     assert code == 1 and "run `edgeser calibrate" in one_line_error(err, str(stfnet_bundle))
-    code, _, err = cli(["calibrate", str(stfnet_bundle), "--data", f"emodb:{shared_data / 'emodb'}", "--ids",
-                        str(tmp_path / "none.txt")])
+    code, _, err = cli(
+        [
+            "calibrate",
+            str(stfnet_bundle),
+            "--data",
+            f"emodb:{shared_data / 'emodb'}",
+            "--ids",
+            str(tmp_path / "none.txt"),
+        ]
+    )
     assert code == 1 and "ids file not found" in one_line_error(err, "none.txt")
     code, _, err = cli(["check", str(stfnet_bundle), "--data", f"tess:{shared_data / 'tess'}", "--fold", "1"])
-    assert code == 1 and "trained on tess fold 0" in one_line_error(err, "fold 1")  # the shipped default's fold
+    assert code == 1 and "trained on tess fold 0" in one_line_error(
+        err, "fold 1"
+    )  # the shipped default's fold
 
 
 def test_cli_on_the_lean_install_names_the_extra(tmp_path: Path) -> None:
@@ -312,8 +371,14 @@ def test_cli_on_the_lean_install_names_the_extra(tmp_path: Path) -> None:
         main(["export", "--model", "stfnet", "--out", sys.argv[1]], prog_name="edgeser")
         """
     )
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "b")], capture_output=True, text=True,
-                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     assert done.returncode == 1 and "pip install 'edgeser[export]'" in one_line_error(done.stderr, "torch")
 
 
@@ -346,8 +411,9 @@ def test_api_bad_options(stfnet_bundle: Path, pipe: Pipeline) -> None:
         pipe.long((tone(2.0), 16_000), bogus=1)  # type: ignore[call-arg]
 
 
-def test_api_resource_bounds(stfnet_bundle: Path, pipe: Pipeline, tmp_path: Path, two_cores: None,
-                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_resource_bounds(
+    stfnet_bundle: Path, pipe: Pipeline, tmp_path: Path, two_cores: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The API refuses what the CLI refuses, with the same bound and reason, before opening or reading anything."""
 
     from edgeser.bench.core import BenchOptions
@@ -364,15 +430,27 @@ def test_api_resource_bounds(stfnet_bundle: Path, pipe: Pipeline, tmp_path: Path
 
     opened = _spy_sessions(monkeypatch)
     cores = "threads is more than the 2 logical cores here"
-    _raises(lambda: Pipeline.load(stfnet_bundle, threads=5000), OptionError, "threads", f"5000 {cores}",
-            "process table", "force_threads=True")
+    _raises(
+        lambda: Pipeline.load(stfnet_bundle, threads=5000),
+        OptionError,
+        "threads",
+        f"5000 {cores}",
+        "process table",
+        "force_threads=True",
+    )
     _raises(lambda: Pipeline.load(stfnet_bundle, threads=3), OptionError, f"3 {cores}")
-    _raises(lambda: Pipeline.load(stfnet_bundle, threads=9, force_threads=True), OptionError, "threads",
-            "more than 8 (4 per logical core, 2 here) even when forced")
+    _raises(
+        lambda: Pipeline.load(stfnet_bundle, threads=9, force_threads=True),
+        OptionError,
+        "threads",
+        "more than 8 (4 per logical core, 2 here) even when forced",
+    )
     fp32 = stfnet_bundle / "fp32" / "fusion_head.onnx"
     _raises(lambda: make_session(fp32, threads=9), OptionError, "even when forced")  # every caller's ceiling
     assert opened == []
-    assert Pipeline.load(stfnet_bundle, threads=3, force_threads=True).labels == pipe.labels and set(opened) == {3}
+    assert Pipeline.load(stfnet_bundle, threads=3, force_threads=True).labels == pipe.labels and set(
+        opened
+    ) == {3}
     monkeypatch.setenv(FORCE_THREADS_ENV, "1")
     opened.clear()
     Pipeline.load(stfnet_bundle, threads=8)
@@ -382,11 +460,18 @@ def test_api_resource_bounds(stfnet_bundle: Path, pipe: Pipeline, tmp_path: Path
     opened.clear()
 
     wave = (tone(1.0), 16_000)
-    _raises(lambda: pipe.batch([wave], batch_size=100_000), OptionError, "batch_size", "100000 is outside 1..256")
+    _raises(
+        lambda: pipe.batch([wave], batch_size=100_000), OptionError, "batch_size", "100000 is outside 1..256"
+    )
     _raises(lambda: SegmentOptions(max_segment_s=600), OptionError, "max_segment_s", "<= 30 s")
     five_hours = sparse_wav(tmp_path / "5h.wav", 16_000, 1, 5 * 3600 * 16_000)
-    _raises(lambda: pipe.long(five_hours), AudioError, "5h.wav", "too long: 18000.0 s (maximum 14400 s)",
-            "holds the whole recording in memory")
+    _raises(
+        lambda: pipe.long(five_hours),
+        AudioError,
+        "5h.wav",
+        "too long: 18000.0 s (maximum 14400 s)",
+        "holds the whole recording in memory",
+    )
     five_hours.unlink()
     _raises(lambda: BenchOptions(threads=(1, 5000)), OptionError, "--threads", f"5000 {cores}")
     assert BenchOptions(threads=(3,), force_threads=True).threads == (3,)
@@ -395,23 +480,47 @@ def test_api_resource_bounds(stfnet_bundle: Path, pipe: Pipeline, tmp_path: Path
     _raises(lambda: BenchOptions(rounds=10**6), OptionError, "--rounds", "1000000 is outside 1..1000")
     _raises(lambda: RayOptions(workers=10**5), OptionError, "--workers", "100000 is outside 1..256")
     _raises(lambda: RayOptions(cpus_per_worker=float("inf")), OptionError, "--cpus-per-worker", "finite")
-    _raises(lambda: RepositoryOptions(max_batch=10**5), OptionError, "--max-batch", "100000 is outside 1..256")
+    _raises(
+        lambda: RepositoryOptions(max_batch=10**5), OptionError, "--max-batch", "100000 is outside 1..256"
+    )
     _raises(lambda: RepositoryOptions(instances=1000), OptionError, "--instances", "1000 is outside 1..64")
-    _raises(lambda: write_serving_repository(stfnet_bundle, tmp_path / "repo", threads=5000), OptionError,
-            "threads", f"5000 {cores}")
+    _raises(
+        lambda: write_serving_repository(stfnet_bundle, tmp_path / "repo", threads=5000),
+        OptionError,
+        "threads",
+        f"5000 {cores}",
+    )
     _raises(lambda: Int8Options(speed_threads=5000), OptionError, "speed_threads", f"5000 {cores}")
-    nowhere = f"emodb:{tmp_path / 'no-corpus'}"  # a refusal from the corpus would mean the bound came too late
-    _raises(lambda: calibrate_bundle(stfnet_bundle, nowhere, samples=10**6), OptionError, "samples",
-            "1000000 is outside 1..4096")
-    _raises(lambda: calibrate_bundle(stfnet_bundle, nowhere, buckets_s=(2.0, 3600.0)), OptionError, "buckets_s",
-            "3600 is outside 0.1..30")
+    nowhere = (
+        f"emodb:{tmp_path / 'no-corpus'}"  # a refusal from the corpus would mean the bound came too late
+    )
+    _raises(
+        lambda: calibrate_bundle(stfnet_bundle, nowhere, samples=10**6),
+        OptionError,
+        "samples",
+        "1000000 is outside 1..4096",
+    )
+    _raises(
+        lambda: calibrate_bundle(stfnet_bundle, nowhere, buckets_s=(2.0, 3600.0)),
+        OptionError,
+        "buckets_s",
+        "3600 is outside 0.1..30",
+    )
     _raises(lambda: calibrate_bundle(stfnet_bundle, nowhere, threads=5000), OptionError, f"5000 {cores}")
     _raises(lambda: check_variants(stfnet_bundle, nowhere, threads=5000), OptionError, f"5000 {cores}")
-    _raises(lambda: check_variants(stfnet_bundle, nowhere, warmup=10**6), OptionError, "warmup", "outside 0..100")
-    _raises(lambda: quantize_controlled(stfnet_bundle, 1.0, validation_clips=10**6), OptionError,
-            "validation_clips", "1000000 is outside 1..4096")
+    _raises(
+        lambda: check_variants(stfnet_bundle, nowhere, warmup=10**6), OptionError, "warmup", "outside 0..100"
+    )
+    _raises(
+        lambda: quantize_controlled(stfnet_bundle, 1.0, validation_clips=10**6),
+        OptionError,
+        "validation_clips",
+        "1000000 is outside 1..4096",
+    )
     _raises(lambda: TrainConfig(batch_size=10**6), OptionError, "batch_size", "1000000 is outside 1..4096")
-    _raises(lambda: BuildOptions("fp16", workspace_mb=10**9), OptionError, "workspace_mb", "outside 1..262144")
+    _raises(
+        lambda: BuildOptions("fp16", workspace_mb=10**9), OptionError, "workspace_mb", "outside 1..262144"
+    )
     assert opened == [] and list(tmp_path.iterdir()) == []
 
 
@@ -466,10 +575,21 @@ def test_api_batch_gives_each_input_its_own_result(pipe: Pipeline, tmp_path: Pat
 def wav_header(rate: int, channels: int, frames: int) -> bytes:
     """The 44-byte header of a 16-bit PCM WAV holding `frames` frames."""
     data_bytes = frames * channels * 2
-    return (b"RIFF" + (36 + data_bytes).to_bytes(4, "little") + b"WAVE" + b"fmt " + (16).to_bytes(4, "little")
-            + (1).to_bytes(2, "little") + channels.to_bytes(2, "little") + rate.to_bytes(4, "little")
-            + (rate * channels * 2).to_bytes(4, "little") + (channels * 2).to_bytes(2, "little")
-            + (16).to_bytes(2, "little") + b"data" + data_bytes.to_bytes(4, "little"))
+    return (
+        b"RIFF"
+        + (36 + data_bytes).to_bytes(4, "little")
+        + b"WAVE"
+        + b"fmt "
+        + (16).to_bytes(4, "little")
+        + (1).to_bytes(2, "little")
+        + channels.to_bytes(2, "little")
+        + rate.to_bytes(4, "little")
+        + (rate * channels * 2).to_bytes(4, "little")
+        + (channels * 2).to_bytes(2, "little")
+        + (16).to_bytes(2, "little")
+        + b"data"
+        + data_bytes.to_bytes(4, "little")
+    )
 
 
 def sparse_wav(path: Path, rate: int, channels: int, frames: int) -> Path:
@@ -483,7 +603,8 @@ def sparse_wav(path: Path, rate: int, channels: int, frames: int) -> Path:
 
 
 def test_api_an_hour_as_bytes_or_a_file_object_is_refused_from_its_header(
-        pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipe: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An hour of 16 kHz stereo WAV (230 MB) given as bytes, `io.BytesIO` or an open file is refused from its
     header as a path is: nothing decoded, and less than 200 MB allocated on the way (tracemalloc sees Python's
     and numpy's buffers; copying the bytes once would be 230 MB)."""
@@ -499,11 +620,20 @@ def test_api_an_hour_as_bytes_or_a_file_object_is_refused_from_its_header(
 
     monkeypatch.setattr(sf, "read", no_decoding)
     with path.open("rb") as handle:
-        for audio, name in ((data, f"<{len(data)} bytes>"), (io.BytesIO(data), "<BytesIO>"), (handle, str(path))):
+        for audio, name in (
+            (data, f"<{len(data)} bytes>"),
+            (io.BytesIO(data), "<BytesIO>"),
+            (handle, str(path)),
+        ):
             tracemalloc.start()
             try:
-                message = _raises(lambda: pipe(audio), AudioError, name, "too long: 3600.0 s (maximum 30 s)",  # noqa: B023
-                                  "--long")
+                message = _raises(
+                    lambda: pipe(audio),  # noqa: B023
+                    AudioError,
+                    name,
+                    "too long: 3600.0 s (maximum 30 s)",
+                    "--long",
+                )
                 peak = tracemalloc.get_traced_memory()[1]
             finally:
                 tracemalloc.stop()
@@ -557,8 +687,13 @@ def test_refusing_an_hour_of_48k_stereo_decides_from_the_header(tmp_path: Path) 
         print(peak_mb())
         """
     )
-    done = subprocess.run([sys.executable, "-c", script, str(path), str(manifest)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path), str(manifest)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
     message, refuse_mb, reason, scan_mb = done.stdout.splitlines()
     assert "too long: 3600.0 s (maximum 30 s)" in message and "--long" in message
     assert int(refuse_mb) < 200 and int(scan_mb) < 200, done.stdout

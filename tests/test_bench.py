@@ -35,11 +35,14 @@ def test_clips_are_exact_windows_of_real_speech(shared_data: Path) -> None:
     assert [c.size for c in clips] == [40_000, 40_000] and not np.array_equal(clips[0], clips[1])
     assert np.array_equal(clips[0], speech.wave[:40_000]) and clips[0].dtype == np.float32
     longer = speech.clips(speech.seconds * 1.5, 1)[0]  # longer than the speech: it wraps around, still real
-    assert longer.size == round(speech.seconds * 1.5 * 16_000) and np.array_equal(longer[: speech.wave.size], speech.wave)
+    assert longer.size == round(speech.seconds * 1.5 * 16_000) and np.array_equal(
+        longer[: speech.wave.size], speech.wave
+    )
 
 
-def test_without_speech_bench_says_what_to_pass(bench_bundle: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_speech_bench_says_what_to_pass(
+    bench_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("EDGESER_DATA", str(tmp_path / "nothing"))
     monkeypatch.chdir(tmp_path)
     assert clip_module.resolve_sources([]) == [f"manifest:{demo_clips()}"]  # a fresh clone: the shipped clips
@@ -61,6 +64,7 @@ def test_rounds_are_interleaved_and_alternate() -> None:
         def run(waves):  # type: ignore[no-untyped-def]
             calls.append(name)
             return np.ones((1, 3, 4), np.float32), np.array([[0.0, 1.0]]), {"audio_encoder": 1.0}
+
         return run
 
     chains = {name: chain(name) for name in ("a", "b", "c")}
@@ -68,15 +72,37 @@ def test_rounds_are_interleaved_and_alternate() -> None:
     cells = measure_cell(chains, [np.zeros(16_000, np.float32)], 1.0, 1, 1, plan, "a", lambda _: None)
     assert calls == ["a", "b", "c", "a", "b", "c", "c", "b", "a", "a", "b", "c"]  # warm-up, then three rounds
     summary = cells[0].summary()
-    assert summary["runs"] == 3 and summary["feature_cosine"] == pytest.approx(1.0) and summary["label_agreement"] == 1.0
+    assert (
+        summary["runs"] == 3
+        and summary["feature_cosine"] == pytest.approx(1.0)
+        and summary["label_agreement"] == 1.0
+    )
     assert {"p50_ms", "p90_ms", "p99_ms", "rtf", "clips_per_s", "stages_p50_ms"} <= set(summary)
 
 
-def test_bench_writes_the_table_plots_and_machine(bench_bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_bench_writes_the_table_plots_and_machine(
+    bench_bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "reports"
-    args = [str(bench_bundle), "--lengths", "1,2", "--batch-sizes", "1,2", "--threads", "1", "--rounds", "2",
-            "--warmup", "1", "--compare", "--no-cold-start", "--clips", f"tess:{shared_data / 'tess'}",
-            "--out", str(out)]
+    args = [
+        str(bench_bundle),
+        "--lengths",
+        "1,2",
+        "--batch-sizes",
+        "1,2",
+        "--threads",
+        "1",
+        "--rounds",
+        "2",
+        "--warmup",
+        "1",
+        "--compare",
+        "--no-cold-start",
+        "--clips",
+        f"tess:{shared_data / 'tess'}",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(bench_command, args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "bench.json").read_text())
@@ -84,7 +110,9 @@ def test_bench_writes_the_table_plots_and_machine(bench_bundle: Path, shared_dat
     assert machine["cpu"] and machine["cpu_class"] and isinstance(machine["cpu_flags"], list)
     assert {"onnxruntime", "numpy"} <= set(machine["versions"]) and "gpus" in machine
     names = [v["name"] for v in report["variants"]]
-    assert names[:2] == ["edgeser fp32", "edgeser fp16"] and {"pytorch float", "quantize_dynamic"} <= set(names)
+    assert names[:2] == ["edgeser fp32", "edgeser fp16"] and {"pytorch float", "quantize_dynamic"} <= set(
+        names
+    )
     assert report["settings"]["interleaved_rounds"] and report["settings"]["clip_source"].startswith("tess:")
     cells = {(r["variant"], r["seconds"], r["batch"]): r for r in report["results"]}
     assert len(cells) == len(names) * 2 * 2
@@ -92,22 +120,45 @@ def test_bench_writes_the_table_plots_and_machine(bench_bundle: Path, shared_dat
         if name.startswith("openvino"):
             continue
         assert cell["error"] is None and cell["runs"] == 2, (name, cell["error"])
-        assert cell["p50_ms"] <= cell["p99_ms"] and cell["rtf"] == pytest.approx(cell["p50_ms"] / 1e3 / (seconds * batch))
+        assert cell["p50_ms"] <= cell["p99_ms"] and cell["rtf"] == pytest.approx(
+            cell["p50_ms"] / 1e3 / (seconds * batch)
+        )
         assert {"audio_encoder", "ctc_head", "text_encoder", "fusion_head"} <= set(cell["stages_p50_ms"])
     assert cells[("edgeser fp32", 2.0, 1)]["feature_cosine"] == pytest.approx(1.0)
     assert cells[("pytorch float", 2.0, 1)]["feature_cosine"] > 0.9999  # the same model, in PyTorch
-    assert report["headline"]["seconds"] == 2.0 and report["headline"]["fastest"] in names  # no 4.5 s: the middle
+    assert (
+        report["headline"]["seconds"] == 2.0 and report["headline"]["fastest"] in names
+    )  # no 4.5 s: the middle
     markdown = (out / "bench.md").read_text()
     assert "| edgeser fp32 |" in markdown and "vs PyTorch" in markdown and machine["cpu"] in markdown
     assert {p.name for p in out.glob("bench-*.png")} >= {"bench-latency.png", "bench-speedup.png"}
     assert "| edgeser fp32 |" in result.output  # the table is printed too
 
 
-def test_spinning_workers_are_a_setting_of_the_report(bench_bundle: Path, shared_data: Path, tmp_path: Path) -> None:
+def test_spinning_workers_are_a_setting_of_the_report(
+    bench_bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "reports"
-    args = [str(bench_bundle), "--lengths", "1", "--threads", "1", "--rounds", "1", "--warmup", "0", "--spin",
-            "--precisions", "fp32", "--no-cold-start", "--no-plots", "--clips", f"tess:{shared_data / 'tess'}",
-            "--out", str(out)]
+    args = [
+        str(bench_bundle),
+        "--lengths",
+        "1",
+        "--threads",
+        "1",
+        "--rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--spin",
+        "--precisions",
+        "fp32",
+        "--no-cold-start",
+        "--no-plots",
+        "--clips",
+        f"tess:{shared_data / 'tess'}",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(bench_command, args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "bench.json").read_text())
@@ -115,11 +166,28 @@ def test_spinning_workers_are_a_setting_of_the_report(bench_bundle: Path, shared
     assert "onnxruntime workers spin during runs" in (out / "bench.md").read_text()
 
 
-def test_cold_start_and_peak_memory_come_from_a_fresh_interpreter(bench_bundle: Path, shared_data: Path,
-                                                                   tmp_path: Path) -> None:
-    args = [str(bench_bundle), "--lengths", "1", "--threads", "1", "--rounds", "1", "--warmup", "0",
-            "--precisions", "fp32", "--no-plots", "--json", "--clips", f"tess:{shared_data / 'tess'}",
-            "--out", str(tmp_path)]
+def test_cold_start_and_peak_memory_come_from_a_fresh_interpreter(
+    bench_bundle: Path, shared_data: Path, tmp_path: Path
+) -> None:
+    args = [
+        str(bench_bundle),
+        "--lengths",
+        "1",
+        "--threads",
+        "1",
+        "--rounds",
+        "1",
+        "--warmup",
+        "0",
+        "--precisions",
+        "fp32",
+        "--no-plots",
+        "--json",
+        "--clips",
+        f"tess:{shared_data / 'tess'}",
+        "--out",
+        str(tmp_path),
+    ]
     result = CliRunner().invoke(bench_command, args)
     assert result.exit_code == 0, result.output
     cold = json.loads(result.stdout)["cold_start"]["edgeser fp32"]
@@ -132,8 +200,12 @@ def test_a_bundle_quantised_on_another_cpu_class_says_so(bench_bundle: Path) -> 
     manifest = read_manifest(bench_bundle)
     manifest.extra["quantization"]["int8"] = {"measured_on": {"cpu_class": "avx512-vnni", "cpu": "Xeon"}}
     notes = cpu_class_notes(manifest, {"cpu_class": "avx2"})
-    assert notes == [("int8 was quantised on a avx512-vnni CPU (Xeon); this machine is avx2: which stages pay in "
-                     "INT8 may differ here")]
+    assert notes == [
+        (
+            "int8 was quantised on a avx512-vnni CPU (Xeon); this machine is avx2: which stages pay in "
+            "INT8 may differ here"
+        )
+    ]
     assert cpu_class_notes(manifest, {"cpu_class": "avx512-vnni"}) == []
 
 

@@ -89,7 +89,9 @@ def test_tess_counts_and_odd_files(shared_data: Path) -> None:
     assert corpus.by_id()["507testYAF_germ_angry29"].transcript == "say the word germ"
     summary = summarise(corpus, decode=False)
     odd = {Path(p.path).name: p.reason for p in summary.problems if p.severity == "odd"}
-    assert "AIFF data" in odd["507testYAF_germ_angry29.wav"] and "AIFF data" in odd["672testYAF_neat_fear19.wav"]
+    assert (
+        "AIFF data" in odd["507testYAF_germ_angry29.wav"] and "AIFF data" in odd["672testYAF_neat_fear19.wav"]
+    )
     assert "96000 Hz" in odd["762testOAF_food_fear52.wav"]
     assert summary.sample_rates == {"24414": 2799, "96000": 1}
 
@@ -100,7 +102,11 @@ def test_ravdess_codes(tmp_path: Path) -> None:
     write_audio(tmp_path / "Actor_02" / "not-a-code.wav")
     corpus = load_corpus(f"ravdess:{tmp_path}")
     first, second = corpus.utterances
-    assert (first.label, first.speaker, first.transcript) == ("angry", "actor01", "Kids are talking by the door")
+    assert (first.label, first.speaker, first.transcript) == (
+        "angry",
+        "actor01",
+        "Kids are talking by the door",
+    )
     assert (second.label, second.transcript) == ("surprise", "Dogs are sitting by the door")
     assert len(corpus.problems) == 1 and "not-a-code.wav" in corpus.problems[0].path
 
@@ -121,7 +127,10 @@ def test_manifest_csv_and_jsonl(tmp_path: Path) -> None:
     reasons = sorted(p.reason for p in corpus.problems)
     assert reasons[0].startswith("row needs both") and "unreadable or corrupt" in reasons[1]
 
-    rows = [{"path": str(tmp_path / "clips" / "a.wav"), "label": "happy"}, {"path": "clips/b.wav", "label": "sad"}]
+    rows = [
+        {"path": str(tmp_path / "clips" / "a.wav"), "label": "happy"},
+        {"path": "clips/b.wav", "label": "sad"},
+    ]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     corpus = load_corpus(str(tmp_path / "m.jsonl"))  # a bare manifest path works too
     assert len(corpus) == 2 and corpus.fold_key == "none"
@@ -144,13 +153,16 @@ def test_summary_flags_stereo_files_and_identical_recordings(tmp_path: Path) -> 
 
     from tests.conftest import tone
 
-    same = (tone(0.8, freq=180.0) * 32767).astype(np.int16)  # integer samples: both containers hold them exactly
+    same = (tone(0.8, freq=180.0) * 32767).astype(
+        np.int16
+    )  # integer samples: both containers hold them exactly
     sf.write(tmp_path / "a.flac", same, 16_000)
     sf.write(tmp_path / "b.wav", same, 16_000)
     sf.write(tmp_path / "c.wav", tone(0.8, freq=260.0), 16_000, subtype="FLOAT")
     sf.write(tmp_path / "d.wav", np.stack([tone(0.8, freq=300.0)] * 2, axis=1), 16_000, subtype="FLOAT")
-    (tmp_path / "m.csv").write_text("path,label,speaker\na.flac,happy,s1\nb.wav,happy,s2\nc.wav,sad,s1\n"
-                                    "d.wav,sad,s2\n", encoding="utf-8")
+    (tmp_path / "m.csv").write_text(
+        "path,label,speaker\na.flac,happy,s1\nb.wav,happy,s2\nc.wav,sad,s1\nd.wav,sad,s2\n", encoding="utf-8"
+    )
     summary = summarise(load_corpus(f"manifest:{tmp_path / 'm.csv'}"))
     odd = {Path(p.path).name: p.reason for p in summary.problems if p.severity == "odd"}
     assert set(odd) == {"b.wav", "d.wav"}, odd
@@ -195,27 +207,40 @@ def test_multi_corpus_actor_folds_hold_every_speaker_out_once(shared_data: Path)
     corpus = load_corpus(f"multi:{shared_data}")
     assert corpus.labels == ["neutral", "calm", "happy", "sad", "angry", "fear", "disgust", "surprise"]
     per_corpus = Counter(corpus_of(u) for u in corpus.utterances)
-    assert per_corpus == {"ravdess": 1440, "tess": 2800, "emodb": 535 - 81}  # EMO-DB's 81 boredom clips dropped
+    assert per_corpus == {
+        "ravdess": 1440,
+        "tess": 2800,
+        "emodb": 535 - 81,
+    }  # EMO-DB's 81 boredom clips dropped
     speaker = {u.id: u.speaker for u in corpus.utterances}
     evaluated: Counter[str] = Counter()
     for index in range(len(ACTOR_FOLDS)):
         split = make_split(corpus, "actor-folds", index)
-        train, val, test = ({speaker[i] for i in ids} for ids in (split.train_ids, split.validation_ids,
-                                                                  split.eval_ids))
+        train, val, test = (
+            {speaker[i] for i in ids} for ids in (split.train_ids, split.validation_ids, split.eval_ids)
+        )
         assert not train & test and not val & test and not train & val
-        assert {s for s in test if s.startswith("ravdess/")} == {f"ravdess/actor{a:02d}" for a in ACTOR_FOLDS[index]}
+        assert {s for s in test if s.startswith("ravdess/")} == {
+            f"ravdess/actor{a:02d}" for a in ACTOR_FOLDS[index]
+        }
         assert not any(s.startswith("tess/") for s in test | val)
         evaluated.update(test)
         pair = {"ravdess/03-01-03-01-02-01-07", "ravdess/03-01-03-01-02-02-07"}
-        assert sum(bool(pair & set(ids)) for ids in (split.train_ids, split.validation_ids, split.eval_ids)) == 1
+        assert (
+            sum(bool(pair & set(ids)) for ids in (split.train_ids, split.validation_ids, split.eval_ids)) == 1
+        )
     assert set(evaluated.values()) == {1} and len(evaluated) == 24 + 10
     seven = load_corpus(f"multi:{shared_data}?labels=seven")
-    assert "calm" not in seven.labels and Counter(u.label for u in seven.utterances)["neutral"] == 96 + 192 + 400 + 79
+    assert (
+        "calm" not in seven.labels
+        and Counter(u.label for u in seven.utterances)["neutral"] == 96 + 192 + 400 + 79
+    )
     quarter = load_corpus(f"multi:{shared_data}?tess=0.25")  # the shipped cmgi edge default's training data
     tess = Counter((u.speaker, u.label) for u in quarter.utterances if corpus_of(u) == "tess")
     assert set(tess.values()) == {50} and len(tess) == 14 and quarter.dropped["tess/subsampled"] == 2100
-    assert [u.id for u in quarter.utterances if corpus_of(u) != "tess"] == \
-        [u.id for u in corpus.utterances if corpus_of(u) != "tess"]
+    assert [u.id for u in quarter.utterances if corpus_of(u) != "tess"] == [
+        u.id for u in corpus.utterances if corpus_of(u) != "tess"
+    ]
     for bad in ("0", "1.5", "half"):
         with pytest.raises(DataError, match="tess must be a fraction"):
             load_corpus(f"multi:{shared_data}?tess={bad}")
@@ -227,11 +252,18 @@ def test_manifest_split_column_fixes_the_split(tmp_path: Path) -> None:
     from edgeser.data.protocols import make_split, split_from_provenance
     from edgeser.errors import SplitError
 
-    rows = [("a", "happy", "s1", "eval"), ("b", "sad", "s1", "eval"), ("c", "happy", "s2", "train"),
-            ("d", "sad", "s3", "train"), ("e", "sad", "s3", "validation")]
+    rows = [
+        ("a", "happy", "s1", "eval"),
+        ("b", "sad", "s1", "eval"),
+        ("c", "happy", "s2", "train"),
+        ("d", "sad", "s3", "train"),
+        ("e", "sad", "s3", "validation"),
+    ]
     for name, *_ in rows:
         write_audio(tmp_path / f"{name}.wav", seconds=0.3)
-    text = "path,label,speaker,split\n" + "".join(f"{n}.wav,{label},{spk},{side}\n" for n, label, spk, side in rows)
+    text = "path,label,speaker,split\n" + "".join(
+        f"{n}.wav,{label},{spk},{side}\n" for n, label, spk, side in rows
+    )
     (tmp_path / "m.csv").write_text(text, encoding="utf-8")
     corpus = load_corpus(f"manifest:{tmp_path / 'm.csv'}")
     split = make_split(corpus, "manifest-split")
@@ -240,14 +272,18 @@ def test_manifest_split_column_fixes_the_split(tmp_path: Path) -> None:
     assert split_from_provenance(corpus, None).held_out == "split=eval (s1)"
     with pytest.raises(SplitError, match="one fold"):
         make_split(corpus, "manifest-split", 1)
-    (tmp_path / "bad.csv").write_text(text.replace("d.wav,sad,s3,train", "d.wav,sad,s3,test"), encoding="utf-8")
+    (tmp_path / "bad.csv").write_text(
+        text.replace("d.wav,sad,s3,train", "d.wav,sad,s3,test"), encoding="utf-8"
+    )
     with pytest.raises(DataError, match=r"bad.csv:5: split must be one of train, validation, eval"):
         load_corpus(f"manifest:{tmp_path / 'bad.csv'}")
     (tmp_path / "part.csv").write_text(text.replace(",s3,train", ",s3,"), encoding="utf-8")
     with pytest.raises(DataError, match=r"part.csv:5: split must be one of"):
         load_corpus(f"manifest:{tmp_path / 'part.csv'}")
     plain = tmp_path / "plain.csv"
-    plain.write_text("path,label,speaker\n" + "".join(f"{n}.wav,{label},{spk}\n" for n, label, spk, _ in rows),
-                     encoding="utf-8")
+    plain.write_text(
+        "path,label,speaker\n" + "".join(f"{n}.wav,{label},{spk}\n" for n, label, spk, _ in rows),
+        encoding="utf-8",
+    )
     with pytest.raises(SplitError, match="needs a manifest with a split column"):
         make_split(load_corpus(f"manifest:{plain}"), "manifest-split")

@@ -68,13 +68,20 @@ def stfnet_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 def test_kill_at_every_rename_of_export_keeps_a_complete_bundle(stfnet_checkpoints, tmp_path: Path) -> None:
     old, new = stfnet_checkpoints
     out = tmp_path / "build" / "stfnet"
-    assert run(["export", "--model", "stfnet", "--checkpoint", str(old), "--out", str(out)], None, tmp_path).returncode == 0
+    assert (
+        run(
+            ["export", "--model", "stfnet", "--checkpoint", str(old), "--out", str(out)], None, tmp_path
+        ).returncode
+        == 0
+    )
 
     def check() -> None:
         manifest = validate_bundle(out, "fp32")  # complete: manifest, every graph, checksums
         assert manifest.source_checkpoint["path"] in {str(old), str(new)}
 
-    renames = each_fault(["export", "--model", "stfnet", "--checkpoint", str(new), "--out", str(out)], tmp_path, check)
+    renames = each_fault(
+        ["export", "--model", "stfnet", "--checkpoint", str(new), "--out", str(out)], tmp_path, check
+    )
     assert renames >= 2  # the manifest write and the swap at least
     assert validate_bundle(out).source_checkpoint["path"] == str(new)
     assert debris(out.parent) == []  # the last, complete run removed what the killed ones left
@@ -84,8 +91,12 @@ def test_kill_at_every_rename_of_export_keeps_a_complete_bundle(stfnet_checkpoin
 def test_kill_at_every_rename_of_calibrate_and_quantize(stfnet_checkpoints, tmp_path: Path) -> None:
     old, _ = stfnet_checkpoints
     bundle = tmp_path / "stfnet"
-    assert run(["export", "--model", "stfnet", "--checkpoint", str(old), "--out", str(bundle)], None,
-               tmp_path).returncode == 0
+    assert (
+        run(
+            ["export", "--model", "stfnet", "--checkpoint", str(old), "--out", str(bundle)], None, tmp_path
+        ).returncode
+        == 0
+    )
     rows = ["path,label,speaker"]
     for i in range(8):
         clip = write_audio(tmp_path / "clips" / f"c{i}.wav", seconds=1.0 + 0.2 * i)
@@ -115,11 +126,19 @@ def test_kill_at_every_rename_of_calibrate_and_quantize(stfnet_checkpoints, tmp_
 
 
 def test_stale_staging_of_a_dead_process_is_removed_and_a_live_one_kept(tmp_path: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", (
-        "import os, sys; from pathlib import Path; from edgeser.files import staging_dir\n"
-        f"with staging_dir(Path({str(tmp_path)!r}), 'bundle') as s:\n"
-        "    (s / 'big.onnx').write_bytes(b'x' * 1000); os._exit(9)")],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    dead = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import os, sys; from pathlib import Path; from edgeser.files import staging_dir\n"
+                f"with staging_dir(Path({str(tmp_path)!r}), 'bundle') as s:\n"
+                "    (s / 'big.onnx').write_bytes(b'x' * 1000); os._exit(9)"
+            ),
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
     assert dead.returncode == 9 and len(debris(tmp_path)) == 2  # the folder and its lock
     with staging_dir(tmp_path, "other") as live:  # the next writer in the folder cleans the dead one's
         (live / "f").write_text("busy")
@@ -171,25 +190,40 @@ print(json.dumps({"seen": sorted(seen), "errors": errors[:5]}))
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
 
 
-@pytest.mark.parametrize("variants", [("--int8-dynamic", "--fp16"), ("--fp16", "--fp16")],
-                         ids=["two variants", "one variant twice"])
-def test_two_quantize_runs_on_one_bundle_while_a_reader_checks_it(stfnet_checkpoints, tmp_path: Path,
-                                                                  variants: tuple[str, str]) -> None:
+@pytest.mark.parametrize(
+    "variants",
+    [("--int8-dynamic", "--fp16"), ("--fp16", "--fp16")],
+    ids=["two variants", "one variant twice"],
+)
+def test_two_quantize_runs_on_one_bundle_while_a_reader_checks_it(
+    stfnet_checkpoints, tmp_path: Path, variants: tuple[str, str]
+) -> None:
     """Two `quantize` runs at once on one bundle, and a reader validating every listed variant all along: both
     variants end up listed and complete (one manifest update at a time), nothing is left staged, and the reader
     never finds a listed variant with a missing file or another checksum than the one listed."""
     bundle = tmp_path / "b"
-    done = run(["export", "--model", "stfnet", "--checkpoint", str(stfnet_checkpoints[0]), "--out", str(bundle)],
-               None, tmp_path)
+    done = run(
+        ["export", "--model", "stfnet", "--checkpoint", str(stfnet_checkpoints[0]), "--out", str(bundle)],
+        None,
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     stop = tmp_path / "stop"
     reader = start(["-c", READER, str(bundle), "60", str(stop)], tmp_path)
-    writers = [start(["-m", "edgeser.cli", "quantize", str(bundle), flag, "--threads", "1"], tmp_path)
-               for flag in variants]
+    writers = [
+        start(["-m", "edgeser.cli", "quantize", str(bundle), flag, "--threads", "1"], tmp_path)
+        for flag in variants
+    ]
     results = [w.communicate(timeout=120) for w in writers]
     stop.touch()
     out, err = reader.communicate(timeout=60)
@@ -205,17 +239,37 @@ def test_two_quantize_runs_on_one_bundle_while_a_reader_checks_it(stfnet_checkpo
     assert debris(bundle) == [] and debris(tmp_path) == []
 
 
-def test_train_resume_after_a_kill_at_every_rename_keeps_every_finished_epoch(shared_data: Path,
-                                                                           tmp_path: Path) -> None:
+def test_train_resume_after_a_kill_at_every_rename_keeps_every_finished_epoch(
+    shared_data: Path, tmp_path: Path
+) -> None:
     """`train` killed (os._exit, no clean-up) just before each of its renames, then `train --resume`: every epoch
     finished before the kill is kept (never trained again from scratch), and the resumed run ends with the same
     history, kept epoch and weights as a run never interrupted."""
-    args = ["train", "--model", "stfnet", "--size", "small", "--data", f"emodb:{shared_data / 'emodb'}",
-            "--fold", "1", "--epochs", "2", "--batch-size", "8", "--limit", "16", "--seed", "3"]
+    args = [
+        "train",
+        "--model",
+        "stfnet",
+        "--size",
+        "small",
+        "--data",
+        f"emodb:{shared_data / 'emodb'}",
+        "--fold",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--limit",
+        "16",
+        "--seed",
+        "3",
+    ]
     straight = run([*args, "--out", str(tmp_path / "straight")], None, tmp_path)
     assert straight.returncode == 0, straight.stderr[-2000:]
     reference = json.loads((tmp_path / "straight" / "checkpoint.json").read_text())
-    reference_history = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    reference_history = [
+        json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    ]
     fault = 1
     while True:
         out = tmp_path / f"killed{fault}"
@@ -228,12 +282,16 @@ def test_train_resume_after_a_kill_at_every_rename_keeps_every_finished_epoch(sh
         resumed = run([*args, "--out", str(out), "--resume"], None, tmp_path)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         if finished:
-            assert f"resuming at epoch {finished + 1}/2" in resumed.stderr  # the finished epochs were not rerun
+            assert (
+                f"resuming at epoch {finished + 1}/2" in resumed.stderr
+            )  # the finished epochs were not rerun
         info = json.loads((out / "checkpoint.json").read_text())
         assert info["weights_sha256"] == reference["weights_sha256"], f"kill before rename {fault}"
         assert info["metrics"]["best"]["epoch"] == reference["metrics"]["best"]["epoch"]
         history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert [h["train"]["loss"] for h in history] == pytest.approx([h["train"]["loss"] for h in reference_history])
+        assert [h["train"]["loss"] for h in history] == pytest.approx(
+            [h["train"]["loss"] for h in reference_history]
+        )
         assert debris(out.parent) == [] and debris(out) == []
         fault += 1
         assert fault < 30, "more renames than expected"
@@ -271,8 +329,9 @@ def clip_table(tmp_path: Path) -> Path:
     return tmp_path / "clips.csv"
 
 
-def test_a_calibration_read_never_pairs_one_run_s_provenance_with_another_s_inputs(stfnet_checkpoints,
-                                                                                  tmp_path: Path) -> None:
+def test_a_calibration_read_never_pairs_one_run_s_provenance_with_another_s_inputs(
+    stfnet_checkpoints, tmp_path: Path
+) -> None:
     """What a reader racing a `calibrate` would see between its two reads: the provenance of one run and the
     inputs of the next. It is refused (one line), not taken as one cache."""
     from edgeser.calibrate import calibrate_bundle, read_calibration
@@ -281,8 +340,22 @@ def test_a_calibration_read_never_pairs_one_run_s_provenance_with_another_s_inpu
     bundles = []
     for seed, samples in ((0, 4), (1, 6)):
         bundle = tmp_path / f"b{seed}"
-        assert run(["export", "--model", "stfnet", "--checkpoint", str(stfnet_checkpoints[0]), "--out", str(bundle)],
-                   None, tmp_path).returncode == 0
+        assert (
+            run(
+                [
+                    "export",
+                    "--model",
+                    "stfnet",
+                    "--checkpoint",
+                    str(stfnet_checkpoints[0]),
+                    "--out",
+                    str(bundle),
+                ],
+                None,
+                tmp_path,
+            ).returncode
+            == 0
+        )
         calibrate_bundle(bundle, str(table), samples=samples, seed=seed)
         bundles.append(bundle)
     mixed = bundles[0] / "calibration"
@@ -292,17 +365,44 @@ def test_a_calibration_read_never_pairs_one_run_s_provenance_with_another_s_inpu
     assert read_calibration(bundles[1]).provenance["count"] == 6
 
 
-def test_two_calibrate_runs_on_one_bundle_while_a_reader_reads_the_cache(stfnet_checkpoints, tmp_path: Path) -> None:
+def test_two_calibrate_runs_on_one_bundle_while_a_reader_reads_the_cache(
+    stfnet_checkpoints, tmp_path: Path
+) -> None:
     """Two `calibrate` runs at once (different clips and counts): both finish, the cache is one run's whole
     (provenance and inputs agree), nothing stays staged, and a reader all along never gets a mixed cache."""
     table = clip_table(tmp_path)
     bundle = tmp_path / "b"
-    assert run(["export", "--model", "stfnet", "--checkpoint", str(stfnet_checkpoints[0]), "--out", str(bundle)],
-               None, tmp_path).returncode == 0
+    assert (
+        run(
+            ["export", "--model", "stfnet", "--checkpoint", str(stfnet_checkpoints[0]), "--out", str(bundle)],
+            None,
+            tmp_path,
+        ).returncode
+        == 0
+    )
     stop = tmp_path / "stop"
     reader = start(["-c", CALIBRATION_READER, str(bundle), str(stop)], tmp_path)
-    writers = [start(["-m", "edgeser.cli", "calibrate", str(bundle), "--data", str(table), "--samples", str(n),
-                      "--seed", str(n), "--threads", "1", "--json"], tmp_path) for n in (4, 8)]
+    writers = [
+        start(
+            [
+                "-m",
+                "edgeser.cli",
+                "calibrate",
+                str(bundle),
+                "--data",
+                str(table),
+                "--samples",
+                str(n),
+                "--seed",
+                str(n),
+                "--threads",
+                "1",
+                "--json",
+            ],
+            tmp_path,
+        )
+        for n in (4, 8)
+    ]
     results = [w.communicate(timeout=180) for w in writers]
     stop.touch()
     out, err = reader.communicate(timeout=60)
@@ -313,7 +413,9 @@ def test_two_calibrate_runs_on_one_bundle_while_a_reader_reads_the_cache(stfnet_
 
     cache = read_calibration(bundle)
     assert cache.provenance["ids_sha"] in {json.loads(r[0])["ids_sha"] for r in results}  # one run's, whole
-    assert {k: int(next(iter(t.values())).shape[0]) for k, t in cache.inputs.groups.items()} == cache.provenance["groups"]
+    assert {
+        k: int(next(iter(t.values())).shape[0]) for k, t in cache.inputs.groups.items()
+    } == cache.provenance["groups"]
     assert debris(bundle) == [] and debris(tmp_path) == []
 
 
@@ -346,7 +448,9 @@ print(json.dumps({"loads": loads, "refusals": refusals, "errors": errors[:5], "s
 """
 
 
-def test_export_force_beside_a_reader_never_shows_a_half_swapped_bundle(stfnet_checkpoints, tmp_path: Path) -> None:
+def test_export_force_beside_a_reader_never_shows_a_half_swapped_bundle(
+    stfnet_checkpoints, tmp_path: Path
+) -> None:
     """`export --force` replacing a bundle back and forth between two checkpoints while a reader loads and runs
     it all along: every load computes exactly one of the two models (never stages of both), or is refused in
     one line; the last export leaves a complete bundle and no staging."""
@@ -358,8 +462,14 @@ def test_export_force_beside_a_reader_never_shows_a_half_swapped_bundle(stfnet_c
     refs = {}
     for name, checkpoint in zip(("a", "b"), stfnet_checkpoints):
         out = tmp_path / f"ref-{name}"
-        assert run(["export", "--model", "stfnet", "--checkpoint", str(checkpoint), "--out", str(out)], None,
-                   tmp_path).returncode == 0
+        assert (
+            run(
+                ["export", "--model", "stfnet", "--checkpoint", str(checkpoint), "--out", str(out)],
+                None,
+                tmp_path,
+            ).returncode
+            == 0
+        )
         refs[name] = Pipeline.load(out, "fp32", threads=1).run_stages([wave]).logits[0].tolist()
     assert not np.allclose(refs["a"], refs["b"], atol=1e-3)  # the two models are told apart
     bundle = tmp_path / "bundle"
@@ -368,8 +478,11 @@ def test_export_force_beside_a_reader_never_shows_a_half_swapped_bundle(stfnet_c
     stop = tmp_path / "stop"
     reader = start(["-c", PIPELINE_READER, str(bundle), str(stop), str(tmp_path / "refs.json")], tmp_path)
     for checkpoint in [stfnet_checkpoints[1], stfnet_checkpoints[0]] * 2:
-        done = run(["export", "--model", "stfnet", "--checkpoint", str(checkpoint), "--out", str(bundle), "--force"],
-                   None, tmp_path)
+        done = run(
+            ["export", "--model", "stfnet", "--checkpoint", str(checkpoint), "--out", str(bundle), "--force"],
+            None,
+            tmp_path,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
     stop.touch()
     out, err = reader.communicate(timeout=120)
@@ -378,5 +491,7 @@ def test_export_force_beside_a_reader_never_shows_a_half_swapped_bundle(stfnet_c
     assert report["errors"] == [], report
     assert report["loads"] >= 1, report
     validate_bundle(bundle, "fp32")
-    assert Pipeline.load(bundle, "fp32", threads=1).run_stages([wave]).logits[0].tolist() == pytest.approx(refs["a"], abs=1e-5)
+    assert Pipeline.load(bundle, "fp32", threads=1).run_stages([wave]).logits[0].tolist() == pytest.approx(
+        refs["a"], abs=1e-5
+    )
     assert debris(tmp_path) == []

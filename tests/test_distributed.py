@@ -37,23 +37,42 @@ def tiny_zoo(folder: Path) -> Path:
     size["cnn"].update(channels=[4, 8, 8], dropout=0.0)
     size["transformer"].update(ff_dim=32, layers=1, dropout=0.0)
     recipe["sizes"]["ddp"] = size  # AWGN stays on: every rank draws it for the whole global batch
-    recipe["training"]["ddp"] = {"epochs": 3, "batch_size": 7, "optimizer": "sgd", "momentum": 0.9, "lr": 0.05,
-                                 "weight_decay": 1e-4}
+    recipe["training"]["ddp"] = {
+        "epochs": 3,
+        "batch_size": 7,
+        "optimizer": "sgd",
+        "momentum": 0.9,
+        "lr": 0.05,
+        "weight_decay": 1e-4,
+    }
     folder.mkdir()
     (folder / "stfnet.json").write_text(json.dumps(recipe), encoding="utf-8")
     return folder
 
 
-def torchrun(args: list[str], log: Path, env: dict[str, str], die: str = "") -> subprocess.CompletedProcess[str]:
+def torchrun(
+    args: list[str], log: Path, env: dict[str, str], die: str = ""
+) -> subprocess.CompletedProcess[str]:
     log.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(DRIVER), "train", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(DRIVER),
+        "train",
+        *args,
+    ]
     environment = {**env, "EDGESER_DDP_LOG": str(log), "EDGESER_DDP_DIE": die or "-1:0"}
     return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
 
 
 def rank_log(log: Path, rank: int) -> list[dict]:
-    return [json.loads(line) for line in (log / f"rank-{rank}.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [
+        json.loads(line) for line in (log / f"rank-{rank}.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
 
 
 def check_shards(log: Path) -> list[list[str]]:
@@ -79,8 +98,22 @@ def test_torchrun_two_processes_match_one_process_and_resume(
 ) -> None:
     zoo = tiny_zoo(tmp_path / "zoo")
     # TESS clips differ in length (padding enters the batch statistics); 22 clips in batches of 7: 7, 7, 7, 1.
-    args = ["--model", "stfnet", "--size", "ddp", "--data", f"tess:{shared_data / 'tess'}", "--fold", "0",
-            "--limit", "22", "--device", "cpu", "--seed", "5"]
+    args = [
+        "--model",
+        "stfnet",
+        "--size",
+        "ddp",
+        "--data",
+        f"tess:{shared_data / 'tess'}",
+        "--fold",
+        "0",
+        "--limit",
+        "22",
+        "--device",
+        "cpu",
+        "--seed",
+        "5",
+    ]
 
     monkeypatch.setenv("EDGESER_ZOO", str(zoo))
     batches: list[list[str]] = []
@@ -140,7 +173,9 @@ def test_shards_are_contiguous_disjoint_and_cover_the_batch() -> None:
 
 @pytest.fixture
 def one_process_group(tmp_path: Path):  # type: ignore[no-untyped-def]
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
     yield
     torch.distributed.destroy_process_group()
 
@@ -156,7 +191,10 @@ def test_synchronised_norms_equal_their_originals_on_one_process(one_process_gro
         image = (torch.randn(4, 3, 6, 7) * (step + 1) + step).requires_grad_()
         frames = (torch.randn(3, 9, 5) * 3 + 1).requires_grad_()
         mask = torch.arange(9).unsqueeze(0) < torch.tensor([[9], [4], [6]])
-        for plain, synced, inputs in ((plain_bn, synced_bn, (image,)), (plain_norm, synced_norm, (frames, mask))):
+        for plain, synced, inputs in (
+            (plain_bn, synced_bn, (image,)),
+            (plain_norm, synced_norm, (frames, mask)),
+        ):
             expected = plain(*inputs)
             (gradient,) = torch.autograd.grad((expected * expected.detach().cos()).sum(), inputs[0])
             got = synced(*inputs)

@@ -26,7 +26,9 @@ def test_manifest_describes_the_bundle(cmgi_bundle: Path, tiny_cmgi_checkpoint: 
     assert manifest["labels"] == ["angry", "happy", "sad", "neutral"] and manifest["sample_rate"] == 16_000
     assert set(manifest["stages"]) == {"audio_encoder", "ctc_head", "text_encoder", "fusion_head"}
     assert manifest["stages"]["audio_encoder"]["inputs"][0] == {
-        "name": "waveform", "dtype": "float32", "shape": ["batch", "samples"]
+        "name": "waveform",
+        "dtype": "float32",
+        "shape": ["batch", "samples"],
     }
     assert manifest["ctc"]["blank_id"] == 0 and manifest["ctc"]["tokens"][1] == "|"
     assert manifest["frame_layout"][0] == [10, 5, 0, 0] and manifest["opset"] == 18
@@ -40,8 +42,12 @@ def test_manifest_describes_the_bundle(cmgi_bundle: Path, tiny_cmgi_checkpoint: 
     assert (cmgi_bundle / "tokenizer.json").is_file()
 
 
-@pytest.mark.parametrize("seconds", [(0.4,), (3.7,), (0.6, 2.2, 5.1)], ids=["b1-short", "b1-long", "b3-mixed"])
-def test_dynamic_axes_match_torch(cmgi_bundle: Path, tiny_cmgi_checkpoint: Path, seconds: tuple[float, ...]) -> None:
+@pytest.mark.parametrize(
+    "seconds", [(0.4,), (3.7,), (0.6, 2.2, 5.1)], ids=["b1-short", "b1-long", "b3-mixed"]
+)
+def test_dynamic_axes_match_torch(
+    cmgi_bundle: Path, tiny_cmgi_checkpoint: Path, seconds: tuple[float, ...]
+) -> None:
     model = load_checkpoint(tiny_cmgi_checkpoint)
     model.prepare_for_export()
     pipe = Pipeline.load(cmgi_bundle)
@@ -101,8 +107,9 @@ def test_tampered_incomplete_and_newer_bundles_are_refused(cmgi_bundle: Path, tm
         validate_bundle(tmp_path)
 
 
-def test_failed_export_keeps_the_old_bundle(cmgi_bundle: Path, tiny_cmgi_checkpoint: Path, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_export_keeps_the_old_bundle(
+    cmgi_bundle: Path, tiny_cmgi_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bundle = _copy(cmgi_bundle, tmp_path)
     before = (bundle / "bundle.json").read_bytes()
     real_export = exporter.export_stage
@@ -123,7 +130,9 @@ def test_failed_export_keeps_the_old_bundle(cmgi_bundle: Path, tiny_cmgi_checkpo
     validate_bundle(bundle)
 
 
-def test_export_refuses_missing_checkpoint_and_wrong_model(tiny_cmgi_checkpoint: Path, tmp_path: Path) -> None:
+def test_export_refuses_missing_checkpoint_and_wrong_model(
+    tiny_cmgi_checkpoint: Path, tmp_path: Path
+) -> None:
     with pytest.raises(ModelError, match="checkpoint folder not found"):
         exporter.export_bundle("cmgi", tmp_path / "b", checkpoint=tmp_path / "nope")
     with pytest.raises(ModelError, match="holds model 'cmgi', not 'gcf2net'"):
@@ -144,7 +153,11 @@ def test_export_with_no_other_flag_exports_the_shipped_trained_default(name: str
     shipped = zoo_dir() / "checkpoints" / name
     assert (shipped / "model.safetensors").stat().st_size <= 20e6  # packaged MiniLM / GloVe are referenced
     card = json.loads((shipped / "card.json").read_text())
-    assert card["runs"] and all("ua" in run["evaluation"] for run in card["runs"]) and card["int8"]["agreement"] > 0
+    assert (
+        card["runs"]
+        and all("ua" in run["evaluation"] for run in card["runs"])
+        and card["int8"]["agreement"] > 0
+    )
     result = CliRunner().invoke(main, ["export", "--model", name, "--out", str(tmp_path / name)])
     assert result.exit_code == 0, result.output
     manifest = validate_bundle(tmp_path / name)

@@ -36,7 +36,11 @@ def import_graph() -> dict[str, set[str]]:
         edges = graph.setdefault(name, set())
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             targets: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("edgeser"):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and (node.module or "").startswith("edgeser")
+            ):
                 assert node.module is not None
                 targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
             elif isinstance(node, ast.Import):
@@ -97,11 +101,24 @@ def test_no_import_cycle_between_packages_or_modules() -> None:
 
 def test_the_runtime_imports_nothing_above_it() -> None:
     """What apps embed builds on the stage contract and its own modules, never on build or check tooling."""
-    allowed = {"edgeser", "edgeser.runtime", "edgeser.audio", "edgeser.bundle", "edgeser.errors", "edgeser.files",
-               "edgeser.stages", "edgeser.text"}
+    allowed = {
+        "edgeser",
+        "edgeser.runtime",
+        "edgeser.audio",
+        "edgeser.bundle",
+        "edgeser.errors",
+        "edgeser.files",
+        "edgeser.stages",
+        "edgeser.text",
+    }
     graph = import_graph()
-    above = {(m, t) for m, targets in graph.items() if m.startswith("edgeser.runtime") for t in targets
-             if unit(t) not in allowed}
+    above = {
+        (m, t)
+        for m, targets in graph.items()
+        if m.startswith("edgeser.runtime")
+        for t in targets
+        if unit(t) not in allowed
+    }
     assert above == set()
 
 
@@ -115,8 +132,10 @@ def test_every_error_class_lives_in_the_errors_module() -> None:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef):
-                bases = {b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
-                         for b in node.bases}
+                bases = {
+                    b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
+                    for b in node.bases
+                }
                 if bases & names or node.name.endswith("Error"):
                     elsewhere.append(f"{path.relative_to(ROOT)}:{node.name}")
     assert elsewhere == []
@@ -124,9 +143,16 @@ def test_every_error_class_lives_in_the_errors_module() -> None:
 
 def test_only_the_command_line_draws_on_the_terminal() -> None:
     """click lives in edgeser/cli only; the library reports through `edgeser.progress`."""
-    users = sorted(module_name(path) for path in ROOT.rglob("*.py")
-                   if any(isinstance(node, ast.Import | ast.ImportFrom)
-                          and any((alias.name if isinstance(node, ast.Import) else node.module or "") == "click"
-                                  for alias in node.names)
-                          for node in ast.walk(ast.parse(path.read_text()))))
+    users = sorted(
+        module_name(path)
+        for path in ROOT.rglob("*.py")
+        if any(
+            isinstance(node, ast.Import | ast.ImportFrom)
+            and any(
+                (alias.name if isinstance(node, ast.Import) else node.module or "") == "click"
+                for alias in node.names
+            )
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    )
     assert users and all(m.startswith("edgeser.cli") for m in users), users

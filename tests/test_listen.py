@@ -42,9 +42,12 @@ def listen(args: list[str], stdin: bytes | None = None) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def test_listen_to_a_file_prints_one_line_per_utterance(cmgi_bundle: Path, speech: SpeechStream,
-                                                        speech_file: Path) -> None:
-    code, out, err = listen([str(cmgi_bundle), "--input", str(speech_file), "--fast", "--json", "--threads", "1"])
+def test_listen_to_a_file_prints_one_line_per_utterance(
+    cmgi_bundle: Path, speech: SpeechStream, speech_file: Path
+) -> None:
+    code, out, err = listen(
+        [str(cmgi_bundle), "--input", str(speech_file), "--fast", "--json", "--threads", "1"]
+    )
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     events, end = records[:-1], records[-1]
@@ -71,8 +74,10 @@ def test_listen_plays_a_file_at_real_time_unless_fast(cmgi_bundle: Path, tmp_pat
 def test_listen_to_pcm_on_stdin(cmgi_bundle: Path, speech: SpeechStream) -> None:
     pcm = np.round(speech.wave * 32767).astype("<i2")
     stereo = np.stack([pcm, pcm], axis=1).tobytes() + b"\x01"  # and one stray byte
-    code, out, err = listen([str(cmgi_bundle), "--input", "-", "--rate", "16000", "--channels", "2", "--json",
-                             "--threads", "1"], stdin=stereo)
+    code, out, err = listen(
+        [str(cmgi_bundle), "--input", "-", "--rate", "16000", "--channels", "2", "--json", "--threads", "1"],
+        stdin=stereo,
+    )
     assert code == 0 and "1 trailing byte(s) do not make a whole s16le frame of 2 channel(s)" in err
     records = [json.loads(line) for line in out.splitlines()]
     assert len(records) == len(speech.references) + 1 and records[-1]["utterances"] == len(speech.references)
@@ -83,8 +88,9 @@ class FakeInputStream:
 
     wave = np.zeros(0, np.float32)
 
-    def __init__(self, *, device: int, samplerate: int, channels: int, dtype: str, blocksize: int,
-                 callback: Any) -> None:
+    def __init__(
+        self, *, device: int, samplerate: int, channels: int, dtype: str, blocksize: int, callback: Any
+    ) -> None:
         self.blocksize, self.channels, self.callback = blocksize, channels, callback
         self.active = False
         self._thread = threading.Thread(target=self._play)
@@ -121,18 +127,25 @@ def fake_sounddevice(wave: np.ndarray) -> types.ModuleType:
     return module
 
 
-def test_listen_to_a_microphone(cmgi_bundle: Path, speech: SpeechStream, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "sounddevice", fake_sounddevice(speech.wave[: speech.placements[1][1] + RATE]))
+def test_listen_to_a_microphone(
+    cmgi_bundle: Path, speech: SpeechStream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(
+        sys.modules, "sounddevice", fake_sounddevice(speech.wave[: speech.placements[1][1] + RATE])
+    )
     code, out, err = listen([str(cmgi_bundle), "--device", "0", "--json", "--threads", "1"])
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
     assert len(records) == 3 and records[-1]["utterances"] == 2 and "dropped" not in err
     code, _, err = listen([str(cmgi_bundle), "--device", "3"])
-    assert code == 1 and err.startswith("error: --device 3: no such input device (No input device matching 3)")
+    assert code == 1 and err.startswith(
+        "error: --device 3: no such input device (No input device matching 3)"
+    )
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # not installed
     code, _, err = listen([str(cmgi_bundle), "--device", "0"])
     assert code == 1 and err.strip().splitlines() == [
-        "error: edgeser listen --device needs sounddevice, which is not installed: pip install 'edgeser[mic]'"]
+        "error: edgeser listen --device needs sounddevice, which is not installed: pip install 'edgeser[mic]'"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -144,7 +157,10 @@ def test_listen_to_a_microphone(cmgi_bundle: Path, speech: SpeechStream, monkeyp
         (["--input", "-", "--rate", "10000000"], "--rate: 10000000 is outside 8000..384000"),
         (["--input", "-", "--channels", "64"], "--channels: 64 is outside 1..32"),
         (["--device", "-1"], "--device: -1 is outside 0..1023"),
-        (["--input", "-", "--max-speech-s", "600"], "--max-speech-s: must be above min_speech_ms and <= 30 s"),
+        (
+            ["--input", "-", "--max-speech-s", "600"],
+            "--max-speech-s: must be above min_speech_ms and <= 30 s",
+        ),
         (["--input", "-", "--threshold", "2"], "--threshold: must be between 0 and 1"),
         (["--input", "-", "--min-silence-ms", "0"], "--min-silence-ms: must be in (0, 10000] ms"),
         (["--input", "x.wav", "--threads", "5000"], "--threads: 5000 threads is more than"),
@@ -164,16 +180,28 @@ def test_listen_bad_sources(cmgi_bundle: Path, tmp_path: Path) -> None:
     assert code == 2 and "--fast applies to --input FILE only" in err
     text = tmp_path / "notes.wav"
     text.write_text("not audio")
-    for path, problem in ((tmp_path / "missing.wav", "file not found"), (text, "unreadable or corrupt audio")):
+    for path, problem in (
+        (tmp_path / "missing.wav", "file not found"),
+        (text, "unreadable or corrupt audio"),
+    ):
         code, _, err = listen([str(cmgi_bundle), "--input", str(path)])
         assert code == 1 and err.startswith(f"error: {path}: {problem}") and "Traceback" not in err
 
 
 def test_kiosk_example_runs_on_a_file(cmgi_bundle: Path, speech: SpeechStream, speech_file: Path) -> None:
-    done = subprocess.run([sys.executable, str(REPO / "examples" / "kiosk.py"), str(cmgi_bundle), str(speech_file),
-                           "--fast"], capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "kiosk.py"), str(cmgi_bundle), str(speech_file), "--fast"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr
     reactions = [line for line in done.stdout.splitlines() if line.startswith("kiosk:")]
     assert len(reactions) == len(speech.references)
-    assert done.stdout.rstrip().splitlines()[-1].startswith(f"session over: {len(speech.references)} utterance(s)")
+    assert (
+        done.stdout.rstrip()
+        .splitlines()[-1]
+        .startswith(f"session over: {len(speech.references)} utterance(s)")
+    )

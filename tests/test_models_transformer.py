@@ -179,7 +179,10 @@ def test_cmgi_recipe_stages_freeze_what_the_paper_freezes() -> None:
     model.train()
     assert not model.text_encoder.backbone.training  # frozen encoder keeps dropout off
     features = torch.randn(2, 5, model.audio_encoder.hidden_size)
-    assert model.has_acoustic_head and model.acoustic_logits(features, torch.tensor([5, 3])).shape == (2, len(LABELS))
+    assert model.has_acoustic_head and model.acoustic_logits(features, torch.tensor([5, 3])).shape == (
+        2,
+        len(LABELS),
+    )
     with pytest.raises(ModelError, match="name no parameter"):
         apply_stage(model, {"name": "typo", "freeze": ["text_encoderr."]})
 

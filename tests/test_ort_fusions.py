@@ -44,8 +44,16 @@ class HFAttention(torch.nn.Module):  # type: ignore[misc]
 
 def export(module: torch.nn.Module, path: Path) -> onnx.ModelProto:
     x, mask = torch.zeros(2, FRAMES, WIDTH), torch.zeros(2, 1, FRAMES, FRAMES)
-    torch.onnx.export(module, (x, mask), str(path), input_names=["x", "mask"], output_names=["y"], opset_version=18,
-                      dynamic_axes={"x": {0: "b", 1: "t"}, "mask": {0: "b", 2: "t", 3: "t"}}, dynamo=False)
+    torch.onnx.export(
+        module,
+        (x, mask),
+        str(path),
+        input_names=["x", "mask"],
+        output_names=["y"],
+        opset_version=18,
+        dynamic_axes={"x": {0: "b", 1: "t"}, "mask": {0: "b", 2: "t", 3: "t"}},
+        dynamo=False,
+    )
     return onnx.load(str(path))
 
 
@@ -53,7 +61,9 @@ def padded_inputs() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, FRAMES, WIDTH)).astype(np.float32)
     mask = np.zeros((2, 1, FRAMES, FRAMES), np.float32)
-    mask[1, :, :, 6:] = np.finfo(np.float32).min  # the second clip is 6 frames long: HF's additive padding mask
+    mask[1, :, :, 6:] = np.finfo(
+        np.float32
+    ).min  # the second clip is 6 frames long: HF's additive padding mask
     return {"x": x, "mask": mask}
 
 
@@ -63,19 +73,27 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("divide, explicit_heads", [(False, False), (True, True)])
-def test_hf_attention_becomes_one_multi_head_attention(tmp_path: Path, divide: bool, explicit_heads: bool) -> None:
+def test_hf_attention_becomes_one_multi_head_attention(
+    tmp_path: Path, divide: bool, explicit_heads: bool
+) -> None:
     model = export(HFAttention(divide, explicit_heads).eval(), tmp_path / "attention.onnx")
     feeds = padded_inputs()
     before = run(model, feeds)
     made = fuse_attention(model)
     ops = [n.op_type for n in model.graph.node]
     assert len(made) == 1 and ops.count("MultiHeadAttention") == 1
-    assert not {"Softmax", "Transpose", "Reshape"} & set(ops)  # the plumbing and the shape arithmetic are gone
+    assert not {"Softmax", "Transpose", "Reshape"} & set(
+        ops
+    )  # the plumbing and the shape arithmetic are gone
     node = next(n for n in model.graph.node if n.op_type == "MultiHeadAttention")
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    assert attrs["num_heads"] == HEADS and math.isclose(attrs["scale"], (WIDTH // HEADS) ** -0.5, rel_tol=1e-6)
+    assert attrs["num_heads"] == HEADS and math.isclose(
+        attrs["scale"], (WIDTH // HEADS) ** -0.5, rel_tol=1e-6
+    )
     producer = {o: n for n in model.graph.node for o in n.output}
-    assert node.input[3] and producer[node.input[5]].input[0] == "mask"  # biases moved in; mask: attention_bias
+    assert (
+        node.input[3] and producer[node.input[5]].input[0] == "mask"
+    )  # biases moved in; mask: attention_bias
     after = run(model, feeds)
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-5)
     # the situation is one where a wrong scale or a dropped mask would show
@@ -90,11 +108,17 @@ def test_hf_attention_becomes_one_multi_head_attention(tmp_path: Path, divide: b
 def test_graphs_without_the_pattern_are_left_alone() -> None:
     from onnx import TensorProto, helper
 
-    nodes = [helper.make_node("MatMul", ["a", "b"], ["s"], name="scores"),
-             helper.make_node("Softmax", ["s"], ["p"], name="softmax", axis=1),  # not over the keys
-             helper.make_node("MatMul", ["p", "b"], ["y"], name="mix")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in "ab"],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])])
+    nodes = [
+        helper.make_node("MatMul", ["a", "b"], ["s"], name="scores"),
+        helper.make_node("Softmax", ["s"], ["p"], name="softmax", axis=1),  # not over the keys
+        helper.make_node("MatMul", ["p", "b"], ["y"], name="mix"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, 4]) for n in "ab"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+    )
     model = helper.make_model(graph)
     assert fuse_attention(model) == []
     assert [n.name for n in model.graph.node] == ["scores", "softmax", "mix"]

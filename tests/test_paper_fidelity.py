@@ -70,7 +70,11 @@ def test_gcf2net_paper_fusion_head_size_and_the_papers_figure() -> None:
     count = sum(p.numel() for p in head.parameters())
     block = sum(p.numel() for p in head.audio_blocks[0].parameters())
     assert block == 4 * (768 * 768 + 768) + (768 * 768 + 768) + 2 * 768
-    assert count == 8 * block + sum(p.numel() for p in head.global_aware.parameters()) + 768 * 4 + 4 == 27_235_588
+    assert (
+        count
+        == 8 * block + sum(p.numel() for p in head.global_aware.parameters()) + 768 * 4 + 4
+        == 27_235_588
+    )
     reported = 128.63 * 2**20 / 4
     assert (245 + 22) * 768 * 4 / 2**20 == pytest.approx(0.78, abs=0.005)  # the paper's input size: MiB
     dense_minus_conv = (267 * 267 + 267) - sum(p.numel() for p in head.global_aware.conv.parameters())
@@ -116,7 +120,9 @@ def test_mscnn_xvector_reaches_the_classifier_and_is_batch_safe(batch) -> None: 
         vectors = features[row, :, maps_dim:]
         assert (vectors[:frames] - vectors[0]).abs().max() == 0 and not vectors[frames:].any()
         with torch.no_grad():
-            single = model(c[None], lengths[row : row + 1], ids[row : row + 1, :n_tokens], mask[row : row + 1, :n_tokens])
+            single = model(
+                c[None], lengths[row : row + 1], ids[row : row + 1, :n_tokens], mask[row : row + 1, :n_tokens]
+            )
         assert (single.logits[0] - out.logits[row]).abs().max() < 1e-4
         assert (single.ctc_log_probs[0, :frames] - out.ctc_log_probs[row, :frames]).abs().max() < 1e-4
     with torch.no_grad():
@@ -135,7 +141,9 @@ def test_glove_reader_returns_the_packages_words_and_vectors() -> None:
     vectors = words.glove_vectors(400_000)
     assert vectors.shape == (400_000, 50)
     index = {w: i for i, w in enumerate(words.glove_words(400_000))}
-    torch.testing.assert_close(torch.tensor(vectors[index["the"], :3]), torch.tensor([0.418, 0.24968, -0.41242]))
+    torch.testing.assert_close(
+        torch.tensor(vectors[index["the"], :3]), torch.tensor([0.418, 0.24968, -0.41242])
+    )
     assert words.glove_words(5) == ("the", ",", ".", "of", "to")
 
 

@@ -31,19 +31,29 @@ def test_speaker_independent_holds_out_one_speaker_and_selects_on_other_speakers
         held_out = {speaker[i] for i in split.eval_ids}
         assert len(held_out) == 1 and len(split.eval_ids) == sum(s in held_out for s in speaker.values())
         validation_speakers = {speaker[i] for i in split.validation_ids}
-        assert not validation_speakers & held_out and not validation_speakers & {speaker[i] for i in split.train_ids}
+        assert not validation_speakers & held_out and not validation_speakers & {
+            speaker[i] for i in split.train_ids
+        }
         assert len(split.validation_ids) >= 0.10 * (len(split.train_ids) + len(split.validation_ids))
         assert len(split.train_ids) + len(split.validation_ids) + len(split.eval_ids) == len(emodb.utterances)
 
 
-@pytest.mark.parametrize(("protocol", "folds", "eval_share", "validation_share"), [
-    ("gcf2net-random-5fold", 5, 0.2, 0.08),  # 10 % of the remaining 80 %
-    ("mscnn-10fold", 10, 0.1, 0.1),
-    ("saser-60-20-20", 1, 0.2, 0.2),
-    ("stfnet-holdout", 1, 0.1, 0.1),
-])
-def test_paper_protocols_split_as_their_papers(emodb, protocol: str, folds: int, eval_share: float,  # type: ignore[no-untyped-def]
-                                               validation_share: float) -> None:
+@pytest.mark.parametrize(
+    ("protocol", "folds", "eval_share", "validation_share"),
+    [
+        ("gcf2net-random-5fold", 5, 0.2, 0.08),  # 10 % of the remaining 80 %
+        ("mscnn-10fold", 10, 0.1, 0.1),
+        ("saser-60-20-20", 1, 0.2, 0.2),
+        ("stfnet-holdout", 1, 0.1, 0.1),
+    ],
+)
+def test_paper_protocols_split_as_their_papers(
+    emodb,
+    protocol: str,
+    folds: int,
+    eval_share: float,  # type: ignore[no-untyped-def]
+    validation_share: float,
+) -> None:
     n = len(emodb.utterances)
     label = {u.id: u.label for u in emodb.utterances}
     splits = [make_split(emodb, protocol, k) for k in range(folds)]
@@ -69,9 +79,20 @@ def test_each_models_paper_protocol_trains_end_to_end(name: str, shared_data: Pa
     protocol = TrainConfig.from_recipe(load_recipe(name), "paper", {}).protocol
     assert protocol in PROTOCOLS
     data = f"emodb:{shared_data / 'emodb'}"
-    metrics = training.train(name, "small", data, 0, tmp_path / "run", protocol=protocol, seed=0, device_name="cpu",
-                             limit=40, overrides={"epochs": 1, "batch_size": 8}, model_overrides=tiny(name),
-                             progress=SILENT)
+    metrics = training.train(
+        name,
+        "small",
+        data,
+        0,
+        tmp_path / "run",
+        protocol=protocol,
+        seed=0,
+        device_name="cpu",
+        limit=40,
+        overrides={"epochs": 1, "batch_size": 8},
+        model_overrides=tiny(name),
+        progress=SILENT,
+    )
     info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     provenance = info["provenance"]
     assert provenance["protocol"] == protocol and "ua" in metrics["evaluation"]

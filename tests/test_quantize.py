@@ -76,7 +76,9 @@ def cos(a: np.ndarray, b: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------ calibration
 
 
-def test_calibration_draws_the_training_side_and_caches_provenance(quantised: Path, shared_data: Path) -> None:
+def test_calibration_draws_the_training_side_and_caches_provenance(
+    quantised: Path, shared_data: Path
+) -> None:
     cache = read_calibration(quantised)
     corpus = load_corpus(tess(shared_data))
     fold = get_fold(corpus, 0)
@@ -106,7 +108,10 @@ def test_the_text_encoder_calibrates_on_real_text_too(quantised: Path) -> None:
     assert p["text"]["items"] == sum(int(t["input_ids"].shape[0]) for t in text.values())
     assert p["text"]["items"] >= len(sentences)
     for key, tensors in text.items():
-        assert set(tensors) == {"input_ids", "attention_mask"} and int(key[len("text-t"):]) == tensors["input_ids"].shape[1]
+        assert (
+            set(tensors) == {"input_ids", "attention_mask"}
+            and int(key[len("text-t") :]) == tensors["input_ids"].shape[1]
+        )
     count = lambda stage, names: sum(len(f) for _, f in cache.stage_feeds(stage, names))  # noqa: E731
     assert count("text_encoder", ["input_ids", "attention_mask"]) == 8 + p["text"]["items"]
     assert count("fusion_head", ["features", "frame_lengths", "token_features", "attention_mask"]) == 8
@@ -122,7 +127,9 @@ def test_calibration_refuses_evaluation_clips(cmgi_bundle: Path, shared_data: Pa
     assert not (bundle / "calibration").exists()
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("\n".join(ids) + "\n")
-    result = CliRunner().invoke(main, ["calibrate", str(bundle), "--data", tess(shared_data), "--ids", str(ids_file)])
+    result = CliRunner().invoke(
+        main, ["calibrate", str(bundle), "--data", tess(shared_data), "--ids", str(ids_file)]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().startswith("error: calibration set overlaps the evaluation split")
 
@@ -137,7 +144,9 @@ def test_iemocap_like_corpora_calibrate_on_one_held_out_session() -> None:
 
 
 def test_quantize_needs_a_calibration_cache(cmgi_bundle: Path) -> None:
-    with pytest.raises(BundleError, match=r"no calibration cache; run `edgeser calibrate .* --data \.\.\.` first"):
+    with pytest.raises(
+        BundleError, match=r"no calibration cache; run `edgeser calibrate .* --data \.\.\.` first"
+    ):
         quantize_int8(cmgi_bundle)
     result = CliRunner().invoke(main, ["quantize", str(cmgi_bundle), "--int8"])
     assert result.exit_code == 1 and f"error: {cmgi_bundle}: no calibration cache" in result.output
@@ -159,7 +168,10 @@ def test_int8_is_qdq_with_float_exclusions_and_listed(quantised: Path) -> None:
         producer = {o: n for n in graph.node for o in n.output}
         for node in graph.node:  # LayerNorm / Softmax stay float ops, not fed by a DequantizeLinear
             if node.op_type in {"LayerNormalization", "Softmax"}:
-                assert producer.get(node.input[0]) is None or producer[node.input[0]].op_type != "DequantizeLinear"
+                assert (
+                    producer.get(node.input[0]) is None
+                    or producer[node.input[0]].op_type != "DequantizeLinear"
+                )
             assert not node.op_type.startswith("QLinear")
     text = onnx.load(str(quantised / "int8/text_encoder.onnx")).graph
     producer = {o: n for n in text.node for o in n.output}
@@ -169,7 +181,10 @@ def test_int8_is_qdq_with_float_exclusions_and_listed(quantised: Path) -> None:
         assert {producer[i].op_type for i in add.input if i in producer} == {"MatMul"}, add.name
     assert settings["stages"]["text_encoder"]["float_outputs"] >= 12
     # attention runs as onnxruntime's float MultiHeadAttention in the CPU graph (quantize/ort_fusions.py)
-    assert settings["fuse_attention"] and settings["stages"]["text_encoder"]["op_counts"]["MultiHeadAttention"] == 6
+    assert (
+        settings["fuse_attention"]
+        and settings["stages"]["text_encoder"]["op_counts"]["MultiHeadAttention"] == 6
+    )
     assert [n.op_type for n in text.node].count("MultiHeadAttention") == 6
     audio = onnx.load(str(quantised / "int8/audio_encoder.onnx")).graph
     producer = {o: n for n in audio.node for o in n.output}
@@ -178,7 +193,9 @@ def test_int8_is_qdq_with_float_exclusions_and_listed(quantised: Path) -> None:
     assert all(i not in producer or producer[i].op_type != "DequantizeLinear" for i in first_conv.input)
     pos_conv = next(n for n in audio.node if n.name.endswith("pos_conv_embed/conv/Conv"))
     assert settings["stages"]["audio_encoder"]["float_nodes"] == {
-        first_conv.name.replace("/framed/Gemm", "/Conv"): "first-conv", pos_conv.name: "grouped-conv"}
+        first_conv.name.replace("/framed/Gemm", "/Conv"): "first-conv",
+        pos_conv.name: "grouped-conv",
+    }
     second_conv = next(n for n in audio.node if n.name.endswith("conv_layers.1/conv/Conv"))
     assert {producer[i].op_type for i in second_conv.input[:2]} == {"DequantizeLinear"}
 
@@ -216,18 +233,38 @@ def test_narrow_gemms_are_found_from_weights_and_inferred_shapes() -> None:
         helper.make_node("Conv", ["seq", "kg"], ["h"], name="pos_conv", group=16),  # 128 in, 128 out, grouped
     ]
     f = TensorProto.FLOAT
-    inputs = [helper.make_tensor_value_info(n, f, s) for n, s in [
-        ("x40", ["T", 40]), ("x128", ["T", 128]), ("img", [1, 1, 20, "T"]), ("q", [4, "T", 10]),
-        ("kt", [4, 10, "T"]), ("probs", [1, "T", "T"]), ("v128", [1, "T", 128]), ("seq", [1, 128, "T"])]]
+    inputs = [
+        helper.make_tensor_value_info(n, f, s)
+        for n, s in [
+            ("x40", ["T", 40]),
+            ("x128", ["T", 128]),
+            ("img", [1, 1, 20, "T"]),
+            ("q", [4, "T", 10]),
+            ("kt", [4, 10, "T"]),
+            ("probs", [1, "T", "T"]),
+            ("v128", [1, "T", 128]),
+            ("seq", [1, 128, "T"]),
+        ]
+    ]
     outputs = [helper.make_tensor_value_info(n, f, None) for n in "abcdefgh"]
-    inits = [weight("w40", 40, 40), weight("w128", 128, 128), weight("w7", 7, 128), weight("k8", 8, 1, 3, 3),
-             weight("k64", 64, 1, 3, 3), weight("kg", 128, 8, 16)]
+    inits = [
+        weight("w40", 40, 40),
+        weight("w128", 128, 128),
+        weight("w7", 7, 128),
+        weight("k8", 8, 1, 3, 3),
+        weight("k64", 64, 1, 3, 3),
+        weight("kg", 128, 8, 16),
+    ]
     model = helper.make_model(helper.make_graph(nodes, "widths", inputs, outputs, inits))
     narrow = {n for n, why in resolve_exclusions(model).reasons.items() if why == "narrow"}
     assert narrow == {"proj40", "classifier", "conv8", "conv64", "scores"}
     assert resolve_exclusions(model).reasons["pos_conv"] == "grouped-conv"
     assert {n for n, why in resolve_exclusions(model, min_width=32).reasons.items() if why == "narrow"} == {
-        "classifier", "conv8", "conv64", "scores"}
+        "classifier",
+        "conv8",
+        "conv64",
+        "scores",
+    }
     assert set(resolve_exclusions(model, min_width=0).reasons) == {"pos_conv"}
 
 
@@ -251,9 +288,15 @@ def test_front_end_and_narrow_models_stay_float(tmp_path: Path, shared_data: Pat
     front = [n for n in graph.node if n.name.startswith("/frontend/") and n.op_type in {"Conv", "MatMul"}]
     assert {n.op_type for n in front} == {"Conv", "MatMul"} and len(front) >= 3  # STFT, mel, DCT
     for node in front:
-        assert all(i not in producer or producer[i].op_type != "DequantizeLinear" for i in node.input), node.name
-    assert any(n.name.startswith("/cnns") and n.op_type == "Conv" and producer[n.input[0]].op_type == "DequantizeLinear"
-               for n in graph.node)
+        assert all(i not in producer or producer[i].op_type != "DequantizeLinear" for i in node.input), (
+            node.name
+        )
+    assert any(
+        n.name.startswith("/cnns")
+        and n.op_type == "Conv"
+        and producer[n.input[0]].op_type == "DequantizeLinear"
+        for n in graph.node
+    )
 
 
 def test_int8_agrees_with_fp32_on_real_clips(quantised: Path, eval_waves: list[np.ndarray]) -> None:
@@ -266,17 +309,24 @@ def test_int8_agrees_with_fp32_on_real_clips(quantised: Path, eval_waves: list[n
     assert np.mean(feature_cos) > 0.99 and np.mean(logit_cos) > MIN_INT8_LOGIT_COSINE
     assert agreement >= MIN_INT8_AGREEMENT_TINY
     assert sum(e.bytes for e in int8.manifest.precisions["int8"].values()) < 0.7 * sum(
-        e.bytes for e in fp32.manifest.precisions["fp32"].values())
+        e.bytes for e in fp32.manifest.precisions["fp32"].values()
+    )
 
 
 # Conversational sentences none of which is in edgeser/calibrate/data/sentences.txt.
 HELD_OUT_SENTENCES = [
-    "kids are talking by the door", "i can't believe you did that to me again",
-    "that is the best news i have heard all year", "please leave me alone right now",
-    "what time does the train leave tomorrow", "this is absolutely ridiculous and i want a refund",
-    "oh my god there is a spider on the wall", "my flight was cancelled and nobody told me",
-    "thank you so much for the lovely present", "i have been waiting on hold for forty minutes",
-    "why would anyone eat that it smells awful", "my mother passed away last week",
+    "kids are talking by the door",
+    "i can't believe you did that to me again",
+    "that is the best news i have heard all year",
+    "please leave me alone right now",
+    "what time does the train leave tomorrow",
+    "this is absolutely ridiculous and i want a refund",
+    "oh my god there is a spider on the wall",
+    "my flight was cancelled and nobody told me",
+    "thank you so much for the lovely present",
+    "i have been waiting on hold for forty minutes",
+    "why would anyone eat that it smells awful",
+    "my mother passed away last week",
 ]
 
 
@@ -287,7 +337,10 @@ def sentence_cosines(bundle: Path, precision: str) -> list[float]:
     for sentence in HELD_OUT_SENTENCES:
         ids, mask = fp32.graph.tokenize([sentence])
         feeds = {"input_ids": ids, "attention_mask": mask}
-        a, b = (pipe.graph.run_stage(pipe.runners, "text_encoder", feeds)["token_features"] for pipe in (fp32, other))
+        a, b = (
+            pipe.graph.run_stage(pipe.runners, "text_encoder", feeds)["token_features"]
+            for pipe in (fp32, other)
+        )
         cosines.append(cos(a, b))
     return cosines
 
@@ -300,8 +353,13 @@ def test_int8_text_encoder_follows_fp32_on_sentences_it_never_saw(quantised: Pat
     assert np.mean(calibrated) > 0.99 and min(calibrated) > 0.98, calibrated
     bundle = copy_bundle(quantised, tmp_path / "b")
     with contextlib.chdir(tmp_path):
-        calibrate_bundle(bundle, read_calibration(quantised).provenance["data_spec"], fold_index=0, samples=8,
-                         text_sentences=False)
+        calibrate_bundle(
+            bundle,
+            read_calibration(quantised).provenance["data_spec"],
+            fold_index=0,
+            samples=8,
+            text_sentences=False,
+        )
         quantize_int8(bundle, replace(EVERY_WIDTH, stages=("text_encoder",)))
     transcripts_only = sentence_cosines(bundle, "int8")
     assert np.mean(calibrated) > np.mean(transcripts_only) + 0.01, (calibrated, transcripts_only)
@@ -310,7 +368,9 @@ def test_int8_text_encoder_follows_fp32_on_sentences_it_never_saw(quantised: Pat
 def test_dynamic_and_fp16_variants_load_and_run(quantised: Path, eval_waves: list[np.ndarray]) -> None:
     manifest = validate_bundle(quantised, "int8-dynamic")
     graph = onnx.load(str(quantised / manifest.precisions["int8-dynamic"]["text_encoder"].path)).graph
-    assert "MatMulInteger" in {n.op_type for n in graph.node} and "ConvInteger" not in {n.op_type for n in graph.node}
+    assert "MatMulInteger" in {n.op_type for n in graph.node} and "ConvInteger" not in {
+        n.op_type for n in graph.node
+    }
     manifest = validate_bundle(quantised, "fp16")
     graph = onnx.load(str(quantised / manifest.precisions["fp16"]["text_encoder"].path)).graph
     dtypes = {i.data_type for i in graph.initializer if i.dims and np.prod(i.dims) > 1000}
@@ -323,8 +383,9 @@ def test_dynamic_and_fp16_variants_load_and_run(quantised: Path, eval_waves: lis
         assert cos(pipe.run_stages([wave]).features, fp32.run_stages([wave]).features) > bound, precision
 
 
-def test_failed_quantisation_leaves_the_manifest_unchanged(quantised: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_quantisation_leaves_the_manifest_unchanged(
+    quantised: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import onnxruntime.quantization as ortq
 
     bundle = copy_bundle(quantised, tmp_path / "b")
@@ -356,8 +417,21 @@ def test_failed_quantisation_leaves_the_manifest_unchanged(quantised: Path, tmp_
 def test_check_writes_reports_and_gates_fail(quantised: Path, shared_data: Path, tmp_path: Path) -> None:
     bundle = copy_bundle(quantised, tmp_path / "b")
     write_label_flipping_variant(bundle, "int8-dynamic")  # deliberately broken: every label changes
-    args = ["check", str(bundle), "--data", tess(shared_data), "--limit", "6", "--threads", "1", "--warmup", "1",
-            "--min-agreement", "1.0", "--json"]
+    args = [
+        "check",
+        str(bundle),
+        "--data",
+        tess(shared_data),
+        "--limit",
+        "6",
+        "--threads",
+        "1",
+        "--warmup",
+        "1",
+        "--min-agreement",
+        "1.0",
+        "--json",
+    ]
     result = CliRunner().invoke(main, args)  # plain `check BUNDLE` routes to `check variants`
     assert result.exit_code == 1, result.output
     report = json.loads((bundle / "reports" / "variants.json").read_text())
@@ -365,25 +439,53 @@ def test_check_writes_reports_and_gates_fail(quantised: Path, shared_data: Path,
     names = [v["name"] for v in report["variants"]]
     assert names == ["pytorch", "fp32", "int8", "int8-dynamic", "fp16"]
     variants = {v["name"]: v for v in report["variants"]}
-    assert variants["fp32"]["agreement"] == 1.0 and variants["fp32"]["stage_cosine"]["fusion_head"]["min"] > 0.9999
+    assert (
+        variants["fp32"]["agreement"] == 1.0
+        and variants["fp32"]["stage_cosine"]["fusion_head"]["min"] > 0.9999
+    )
     flipped = variants["int8-dynamic"]
-    assert flipped["agreement_fp32"] == 0.0 and flipped["stage_cosine"]["fusion_head"]["min"] < 0  # attributed
+    assert (
+        flipped["agreement_fp32"] == 0.0 and flipped["stage_cosine"]["fusion_head"]["min"] < 0
+    )  # attributed
     assert flipped["stage_cosine"]["audio_encoder"]["min"] > 0.9999  # upstream stages are untouched
-    assert report["clips"] == 6 and report["skipped_labels"]  # TESS labels the 4-class model lacks are skipped
+    assert (
+        report["clips"] == 6 and report["skipped_labels"]
+    )  # TESS labels the 4-class model lacks are skipped
     int8 = variants["int8"]
     assert int8["size_bytes"] < variants["fp32"]["size_bytes"]
     assert {"p50", "p95", "p99"} <= set(int8["latency_ms"]["end_to_end"]) and int8["rtf"]["p50"] > 0
     assert {"ua", "wa", "macro_f1", "cer", "wer"} <= set(int8["metrics"]) and "ua" in int8["delta"]
     assert set(int8["stage_cosine"]) == {"audio_encoder", "ctc_head", "text_encoder", "fusion_head"}
     assert variants["fp16"]["status"] in {"ok", "not run"}
-    for name in ("variants.md", "variants-latency.png", "variants-size-rtf.png", "variants-accuracy.png",
-                 "variants-fidelity.png"):
+    for name in (
+        "variants.md",
+        "variants-latency.png",
+        "variants-size-rtf.png",
+        "variants-accuracy.png",
+        "variants-fidelity.png",
+    ):
         assert (bundle / "reports" / name).stat().st_size > 0
     markdown = (bundle / "reports" / "variants.md").read_text()
     assert "**FAILED**" in markdown and "![variants-fidelity](variants-fidelity.png)" in markdown
     assert "reports:" in result.stderr and "variants-latency.png" in result.stderr
-    passing = CliRunner().invoke(main, ["check", "variants", str(bundle), "--data", tess(shared_data), "--limit", "3",
-                                        "--no-float", "--precisions", "int8", "--no-plots", "--warmup", "0"])
+    passing = CliRunner().invoke(
+        main,
+        [
+            "check",
+            "variants",
+            str(bundle),
+            "--data",
+            tess(shared_data),
+            "--limit",
+            "3",
+            "--no-float",
+            "--precisions",
+            "int8",
+            "--no-plots",
+            "--warmup",
+            "0",
+        ],
+    )
     assert passing.exit_code == 0, passing.output
     assert "| int8 |" in passing.output and "| int8-dynamic |" not in passing.output
 
@@ -392,10 +494,18 @@ def test_gates_name_each_missed_bound() -> None:
     def variant(name: str, ua_delta: float, agreement: float) -> VariantResult:
         return VariantResult(name, delta={"ua": ua_delta}, agreement=agreement)
 
-    results = [variant("pytorch", 0.0, 1.0), variant("fp32", 0.0, 1.0), variant("int8", -1.5, 0.98),
-               variant("fp16", 0.4, 1.0), VariantResult("int8-dynamic", status="not run")]
+    results = [
+        variant("pytorch", 0.0, 1.0),
+        variant("fp32", 0.0, 1.0),
+        variant("int8", -1.5, 0.98),
+        variant("fp16", 0.4, 1.0),
+        VariantResult("int8-dynamic", status="not run"),
+    ]
     assert gate_failures(results, None, None) == []
-    assert gate_failures(results, 1.0, 0.99) == ["int8: UA drop 1.50 points > 1", "int8: label agreement 98.00% < 99.00%"]
+    assert gate_failures(results, 1.0, 0.99) == [
+        "int8: UA drop 1.50 points > 1",
+        "int8: label agreement 98.00% < 99.00%",
+    ]
     assert gate_failures(results, 1.5, 0.98) == []
 
 
@@ -403,7 +513,9 @@ def test_check_refuses_an_evaluation_split_that_was_calibrated_on(quantised: Pat
     corpus = load_corpus(tess(shared_data))
     assert check_calibration_leak(quantised, "tess", get_fold(corpus, 0))["corpus"] == "tess"
     with pytest.raises(SplitError, match="calibration set overlaps the evaluation split of fold 1"):
-        check_calibration_leak(quantised, "tess", get_fold(corpus, 1))  # fold 1 evaluates the calibration speaker
+        check_calibration_leak(
+            quantised, "tess", get_fold(corpus, 1)
+        )  # fold 1 evaluates the calibration speaker
 
 
 def test_accuracy_controlled_mode_keeps_a_stage_float_at_bound_zero(quantised: Path, tmp_path: Path) -> None:
@@ -424,10 +536,18 @@ def test_accuracy_controlled_mode_keeps_a_stage_float_at_bound_zero(quantised: P
         return StageReport("int8")
 
     from edgeser.quantize.graph import quantisable_nodes
+
     fusion = onnx.load(str(bundle / "fp32" / "fusion_head.onnx"))
     quantisable_in_fusion_head = len(quantisable_nodes(fusion, EVERY_WIDTH.op_types))
-    report = quantize_controlled(bundle, 0.0, options=EVERY_WIDTH, validation_clips=8, max_evaluations=12,
-                                 threads=1, build_stage=build_stage)
+    report = quantize_controlled(
+        bundle,
+        0.0,
+        options=EVERY_WIDTH,
+        validation_clips=8,
+        max_evaluations=12,
+        threads=1,
+        build_stage=build_stage,
+    )
     assert report.validation["clips"] == 8
     cache = read_calibration(bundle)
     assert not set(report.validation["ids"]) & set(cache.ids)  # measured off the calibration clips too
@@ -435,27 +555,43 @@ def test_accuracy_controlled_mode_keeps_a_stage_float_at_bound_zero(quantised: P
     assert report.measurements[0].agreement == 0.0
     assert set(report.float_stages) == {"fusion_head"}
     assert report.stage_sensitivity["fusion_head"]["agreement"] == 0.0
-    assert all(report.stage_sensitivity[s]["agreement"] == 1.0 for s in report.stage_sensitivity if s != "fusion_head")
+    assert all(
+        report.stage_sensitivity[s]["agreement"] == 1.0
+        for s in report.stage_sensitivity
+        if s != "fusion_head"
+    )
     assert report.final is not None and report.final.within and report.final.drop_bound == 0.0
     assert set(report.quantized_stages) == {"audio_encoder", "ctc_head", "text_encoder"}
-    assert all(report.float_groups["fusion_head"].values())  # every group of it flips labels alone: kept, with why
+    assert all(
+        report.float_groups["fusion_head"].values()
+    )  # every group of it flips labels alone: kept, with why
     manifest = validate_bundle(bundle, "int8")
     assert manifest.extra["quantization"]["int8"]["stages"]["fusion_head"]["precision"] == "fp32"
     written = json.loads((bundle / "reports" / "quantization.json").read_text())
-    assert written["float_stages"] and "Kept in float, and why" in (bundle / "reports" / "quantization.md").read_text()
+    assert (
+        written["float_stages"]
+        and "Kept in float, and why" in (bundle / "reports" / "quantization.md").read_text()
+    )
 
 
-def test_accuracy_controlled_mode_keeps_everything_int8_within_a_loose_bound(quantised: Path, tmp_path: Path) -> None:
+def test_accuracy_controlled_mode_keeps_everything_int8_within_a_loose_bound(
+    quantised: Path, tmp_path: Path
+) -> None:
     bundle = copy_bundle(quantised, tmp_path / "b")
     report = quantize_controlled(bundle, 100.0, options=EVERY_WIDTH, validation_clips=4, threads=1)
     assert report.evaluations == 1 and report.final is not None and report.final.within
-    assert not report.float_stages and set(report.quantized_stages) == {"audio_encoder", "ctc_head", "text_encoder",
-                                                                         "fusion_head"}
+    assert not report.float_stages and set(report.quantized_stages) == {
+        "audio_encoder",
+        "ctc_head",
+        "text_encoder",
+        "fusion_head",
+    }
     assert "Nothing kept in float" in (bundle / "reports" / "quantization.md").read_text()
 
 
-def test_check_lists_tensorrt_engines_and_says_why_they_did_not_run(quantised: Path, shared_data: Path,
-                                                                   tmp_path: Path) -> None:
+def test_check_lists_tensorrt_engines_and_says_why_they_did_not_run(
+    quantised: Path, shared_data: Path, tmp_path: Path
+) -> None:
     """Engines built by `build-trt` join the check where this machine can run them; here (no TensorRT, no GPU)
     their row says why not, and the ONNX variants are still checked."""
     from edgeser.checks.fidelity import check_variants
@@ -464,8 +600,16 @@ def test_check_lists_tensorrt_engines_and_says_why_they_did_not_run(quantised: P
     folder = bundle / "trt" / "nvidia-h200-sm90-trt10.16.1" / "int8"
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text("{}")
-    report = check_variants(bundle, tess(shared_data), limit=2, precisions=["int8"], include_float=False, warmup=0,
-                            threads=1, plots=False)
+    report = check_variants(
+        bundle,
+        tess(shared_data),
+        limit=2,
+        precisions=["int8"],
+        include_float=False,
+        warmup=0,
+        threads=1,
+        plots=False,
+    )
     row = report.variant("tensorrt-int8")
     assert row is not None and row.status == "not run" and "TensorRT" in row.note
     assert report.variant("int8").status == "ok" and report.passed

@@ -61,10 +61,16 @@ def initializer_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def test_tensorrt_int8_has_zero_points_of_zero_and_constant_scales(trt_bundle: Path) -> None:
     settings = validate_bundle(trt_bundle, "int8-trt").extra["quantization"]["int8-trt"]
-    assert settings["target"] == "tensorrt" and settings["symmetric_activations"] and not settings["quantize_bias"]
+    assert (
+        settings["target"] == "tensorrt"
+        and settings["symmetric_activations"]
+        and not settings["quantize_bias"]
+    )
     seen = 0
     for stage, model in graphs(trt_bundle, "int8-trt").items():
-        assert not [n.op_type for n in model.graph.node if n.domain], f"{stage}: contrib ops TensorRT cannot parse"
+        assert not [n.op_type for n in model.graph.node if n.domain], (
+            f"{stage}: contrib ops TensorRT cannot parse"
+        )
         values = initializer_values(model)
         for node in model.graph.node:
             if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -73,9 +79,13 @@ def test_tensorrt_int8_has_zero_points_of_zero_and_constant_scales(trt_bundle: P
             scale, zero = node.input[1], node.input[2] if len(node.input) > 2 else None
             assert scale in values, f"{stage}: {node.name} scale is computed, not a constant initializer"
             assert zero in values, f"{stage}: {node.name} has no constant zero point"
-            assert values[zero].dtype == np.int8 and not values[zero].any(), f"{stage}: {node.name} zero point"
+            assert values[zero].dtype == np.int8 and not values[zero].any(), (
+                f"{stage}: {node.name} zero point"
+            )
             if node.op_type == "DequantizeLinear" and node.input[0] in values:  # a stored weight or table
-                assert values[node.input[0]].dtype == np.int8, f"{stage}: {node.name} (no INT32 biases for TensorRT)"
+                assert values[node.input[0]].dtype == np.int8, (
+                    f"{stage}: {node.name} (no INT32 biases for TensorRT)"
+                )
     assert seen > 0
 
 
@@ -86,10 +96,19 @@ def test_tensorrt_int8_weights_are_per_channel_on_the_output_axis(trt_bundle: Pa
 
     # int8-trt keeps the feature-encoder convs float; quantise them here too, to see their axis
     convs = tmp_path / "audio_encoder.onnx"
-    quantize_stage_static("audio_encoder", trt_bundle / "fp32" / "audio_encoder.onnx", convs,
-                          read_calibration(trt_bundle), Int8Options.tensorrt(min_width=0, exclude=CATEGORIES), tmp_path)
+    quantize_stage_static(
+        "audio_encoder",
+        trt_bundle / "fp32" / "audio_encoder.onnx",
+        convs,
+        read_calibration(trt_bundle),
+        Int8Options.tensorrt(min_width=0, exclude=CATEGORIES),
+        tmp_path,
+    )
     checked = {"Conv": 0, "MatMul": 0}
-    for stage, model in [*graphs(trt_bundle, "int8-trt").items(), ("audio_encoder (convs)", onnx.load(str(convs)))]:
+    for stage, model in [
+        *graphs(trt_bundle, "int8-trt").items(),
+        ("audio_encoder (convs)", onnx.load(str(convs))),
+    ]:
         info, values = GraphInfo(model), initializer_values(model)
         for node in model.graph.node:
             if node.op_type not in checked:
@@ -107,12 +126,18 @@ def test_tensorrt_int8_weights_are_per_channel_on_the_output_axis(trt_bundle: Pa
     assert checked["Conv"] >= 1 and checked["MatMul"] >= 5
 
 
-def test_tensorrt_int8_runs_in_onnxruntime_and_follows_fp32(trt_bundle: Path, held_out: list[np.ndarray]) -> None:
+def test_tensorrt_int8_runs_in_onnxruntime_and_follows_fp32(
+    trt_bundle: Path, held_out: list[np.ndarray]
+) -> None:
     """Checked on CPU like every variant: the quantised arithmetic TensorRT runs, up to kernel rounding."""
     manifest = read_manifest(trt_bundle)
     graph = StageGraph.from_manifest(manifest, trt_bundle)
-    runners = {p: onnxruntime_runners({s: str(trt_bundle / e.path) for s, e in manifest.precisions[p].items()}, 1,
-                                      None) for p in ("fp32", "int8-trt")}
+    runners = {
+        p: onnxruntime_runners(
+            {s: str(trt_bundle / e.path) for s, e in manifest.precisions[p].items()}, 1, None
+        )
+        for p in ("fp32", "int8-trt")
+    }
     runs = [(graph.run(runners["fp32"], [w]), graph.run(runners["int8-trt"], [w])) for w in held_out]
     assert np.mean([cosine(a.features, b.features) for a, b in runs]) > MIN_TRT_FEATURE_COSINE
     assert np.mean([cosine(a.logits, b.logits) for a, b in runs]) > MIN_TRT_LOGIT_COSINE
@@ -169,26 +194,38 @@ def test_fp16_graph_is_explicitly_typed(trt_bundle: Path, held_out: list[np.ndar
     for stage, model in graphs(trt_bundle, "fp16").items():
         assert precision_conflicts(model) == [], stage
         types = tensor_types(model)
-        float_io = [v for v in [*model.graph.input, *model.graph.output]
-                    if v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)]
+        float_io = [
+            v
+            for v in [*model.graph.input, *model.graph.output]
+            if v.type.tensor_type.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16)
+        ]
         assert all(v.type.tensor_type.elem_type == TensorProto.FLOAT for v in float_io), stage
         for node in model.graph.node:
             if node.op_type in ("LayerNormalization", "Softmax"):
                 assert types[node.input[0]] == TensorProto.FLOAT, f"{stage}: {node.name} runs in FP32"
-            if node.op_type == "MatMul" and all(types.get(i) in (TensorProto.FLOAT, TensorProto.FLOAT16)
-                                                for i in node.input):
+            if node.op_type == "MatMul" and all(
+                types.get(i) in (TensorProto.FLOAT, TensorProto.FLOAT16) for i in node.input
+            ):
                 assert types[node.input[0]] == TensorProto.FLOAT16, f"{stage}: {node.name} runs in FP16"
         assert any(n.op_type == "Cast" for n in model.graph.node), stage
     manifest = read_manifest(trt_bundle)
     graph = StageGraph.from_manifest(manifest, trt_bundle)
-    runners = {p: onnxruntime_runners({s: str(trt_bundle / e.path) for s, e in manifest.precisions[p].items()}, 1,
-                                      None) for p in ("fp32", "fp16")}
+    runners = {
+        p: onnxruntime_runners(
+            {s: str(trt_bundle / e.path) for s, e in manifest.precisions[p].items()}, 1, None
+        )
+        for p in ("fp32", "fp16")
+    }
     for wave in held_out[:3]:  # FP16 runs in onnxruntime on CPU too, and follows fp32
-        assert cosine(graph.run(runners["fp32"], [wave]).logits, graph.run(runners["fp16"], [wave]).logits) > 0.999
+        assert (
+            cosine(graph.run(runners["fp32"], [wave]).logits, graph.run(runners["fp16"], [wave]).logits)
+            > 0.999
+        )
 
 
-def test_int8_with_an_fp16_remainder_keeps_every_qdq_and_runs_it_in_fp16(trt_bundle: Path,
-                                                                          held_out: list[np.ndarray]) -> None:
+def test_int8_with_an_fp16_remainder_keeps_every_qdq_and_runs_it_in_fp16(
+    trt_bundle: Path, held_out: list[np.ndarray]
+) -> None:
     """int8-trt-fp16: the int8-trt Q/DQ pairs unchanged in number and scale (to FP16 rounding), Q reading and DQ
     writing FP16 (no Cast between a DQ and its GEMM), LayerNorm / Softmax in FP32, no mixed float inputs, FP32 io;
     onnxruntime runs it on CPU and it follows int8-trt."""
@@ -200,24 +237,38 @@ def test_int8_with_an_fp16_remainder_keeps_every_qdq_and_runs_it_in_fp16(trt_bun
         types = tensor_types(model)
         producers = {o: n for n in model.graph.node for o in n.output}
         qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-        assert len(qdq) == sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in int8[stage].graph.node)
+        assert len(qdq) == sum(
+            n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in int8[stage].graph.node
+        )
         assert qdq and all(types[n.input[1]] == TensorProto.FLOAT16 for n in qdq), stage
         scales_before = initializer_values(int8[stage])
         for name, value in initializer_values(model).items():
             if name.endswith("_scale") and name in scales_before and value.dtype == np.float16:
-                np.testing.assert_allclose(value.astype(np.float32), scales_before[name], rtol=1e-3, atol=6e-8)
+                np.testing.assert_allclose(
+                    value.astype(np.float32), scales_before[name], rtol=1e-3, atol=6e-8
+                )
         for node in model.graph.node:
             if node.op_type in ("MatMul", "Gemm", "Conv") and node.input[0] in producers:
                 source = producers[node.input[0]]
-                assert not (source.op_type == "Cast" and source.input[0] in producers
-                            and producers[source.input[0]].op_type == "DequantizeLinear"), f"{stage}: {node.name}"
+                assert not (
+                    source.op_type == "Cast"
+                    and source.input[0] in producers
+                    and producers[source.input[0]].op_type == "DequantizeLinear"
+                ), f"{stage}: {node.name}"
             if node.op_type in ("LayerNormalization", "Softmax"):
                 assert types[node.input[0]] == TensorProto.FLOAT, f"{stage}: {node.name} runs in FP32"
-        assert all(v.type.tensor_type.elem_type != TensorProto.FLOAT16 for v in [*model.graph.input, *model.graph.output])
+        assert all(
+            v.type.tensor_type.elem_type != TensorProto.FLOAT16
+            for v in [*model.graph.input, *model.graph.output]
+        )
     manifest = read_manifest(trt_bundle)
     graph = StageGraph.from_manifest(manifest, trt_bundle)
-    runners = {p: onnxruntime_runners({s: str(trt_bundle / e.path) for s, e in manifest.precisions[p].items()}, 1,
-                                      None) for p in ("int8-trt", "int8-trt-fp16")}
+    runners = {
+        p: onnxruntime_runners(
+            {s: str(trt_bundle / e.path) for s, e in manifest.precisions[p].items()}, 1, None
+        )
+        for p in ("int8-trt", "int8-trt-fp16")
+    }
     for wave in held_out[:3]:
         a, b = graph.run(runners["int8-trt"], [wave]), graph.run(runners["int8-trt-fp16"], [wave])
         assert cosine(a.features, b.features) > 0.99
@@ -225,16 +276,28 @@ def test_int8_with_an_fp16_remainder_keeps_every_qdq_and_runs_it_in_fp16(trt_bun
 
 def test_mixed_float_inputs_are_found() -> None:
     half = numpy_helper.from_array(np.ones(4, np.float16), "h")
-    nodes = [helper.make_node("Add", ["x", "h"], ["y"], name="mixed"), helper.make_node("Pow", ["x", "e"], ["z"], name="pow")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4]),
-                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])],
-                              [half, numpy_helper.from_array(np.array(2, np.float16), "e")])
-    assert precision_conflicts(helper.make_model(graph)) == ["mixed (Add): float16, float32"]  # Pow's exponent is free
+    nodes = [
+        helper.make_node("Add", ["x", "h"], ["y"], name="mixed"),
+        helper.make_node("Pow", ["x", "e"], ["z"], name="pow"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [4]),
+        ],
+        [half, numpy_helper.from_array(np.array(2, np.float16), "e")],
+    )
+    assert precision_conflicts(helper.make_model(graph)) == [
+        "mixed (Add): float16, float32"
+    ]  # Pow's exponent is free
 
 
-def test_int8_stays_float_where_it_is_slower(trt_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                            ) -> None:
+def test_int8_stays_float_where_it_is_slower(
+    trt_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The speed gate: each quantised stage timed against fp32; the slower-in-INT8 stages keep the fp32 graph, and
     the figures and the CPU are in the settings. Timings are injected: nothing here depends on this machine."""
     from edgeser.machine import cpu_info
@@ -245,7 +308,9 @@ def test_int8_stays_float_where_it_is_slower(trt_bundle: Path, tmp_path: Path, m
 
     def fake_timer(fp32: Path, int8: Path, feeds: dict, threads: int, rounds: int) -> tuple[float, float]:
         timed.append(fp32.stem)
-        assert threads == 3 and all(v.shape[0] == 1 for v in feeds.values())  # batch 1, real calibration length
+        assert threads == 3 and all(
+            v.shape[0] == 1 for v in feeds.values()
+        )  # batch 1, real calibration length
         return (10.0, 12.5) if fp32.stem == "audio_encoder" else (10.0, 4.0)
 
     monkeypatch.setattr(speed, "interleaved_medians", fake_timer)
@@ -258,9 +323,18 @@ def test_int8_stays_float_where_it_is_slower(trt_bundle: Path, tmp_path: Path, m
     assert set(timed) == {s for s, r in stages.items() if r["speed"]}
     audio = stages["audio_encoder"]
     assert audio["precision"] == "fp32" and "slower than fp32" in audio["float_nodes"]["*"]
-    assert audio["speed"] == {"fp32_ms": 10.0, "int8_ms": 12.5, "input": audio["speed"]["input"], "rounds": 5,
-                              "threads": 3, "speedup": 0.8, "kept": "fp32"}
-    assert manifest.precisions["int8"]["audio_encoder"].sha256 == sha256_of(bundle / "fp32" / "audio_encoder.onnx")
+    assert audio["speed"] == {
+        "fp32_ms": 10.0,
+        "int8_ms": 12.5,
+        "input": audio["speed"]["input"],
+        "rounds": 5,
+        "threads": 3,
+        "speedup": 0.8,
+        "kept": "fp32",
+    }
+    assert manifest.precisions["int8"]["audio_encoder"].sha256 == sha256_of(
+        bundle / "fp32" / "audio_encoder.onnx"
+    )
     text = stages["text_encoder"]
     assert text["precision"] == "int8" and text["speed"]["kept"] == "int8" and text["speed"]["speedup"] == 2.5
 

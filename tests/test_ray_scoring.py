@@ -22,7 +22,12 @@ from edgeser.cli.ray_options import check_ray_command, predict_ray_command, reso
 from edgeser.ray_scoring.jobs import ClipScorer, RayOptions, read_results, score_corpus
 
 LABELS = ["angry", "happy", "sad", "neutral"]
-BAD = {"silent.wav": "all-silent", "garbage.wav": "unreadable", "missing.wav": "not found", "long.wav": "too long"}
+BAD = {
+    "silent.wav": "all-silent",
+    "garbage.wav": "unreadable",
+    "missing.wav": "not found",
+    "long.wav": "too long",
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +56,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
             rows.append(f"{path},angry,,emodb-{path.stem}")
     sf.write(root / "silent.wav", np.zeros(16_000, np.float32), 16_000)
     (root / "garbage.wav").write_bytes(b"not audio at all" * 10)
-    sf.write(root / "long.wav", (0.1 * np.random.default_rng(0).standard_normal(16_000 * 31)).astype(np.float32),
-             16_000)
+    sf.write(
+        root / "long.wav",
+        (0.1 * np.random.default_rng(0).standard_normal(16_000 * 31)).astype(np.float32),
+        16_000,
+    )
     rows += [f"{name},sad,,bad-{Path(name).stem}" for name in BAD]
     (root / "corpus.csv").write_text("\n".join(rows) + "\n")
     return root / "corpus.csv"
@@ -89,15 +97,36 @@ def assert_equal_to_single_process(table, labels: list[str], expected: dict[str,
         assert row["label"] == reference.label  # type: ignore[attr-defined]
         assert row["transcript"] == reference.transcript  # type: ignore[attr-defined]
         np.testing.assert_allclose(row["logits"], reference.logits, atol=1e-4, rtol=0)  # type: ignore[attr-defined]
-        np.testing.assert_allclose(row["probabilities"], list(reference.probabilities.values()),  # type: ignore[attr-defined]
-                                   atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            row["probabilities"],
+            list(reference.probabilities.values()),  # type: ignore[attr-defined]
+            atol=1e-5,
+            rtol=0,
+        )
 
 
-def test_ray_scoring_equals_the_single_process_run(local_ray, cmgi_bundle: Path, corpus: Path,  # type: ignore[no-untyped-def]
-                                                   tmp_path: Path) -> None:
+def test_ray_scoring_equals_the_single_process_run(
+    local_ray,
+    cmgi_bundle: Path,
+    corpus: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     out = tmp_path / "results.parquet"
-    result = CliRunner().invoke(predict_ray_command, [str(cmgi_bundle), "--ray", f"manifest:{corpus}", "--out",
-                                                      str(out), "--workers", "2", "--batch-size", "3", "--json"])
+    result = CliRunner().invoke(
+        predict_ray_command,
+        [
+            str(cmgi_bundle),
+            "--ray",
+            f"manifest:{corpus}",
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--batch-size",
+            "3",
+            "--json",
+        ],
+    )
     assert result.exit_code == 1, result.output  # bad files make the run exit 1, after writing every row
     summary = json.loads(result.stdout)
     table, labels = read_results(out)
@@ -115,10 +144,13 @@ def test_ray_scoring_equals_the_single_process_run(local_ray, cmgi_bundle: Path,
         assert reason in row["error"]
 
 
-def test_unordered_rows_hold_the_same_results(local_ray, cmgi_bundle: Path, corpus: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unordered_rows_hold_the_same_results(
+    local_ray, cmgi_bundle: Path, corpus: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "unordered.parquet"
-    summary = score_corpus(cmgi_bundle, f"manifest:{corpus}", out, RayOptions(workers=1, batch_size=5,
-                                                                               keep_order=False))
+    summary = score_corpus(
+        cmgi_bundle, f"manifest:{corpus}", out, RayOptions(workers=1, batch_size=5, keep_order=False)
+    )
     table, labels = read_results(out)
     assert summary.clips == table.num_rows
     assert_equal_to_single_process(table, labels, single_process(cmgi_bundle, corpus))
@@ -136,14 +168,17 @@ class KillOnce(ClipScorer):
         return super().__call__(batch)
 
 
-def test_a_killed_workers_batch_is_retried(local_ray, cmgi_bundle: Path, corpus: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_killed_workers_batch_is_retried(
+    local_ray, cmgi_bundle: Path, corpus: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     KillOnce.marker = str(tmp_path / "killed")
     out = tmp_path / "results.parquet"
-    summary = score_corpus(cmgi_bundle, f"manifest:{corpus}", out, RayOptions(workers=2, batch_size=4),
-                           scorer=KillOnce)
+    summary = score_corpus(
+        cmgi_bundle, f"manifest:{corpus}", out, RayOptions(workers=2, batch_size=4), scorer=KillOnce
+    )
     killed_batch = Path(KillOnce.marker).read_text().split(",")
     assert killed_batch and all(killed_batch)  # a worker really died holding this batch
     table, labels = read_results(out)
@@ -154,13 +189,27 @@ def test_a_killed_workers_batch_is_retried(local_ray, cmgi_bundle: Path, corpus:
 
 def test_ray_check_evaluates_every_clip(local_ray, cmgi_bundle: Path, corpus: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "eval.parquet"
-    result = CliRunner().invoke(check_ray_command, [str(cmgi_bundle), "--ray", "--data", f"manifest:{corpus}",
-                                                    "--out", str(out), "--json", "--max-errors", "0"])
+    result = CliRunner().invoke(
+        check_ray_command,
+        [
+            str(cmgi_bundle),
+            "--ray",
+            "--data",
+            f"manifest:{corpus}",
+            "--out",
+            str(out),
+            "--json",
+            "--max-errors",
+            "0",
+        ],
+    )
     assert result.exit_code == 1, result.output  # four bad files miss the --max-errors 0 gate
     report = json.loads(result.stdout)
     table, _ = read_results(out)
     good = [r for r in table.to_pylist() if r["error"] is None]
-    assert report["clips"] == table.num_rows and report["errors"] == len(BAD) and report["scored"] == len(good)
+    assert (
+        report["clips"] == table.num_rows and report["errors"] == len(BAD) and report["scored"] == len(good)
+    )
     agree = sum(r["label"] == r["reference_label"] for r in good)
     assert report["wa"] == pytest.approx(agree / len(good))
     assert report["gates"]["max_errors"] == {"value": len(BAD), "bound": 0, "ok": False}
@@ -206,11 +255,18 @@ def test_a_batch_that_fails_whole_is_scored_clip_by_clip(cmgi_bundle: Path, tmp_
     for name, wave in clips.items():
         sf.write(tmp_path / f"{name}.wav", wave, 16_000)
     paths = [str(tmp_path / "short.wav"), str(tmp_path / "long.wav"), str(tmp_path / "absent.wav")]
-    batch = {"index": np.arange(3), "id": np.array(["s", "l", "a"]), "path": np.array(paths),
-             "duration_s": np.array([0.8, 2.0, 0.0]), "reference_label": np.array(LABELS[:3]),
-             "reference_transcript": np.array(["", "", ""])}
+    batch = {
+        "index": np.arange(3),
+        "id": np.array(["s", "l", "a"]),
+        "path": np.array(paths),
+        "duration_s": np.array([0.8, 2.0, 0.0]),
+        "reference_label": np.array(LABELS[:3]),
+        "reference_transcript": np.array(["", "", ""]),
+    }
     rows = scorer(batch).to_pylist()
     assert [r["id"] for r in rows] == ["s", "l", "a"]
     assert rows[0]["error"] is None and rows[0]["label"] == pipe((clips["short"], 16_000)).label
-    assert rows[1]["label"] is None and "unexpected ValueError: this clip breaks the model" in rows[1]["error"]
+    assert (
+        rows[1]["label"] is None and "unexpected ValueError: this clip breaks the model" in rows[1]["error"]
+    )
     assert "file not found" in rows[2]["error"]

@@ -42,8 +42,14 @@ def test_runtime_predicts_where_torch_cannot_be_imported(cmgi_bundle: Path, tmp_
         print(result.label, len(result.probabilities), heavy)
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr
     label, count, heavy = done.stdout.split(maxsplit=2)
     labels = Pipeline.load(cmgi_bundle).labels
@@ -78,7 +84,10 @@ def test_batch_keeps_order_and_matches_single(pipe: Pipeline) -> None:
         (lambda p: p.write_bytes(b""), "empty file"),
         (lambda p: p.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 8), "unreadable or corrupt"),
         (lambda p: sf.write(p, np.zeros(16_000, np.float32), 16_000), "all-silent"),
-        (lambda p: sf.write(p, np.full(8000, np.inf, np.float32), 16_000, subtype="FLOAT"), "NaN or infinite"),
+        (
+            lambda p: sf.write(p, np.full(8000, np.inf, np.float32), 16_000, subtype="FLOAT"),
+            "NaN or infinite",
+        ),
         (lambda p: write_audio(p, seconds=31.0), "too long"),
         (lambda p: p.write_text("just text"), "unreadable or corrupt"),
     ],
@@ -119,7 +128,9 @@ def test_stage_sessions_do_not_spin_between_stages(pipe: Pipeline, cmgi_bundle: 
             assert options.get_session_config_entry("session.inter_op.allow_spinning") == expected, stage
             assert options.get_session_config_entry("session.force_spinning_stop") == "1", stage
     wave = tone(1.5)
-    np.testing.assert_allclose(spinning.predict_waveform(wave).logits, pipe.predict_waveform(wave).logits, atol=1e-5)
+    np.testing.assert_allclose(
+        spinning.predict_waveform(wave).logits, pipe.predict_waveform(wave).logits, atol=1e-5
+    )
 
 
 def test_one_pipeline_shared_between_threads(pipe: Pipeline) -> None:

@@ -32,15 +32,27 @@ from tests.conftest import write_audio
 
 
 def test_public_errors_are_edgesers_own_and_raised_by_the_runtime(cmgi_bundle: Path, tmp_path: Path) -> None:
-    for name in ("AudioError", "BundleError", "OptionError", "EdgeserError", "MissingDependencyError", "ProviderError"):
-        assert getattr(edgeser.runtime, name) is getattr(edgeser.errors, name) and name in edgeser.runtime.__all__
+    for name in (
+        "AudioError",
+        "BundleError",
+        "OptionError",
+        "EdgeserError",
+        "MissingDependencyError",
+        "ProviderError",
+    ):
+        assert (
+            getattr(edgeser.runtime, name) is getattr(edgeser.errors, name)
+            and name in edgeser.runtime.__all__
+        )
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
     with pytest.raises(AudioError, match="empty.wav: empty file"):
         Pipeline.load(cmgi_bundle, threads=1)(empty)
     with pytest.raises(BundleError, match="not-a-bundle"):
         Pipeline.load(tmp_path / "not-a-bundle")
-    with pytest.raises(edgeser.runtime.ProviderError, match=r"\['NoSuchExecutionProvider'\] not available here"):
+    with pytest.raises(
+        edgeser.runtime.ProviderError, match=r"\['NoSuchExecutionProvider'\] not available here"
+    ):
         Pipeline.load(cmgi_bundle, providers=["NoSuchExecutionProvider"])
     assert issubclass(OptionError, EdgeserError) and issubclass(AudioError, EdgeserError)
 
@@ -58,9 +70,17 @@ def test_precision_and_backend_are_literals_and_the_cli_offers_exactly_them() ->
     ("options", "name", "problem"),
     [
         ({"backend": "tensorrt", "threads": 1}, "threads", "not used with backend 'tensorrt'"),
-        ({"backend": "tensorrt", "providers": ["CPUExecutionProvider"]}, "providers", "not used with backend 'tensorrt'"),
+        (
+            {"backend": "tensorrt", "providers": ["CPUExecutionProvider"]},
+            "providers",
+            "not used with backend 'tensorrt'",
+        ),
         ({"backend": "tensorrt", "spin": True}, "spin", "not used with backend 'tensorrt'"),
-        ({"backend": "cuda", "providers": ["CPUExecutionProvider"]}, "providers", "sets its own execution providers"),
+        (
+            {"backend": "cuda", "providers": ["CPUExecutionProvider"]},
+            "providers",
+            "sets its own execution providers",
+        ),
         ({"backend": "tensorrt-ep", "providers": []}, "providers", "sets its own execution providers"),
         ({"device": 1}, "device", "not used with backend 'onnxruntime'"),
         ({"force_threads": True}, "force_threads", "no threads were given"),
@@ -68,16 +88,31 @@ def test_precision_and_backend_are_literals_and_the_cli_offers_exactly_them() ->
         ({"backend": "tensorrt", "device": "0"}, "device", "expected a GPU index"),
         ({"backend": "TensorRT"}, "backend", "unknown backend 'TensorRT'"),
     ],
-    ids=["trt-threads", "trt-providers", "trt-spin", "cuda-providers", "trt-ep-providers", "cpu-device",
-         "force-without-threads", "negative-device", "text-device", "backend-case"],
+    ids=[
+        "trt-threads",
+        "trt-providers",
+        "trt-spin",
+        "cuda-providers",
+        "trt-ep-providers",
+        "cpu-device",
+        "force-without-threads",
+        "negative-device",
+        "text-device",
+        "backend-case",
+    ],
 )
-def test_options_the_backend_would_ignore_are_refused(cmgi_bundle: Path, options: dict[str, object], name: str,
-                                                      problem: str) -> None:
+def test_options_the_backend_would_ignore_are_refused(
+    cmgi_bundle: Path, options: dict[str, object], name: str, problem: str
+) -> None:
     # Refused before anything loads: without the check these either run (device 1 on the CPU) or fail later
     # for another reason (no TensorRT, no CUDA provider here).
     with pytest.raises(OptionError, match=problem) as caught:
         Pipeline.load(cmgi_bundle, **options)  # type: ignore[arg-type]
-    assert caught.value.name == name and str(caught.value).startswith(f"{name}: ") and "\n" not in str(caught.value)
+    assert (
+        caught.value.name == name
+        and str(caught.value).startswith(f"{name}: ")
+        and "\n" not in str(caught.value)
+    )
 
 
 def test_options_the_backend_uses_are_accepted(cmgi_bundle: Path) -> None:
@@ -88,9 +123,12 @@ def test_options_the_backend_uses_are_accepted(cmgi_bundle: Path) -> None:
 
 def test_predict_cli_refuses_threads_with_tensorrt_in_one_line(cmgi_bundle: Path, tmp_path: Path) -> None:
     clip = write_audio(tmp_path / "clip.wav", seconds=1.0)
-    result = CliRunner().invoke(main, ["predict", str(cmgi_bundle), str(clip), "--backend", "tensorrt",
-                                       "--threads", "1"])
+    result = CliRunner().invoke(
+        main, ["predict", str(cmgi_bundle), str(clip), "--backend", "tensorrt", "--threads", "1"]
+    )
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines == ["error: threads: not used with backend 'tensorrt': edgeser's TensorRT engines run on the GPU, "
-                     "not on onnxruntime"]
+    assert lines == [
+        "error: threads: not used with backend 'tensorrt': edgeser's TensorRT engines run on the GPU, "
+        "not on onnxruntime"
+    ]

@@ -48,10 +48,24 @@ def dims_of(spec_shape: list[str | int]) -> list[int]:
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "python"])
-def test_exported_repository_configs_match_the_bundle(cmgi_bundle: Path, tmp_path: Path, backend: str) -> None:
+def test_exported_repository_configs_match_the_bundle(
+    cmgi_bundle: Path, tmp_path: Path, backend: str
+) -> None:
     out = tmp_path / "models"
-    result = CliRunner().invoke(export_triton_command, [str(cmgi_bundle), str(out), "--backend", backend,
-                                                        "--max-batch", "12", "--max-delay-ms", "3", "--json"])
+    result = CliRunner().invoke(
+        export_triton_command,
+        [
+            str(cmgi_bundle),
+            str(out),
+            "--backend",
+            backend,
+            "--max-batch",
+            "12",
+            "--max-delay-ms",
+            "3",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = read_manifest(cmgi_bundle)
     assert json.loads(result.output)["models"] == [*manifest.stages, PIPELINE_MODEL]
@@ -71,25 +85,33 @@ def test_exported_repository_configs_match_the_bundle(cmgi_bundle: Path, tmp_pat
                 assert list(entry.dims) == dims_of(tensor.shape)
                 # `[batch]` tensors (lengths) reach the graph as [B]: dims [1] reshaped to []
                 assert entry.HasField("reshape") == (len(tensor.shape) == 1)
-        assert (out / stage / "1" / ("model.onnx")).read_bytes() == \
-            (cmgi_bundle / manifest.precisions["fp32"][stage].path).read_bytes()
+        assert (out / stage / "1" / ("model.onnx")).read_bytes() == (
+            cmgi_bundle / manifest.precisions["fp32"][stage].path
+        ).read_bytes()
     pipeline = parse_config(out / PIPELINE_MODEL / "config.pbtxt")
     assert pipeline.backend == "python"
-    assert [(t.name, list(t.dims), t.allow_ragged_batch) for t in pipeline.input] == \
-        [("waveform", [-1], True), ("length", [1], False)]
-    assert [(t.name, list(t.dims)) for t in pipeline.output] == \
-        [("label", [1]), ("probabilities", [4]), ("logits", [4]), ("transcript", [1])]
+    assert [(t.name, list(t.dims), t.allow_ragged_batch) for t in pipeline.input] == [
+        ("waveform", [-1], True),
+        ("length", [1], False),
+    ]
+    assert [(t.name, list(t.dims)) for t in pipeline.output] == [
+        ("label", [1]),
+        ("probabilities", [4]),
+        ("logits", [4]),
+        ("transcript", [1]),
+    ]
     assert json.loads(pipeline.parameters["labels"].string_value) == manifest.labels
     assert pipeline.parameters["runners"].string_value == "bls"
     for name in ("bundle.json", "tokenizer.json", "model.py"):
         assert (out / PIPELINE_MODEL / "1" / name).is_file()
     readme = (out / "README.md").read_text()
-    assert "tritonserver --model-repository" in readme and "client.infer(\"edgeser\"" in readme
+    assert "tritonserver --model-repository" in readme and 'client.infer("edgeser"' in readme
 
 
 def test_tensorrt_repository_needs_engines(cmgi_bundle: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(export_triton_command, [str(cmgi_bundle), str(tmp_path / "m"), "--backend",
-                                                        "tensorrt"])
+    result = CliRunner().invoke(
+        export_triton_command, [str(cmgi_bundle), str(tmp_path / "m"), "--backend", "tensorrt"]
+    )
     assert result.exit_code != 0 and not (tmp_path / "m").exists()
     assert isinstance(result.exception, ServingError)
     assert "no TensorRT fp32 engines" in str(result.exception) and "\n" not in str(result.exception)
@@ -97,13 +119,24 @@ def test_tensorrt_repository_needs_engines(cmgi_bundle: Path, tmp_path: Path) ->
 
 def write_engine_manifest(bundle: Path, folder: Path, batch: int, seconds: int) -> None:
     """The engine manifest `build-trt` writes, reduced to its profiles: batch 1..`batch`, `seconds` of audio."""
-    ranges = {"batch": (1, 1, batch), "samples": (8000, 32000, seconds * 16000), "frames": (24, 99, seconds * 50),
-              "tokens": (1, 16, 64)}
+    ranges = {
+        "batch": (1, 1, batch),
+        "samples": (8000, 32000, seconds * 16000),
+        "frames": (24, 99, seconds * 50),
+        "tokens": (1, 16, 64),
+    }
     stages = {}
     for stage, spec in read_manifest(bundle).stages.items():
-        stages[stage] = {"engine": f"{stage}.engine", "profiles": {
-            t.name: {k: [ranges[d][i] if isinstance(d, str) else d for d in t.shape]
-                     for i, k in enumerate(("min", "opt", "max"))} for t in spec.inputs}}
+        stages[stage] = {
+            "engine": f"{stage}.engine",
+            "profiles": {
+                t.name: {
+                    k: [ranges[d][i] if isinstance(d, str) else d for d in t.shape]
+                    for i, k in enumerate(("min", "opt", "max"))
+                }
+                for t in spec.inputs
+            },
+        }
     (folder / "manifest.json").write_text(json.dumps({"schema": 1, "stages": stages}))
 
 
@@ -129,11 +162,14 @@ def test_tensorrt_repository_uses_the_built_engines(cmgi_bundle: Path, tmp_path:
         assert parse_config(out / model / "config.pbtxt").max_batch_size == 8
     # and the clips the engines' samples maximum takes, not 30 s
     assert parse_config(out / PIPELINE_MODEL / "config.pbtxt").parameters["max_seconds"].string_value == "7"
-    result = CliRunner().invoke(export_triton_command, [str(bundle), str(tmp_path / "m16"), "--backend",
-                                                        "tensorrt", "--max-batch", "16"])
+    result = CliRunner().invoke(
+        export_triton_command,
+        [str(bundle), str(tmp_path / "m16"), "--backend", "tensorrt", "--max-batch", "16"],
+    )
     assert result.exit_code != 0 and not (tmp_path / "m16").exists()
     assert "--max-batch 16: the TensorRT engines" in str(result.exception) and "at most 8 clips" in str(
-        result.exception)
+        result.exception
+    )
     with pytest.raises(ServingError, match="no TensorRT engines there"):
         write_model_repository(bundle, out, backend="tensorrt", engines="a100-sm80-trt10.13")
     shutil.copytree(engines.parent, bundle / "trt" / "a100-sm80-trt10.13")
@@ -170,7 +206,9 @@ def start(command: list[str], http_port: int, log: Path, timeout_s: float = 180.
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode}: {log.read_text()[-2000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2) as response:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=2
+            ) as response:
                 if response.status == 200:
                     return process
         except OSError:
@@ -200,9 +238,22 @@ def served(cmgi_bundle: Path, tmp_path_factory: pytest.TempPathFactory):  # type
     python = serve_env_python()
     http_port, grpc_port = ports()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [str(python), "-c", "from edgeser.cli.serving import serve_command; serve_command()",
-               str(cmgi_bundle), "--port", str(http_port), "--grpc-port", str(grpc_port), "--max-batch", "8",
-               "--max-delay-ms", "20", "--threads", "1"]
+    command = [
+        str(python),
+        "-c",
+        "from edgeser.cli.serving import serve_command; serve_command()",
+        str(cmgi_bundle),
+        "--port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--max-batch",
+        "8",
+        "--max-delay-ms",
+        "20",
+        "--threads",
+        "1",
+    ]
     process = start(command, http_port, log)
     yield f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
     stop(process)
@@ -215,7 +266,9 @@ def clips(data: Path | None) -> list[np.ndarray]:
 
     waves = [tone(0.4 + 0.37 * i, freq=150.0 + 40 * i, seed=i) for i in range(6)]
     if data is not None:
-        waves += [load_audio(p, max_duration=30.0) for p in sorted((data / "emodb" / "wav").glob("03a0*.*"))[:4]]
+        waves += [
+            load_audio(p, max_duration=30.0) for p in sorted((data / "emodb" / "wav").glob("03a0*.*"))[:4]
+        ]
     return waves
 
 
@@ -239,14 +292,17 @@ def test_served_results_equal_the_pipeline(served: tuple[str, str], cmgi_bundle:
             assert result.probabilities == pytest.approx(reference.probabilities, abs=1e-5)
         several = client.predict_batch(waves[:3])  # one request with three padded clips and their lengths
         assert [r.label for r in several] == [e.label for e in expected[:3]]
-        np.testing.assert_allclose([r.logits for r in several], [e.logits for e in expected[:3]],
-                                   atol=LOGIT_TOLERANCE, rtol=0)
+        np.testing.assert_allclose(
+            [r.logits for r in several], [e.logits for e in expected[:3]], atol=LOGIT_TOLERANCE, rtol=0
+        )
     import tritonclient.http as httpclient
 
     stats = httpclient.InferenceServerClient(served[0]).get_inference_statistics(PIPELINE_MODEL)
     model = stats["model_stats"][0]
     assert model["inference_count"] >= 4 * len(waves)
-    assert model["execution_count"] < model["inference_count"]  # the server batched concurrent clients together
+    assert (
+        model["execution_count"] < model["inference_count"]
+    )  # the server batched concurrent clients together
 
 
 def raw_infer(url: str, waveform: np.ndarray, length: np.ndarray | None = None):  # type: ignore[no-untyped-def]
@@ -262,7 +318,9 @@ def raw_infer(url: str, waveform: np.ndarray, length: np.ndarray | None = None):
     return client.infer(PIPELINE_MODEL, inputs)
 
 
-def test_bad_requests_get_errors_and_the_server_keeps_serving(served: tuple[str, str], cmgi_bundle: Path) -> None:
+def test_bad_requests_get_errors_and_the_server_keeps_serving(
+    served: tuple[str, str], cmgi_bundle: Path
+) -> None:
     from tritonclient.utils import InferenceServerException
 
     from edgeser.runtime import Pipeline
@@ -311,16 +369,23 @@ def test_exported_repository_runs_in_triton(cmgi_bundle: Path, tmp_path: Path) -
 
     python = serve_env_python()
     repository = tmp_path / "models"
-    write_model_repository(cmgi_bundle, repository, backend="python", options=RepositoryOptions(max_delay_ms=20))
+    write_model_repository(
+        cmgi_bundle, repository, backend="python", options=RepositoryOptions(max_delay_ms=20)
+    )
     http_port, grpc_port = ports()
-    script = ("import sys, signal, time; from pathlib import Path; from edgeser.serving.server import TritonServer; "
-              "s = TritonServer(Path(sys.argv[1]), http_port=int(sys.argv[2]), grpc_port=int(sys.argv[3]), "
-              "workdir=Path(sys.argv[4])); s.start(); "
-              "signal.signal(signal.SIGTERM, lambda *a: (s.stop(), sys.exit(0))); s.wait()")
+    script = (
+        "import sys, signal, time; from pathlib import Path; from edgeser.serving.server import TritonServer; "
+        "s = TritonServer(Path(sys.argv[1]), http_port=int(sys.argv[2]), grpc_port=int(sys.argv[3]), "
+        "workdir=Path(sys.argv[4])); s.start(); "
+        "signal.signal(signal.SIGTERM, lambda *a: (s.stop(), sys.exit(0))); s.wait()"
+    )
     workdir = tmp_path / "work"
     workdir.mkdir()
-    process = start([str(python), "-c", script, str(repository), str(http_port), str(grpc_port), str(workdir)],
-                    http_port, tmp_path / "server.log")
+    process = start(
+        [str(python), "-c", script, str(repository), str(http_port), str(grpc_port), str(workdir)],
+        http_port,
+        tmp_path / "server.log",
+    )
     try:
         pipe = Pipeline.load(cmgi_bundle)
         waves = clips(None)[:4]
@@ -330,7 +395,9 @@ def test_exported_repository_runs_in_triton(cmgi_bundle: Path, tmp_path: Path) -
         expected = [pipe((w, 16_000)) for w in waves]
         assert [g.label for g in got] == [e.label for e in expected]
         assert [g.transcript for g in got] == [e.transcript for e in expected]
-        np.testing.assert_allclose([g.logits for g in got], [e.logits for e in expected], atol=LOGIT_TOLERANCE)
+        np.testing.assert_allclose(
+            [g.logits for g in got], [e.logits for e in expected], atol=LOGIT_TOLERANCE
+        )
         graph = StageGraph.from_manifest(read_manifest(cmgi_bundle), cmgi_bundle)
         runners = {stage: TritonRunner(f"127.0.0.1:{http_port}", stage) for stage in graph.stages}
         remote = graph.run(runners, waves)
@@ -348,5 +415,8 @@ def test_serve_without_pytriton_names_the_extra() -> None:
 
     if importlib.util.find_spec("pytriton") is not None:
         pytest.skip("nvidia-pytriton is installed in this environment")
-    with pytest.raises(MissingDependencyError, match=r"edgeser serve .*needs nvidia-pytriton, .*`serve` extra in its own environment"):
+    with pytest.raises(
+        MissingDependencyError,
+        match=r"edgeser serve .*needs nvidia-pytriton, .*`serve` extra in its own environment",
+    ):
         find_tritonserver()

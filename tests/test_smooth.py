@@ -14,12 +14,17 @@ from edgeser.quantize.smooth import smooth_graph
 
 def two_projections(path: Path, weights: list[np.ndarray]) -> None:
     """x [1, T, 8] -> LayerNormalization-free q and k projections reading the same activation."""
-    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"layer.0/proj{i}/MatMul")
-             for i in range(len(weights))]
+    nodes = [
+        helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=f"layer.0/proj{i}/MatMul")
+        for i in range(len(weights))
+    ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 8])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 8])],
         [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, "T", 4]) for i in range(len(weights))],
-        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)])
+        [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
@@ -33,11 +38,15 @@ def test_migration_is_exact_in_float_and_evens_the_outlier_channel(tmp_path: Pat
         x = rng.standard_normal((1, 5, 8)).astype(np.float32)
         x[..., 3] *= 100.0  # one outlier channel, as after a BERT LayerNorm
         feeds.append({"x": x})
-    smoothed = smooth_graph(source, target, ["layer.0/proj0/MatMul", "layer.0/proj1/MatMul"], feeds, alpha=0.5)
+    smoothed = smooth_graph(
+        source, target, ["layer.0/proj0/MatMul", "layer.0/proj1/MatMul"], feeds, alpha=0.5
+    )
     assert smoothed == ["layer.0/proj0/MatMul", "layer.0/proj1/MatMul"]
     model = onnx.load(str(target))
     muls = [n for n in model.graph.node if n.op_type == "Mul"]
-    assert len(muls) == 1 and all(n.input[0] == muls[0].output[0] for n in model.graph.node if n.op_type == "MatMul")
+    assert len(muls) == 1 and all(
+        n.input[0] == muls[0].output[0] for n in model.graph.node if n.op_type == "MatMul"
+    )
     plain = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
     moved = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     for feed in feeds:

@@ -171,7 +171,9 @@ def test_paper_exports_to_onnx_with_parity(tmp_path: Path) -> None:
         model(fit_waves, fit_lengths)  # scaler statistics of 8 clips (not the identity)
     model.eval()
     bundle = write_bundle(model, tmp_path / "stfnet-paper", {"kind": "test"}).bundle
-    encoder = ort.InferenceSession(str(bundle / "fp32" / "audio_encoder.onnx"), providers=["CPUExecutionProvider"])
+    encoder = ort.InferenceSession(
+        str(bundle / "fp32" / "audio_encoder.onnx"), providers=["CPUExecutionProvider"]
+    )
     head = ort.InferenceSession(str(bundle / "fp32" / "fusion_head.onnx"), providers=["CPUExecutionProvider"])
     for wave, lens in [(waveform, lengths), (waveform[1:2, :5_000], torch.tensor([5_000]))]:
         features, frame_lengths = encoder.run(None, {"waveform": wave.numpy(), "lengths": lens.numpy()})
@@ -192,7 +194,9 @@ def test_offline_awgn_doubles_the_data_at_the_implementations_snrs() -> None:
         assert noisy.dtype == np.float32 and noisy.shape == wave.shape
         noise = noisy.astype(np.float64) - wave
         snr = 10 * np.log10(np.mean(wave.astype(np.float64) ** 2) / np.mean(noise**2))
-        assert abs(snr - round(snr)) < 1e-3 and 15 <= round(snr) <= 29  # exact, integer, np.random.randint(15, 30)
+        assert (
+            abs(snr - round(snr)) < 1e-3 and 15 <= round(snr) <= 29
+        )  # exact, integer, np.random.randint(15, 30)
     again = awgn_copies(waves, copies=1, seed=3)
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(copies, again))
 
@@ -203,16 +207,23 @@ def test_offline_awgn_doubles_the_data_at_the_implementations_snrs() -> None:
     model.train()
     batch = torch.from_numpy(np.stack([waves[0], waves[0]]))
     assert model.augment_waveform(batch, torch.tensor([8_000, 8_000])) is batch  # no noise on the fly
-    online = build_model("stfnet", "paper", LABELS8, overrides={"awgn": {"mode": "online", "probability": 1.0}})
+    online = build_model(
+        "stfnet", "paper", LABELS8, overrides={"awgn": {"mode": "online", "probability": 1.0}}
+    )
     assert online.offline_augmentation(waves, seed=0) == [[], [], [], []]
 
 
 def test_paper_recipe_trains_as_the_paper() -> None:
     recipe = load_recipe("stfnet")
     config = TrainConfig.from_recipe(recipe, "paper", {})
-    assert (config.optimizer, config.momentum, config.lr, config.batch_size, config.weight_decay, config.epochs) == (
-        "sgd", 0.9, 0.01, 16, 1e-4, 200
-    )
+    assert (
+        config.optimizer,
+        config.momentum,
+        config.lr,
+        config.batch_size,
+        config.weight_decay,
+        config.epochs,
+    ) == ("sgd", 0.9, 0.01, 16, 1e-4, 200)
     assert config.warmup_ratio == 0.0 and config.grad_clip is None and config.lr_schedule == "constant"
     assert config.protocol == "stfnet-holdout"
     assert config.max_seconds >= 3.5  # the graph reads its own window: no random crop before it

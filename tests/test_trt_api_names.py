@@ -13,18 +13,38 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 API = REPO / "tests" / "data" / "tensorrt_api"
 CUDA_API = REPO / "tests" / "data" / "cuda_api"
-SOURCES = [REPO / "edgeser" / "trt" / "build.py", REPO / "edgeser" / "runtime" / "tensorrt.py",
-           REPO / "edgeser" / "runtime" / "engines.py"]
+SOURCES = [
+    REPO / "edgeser" / "trt" / "build.py",
+    REPO / "edgeser" / "runtime" / "tensorrt.py",
+    REPO / "edgeser" / "runtime" / "engines.py",
+]
 # Variables (or attribute names) that hold TensorRT objects, and the class each is.
-OBJECTS = {"builder": "Builder", "network": "INetworkDefinition", "config": "IBuilderConfig", "parser": "OnnxParser",
-           "profile": "IOptimizationProfile", "engine": "ICudaEngine", "context": "IExecutionContext",
-           "runtime": "Runtime", "inspector": "EngineInspector", "cache": "ITimingCache"}
+OBJECTS = {
+    "builder": "Builder",
+    "network": "INetworkDefinition",
+    "config": "IBuilderConfig",
+    "parser": "OnnxParser",
+    "profile": "IOptimizationProfile",
+    "engine": "ICudaEngine",
+    "context": "IExecutionContext",
+    "runtime": "Runtime",
+    "inspector": "EngineInspector",
+    "cache": "ITimingCache",
+}
 # What TensorRT methods return, for chained calls.
-RETURNS = {"get_timing_cache": "ITimingCache", "create_engine_inspector": "EngineInspector",
-           "get_tensor_dtype": "DataType", "get_tensor_mode": "TensorIOMode", "create_execution_context":
-           "IExecutionContext", "deserialize_cuda_engine": "ICudaEngine", "create_builder_config": "IBuilderConfig",
-           "create_optimization_profile": "IOptimizationProfile", "create_network": "INetworkDefinition",
-           "create_timing_cache": "ITimingCache", "build_serialized_network": "IHostMemory"}
+RETURNS = {
+    "get_timing_cache": "ITimingCache",
+    "create_engine_inspector": "EngineInspector",
+    "get_tensor_dtype": "DataType",
+    "get_tensor_mode": "TensorIOMode",
+    "create_execution_context": "IExecutionContext",
+    "deserialize_cuda_engine": "ICudaEngine",
+    "create_builder_config": "IBuilderConfig",
+    "create_optimization_profile": "IOptimizationProfile",
+    "create_network": "INetworkDefinition",
+    "create_timing_cache": "ITimingCache",
+    "build_serialized_network": "IHostMemory",
+}
 
 
 def load_api() -> dict[int, list[dict]]:
@@ -37,12 +57,28 @@ def load_api() -> dict[int, list[dict]]:
 
 def version_scope(test: ast.expr) -> tuple[set[int], set[int]] | None:
     """`major >= 11` -> ({11}, {10}); `major < 11` -> ({10}, {11}); other tests -> None."""
-    if (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "major"
-            and len(test.ops) == 1 and isinstance(test.comparators[0], ast.Constant)):
+    if (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "major"
+        and len(test.ops) == 1
+        and isinstance(test.comparators[0], ast.Constant)
+    ):
         bound, op = int(test.comparators[0].value), test.ops[0]
         majors = {10, 11}
-        inside = {m for m in majors if (m >= bound if isinstance(op, ast.GtE) else m < bound if isinstance(
-            op, ast.Lt) else m > bound if isinstance(op, ast.Gt) else m <= bound)}
+        inside = {
+            m
+            for m in majors
+            if (
+                m >= bound
+                if isinstance(op, ast.GtE)
+                else m < bound
+                if isinstance(op, ast.Lt)
+                else m > bound
+                if isinstance(op, ast.Gt)
+                else m <= bound
+            )
+        }
         return inside, majors - inside
     return None
 
@@ -52,7 +88,11 @@ def receiver_class(node: ast.expr) -> str | None:
     if isinstance(node, ast.Name):
         return OBJECTS.get(node.id)
     if isinstance(node, ast.Attribute) and not isinstance(node.value, ast.Call):
-        return OBJECTS.get(node.attr) if not (isinstance(node.value, ast.Name) and node.value.id == "trt") else None
+        return (
+            OBJECTS.get(node.attr)
+            if not (isinstance(node.value, ast.Name) and node.value.id == "trt")
+            else None
+        )
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         return RETURNS.get(node.func.attr)
     return None
@@ -150,8 +190,12 @@ def test_every_cuda_runtime_name_exists_in_cuda_python_12_and_13() -> None:
     apis = [json.loads(p.read_text()) for p in sorted(CUDA_API.glob("*.json"))]
     assert {a["version"].split(".")[0] for a in apis} == {"12", "13"}
     names = [n for path in SOURCES for n in cuda_uses(path.read_text())]
-    assert {"cudaMalloc", "cudaMemcpyAsync", "cudaMemcpyKind.cudaMemcpyHostToDevice",
-            "cudaDeviceProp.major"} <= {n for n, _ in names}
+    assert {
+        "cudaMalloc",
+        "cudaMemcpyAsync",
+        "cudaMemcpyKind.cudaMemcpyHostToDevice",
+        "cudaDeviceProp.major",
+    } <= {n for n, _ in names}
     for name, line in names:
         for api in apis:
             head, _, attr = name.partition(".")
@@ -162,7 +206,9 @@ def test_every_cuda_runtime_name_exists_in_cuda_python_12_and_13() -> None:
 @pytest.fixture(scope="module")
 def versions() -> dict[int, list[dict]]:
     found = load_api()
-    assert set(found) == {10, 11} and len(found[10]) >= 2, "name lists for 10.x and 11.x from tools/trt_api_names.py"
+    assert set(found) == {10, 11} and len(found[10]) >= 2, (
+        "name lists for 10.x and 11.x from tools/trt_api_names.py"
+    )
     return found
 
 
@@ -174,12 +220,16 @@ def test_every_tensorrt_name_exists_in_10x_and_11x(path: Path, versions: dict[in
 
 
 def test_the_check_sees_removed_and_misspelt_names(versions: dict[int, list[dict]]) -> None:
-    unbranched = "def f(trt, config):\n    config.set_flag(trt.BuilderFlag.FP16)\n    config.int8_calibrator = None\n"
+    unbranched = (
+        "def f(trt, config):\n    config.set_flag(trt.BuilderFlag.FP16)\n    config.int8_calibrator = None\n"
+    )
     found = problems(unbranched, versions)
     assert any("trt" not in p and "BuilderFlag.FP16 is not in TensorRT 11.4" in p for p in found)
     assert any("IBuilderConfig.int8_calibrator is not in TensorRT 11.4" in p for p in found)
-    branched = ("def f(trt, config, major):\n    if major >= 11:\n        pass\n    else:\n"
-                "        config.set_flag(trt.BuilderFlag.FP16)\n")
+    branched = (
+        "def f(trt, config, major):\n    if major >= 11:\n        pass\n    else:\n"
+        "        config.set_flag(trt.BuilderFlag.FP16)\n"
+    )
     assert problems(branched, versions) == []
     assert problems("def f(engine):\n    engine.get_binding_shape(0)\n", versions)  # removed in 10.0
     assert problems("def f(trt):\n    trt.Builderr(None)\n", versions)

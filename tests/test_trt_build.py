@@ -47,10 +47,13 @@ def calibrated(bundle: Path, tmp_path: Path, samples: dict, tokens: dict | None)
 
 
 def test_profiles_default_to_calibration_lengths(cmgi_bundle: Path, tmp_path: Path) -> None:
-    bundle = calibrated(cmgi_bundle, tmp_path, {"min": 20_000, "opt": 41_000, "max": 70_500},
-                        {"min": 3, "opt": 9, "max": 21})
+    bundle = calibrated(
+        cmgi_bundle, tmp_path, {"min": 20_000, "opt": 41_000, "max": 70_500}, {"min": 3, "opt": 9, "max": 21}
+    )
     manifest = read_manifest(bundle)
-    ranges = axis_ranges(manifest, json.loads((bundle / "calibration/calibration.json").read_text())["length_stats"])
+    ranges = axis_ranges(
+        manifest, json.loads((bundle / "calibration/calibration.json").read_text())["length_stats"]
+    )
     assert ranges["samples"] == (20_000, 41_000, 80_000)  # max rounded up to whole seconds
     frames = [int(f) for f in apply_frame_layout([20_000, 41_000, 80_000], manifest.frame_layout)]
     assert ranges["frames"] == tuple(frames)
@@ -63,17 +66,21 @@ def test_profiles_default_to_calibration_lengths(cmgi_bundle: Path, tmp_path: Pa
     assert profiles["text_encoder"]["attention_mask"].opt == (1, 9)
 
 
-def test_pipeline_gives_the_tensorrt_ep_its_profiles_and_graph_checksums(cmgi_bundle: Path, tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pipeline_gives_the_tensorrt_ep_its_profiles_and_graph_checksums(
+    cmgi_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import edgeser.runtime.pipeline as pipeline
     from edgeser.runtime.sessions import OrtRunner
 
-    bundle = calibrated(cmgi_bundle, tmp_path, {"min": 20_000, "opt": 41_000, "max": 70_500},
-                        {"min": 3, "opt": 9, "max": 21})
+    bundle = calibrated(
+        cmgi_bundle, tmp_path, {"min": 20_000, "opt": 41_000, "max": 70_500}, {"min": 3, "opt": 9, "max": 21}
+    )
     seen: dict[str, dict[str, str]] = {}
     on_cpu = OrtRunner.load
 
-    def load(path: Path, providers: list, threads: object, options: list, spin: bool, sha256: str | None = None) -> OrtRunner:
+    def load(
+        path: Path, providers: list, threads: object, options: list, spin: bool, sha256: str | None = None
+    ) -> OrtRunner:
         seen[path.stem] = options[0]
         return on_cpu(path)  # on the CPU: the EP is not in this onnxruntime
 
@@ -86,23 +93,33 @@ def test_pipeline_gives_the_tensorrt_ep_its_profiles_and_graph_checksums(cmgi_bu
     assert "waveform:8x80000" in wave["trt_profile_max_shapes"]
     assert "attention_mask:1x9" in seen["text_encoder"]["trt_profile_opt_shapes"]
     for stage, options in seen.items():
-        assert options["trt_engine_cache_prefix"] == f"{stage}-{manifest.precisions['fp32'][stage].sha256[:16]}"
+        assert (
+            options["trt_engine_cache_prefix"] == f"{stage}-{manifest.precisions['fp32'][stage].sha256[:16]}"
+        )
 
 
 def test_profile_overrides_and_their_errors(cmgi_bundle: Path, tmp_path: Path) -> None:
     bundle = calibrated(cmgi_bundle, tmp_path, {"min": 16_000, "opt": 32_000, "max": 48_000}, None)
     manifest = read_manifest(bundle)
-    profiles, missing, _ = resolve_profiles(bundle, manifest, ["audio_encoder", "text_encoder"],
-                                            ("audio_encoder:waveform=1x8000,2x16000,4x96000",))
-    assert profiles["audio_encoder"]["lengths"] == InputProfile((1,), (2,), (4,))  # batch follows the override
+    profiles, missing, _ = resolve_profiles(
+        bundle,
+        manifest,
+        ["audio_encoder", "text_encoder"],
+        ("audio_encoder:waveform=1x8000,2x16000,4x96000",),
+    )
+    assert profiles["audio_encoder"]["lengths"] == InputProfile(
+        (1,), (2,), (4,)
+    )  # batch follows the override
     assert missing == ["text_encoder:input_ids", "text_encoder:attention_mask"]  # no token statistics
     assert parse_profile_option("ctc_head:features=1x4x32,1x9x32,8x99x32")[2].max == (8, 99, 32)
-    for bad, match in [("audio_encoder:waveform=1x8000,1x9000", "expected STAGE:INPUT"),
-                       ("audio_encoder:waveform=1x8000,1x4000,1x9000", "min <= opt <= max"),
-                       ("audio_encoder:wave=1x8000,1x8000,1x9000", "no input wave"),
-                       ("audio_encoder:waveform=8000,8000,9000", "rank 1"),
-                       ("ctc_head:features=1x4x16,1x4x16,1x4x16", "fixed at 32"),
-                       ("decoder:x=1,1,1", "no such stage")]:
+    for bad, match in [
+        ("audio_encoder:waveform=1x8000,1x9000", "expected STAGE:INPUT"),
+        ("audio_encoder:waveform=1x8000,1x4000,1x9000", "min <= opt <= max"),
+        ("audio_encoder:wave=1x8000,1x8000,1x9000", "no input wave"),
+        ("audio_encoder:waveform=8000,8000,9000", "rank 1"),
+        ("ctc_head:features=1x4x16,1x4x16,1x4x16", "fixed at 32"),
+        ("decoder:x=1,1,1", "no such stage"),
+    ]:
         with pytest.raises(ProfileError, match=match):
             resolve_profiles(bundle, manifest, ["audio_encoder"], (bad,))
 
@@ -118,11 +135,19 @@ def fake_engine_folder(bundle: Path, identity: DeviceIdentity = H200, precision:
     stages = {}
     for stage, entry in manifest.precisions[precision].items():
         (folder / f"{stage}.engine").write_bytes(f"engine:{stage}".encode())
-        stages[stage] = {"engine": f"{stage}.engine", "sha256": sha256_of(folder / f"{stage}.engine"),
-                         "bytes": len(f"engine:{stage}"), "source": {"path": entry.path, "sha256": entry.sha256},
-                         "profiles": {}, "layers": {}, "build_seconds": 1.0}
-    write_json_atomic(folder / "manifest.json", {"schema": ENGINE_SCHEMA, "precision": precision,
-                                                 "device": identity.as_dict(), "stages": stages})
+        stages[stage] = {
+            "engine": f"{stage}.engine",
+            "sha256": sha256_of(folder / f"{stage}.engine"),
+            "bytes": len(f"engine:{stage}"),
+            "source": {"path": entry.path, "sha256": entry.sha256},
+            "profiles": {},
+            "layers": {},
+            "build_seconds": 1.0,
+        }
+    write_json_atomic(
+        folder / "manifest.json",
+        {"schema": ENGINE_SCHEMA, "precision": precision, "device": identity.as_dict(), "stages": stages},
+    )
     return folder
 
 
@@ -138,15 +163,22 @@ def test_engines_for_another_machine_are_refused(cmgi_bundle: Path, tmp_path: Pa
     folder = fake_engine_folder(bundle)
     manifest = read_engine_manifest(folder)
     check_identity(folder, manifest, H200)
-    for other, match in [(DeviceIdentity("NVIDIA A100-SXM4-80GB", (9, 0), "10.16.1.11"), "GPU 'NVIDIA H200'"),
-                         (DeviceIdentity("NVIDIA H200", (8, 7), "10.16.1.11"), "compute capability 9.0"),
-                         (DeviceIdentity("NVIDIA H200", (9, 0), "11.4.0.106"),
-                          r"TensorRT 10.16.1.11 \(this machine: 11.4.0.106\)")]:
+    for other, match in [
+        (DeviceIdentity("NVIDIA A100-SXM4-80GB", (9, 0), "10.16.1.11"), "GPU 'NVIDIA H200'"),
+        (DeviceIdentity("NVIDIA H200", (8, 7), "10.16.1.11"), "compute capability 9.0"),
+        (
+            DeviceIdentity("NVIDIA H200", (9, 0), "11.4.0.106"),
+            r"TensorRT 10.16.1.11 \(this machine: 11.4.0.106\)",
+        ),
+    ]:
         with pytest.raises(EngineError, match=match):
             check_identity(folder, manifest, other)
     orin = DeviceIdentity("Orin", (8, 7), "10.3.0")
-    with pytest.raises(EngineError, match=r"no TensorRT fp32 engines for this machine .*found only "
-                                          r"nvidia-h200-sm90-trt10.16.1.11/fp32"):
+    with pytest.raises(
+        EngineError,
+        match=r"no TensorRT fp32 engines for this machine .*found only "
+        r"nvidia-h200-sm90-trt10.16.1.11/fp32",
+    ):
         find_engine_dir(bundle, orin, "fp32")
     assert find_engine_dir(bundle, H200, "fp32") == folder
 
@@ -161,7 +193,9 @@ def test_only_engines_matching_their_manifest_and_graphs_load(cmgi_bundle: Path,
         verified_engine_bytes(folder, manifest, "ctc_head")
     graphs = {stage: entry.sha256 for stage, entry in read_manifest(bundle).precisions["fp32"].items()}
     check_sources(folder, manifest, graphs)
-    with pytest.raises(EngineError, match="the fusion_head engine was built from another fp32/fusion_head.onnx"):
+    with pytest.raises(
+        EngineError, match="the fusion_head engine was built from another fp32/fusion_head.onnx"
+    ):
         check_sources(folder, manifest, {**graphs, "fusion_head": "0" * 64})
     (folder / "manifest.json").write_text("{")
     with pytest.raises(EngineError, match="corrupt engine manifest"):
@@ -191,9 +225,19 @@ def test_inspector_refuses_what_it_cannot_read() -> None:
         parse_engine_information({"Layers": ["conv", "relu"], "Bindings": []})
     with pytest.raises(InspectorError, match="not JSON"):
         parse_engine_information("Layers: conv")
-    assert [data_type(t) for t in ("Half", "Row major linear INT8 format (kLINEAR)", "Float", "BFloat16",
-                                   "FP8", "Int64", "Bool", "Channel major FP16 format where channel % 8 == 0")] == [
-        "FP16", "INT8", "FP32", "BF16", "FP8", "INT64", "BOOL", "FP16"]
+    assert [
+        data_type(t)
+        for t in (
+            "Half",
+            "Row major linear INT8 format (kLINEAR)",
+            "Float",
+            "BFloat16",
+            "FP8",
+            "Int64",
+            "Bool",
+            "Channel major FP16 format where channel % 8 == 0",
+        )
+    ] == ["FP16", "INT8", "FP32", "BF16", "FP8", "INT64", "BOOL", "FP16"]
 
 
 # ------------------------------------------------------------------------------------------ without TensorRT
@@ -207,11 +251,14 @@ def build_cli(*args: str):
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
 def test_build_trt_without_tensorrt_is_one_line_and_exit_1(cmgi_bundle: Path, tmp_path: Path) -> None:
-    bundle = Path(shutil.copytree(cmgi_bundle, tmp_path / "cmgi"))  # not calibrated either: TensorRT comes first
+    bundle = Path(
+        shutil.copytree(cmgi_bundle, tmp_path / "cmgi")
+    )  # not calibrated either: TensorRT comes first
     result = build_cli(str(bundle), "--fp16", "--variant", "fp32")
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and result.output.startswith(
-        "error: building or running TensorRT engines needs tensorrt, which is not installed: ")
+        "error: building or running TensorRT engines needs tensorrt, which is not installed: "
+    )
     assert "edgeser[trt]" in result.output and "https://pypi.nvidia.com" in result.output
     assert not (bundle / "trt").exists()
     with pytest.raises(MissingDependencyError, match="pip install"):
@@ -224,7 +271,9 @@ def test_build_trt_usage_and_bundle_errors(cmgi_bundle: Path) -> None:
     assert result.exit_code == 1 and "no 'int8-trt-fp16' variant" in result.output
     assert "quantize" in result.output and "--int8-trt-fp16" in result.output
     result = build_cli(str(cmgi_bundle), "--int8-fp32-remainder")
-    assert result.exit_code == 1 and "no 'int8-trt' variant" in result.output and "--int8-trt`" in result.output
+    assert (
+        result.exit_code == 1 and "no 'int8-trt' variant" in result.output and "--int8-trt`" in result.output
+    )
 
 
 def test_builder_config_makes_one_profile_per_concurrent_context() -> None:

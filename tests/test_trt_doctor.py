@@ -27,8 +27,15 @@ def init(name: str, value: np.ndarray) -> TensorProto:
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def save(tmp_path: Path, nodes: list, inputs: list, outputs: list, inits: list = (), opset: int = 18,
-         name: str = "g") -> Path:
+def save(
+    tmp_path: Path,
+    nodes: list,
+    inputs: list,
+    outputs: list,
+    inits: list = (),
+    opset: int = 18,
+    name: str = "g",
+) -> Path:
     graph = helper.make_graph(nodes, name, inputs, outputs, list(inits))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     path = tmp_path / f"{name}.onnx"
@@ -44,20 +51,41 @@ def rules(path: Path, target=T10, severity: str = "error") -> set[str]:
     return {f.rule for f in findings(path, target) if f.severity == severity}
 
 
-def qdq_matmul(tmp_path: Path, *, zp_dtype=np.int8, zp_value=0, act_scales=1, weight_axis=1, weight_zp=True,
-               scale_value=0.02, name="mm") -> Path:
+def qdq_matmul(
+    tmp_path: Path,
+    *,
+    zp_dtype=np.int8,
+    zp_value=0,
+    act_scales=1,
+    weight_axis=1,
+    weight_zp=True,
+    scale_value=0.02,
+    name="mm",
+) -> Path:
     """x -> Q -> DQ -> MatMul(DQ(W int8, per-channel)) -> y, with knobs for each Q/DQ rule."""
     weight = np.arange(8 * 6, dtype=np.int8).reshape(8, 6) - 20
     channels = weight.shape[weight_axis]
     scale = np.full(act_scales, scale_value, np.float32) if act_scales > 1 else np.float32(scale_value)
     zp = np.full(act_scales, zp_value, zp_dtype) if act_scales > 1 else np.array(zp_value, zp_dtype)
-    inits = [init("s", scale), init("z", zp), init("W", weight), init("ws", np.full(channels, 0.01, np.float32)),
-             init("wz", np.zeros(channels, np.int8))]
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q", axis=2),
-             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq", axis=2),
-             helper.make_node("DequantizeLinear", ["W", "ws", "wz"] if weight_zp else ["W", "ws"], ["Wd"],
-                              name="dqw", axis=weight_axis),
-             helper.make_node("MatMul", ["xd", "Wd"], ["y"], name="matmul")]
+    inits = [
+        init("s", scale),
+        init("z", zp),
+        init("W", weight),
+        init("ws", np.full(channels, 0.01, np.float32)),
+        init("wz", np.zeros(channels, np.int8)),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q", axis=2),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq", axis=2),
+        helper.make_node(
+            "DequantizeLinear",
+            ["W", "ws", "wz"] if weight_zp else ["W", "ws"],
+            ["Wd"],
+            name="dqw",
+            axis=weight_axis,
+        ),
+        helper.make_node("MatMul", ["xd", "Wd"], ["y"], name="matmul"),
+    ]
     x = helper.make_tensor_value_info("x", F32, ["batch", "frames", 8])
     y = helper.make_tensor_value_info("y", F32, ["batch", "frames", 6])
     return save(tmp_path, nodes, [x], [y], inits, name=name)
@@ -73,7 +101,9 @@ def test_symmetric_int8_qdq_with_per_channel_weights_passes(tmp_path: Path) -> N
 
 
 def test_asymmetric_uint8_activations_are_errors(tmp_path: Path) -> None:
-    found = [f for f in findings(qdq_matmul(tmp_path, zp_dtype=np.uint8, zp_value=128)) if f.rule == "zero-point"]
+    found = [
+        f for f in findings(qdq_matmul(tmp_path, zp_dtype=np.uint8, zp_value=128)) if f.rule == "zero-point"
+    ]
     assert {f.node for f in found} == {"q", "dq"} and all(f.severity == "error" for f in found)
     assert "UINT8 with a non-zero zero point" in found[0].message
     # uint8 with a zero zero point still means [0, 255] on CPU and [-128, 127] in TensorRT
@@ -105,7 +135,9 @@ def test_qdq_pairs_on_float_weights_count_as_weights(tmp_path: Path) -> None:
     model = onnx.load(str(path))
     weight = next(i for i in model.graph.initializer if i.name == "W")
     weight.CopyFrom(init("W", (numpy_helper.to_array(weight).astype(np.float32) * 0.01)))
-    model.graph.node.insert(0, helper.make_node("QuantizeLinear", ["W", "ws", "wz"], ["Wq"], name="qw", axis=1))
+    model.graph.node.insert(
+        0, helper.make_node("QuantizeLinear", ["W", "ws", "wz"], ["Wq"], name="qw", axis=1)
+    )
     for node in model.graph.node:
         if node.name == "dqw":
             node.input[0] = "Wq"
@@ -127,8 +159,10 @@ def test_computed_and_negative_scales_are_errors(tmp_path: Path) -> None:
 
 def test_int32_bias_dequantize_is_an_error(tmp_path: Path) -> None:
     inits = [init("b", np.arange(6, dtype=np.int32)), init("bs", np.float32(0.001))]
-    nodes = [helper.make_node("DequantizeLinear", ["b", "bs"], ["bd"], name="dqb"),
-             helper.make_node("Add", ["x", "bd"], ["y"])]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["b", "bs"], ["bd"], name="dqb"),
+        helper.make_node("Add", ["x", "bd"], ["y"]),
+    ]
     x, y = (helper.make_tensor_value_info(n, F32, [2, 6]) for n in ("x", "y"))
     found = findings(save(tmp_path, nodes, [x], [y], inits))
     assert any(f.rule == "dtype" and "INT32" in f.message and f.node == "dqb" for f in found)
@@ -146,12 +180,15 @@ def test_qoperator_ops_are_errors(tmp_path: Path, op: str) -> None:
         inits = []
     else:
         node = helper.make_node(op, ["x", "w"], ["q"])
-        x = helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 2, 5, 5] if op == "ConvInteger" else [2, 4])
+        x = helper.make_tensor_value_info(
+            "x", TensorProto.UINT8, [1, 2, 5, 5] if op == "ConvInteger" else [2, 4]
+        )
         inits = [init("w", np.ones([3, 2, 3, 3] if op == "ConvInteger" else [4, 3], np.int8))]
         outs = [helper.make_tensor_value_info("q", TensorProto.INT32, None)]
     found = findings(save(tmp_path, [node], [x], outs, inits))
-    assert any(f.rule == "qoperator" and f.op == op and "QuantizeLinear/DequantizeLinear" in f.message
-               for f in found)
+    assert any(
+        f.rule == "qoperator" and f.op == op and "QuantizeLinear/DequantizeLinear" in f.message for f in found
+    )
 
 
 def slice_graph(tmp_path: Path, computed: bool) -> Path:
@@ -159,9 +196,12 @@ def slice_graph(tmp_path: Path, computed: bool) -> Path:
     inits = [init("starts", np.array([0], np.int64)), init("ends", np.array([2], np.int64))]
     nodes = []
     if computed:
-        nodes += [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Size", ["shape"], ["rank"]),
-                  helper.make_node("Sub", ["rank", "one"], ["last"]),
-                  helper.make_node("Unsqueeze", ["last", "zero"], ["axes"])]
+        nodes += [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Size", ["shape"], ["rank"]),
+            helper.make_node("Sub", ["rank", "one"], ["last"]),
+            helper.make_node("Unsqueeze", ["last", "zero"], ["axes"]),
+        ]
         inits += [init("one", np.array(1, np.int64)), init("zero", np.array([0], np.int64))]
     else:
         nodes.append(helper.make_node("Constant", [], ["axes"], value=init("v", np.array([1], np.int64))))
@@ -192,32 +232,57 @@ def test_computed_reduce_axes_are_errors_on_every_line(tmp_path: Path) -> None:
 def test_unsupported_custom_and_future_ops_are_errors(tmp_path: Path) -> None:
     x = helper.make_tensor_value_info("x", F32, [4])
     y = helper.make_tensor_value_info("y", F32, None)
-    assert "unsupported-op" in rules(save(tmp_path, [helper.make_node("Unique", ["x"], ["y"])], [x], [y], name="u"))
+    assert "unsupported-op" in rules(
+        save(tmp_path, [helper.make_node("Unique", ["x"], ["y"])], [x], [y], name="u")
+    )
     custom = helper.make_node("FusedGelu", ["x"], ["y"], domain="com.microsoft")
-    model = helper.make_model(helper.make_graph([custom], "c", [x], [y]), opset_imports=[
-        helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(
+        helper.make_graph([custom], "c", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)],
+    )
     onnx.save(model, str(tmp_path / "c.onnx"))
     assert "custom-op" in rules(tmp_path / "c.onnx")
     dft = save(tmp_path, [helper.make_node("Swish", ["x"], ["y"])], [x], [y], opset=24, name="swish")
     assert "unsupported-op" in rules(dft, T10) and "unsupported-op" not in rules(dft, T11)
-    assert "opset" in rules(save(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [x], [y], opset=25,
-                                 name="o25"))
+    assert "opset" in rules(
+        save(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [x], [y], opset=25, name="o25")
+    )
 
 
 def test_element_types(tmp_path: Path) -> None:
     x = helper.make_tensor_value_info("x", TensorProto.DOUBLE, [4])
-    path = save(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], [x],
-                [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)], name="d")
-    assert any(f.rule == "dtype" and f.severity == "warning" and "DOUBLE" in f.message for f in findings(path))
+    path = save(
+        tmp_path,
+        [helper.make_node("Relu", ["x"], ["y"])],
+        [x],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)],
+        name="d",
+    )
+    assert any(
+        f.rule == "dtype" and f.severity == "warning" and "DOUBLE" in f.message for f in findings(path)
+    )
     x16 = helper.make_tensor_value_info("x", TensorProto.UINT16, [4])
-    path = save(tmp_path, [helper.make_node("Identity", ["x"], ["y"])], [x16],
-                [helper.make_tensor_value_info("y", TensorProto.UINT16, None)], name="u16")
+    path = save(
+        tmp_path,
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [x16],
+        [helper.make_tensor_value_info("y", TensorProto.UINT16, None)],
+        name="u16",
+    )
     assert "dtype" in rules(path)
     # an INT8 tensor anywhere but into DequantizeLinear
-    q = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("Transpose", ["q"], ["y"])]
-    path = save(tmp_path, q, [helper.make_tensor_value_info("x", F32, [2, 2])],
-                [helper.make_tensor_value_info("y", TensorProto.INT8, None)],
-                [init("s", np.float32(0.1)), init("z", np.int8(0))], name="i8")
+    q = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("Transpose", ["q"], ["y"]),
+    ]
+    path = save(
+        tmp_path,
+        q,
+        [helper.make_tensor_value_info("x", F32, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.INT8, None)],
+        [init("s", np.float32(0.1)), init("z", np.int8(0))],
+        name="i8",
+    )
     assert any(f.rule == "dtype" and f.op == "Transpose" for f in findings(path))
 
 
@@ -304,9 +369,13 @@ def test_uncovered_dynamic_axes_are_errors(cmgi_bundle: Path, tmp_path: Path) ->
     report = run_doctor(bundle, T10, ["fp32"])
     uncovered = {f.message.split("axes of ")[1].split(":")[1] for f in report.errors if f.rule == "profile"}
     assert {"waveform", "features", "input_ids", "token_features"} <= uncovered
-    options = ("audio_encoder:waveform=1x8000,1x32000,4x64000", "ctc_head:features=1x24x32,1x99x32,4x199x32",
-               "text_encoder:input_ids=1x1,1x8,4x32", "fusion_head:features=1x24x32,1x99x32,4x199x32",
-               "fusion_head:token_features=1x1x384,1x8x384,4x32x384")  # lengths, masks: from the named axes
+    options = (
+        "audio_encoder:waveform=1x8000,1x32000,4x64000",
+        "ctc_head:features=1x24x32,1x99x32,4x199x32",
+        "text_encoder:input_ids=1x1,1x8,4x32",
+        "fusion_head:features=1x24x32,1x99x32,4x199x32",
+        "fusion_head:token_features=1x1x384,1x8x384,4x32x384",
+    )  # lengths, masks: from the named axes
     assert run_doctor(bundle, T10, ["fp32"], options).passed
 
 
@@ -314,6 +383,9 @@ def test_small_stfnet_passes(tmp_path: Path) -> None:
     from edgeser.export.exporter import export_bundle
 
     bundle = export_bundle("stfnet", tmp_path / "stfnet").bundle
-    options = ("audio_encoder:waveform=1x16000,1x48000,8x96000", "fusion_head:features=1x25x104,1x75x104,8x150x104")
+    options = (
+        "audio_encoder:waveform=1x16000,1x48000,8x96000",
+        "fusion_head:features=1x25x104,1x75x104,8x150x104",
+    )
     result = doctor_cli(str(bundle), "--profile", options[0], "--profile", options[1])
     assert result.exit_code == 0, result.output[-800:]

@@ -47,8 +47,11 @@ def test_feeds_are_checked_against_rank_fixed_axes_and_profile() -> None:
     assert check_feed(LENS, np.array([16000, 9000], np.int64), "audio_encoder").dtype == np.int32
     with pytest.raises(EngineShapeError, match="input waveform has rank 1"):
         check_feed(WAVE, np.zeros(16000, np.float32), "audio_encoder")
-    with pytest.raises(EngineShapeError, match=r"outside the engine's optimisation profile \(1, 8000\)..\(4, 64000\); "
-                                               r"rebuild with `edgeser build-trt --profile audio_encoder:waveform"):
+    with pytest.raises(
+        EngineShapeError,
+        match=r"outside the engine's optimisation profile \(1, 8000\)..\(4, 64000\); "
+        r"rebuild with `edgeser build-trt --profile audio_encoder:waveform",
+    ):
         check_feed(WAVE, np.zeros((1, 70000), np.float32), "audio_encoder")
     with pytest.raises(EngineShapeError, match="engine fixes it at 4"):
         check_feed(EngineTensor("f", True, np.dtype(np.float32), (-1, 4)), np.zeros((1, 5), np.float32), "s")
@@ -106,7 +109,9 @@ class FakeDevice:
         self.memory[pointer][: array.nbytes] = array.tobytes()
 
     def to_host(self, array: np.ndarray, pointer: int, stream: int) -> None:
-        array[...] = np.frombuffer(bytes(self.memory[pointer][: array.nbytes]), dtype=array.dtype).reshape(array.shape)
+        array[...] = np.frombuffer(bytes(self.memory[pointer][: array.nbytes]), dtype=array.dtype).reshape(
+            array.shape
+        )
 
     def synchronize(self, stream: int) -> None:
         pass
@@ -145,8 +150,9 @@ class FakeContext:
     def execute_async_v3(self, stream: int) -> bool:
         assert self.profile is not None
         batch, samples = self.shapes["waveform"]
-        wave = np.frombuffer(bytes(self.device.memory[self.addresses["waveform"]][: batch * samples * 4]),
-                             np.float32).reshape(batch, samples)
+        wave = np.frombuffer(
+            bytes(self.device.memory[self.addresses["waveform"]][: batch * samples * 4]), np.float32
+        ).reshape(batch, samples)
         frames = wave[:, : (samples // 100) * 100].reshape(batch, -1, 100).mean(-1)
         out = np.repeat(frames[..., None], 4, axis=-1).astype(np.float32)
         self.device.memory[self.addresses["features"]][: out.nbytes] = out.tobytes()
@@ -179,7 +185,9 @@ def test_runner_gives_each_concurrent_run_its_own_context_and_profile(profiles: 
         together.wait()  # all six threads alive at once
         for _ in range(3):
             wave = waves[index]
-            results[index] = runner.run({"waveform": wave, "lengths": np.full(len(wave), wave.shape[1])})["features"]
+            results[index] = runner.run({"waveform": wave, "lengths": np.full(len(wave), wave.shape[1])})[
+                "features"
+            ]
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
     for thread in threads:
@@ -218,17 +226,27 @@ def test_runners_without_tensorrt_say_what_is_missing(cmgi_bundle: Path) -> None
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
-    with pytest.raises(MissingDependencyError, match=r"^building or running TensorRT engines needs tensorrt, which is "
-                                                     r"not installed: pip install 'edgeser\[trt\]'"):
+    with pytest.raises(
+        MissingDependencyError,
+        match=r"^building or running TensorRT engines needs tensorrt, which is "
+        r"not installed: pip install 'edgeser\[trt\]'",
+    ):
         tensorrt_runners(cmgi_bundle, read_manifest(cmgi_bundle), "fp32")
 
 
 def test_provider_plans(tmp_path: Path) -> None:
     assert provider_plan("onnxruntime").providers == [CPU]
     assert provider_plan("cuda", device=1).session_kwargs() == {
-        "providers": [CUDA, CPU], "provider_options": [{"device_id": "1"}, {}]}
-    profiles = {"waveform": InputProfile((1, 8000), (1, 32000), (8, 64000)), "lengths": InputProfile((1,), (1,), (8,))}
-    plan = provider_plan("tensorrt-ep", tmp_path, "fp16", stage="audio_encoder", profiles=profiles, workspace_mb=512)
+        "providers": [CUDA, CPU],
+        "provider_options": [{"device_id": "1"}, {}],
+    }
+    profiles = {
+        "waveform": InputProfile((1, 8000), (1, 32000), (8, 64000)),
+        "lengths": InputProfile((1,), (1,), (8,)),
+    }
+    plan = provider_plan(
+        "tensorrt-ep", tmp_path, "fp16", stage="audio_encoder", profiles=profiles, workspace_mb=512
+    )
     assert plan.providers == [TENSORRT, CUDA, CPU] and len(plan.options) == 3
     options = plan.options[0]
     assert options["trt_engine_cache_path"] == str(tmp_path / "trt" / "ort-ep" / "fp16")
@@ -246,8 +264,9 @@ def test_provider_plans(tmp_path: Path) -> None:
 
 def test_ep_engine_cache_is_keyed_by_the_graph_checksum(tmp_path: Path) -> None:
     def prefix(sha: str) -> str:
-        return provider_plan("tensorrt-ep", tmp_path, "int8-trt", stage="text_encoder",
-                             graph_sha256=sha).options[0]["trt_engine_cache_prefix"]
+        return provider_plan(
+            "tensorrt-ep", tmp_path, "int8-trt", stage="text_encoder", graph_sha256=sha
+        ).options[0]["trt_engine_cache_prefix"]
 
     assert prefix("ab" * 32) == "text_encoder-" + "ab" * 8
     assert prefix("ab" * 32) != prefix("cd" * 32)  # re-quantised weights or scales: another engine
@@ -258,11 +277,16 @@ def test_a_session_without_its_tensorrt_ep_is_refused(monkeypatch: pytest.Monkey
 
     session = SimpleNamespace(get_providers=lambda: [CUDA, CPU])  # what onnxruntime's fallback leaves
     providers.check_providers(session, [CPU], Path("g.onnx"))  # not asked for: fine
-    providers.check_providers(SimpleNamespace(get_providers=lambda: [TENSORRT, CPU]), [TENSORRT, CPU], Path("g"))
+    providers.check_providers(
+        SimpleNamespace(get_providers=lambda: [TENSORRT, CPU]), [TENSORRT, CPU], Path("g")
+    )
     monkeypatch.setattr(providers, "installed_tensorrt_majors", lambda: {11})
-    with pytest.raises(ProviderError, match=r"g.onnx: onnxruntime .* fell back to CUDAExecutionProvider, "
-                                            r"CPUExecutionProvider without its TensorRT EP; this host has TensorRT 11 "
-                                            r"only \(libnvinfer.so.11\)"):
+    with pytest.raises(
+        ProviderError,
+        match=r"g.onnx: onnxruntime .* fell back to CUDAExecutionProvider, "
+        r"CPUExecutionProvider without its TensorRT EP; this host has TensorRT 11 "
+        r"only \(libnvinfer.so.11\)",
+    ):
         providers.check_providers(session, [TENSORRT, CUDA, CPU], Path("g.onnx"))
     monkeypatch.setattr(providers, "installed_tensorrt_majors", lambda: set())
     with pytest.raises(ProviderError, match="no TensorRT 10 runtime"):
@@ -270,10 +294,17 @@ def test_a_session_without_its_tensorrt_ep_is_refused(monkeypatch: pytest.Monkey
 
 
 def test_runtime_modules_stay_light() -> None:
-    code = ("import sys, edgeser.runtime.tensorrt, edgeser.runtime.providers, edgeser.runtime.engines; "
-            "print(sorted(m for m in ('tensorrt', 'cuda', 'torch', 'onnx', 'transformers') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import sys, edgeser.runtime.tensorrt, edgeser.runtime.providers, edgeser.runtime.engines; "
+        "print(sorted(m for m in ('tensorrt', 'cuda', 'torch', 'onnx', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -372,12 +403,17 @@ def fake_tensorrt(calls: list) -> SimpleNamespace:
             calls.append((threading.get_ident(), "deserialize_cuda_engine", ()))
             return Engine()
 
-    return SimpleNamespace(Runtime=Runtime, Logger=lambda severity: None,
-                           ILogger=SimpleNamespace(Severity=SimpleNamespace(WARNING=2)),
-                           TensorIOMode=SimpleNamespace(INPUT="in"))
+    return SimpleNamespace(
+        Runtime=Runtime,
+        Logger=lambda severity: None,
+        ILogger=SimpleNamespace(Severity=SimpleNamespace(WARNING=2)),
+        TensorIOMode=SimpleNamespace(INPUT="in"),
+    )
 
 
-def test_runners_set_their_gpu_before_deserialising_and_in_every_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runners_set_their_gpu_before_deserialising_and_in_every_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import edgeser.runtime.engines as engines
 
     calls: list = []
@@ -391,8 +427,10 @@ def test_runners_set_their_gpu_before_deserialising_and_in_every_thread(monkeypa
     monkeypatch.setattr(engines, "check_sources", lambda *args: None)
     monkeypatch.setattr(engines, "verified_engine_bytes", lambda *args: b"plan")
     stage = SimpleNamespace(inputs=[SimpleNamespace(name="token_ids")])
-    manifest = SimpleNamespace(precisions={"fp16": {"text_encoder": SimpleNamespace(sha256="0" * 64)}},
-                               stages={"text_encoder": stage})
+    manifest = SimpleNamespace(
+        precisions={"fp16": {"text_encoder": SimpleNamespace(sha256="0" * 64)}},
+        stages={"text_encoder": stage},
+    )
     runner = tensorrt_runners(Path("bundle"), manifest, "fp16", device=1)["text_encoder"]
     names = [name for _, name, _ in calls]
     assert names.index("cudaSetDevice") < names.index("deserialize_cuda_engine")

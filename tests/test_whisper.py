@@ -39,9 +39,12 @@ def _speech(root: Path, count: int) -> list[np.ndarray]:
 def test_parity_with_ctranslate2_on_real_speech(shared_data: Path, encoder, torch_one_thread) -> None:  # type: ignore[no-untyped-def]
     """edgeser's PyTorch encoder equals CTranslate2's float32 encoder on the same log-mel of real clips,
     padded to Whisper's 30 s window, to float16 weight rounding (both read the same float16 weights)."""
-    ctranslate2 = pytest.importorskip("ctranslate2", reason="the dev extra installs ctranslate2, the reference")
-    reference = ctranslate2.models.Whisper(str(whisper.whisper_model_dir()), device="cpu",
-                                           compute_type="float32", intra_threads=1)
+    ctranslate2 = pytest.importorskip(
+        "ctranslate2", reason="the dev extra installs ctranslate2, the reference"
+    )
+    reference = ctranslate2.models.Whisper(
+        str(whisper.whisper_model_dir()), device="cpu", compute_type="float32", intra_threads=1
+    )
     front = whisper.WhisperLogMel()
     for clip in _speech(shared_data, 2):
         padded = np.zeros(whisper.WINDOW_SAMPLES, np.float32)
@@ -67,7 +70,9 @@ def test_log_mel_matches_whisper_feature_extractor(shared_data: Path) -> None:
     padded[: len(clip)] = clip
     reference = feature_extractor.FeatureExtractor()(padded, padding=0)[:, :3000].T
     with torch.no_grad():
-        mel, _ = whisper.WhisperLogMel()(torch.from_numpy(padded)[None], torch.tensor([whisper.WINDOW_SAMPLES]))
+        mel, _ = whisper.WhisperLogMel()(
+            torch.from_numpy(padded)[None], torch.tensor([whisper.WINDOW_SAMPLES])
+        )
     difference = np.abs(mel[0].numpy() - reference)
     assert difference[2:].max() < 1e-4, difference[2:].max()
 
@@ -80,8 +85,11 @@ def test_padded_batch_equals_clips_alone(encoder, torch_one_thread) -> None:  # 
     batch = torch.zeros(3, max(lengths))
     for row, n in enumerate(lengths):
         t = np.arange(n) / 16_000
-        batch[row, :n] = torch.from_numpy((0.3 * np.sin(2 * np.pi * (140 + 50 * row) * t)
-                                           + 0.05 * rng.standard_normal(n)).astype(np.float32))
+        batch[row, :n] = torch.from_numpy(
+            (0.3 * np.sin(2 * np.pi * (140 + 50 * row) * t) + 0.05 * rng.standard_normal(n)).astype(
+                np.float32
+            )
+        )
     front = whisper.WhisperLogMel()
     with torch.no_grad():
         mel, mel_lengths = front(batch, torch.tensor(lengths))
@@ -95,6 +103,7 @@ def test_padded_batch_equals_clips_alone(encoder, torch_one_thread) -> None:  # 
 
 def _minimal_ct2(path: Path, version: int = 6, truncate: bool = False) -> Path:
     """A CTranslate2 model.bin with one float32 variable, written as CTranslate2's serializer lays it out."""
+
     def name(text: str) -> bytes:
         raw = text.encode() + b"\0"
         return struct.pack("<H", len(raw)) + raw

@@ -71,8 +71,13 @@ def extract_cuda(wheel: Path, pathfinder: Path) -> dict:
         for archive in (wheel, pathfinder):
             with zipfile.ZipFile(archive) as handle:
                 handle.extractall(site)
-        out = subprocess.run([sys.executable, "-c", CUDA_DUMP], check=True, capture_output=True, text=True,
-                             env={**os.environ, "PYTHONPATH": str(site)})
+        out = subprocess.run(
+            [sys.executable, "-c", CUDA_DUMP],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(site)},
+        )
     names = json.loads(out.stdout)
     names["wheel"] = wheel.name
     names["wheel_sha256"] = hashlib.sha256(wheel.read_bytes()).hexdigest()
@@ -80,12 +85,18 @@ def extract_cuda(wheel: Path, pathfinder: Path) -> dict:
 
 
 def undefined_symbols(module: Path) -> list[str]:
-    out = subprocess.run(["nm", "-D", "--undefined-only", str(module)], check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["nm", "-D", "--undefined-only", str(module)], check=True, capture_output=True, text=True
+    ).stdout
     symbols = []
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0] == "U" and "@" not in parts[1] and not parts[1].startswith(("Py", "_Py")):
+        if (
+            len(parts) == 2
+            and parts[0] == "U"
+            and "@" not in parts[1]
+            and not parts[1].startswith(("Py", "_Py"))
+        ):
             symbols.append(parts[1])
     return sorted(set(symbols))
 
@@ -95,8 +106,10 @@ def stand_in_libraries(module: Path, major: str, folder: Path) -> None:
     source.write_text("".join(f"void *{name}(void) {{ return 0; }}\n" for name in undefined_symbols(module)))
     for library in LIBRARIES:
         soname = f"lib{library}.so.{major}"
-        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(folder / soname), f"-Wl,-soname,{soname}",
-                        str(source)], check=True)
+        subprocess.run(
+            ["cc", "-shared", "-fPIC", "-o", str(folder / soname), f"-Wl,-soname,{soname}", str(source)],
+            check=True,
+        )
 
 
 def extract(wheel: Path) -> dict:
@@ -108,7 +121,9 @@ def extract(wheel: Path) -> dict:
         version = wheel.name.split("-")[1]
         stand_in_libraries(module, version.split(".")[0], root)
         env = {**os.environ, "LD_LIBRARY_PATH": str(root), "PYTHONPATH": str(root / "site")}
-        out = subprocess.run([sys.executable, "-c", DUMP], check=True, capture_output=True, text=True, env=env)
+        out = subprocess.run(
+            [sys.executable, "-c", DUMP], check=True, capture_output=True, text=True, env=env
+        )
     names = json.loads(out.stdout)
     names["wheel"] = wheel.name
     names["wheel_sha256"] = hashlib.sha256(wheel.read_bytes()).hexdigest()

@@ -74,8 +74,10 @@ def resolve_sources(sources: Sequence[str]) -> list[str]:
     shipped = demo_clips()
     if shipped.is_file():
         return [f"manifest:{shipped}"]
-    raise DataError("no speech to cut benchmark clips from: pass --clips (audio files, a folder or a corpus "
-                    "spec such as tess:/data/tess), or set EDGESER_DATA to a folder with emodb/ or tess/")
+    raise DataError(
+        "no speech to cut benchmark clips from: pass --clips (audio files, a folder or a corpus "
+        "spec such as tess:/data/tess), or set EDGESER_DATA to a folder with emodb/ or tess/"
+    )
 
 
 def source_files(source: str) -> list[Path]:

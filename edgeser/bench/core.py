@@ -86,8 +86,13 @@ def row_name(precision: str, providers: tuple[str, ...] | None) -> str:
 
 def bundle_rows(bundle: Path, manifest: BundleManifest, options: BenchOptions) -> list[VariantSpec]:
     present = list(manifest.precisions)
-    wanted = list(options.precisions) if options.precisions else sorted(
-        present, key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else len(PRECISION_ORDER))
+    wanted = (
+        list(options.precisions)
+        if options.precisions
+        else sorted(
+            present, key=lambda p: PRECISION_ORDER.index(p) if p in PRECISION_ORDER else len(PRECISION_ORDER)
+        )
+    )
     missing = [p for p in wanted if p not in present]
     if missing:
         raise BundleError(f"{bundle}: no precision(s) {', '.join(missing)} (present: {', '.join(present)})")
@@ -95,38 +100,94 @@ def bundle_rows(bundle: Path, manifest: BundleManifest, options: BenchOptions) -
 
     rows = []
     for precision in wanted:
-        note = "GPU format: slower than fp32 on a CPU" if precision == "fp16" and not options.providers else ""
+        note = (
+            "GPU format: slower than fp32 on a CPU" if precision == "fp16" and not options.providers else ""
+        )
         files = manifest.precisions[precision]
         kind, paths = "runtime", {}
-        if precision not in PRECISIONS:  # a variant this runtime does not load by name: its graphs, same chain
+        if (
+            precision not in PRECISIONS
+        ):  # a variant this runtime does not load by name: its graphs, same chain
             kind, paths = "graphs", {stage: str(bundle / e.path) for stage, e in files.items()}
             note = "run as its onnxruntime graphs through the stage graph (the runtime does not list this precision)"
-        rows.append(VariantSpec(row_name(precision, options.providers), kind, str(bundle), precision,
-                                providers=options.providers, paths=paths, note=note, spin=options.spin,
-                                bytes=sum(e.bytes for e in files.values())))
+        rows.append(
+            VariantSpec(
+                row_name(precision, options.providers),
+                kind,
+                str(bundle),
+                precision,
+                providers=options.providers,
+                paths=paths,
+                note=note,
+                spin=options.spin,
+                bytes=sum(e.bytes for e in files.values()),
+            )
+        )
     return rows
 
 
-def comparison_rows(bundle: Path, workdir: Path, speech_waves: list[np.ndarray], options: BenchOptions,
-                    progress: Progress) -> list[VariantSpec]:
-    rows = [VariantSpec(PYTORCH, "pytorch", str(bundle), backend="pytorch", bytes=torch_parameter_bytes(bundle),
-                        note="the bundle's source model in PyTorch (eval, inference mode); size: parameter bytes")]
+def comparison_rows(
+    bundle: Path, workdir: Path, speech_waves: list[np.ndarray], options: BenchOptions, progress: Progress
+) -> list[VariantSpec]:
+    rows = [
+        VariantSpec(
+            PYTORCH,
+            "pytorch",
+            str(bundle),
+            backend="pytorch",
+            bytes=torch_parameter_bytes(bundle),
+            note="the bundle's source model in PyTorch (eval, inference mode); size: parameter bytes",
+        )
+    ]
     progress("writing quantize_dynamic graphs (onnxruntime defaults)")
     paths = write_quantize_dynamic(bundle, workdir)
-    rows.append(VariantSpec(QUANTIZE_DYNAMIC, "graphs", str(bundle), "int8-dynamic", paths=paths, spin=options.spin,
-                            bytes=sum(Path(p).stat().st_size for p in paths.values()),
-                            note="onnxruntime quantize_dynamic(model, out) defaults on the fp32 graphs"))
-    fp32 = {stage: str(bundle / e.path) for stage, e in validate_bundle(bundle, "fp32", False).precisions["fp32"].items()}
+    rows.append(
+        VariantSpec(
+            QUANTIZE_DYNAMIC,
+            "graphs",
+            str(bundle),
+            "int8-dynamic",
+            paths=paths,
+            spin=options.spin,
+            bytes=sum(Path(p).stat().st_size for p in paths.values()),
+            note="onnxruntime quantize_dynamic(model, out) defaults on the fp32 graphs",
+        )
+    )
+    fp32 = {
+        stage: str(bundle / e.path)
+        for stage, e in validate_bundle(bundle, "fp32", False).precisions["fp32"].items()
+    }
     if openvino_available():
-        rows.append(VariantSpec(OPENVINO, "openvino", str(bundle), "fp32", backend="openvino", paths=fp32,
-                                bytes=sum(Path(p).stat().st_size for p in fp32.values()),
-                                note="the fp32 graphs compiled by OpenVINO for the CPU (latency hint)"))
+        rows.append(
+            VariantSpec(
+                OPENVINO,
+                "openvino",
+                str(bundle),
+                "fp32",
+                backend="openvino",
+                paths=fp32,
+                bytes=sum(Path(p).stat().st_size for p in fp32.values()),
+                note="the fp32 graphs compiled by OpenVINO for the CPU (latency hint)",
+            )
+        )
         if options.nncf:
             progress(f"NNCF INT8 on {len(speech_waves)} clips")
             ir = write_openvino_nncf(bundle, workdir, speech_waves)
-            size = sum(Path(p).stat().st_size + Path(p).with_suffix(".bin").stat().st_size for p in ir.values())
-            rows.append(VariantSpec(OPENVINO_NNCF, "openvino", str(bundle), "int8", backend="openvino", paths=ir,
-                                    bytes=size, note=f"nncf.quantize defaults on {len(speech_waves)} benchmark clips"))
+            size = sum(
+                Path(p).stat().st_size + Path(p).with_suffix(".bin").stat().st_size for p in ir.values()
+            )
+            rows.append(
+                VariantSpec(
+                    OPENVINO_NNCF,
+                    "openvino",
+                    str(bundle),
+                    "int8",
+                    backend="openvino",
+                    paths=ir,
+                    bytes=size,
+                    note=f"nncf.quantize defaults on {len(speech_waves)} benchmark clips",
+                )
+            )
     else:
         progress("OpenVINO rows skipped: the package openvino is not installed")
     return rows
@@ -147,13 +208,21 @@ def quiet_torch_threads(spin: bool = False) -> str:
     return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def run_bench(bundle: Path, options: BenchOptions, out_dir: Path | None = None, command: str | None = None,
-              progress: Progress = STDERR) -> BenchReport:
+def run_bench(
+    bundle: Path,
+    options: BenchOptions,
+    out_dir: Path | None = None,
+    command: str | None = None,
+    progress: Progress = STDERR,
+) -> BenchReport:
     """Measure every row of `bundle` (and the comparison rows) and write `NAME.{json,md}` and plots."""
     bundle = Path(bundle)
     manifest = validate_bundle(bundle, "fp32")
-    for value, what in ((options.lengths_s, "clip length"), (options.batches, "batch size"),
-                        (options.threads, "thread count")):
+    for value, what in (
+        (options.lengths_s, "clip length"),
+        (options.batches, "batch size"),
+        (options.threads, "thread count"),
+    ):
         if not value or min(value) <= 0:
             raise BundleError(f"{bundle}: every {what} must be positive (got {list(value)})")
     machine = machine_info(options.threads[0])
@@ -166,8 +235,13 @@ def run_bench(bundle: Path, options: BenchOptions, out_dir: Path | None = None, 
         if options.compare:
             rows += comparison_rows(bundle, Path(tmp), speech.clips(4.0, NNCF_SAMPLES), options, progress)
         reference = next((r.name for r in rows if r.kind == "runtime" and r.precision == "fp32"), None)
-        plan = Plan(tuple(options.lengths_s), tuple(options.batches), tuple(options.threads), options.rounds,
-                    options.warmup)
+        plan = Plan(
+            tuple(options.lengths_s),
+            tuple(options.batches),
+            tuple(options.threads),
+            options.rounds,
+            options.warmup,
+        )
         load_before = list(os.getloadavg())
         cells, failed = measure(rows, plan, speech, reference, progress)
         load_after = list(os.getloadavg())
@@ -179,22 +253,44 @@ def run_bench(bundle: Path, options: BenchOptions, out_dir: Path | None = None, 
                 if row.name not in failed:
                     progress(f"cold start and peak memory of {row.name} (fresh interpreter)")
                     cold[row.name] = probe_in_subprocess(row.to_dict(), threads, clip)
-    settings = {"lengths_s": list(options.lengths_s), "batches": list(options.batches),
-                "threads": list(options.threads), "rounds": options.rounds, "warmup": options.warmup,
-                "interleaved_rounds": True, "clip_source": speech.source, "compare": options.compare,
-                "providers": list(options.providers) if options.providers else ["CPUExecutionProvider"],
-                "pytorch_omp_wait_policy": torch_threads, "spin": options.spin,
-                "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in load_after],
-                "command": command or shlex.join([sys.executable, *sys.argv])}
+    settings = {
+        "lengths_s": list(options.lengths_s),
+        "batches": list(options.batches),
+        "threads": list(options.threads),
+        "rounds": options.rounds,
+        "warmup": options.warmup,
+        "interleaved_rounds": True,
+        "clip_source": speech.source,
+        "compare": options.compare,
+        "providers": list(options.providers) if options.providers else ["CPUExecutionProvider"],
+        "pytorch_omp_wait_policy": torch_threads,
+        "spin": options.spin,
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in load_after],
+        "command": command or shlex.join([sys.executable, *sys.argv]),
+    }
     variants = [{**r.to_dict(), "error": failed.get(r.name)} for r in rows]
     # Imported here: the edgeser.quantize package imports onnx (the export extra); `edgeser --help` must not.
     from edgeser.quantize.speed import cpu_class_notes
 
-    report = BenchReport(str(bundle), f"{manifest.model}/{manifest.size}", machine, settings, variants,
-                         [c.summary() for c in cells], cold, read_accuracy(bundle),
-                         notes=cpu_class_notes(manifest, machine) + [f"{n}: not run ({why})" for n, why in failed.items()],
-                         passed=not failed and all(c.error is None for c in cells))
-    report.headline = {"seconds": seconds, "batch": batch, "threads": threads,
-                       "fastest": fastest(report, seconds, batch, threads), "default_int8": row_name(DEFAULT_INT8, options.providers)}
+    report = BenchReport(
+        str(bundle),
+        f"{manifest.model}/{manifest.size}",
+        machine,
+        settings,
+        variants,
+        [c.summary() for c in cells],
+        cold,
+        read_accuracy(bundle),
+        notes=cpu_class_notes(manifest, machine) + [f"{n}: not run ({why})" for n, why in failed.items()],
+        passed=not failed and all(c.error is None for c in cells),
+    )
+    report.headline = {
+        "seconds": seconds,
+        "batch": batch,
+        "threads": threads,
+        "fastest": fastest(report, seconds, batch, threads),
+        "default_int8": row_name(DEFAULT_INT8, options.providers),
+    }
     write_report(out_dir or bundle / "reports", REPORT_NAME, report, draw_plots if options.plots else None)
     return report

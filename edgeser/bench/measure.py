@@ -35,17 +35,31 @@ class Cell:
 
     def summary(self) -> dict[str, Any]:
         """p50/p90/p99/mean (ms), real-time factor, throughput and the per-stage p50 (ms)."""
-        out: dict[str, Any] = {"variant": self.variant, "seconds": self.seconds, "batch": self.batch,
-                               "threads": self.threads, "runs": len(self.totals_ms), "error": self.error,
-                               "feature_cosine": self.feature_cosine, "label_agreement": self.label_agreement}
+        out: dict[str, Any] = {
+            "variant": self.variant,
+            "seconds": self.seconds,
+            "batch": self.batch,
+            "threads": self.threads,
+            "runs": len(self.totals_ms),
+            "error": self.error,
+            "feature_cosine": self.feature_cosine,
+            "label_agreement": self.label_agreement,
+        }
         if self.totals_ms:
             t = np.asarray(self.totals_ms)
             p50 = float(np.percentile(t, 50))
             audio_s = self.seconds * self.batch
-            out |= {"p50_ms": p50, "p90_ms": float(np.percentile(t, 90)), "p99_ms": float(np.percentile(t, 99)),
-                    "mean_ms": float(t.mean()), "min_ms": float(t.min()), "rtf": p50 / 1e3 / audio_s,
-                    "clips_per_s": self.batch / (p50 / 1e3), "audio_s_per_s": audio_s / (p50 / 1e3),
-                    "stages_p50_ms": {s: float(np.percentile(v, 50)) for s, v in self.stages_ms.items()}}
+            out |= {
+                "p50_ms": p50,
+                "p90_ms": float(np.percentile(t, 90)),
+                "p99_ms": float(np.percentile(t, 99)),
+                "mean_ms": float(t.mean()),
+                "min_ms": float(t.min()),
+                "rtf": p50 / 1e3 / audio_s,
+                "clips_per_s": self.batch / (p50 / 1e3),
+                "audio_s_per_s": audio_s / (p50 / 1e3),
+                "stages_p50_ms": {s: float(np.percentile(v, 50)) for s, v in self.stages_ms.items()},
+            }
         return out
 
 
@@ -60,8 +74,13 @@ class Plan:
     warmup: int
 
 
-def measure(specs: Sequence[VariantSpec], plan: Plan, speech: Speech, reference: str | None,
-            progress: Progress = STDERR) -> tuple[list[Cell], dict[str, str]]:
+def measure(
+    specs: Sequence[VariantSpec],
+    plan: Plan,
+    speech: Speech,
+    reference: str | None,
+    progress: Progress = STDERR,
+) -> tuple[list[Cell], dict[str, str]]:
     """Every row at every setting, interleaved; returns the cells and the rows that failed to load (why)."""
     cells: list[Cell] = []
     failed: dict[str, str] = {}
@@ -85,8 +104,16 @@ def measure(specs: Sequence[VariantSpec], plan: Plan, speech: Speech, reference:
     return cells, failed
 
 
-def measure_cell(chains: dict[str, Chain], waves: list[np.ndarray], seconds: float, batch: int, threads: int,
-                 plan: Plan, reference: str | None, progress: Progress) -> list[Cell]:
+def measure_cell(
+    chains: dict[str, Chain],
+    waves: list[np.ndarray],
+    seconds: float,
+    batch: int,
+    threads: int,
+    plan: Plan,
+    reference: str | None,
+    progress: Progress,
+) -> list[Cell]:
     """One setting: warm-up, then `plan.rounds` rounds of one run per row (order reversed every other round)."""
     cells = {name: Cell(name, seconds, batch, threads) for name in chains}
     outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -105,7 +132,9 @@ def measure_cell(chains: dict[str, Chain], waves: list[np.ndarray], seconds: flo
             cells[name].stages_ms.setdefault(stage, []).append(ms)
 
     started = time.perf_counter()
-    times = interleaved_times({name: partial(chains[name], waves) for name in live}, plan.rounds, each=stage_times)
+    times = interleaved_times(
+        {name: partial(chains[name], waves) for name in live}, plan.rounds, each=stage_times
+    )
     for name, totals in times.items():
         cells[name].totals_ms = totals
     if reference in outputs:
@@ -113,9 +142,13 @@ def measure_cell(chains: dict[str, Chain], waves: list[np.ndarray], seconds: flo
         for name, (features, logits) in outputs.items():
             if features.shape == ref_features.shape:
                 cells[name].feature_cosine = cosine(ref_features, features)
-            cells[name].label_agreement = agreement(np.argmax(ref_logits, -1).tolist(), np.argmax(logits, -1).tolist())
+            cells[name].label_agreement = agreement(
+                np.argmax(ref_logits, -1).tolist(), np.argmax(logits, -1).tolist()
+            )
     load = os.getloadavg()[0]
     summary = ", ".join(f"{n} {np.median(cells[n].totals_ms):.0f} ms" for n in live if cells[n].totals_ms)
-    progress(f"{seconds:g} s x {batch}, {threads} threads, {plan.rounds} rounds in "
-             f"{time.perf_counter() - started:.0f} s (load {load:.1f}): {summary}")
+    progress(
+        f"{seconds:g} s x {batch}, {threads} threads, {plan.rounds} rounds in "
+        f"{time.perf_counter() - started:.0f} s (load {load:.1f}): {summary}"
+    )
     return list(cells.values())

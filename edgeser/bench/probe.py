@@ -38,9 +38,14 @@ def probe(request: dict[str, Any]) -> dict[str, Any]:
         chain([wave])
         steady.append(time.perf_counter() - t)
     peak_kb = peak_rss_kb()
-    return {"import_s": imported - started, "load_s": loaded - imported, "first_run_s": first - loaded,
-            "cold_start_s": first - imported, "steady_s": float(np.median(steady)) if steady else None,
-            "peak_rss_mb": peak_kb / 1024.0}
+    return {
+        "import_s": imported - started,
+        "load_s": loaded - imported,
+        "first_run_s": first - loaded,
+        "cold_start_s": first - imported,
+        "steady_s": float(np.median(steady)) if steady else None,
+        "peak_rss_mb": peak_kb / 1024.0,
+    }
 
 
 def peak_rss_kb() -> float:
@@ -55,13 +60,19 @@ def peak_rss_kb() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
-def probe_in_subprocess(spec: dict[str, Any], threads: int, clip: Path, runs: int = 3,
-                        timeout_s: float = 1800.0) -> dict[str, Any]:
+def probe_in_subprocess(
+    spec: dict[str, Any], threads: int, clip: Path, runs: int = 3, timeout_s: float = 1800.0
+) -> dict[str, Any]:
     """Run `probe` in a fresh Python; a failure becomes {"error": ...} (one benchmark row must not stop the rest)."""
     request = json.dumps({"spec": spec, "threads": threads, "clip": str(clip), "runs": runs})
     try:
-        done = subprocess.run([sys.executable, "-m", "edgeser.bench.probe", request], capture_output=True,
-                              text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "edgeser.bench.probe", request],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s:.0f} s"}
     if done.returncode != 0:

@@ -70,7 +70,9 @@ def load_chain(spec: VariantSpec, threads: int) -> Chain:
     if spec.kind == "pytorch":
         return stage_graph_chain(spec.bundle, torch_runners(Path(spec.bundle), threads))
     if spec.kind == "graphs":
-        return stage_graph_chain(spec.bundle, onnxruntime_runners(spec.paths, threads, spec.providers, spec.spin))
+        return stage_graph_chain(
+            spec.bundle, onnxruntime_runners(spec.paths, threads, spec.providers, spec.spin)
+        )
     if spec.kind == "openvino":
         return stage_graph_chain(spec.bundle, openvino_runners(spec.paths, threads))
     raise BundleError(f"benchmark row {spec.name!r}: unknown kind {spec.kind!r}")
@@ -84,13 +86,16 @@ def runtime_chain(spec: VariantSpec, threads: int) -> Chain:
     from edgeser.runtime import Pipeline
 
     # edgeser's TensorRT engines take no onnxruntime threads (the runtime refuses them); a spin asked for stays.
-    options: dict[str, Any] = {"spin": spec.spin} if spec.backend == "tensorrt" else {"threads": threads,
-                                                                                      "spin": spec.spin}
+    options: dict[str, Any] = (
+        {"spin": spec.spin} if spec.backend == "tensorrt" else {"threads": threads, "spin": spec.spin}
+    )
     if spec.providers:
         options["providers"] = list(spec.providers)
     if spec.backend not in ("onnxruntime", ""):
         options["backend"] = spec.backend
-    pipeline = Pipeline.load(spec.bundle, cast(Precision, spec.precision), **options)  # Pipeline.load checks it
+    pipeline = Pipeline.load(
+        spec.bundle, cast(Precision, spec.precision), **options
+    )  # Pipeline.load checks it
 
     def run(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
         result = pipeline.run_stages(list(waves))
@@ -115,13 +120,16 @@ def stage_graph_chain(bundle: str, runners: Mapping[str, Any]) -> Chain:
     return run
 
 
-def onnxruntime_runners(paths: Mapping[str, str], threads: int, providers: Sequence[str] | None,
-                        spin: bool = False) -> dict[str, Any]:
+def onnxruntime_runners(
+    paths: Mapping[str, str], threads: int, providers: Sequence[str] | None, spin: bool = False
+) -> dict[str, Any]:
     """The runtime's onnxruntime stage runner (its session settings) on each given graph file."""
     from edgeser.runtime.sessions import OrtRunner
 
-    return {stage: OrtRunner.load(Path(path), list(providers) if providers else None, threads, spin=spin)
-            for stage, path in paths.items()}
+    return {
+        stage: OrtRunner.load(Path(path), list(providers) if providers else None, threads, spin=spin)
+        for stage, path in paths.items()
+    }
 
 
 def torch_runners(bundle: Path, threads: int) -> dict[str, Any]:
@@ -157,8 +165,9 @@ def openvino_runners(paths: Mapping[str, str], threads: int) -> dict[str, OpenVi
     core = openvino_core()
     runners = {}
     for stage, path in paths.items():
-        compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                    "PERFORMANCE_HINT": "LATENCY"})
+        compiled = core.compile_model(
+            path, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        )
         runners[stage] = OpenVinoRunner(compiled, tuple(i.get_any_name() for i in compiled.inputs))
     return runners
 
@@ -167,7 +176,9 @@ def openvino_core() -> Any:
     try:
         import openvino
     except ImportError as err:
-        raise MissingDependencyError("openvino", "bench", "an OpenVINO row of `edgeser bench --compare`") from err
+        raise MissingDependencyError(
+            "openvino", "bench", "an OpenVINO row of `edgeser bench --compare`"
+        ) from err
     return openvino.Core()
 
 
@@ -201,7 +212,9 @@ def write_openvino_nncf(bundle: Path, workdir: Path, waves: Sequence[np.ndarray]
     try:
         import nncf
     except ImportError as err:
-        raise MissingDependencyError("nncf", "bench", "the NNCF row of `edgeser bench --compare --nncf`") from err
+        raise MissingDependencyError(
+            "nncf", "bench", "the NNCF row of `edgeser bench --compare --nncf`"
+        ) from err
     import openvino
 
     from edgeser.stages import StageGraph

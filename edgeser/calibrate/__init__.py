@@ -1,9 +1,9 @@
 """Calibration for quantisation: pick clips off the evaluation split, capture each stage's real inputs, cache them.
 
-    select_calibration_set  -> which clips (training side / a held-out IEMOCAP session; never evaluation)
-    capture_stage_inputs    -> their stage inputs, through the fp32 runtime, bucketed to fixed shapes
-    calibrate_bundle        -> both, cached as `BUNDLE/calibration/{inputs.npz, calibration.json}`
-    CalibrationCache        -> the cache read back; `StageDataReader` feeds it to onnxruntime's calibrators
+select_calibration_set  -> which clips (training side / a held-out IEMOCAP session; never evaluation)
+capture_stage_inputs    -> their stage inputs, through the fp32 runtime, bucketed to fixed shapes
+calibrate_bundle        -> both, cached as `BUNDLE/calibration/{inputs.npz, calibration.json}`
+CalibrationCache        -> the cache read back; `StageDataReader` feeds it to onnxruntime's calibrators
 """
 
 from edgeser.calibrate.cache import CALIBRATION_DIR, CalibrationCache, calibrate_bundle, read_calibration

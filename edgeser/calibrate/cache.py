@@ -57,7 +57,9 @@ class CalibrationCache:
     def ids(self) -> list[str]:
         return list(self.provenance["ids"])
 
-    def stage_feeds(self, stage: str, input_names: list[str]) -> Iterator[tuple[str, list[dict[str, np.ndarray]]]]:
+    def stage_feeds(
+        self, stage: str, input_names: list[str]
+    ) -> Iterator[tuple[str, list[dict[str, np.ndarray]]]]:
         """Per bucket group, the batch-1 feeds of `stage` (only its `input_names`); the text-only groups feed the
         stages whose inputs they hold (the text encoder)."""
         for key, tensors in self.inputs.groups.items():
@@ -84,7 +86,9 @@ def read_calibration(bundle: Path) -> CalibrationCache:
     provenance_path = root / PROVENANCE_FILE
     for _ in range(READ_TRIES):
         if not provenance_path.is_file() or not (root / INPUTS_FILE).is_file():
-            raise BundleError(f"{bundle}: no calibration cache; run `edgeser calibrate {bundle} --data ...` first")
+            raise BundleError(
+                f"{bundle}: no calibration cache; run `edgeser calibrate {bundle} --data ...` first"
+            )
         try:
             provenance = json.loads(provenance_path.read_text(encoding="utf-8"))
             payload = (root / INPUTS_FILE).read_bytes()
@@ -96,8 +100,10 @@ def read_calibration(bundle: Path) -> CalibrationCache:
         if expected is None or hashlib.sha256(payload).hexdigest() == expected:
             break
     else:
-        raise BundleError(f"{root}: calibration inputs do not match calibration.json (another `calibrate` kept "
-                          "replacing them while they were read); rerun when it has finished")
+        raise BundleError(
+            f"{root}: calibration inputs do not match calibration.json (another `calibrate` kept "
+            "replacing them while they were read); rerun when it has finished"
+        )
     manifest = read_manifest(bundle)
     current = {stage: entry.sha256 for stage, entry in manifest.precisions.get("fp32", {}).items()}
     if provenance.get("fp32_sha256") != current:
@@ -148,7 +154,9 @@ def calibrate_bundle(
     pipeline = Pipeline.load(bundle, "fp32", threads=threads)
     waves = [load_audio(u.path) for u in chosen.utterances]
     started = time.perf_counter()
-    captured = capture_stage_inputs(pipeline, waves, buckets_s, f"capturing {len(waves)} calibration clips", progress)
+    captured = capture_stage_inputs(
+        pipeline, waves, buckets_s, f"capturing {len(waves)} calibration clips", progress
+    )
     transcripts = [u.transcript for u in chosen.utterances if u.transcript]
     sentences = calibration_sentences() if text_sentences else []
     texts = add_text_inputs(pipeline, captured, transcripts + sentences)
@@ -173,8 +181,14 @@ def calibrate_bundle(
         "groups": captured.counts(),
         "length_stats": captured.length_stats(),
         "clip_groups": dict(zip(chosen.ids, captured.clip_groups)),
-        "text": {"items": texts, "reference_transcripts": len(set(transcripts)), "sentences": len(sentences),
-                 "sentences_sha256": hashlib.sha256(SENTENCES_FILE.read_bytes()).hexdigest() if sentences else None},
+        "text": {
+            "items": texts,
+            "reference_transcripts": len(set(transcripts)),
+            "sentences": len(sentences),
+            "sentences_sha256": hashlib.sha256(SENTENCES_FILE.read_bytes()).hexdigest()
+            if sentences
+            else None,
+        },
         "stages": {stage: [t.name for t in spec.inputs] for stage, spec in manifest.stages.items()},
         "fp32_sha256": {stage: entry.sha256 for stage, entry in manifest.precisions["fp32"].items()},
         "capture_seconds": round(time.perf_counter() - started, 2),

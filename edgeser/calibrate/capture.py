@@ -45,7 +45,9 @@ class CapturedInputs:
 
     groups: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     clip_groups: list[str] = field(default_factory=list)  # group of each captured clip, in input order
-    clip_samples: list[int] = field(default_factory=list)  # each clip's own length in samples (before bucketing)
+    clip_samples: list[int] = field(
+        default_factory=list
+    )  # each clip's own length in samples (before bucketing)
     clip_tokens: list[int] = field(default_factory=list)  # each clip's token count at inference (text models)
 
     def length_stats(self) -> dict[str, dict[str, int]]:
@@ -56,7 +58,11 @@ class CapturedInputs:
         stats: dict[str, dict[str, int]] = {}
         for name, values in (("samples", self.clip_samples), ("tokens", self.clip_tokens)):
             if values:
-                stats[name] = {"min": int(min(values)), "opt": int(np.median(values)), "max": int(max(values))}
+                stats[name] = {
+                    "min": int(min(values)),
+                    "opt": int(np.median(values)),
+                    "max": int(max(values)),
+                }
         return stats
 
     def counts(self) -> dict[str, int]:
@@ -64,7 +70,9 @@ class CapturedInputs:
 
     def flat(self) -> dict[str, np.ndarray]:
         """`{"<group>.<tensor>": array}` for `np.savez`."""
-        return {f"{key}.{name}": array for key, tensors in self.groups.items() for name, array in tensors.items()}
+        return {
+            f"{key}.{name}": array for key, tensors in self.groups.items() for name, array in tensors.items()
+        }
 
     @classmethod
     def from_flat(cls, arrays: dict[str, np.ndarray]) -> CapturedInputs:
@@ -107,8 +115,11 @@ def _pad_axis1(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def capture_stage_inputs(
-    pipeline: Pipeline, waves: Sequence[np.ndarray], buckets_s: Sequence[float] = DEFAULT_BUCKETS_S,
-    label: str = "capturing stage inputs", progress: Progress = STDERR,
+    pipeline: Pipeline,
+    waves: Sequence[np.ndarray],
+    buckets_s: Sequence[float] = DEFAULT_BUCKETS_S,
+    label: str = "capturing stage inputs",
+    progress: Progress = STDERR,
 ) -> CapturedInputs:
     """Run each clip through the fp32 `pipeline` (batch 1) and keep every stage's inputs at fixed shapes
     (`label`: the progress bar's)."""
@@ -133,7 +144,11 @@ def capture_stage_inputs(
                 "frame_lengths": run.frame_lengths.astype(np.int64),
             }
             key = f"w{target}"
-            if run.input_ids is not None and run.attention_mask is not None and run.token_features is not None:
+            if (
+                run.input_ids is not None
+                and run.attention_mask is not None
+                and run.token_features is not None
+            ):
                 tokens = token_bucket(run.input_ids.shape[1])
                 tensors["input_ids"] = _pad_axis1(run.input_ids, tokens)
                 tensors["attention_mask"] = _pad_axis1(run.attention_mask, tokens)
@@ -146,8 +161,10 @@ def capture_stage_inputs(
                     group.setdefault(name, []).append(value)
             captured.clip_groups.append(key)
     # Encoders may emit a few padding frames beyond the layout's count: one width per group, zero-padded.
-    captured.groups = {key: {name: stack_padded(values) for name, values in tensors.items()}
-                       for key, tensors in sorted(rows.items())}
+    captured.groups = {
+        key: {name: stack_padded(values) for name, values in tensors.items()}
+        for key, tensors in sorted(rows.items())
+    }
     return captured
 
 

@@ -40,14 +40,23 @@ def calibration_pool(corpus: Corpus, fold: Fold) -> tuple[Fold, str]:
         candidates = [g for g in groups if g not in eval_groups]
         if not candidates:
             raise SplitError(
-                f"{corpus.name} fold {fold.index}: no session outside the evaluation split to calibrate on")
+                f"{corpus.name} fold {fold.index}: no session outside the evaluation split to calibrate on"
+            )
         # The first training session after the evaluation one (cyclically): deterministic per fold.
         start = max((groups.index(g) for g in eval_groups), default=-1)
-        session = next((groups[(start + k) % len(groups)] for k in range(1, len(groups) + 1)
-                        if groups[(start + k) % len(groups)] in candidates), candidates[0])
+        session = next(
+            (
+                groups[(start + k) % len(groups)]
+                for k in range(1, len(groups) + 1)
+                if groups[(start + k) % len(groups)] in candidates
+            ),
+            candidates[0],
+        )
         pool = tuple(u.id for u in corpus.utterances if u.group == session and u.id not in eval_ids)
-        return (Fold(fold.index, fold.held_out, pool, fold.eval_ids),
-                f"held-out session {session} (not the evaluation {fold.held_out})")
+        return (
+            Fold(fold.index, fold.held_out, pool, fold.eval_ids),
+            f"held-out session {session} (not the evaluation {fold.held_out})",
+        )
     return fold, f"training side of fold {fold.index} ({fold.held_out} held out for evaluation)"
 
 

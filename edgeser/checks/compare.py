@@ -22,7 +22,12 @@ from edgeser.stages import (
 )
 
 # The output of each stage that is compared.
-PRIMARY = {AUDIO_ENCODER: "features", CTC_HEAD: "log_probs", TEXT_ENCODER: "token_features", FUSION_HEAD: "logits"}
+PRIMARY = {
+    AUDIO_ENCODER: "features",
+    CTC_HEAD: "log_probs",
+    TEXT_ENCODER: "token_features",
+    FUSION_HEAD: "logits",
+}
 
 
 def valid_part(stage: str, array: np.ndarray, reference: StageRun) -> np.ndarray:
@@ -35,8 +40,13 @@ def valid_part(stage: str, array: np.ndarray, reference: StageRun) -> np.ndarray
     return array
 
 
-def compare_stages(graph: StageGraph, candidate: Mapping[str, StageRunner], reference: StageRun,
-                   stats: Mapping[str, CosineStats], candidate_run: StageRun | None = None) -> None:
+def compare_stages(
+    graph: StageGraph,
+    candidate: Mapping[str, StageRunner],
+    reference: StageRun,
+    stats: Mapping[str, CosineStats],
+    candidate_run: StageRun | None = None,
+) -> None:
     """Each stage of `candidate` fed the reference's inputs, compared with the reference's outputs.
 
     `candidate_run` (the candidate's own end-to-end run of the same clip) stands in for the audio encoder,
@@ -51,7 +61,13 @@ def compare_stages(graph: StageGraph, candidate: Mapping[str, StageRunner], refe
             outputs = graph.run_stage(candidate, stage, reference.values)
         name = PRIMARY[stage]
         reference_output = reference.raw[stage][name] if stage in reference.raw else reference.values[name]
-        stats[stage].add(valid_part(stage, reference_output, reference), valid_part(stage, outputs[name], reference))
-        if stage == AUDIO_ENCODER and "frame_lengths" in outputs and "frame_lengths" in reference.raw.get(stage, {}):
+        stats[stage].add(
+            valid_part(stage, reference_output, reference), valid_part(stage, outputs[name], reference)
+        )
+        if (
+            stage == AUDIO_ENCODER
+            and "frame_lengths" in outputs
+            and "frame_lengths" in reference.raw.get(stage, {})
+        ):
             if not np.array_equal(outputs["frame_lengths"], reference.raw[stage]["frame_lengths"]):
                 stats[stage].fail()

@@ -49,11 +49,15 @@ class VariantResult:
     note: str = ""
     size_bytes: int | None = None
     stage_bytes: dict[str, int] = field(default_factory=dict)
-    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # stage/end_to_end -> p50/p95/p99/mean
+    latency_ms: dict[str, dict[str, float]] = field(
+        default_factory=dict
+    )  # stage/end_to_end -> p50/p95/p99/mean
     latency_clips: int = 0
     rtf: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # ua, wa, macro_f1, [cer, wer]
-    delta: dict[str, float] = field(default_factory=dict)  # against float: ua/wa/macro_f1 in points, cer/wer too
+    delta: dict[str, float] = field(
+        default_factory=dict
+    )  # against float: ua/wa/macro_f1 in points, cer/wer too
     agreement: float | None = None  # label agreement with PyTorch float
     agreement_fp32: float | None = None  # label agreement with onnxruntime fp32
     transcript_agreement: float | None = None  # with onnxruntime fp32
@@ -102,8 +106,15 @@ class VariantRun:
     runs: list[StageRun]
 
 
-def run_variant(pipe: Any, name: str, waves: list[np.ndarray], warmup: int, references: list[StageRun] | None,
-                keep_runs: bool, progress: Progress = STDERR) -> VariantRun:
+def run_variant(
+    pipe: Any,
+    name: str,
+    waves: list[np.ndarray],
+    warmup: int,
+    references: list[StageRun] | None,
+    keep_runs: bool,
+    progress: Progress = STDERR,
+) -> VariantRun:
     """Run one variant over every clip (batch 1), timing each run; compare with fp32 `references` if given."""
     result = VariantResult(name)
     for _ in range(warmup if waves else 0):
@@ -138,15 +149,23 @@ def run_variant(pipe: Any, name: str, waves: list[np.ndarray], warmup: int, refe
         result.agreement_fp32 = agreement(predictions, [int(np.argmax(r.logits[0])) for r in references])
         if references[0].transcripts is not None:
             result.transcript_agreement = agreement(
-                transcripts, [r.transcripts[0] if r.transcripts else None for r in references])
+                transcripts, [r.transcripts[0] if r.transcripts else None for r in references]
+            )
         result.logit_cosine = {"mean": float(np.mean(logit_cosines)), "min": float(np.min(logit_cosines))}
-        result.stage_cosine = {s: {k: a.summary()[k] for k in ("mean", "min")} for s, a in stage_stats.items()
-                               if a.count}
+        result.stage_cosine = {
+            s: {k: a.summary()[k] for k in ("mean", "min")} for s, a in stage_stats.items() if a.count
+        }
     return VariantRun(result, predictions, transcripts, runs)
 
 
-def fill_metrics(result: VariantResult, labels: list[int], predictions: list[int], num_classes: int,
-                 references: list[str] | None, transcripts: list[str | None]) -> None:
+def fill_metrics(
+    result: VariantResult,
+    labels: list[int],
+    predictions: list[int],
+    num_classes: int,
+    references: list[str] | None,
+    transcripts: list[str | None],
+) -> None:
     report = classification_report(labels, predictions, num_classes)
     result.metrics = {"ua": report.ua, "wa": report.wa, "macro_f1": report.macro_f1}
     if references is not None and transcripts and transcripts[0] is not None:
@@ -200,15 +219,21 @@ def check_variants(
             skipped[utt.label] = skipped.get(utt.label, 0) + 1
     utterances = spread([u for u in utterances if u.label in known], limit)
     if not utterances:
-        raise DataError(f"{data_spec}: no evaluation clips of fold {split.index} carry the bundle's labels "
-                        f"({', '.join(manifest.labels)})")
+        raise DataError(
+            f"{data_spec}: no evaluation clips of fold {split.index} carry the bundle's labels "
+            f"({', '.join(manifest.labels)})"
+        )
     waves = []
     with progress.bar(utterances, f"loading {len(utterances)} evaluation clips") as bar:
         for utt in bar:
             waves.append(load_audio(utt.path))
     labels = [known[u.label] for u in utterances]
     has_ctc = manifest.ctc is not None and "ctc_head" in manifest.stages
-    references = [u.transcript or "" for u in utterances] if has_ctc and all(u.transcript for u in utterances) else None
+    references = (
+        [u.transcript or "" for u in utterances]
+        if has_ctc and all(u.transcript for u in utterances)
+        else None
+    )
 
     runs: dict[str, VariantRun] = {}
     fp32 = Pipeline.load(bundle, "fp32", threads=threads)
@@ -222,23 +247,29 @@ def check_variants(
         progress("running PyTorch float")
         torch_pipe = float_pipeline(bundle, threads=threads)
         runs[FLOAT] = run_variant(torch_pipe, FLOAT, waves, warmup, None, keep_runs=False, progress=progress)
-        size, note = float_size(bundle, [p for r in torch_pipe.runners.values() for p in r.module.parameters()])
+        size, note = float_size(
+            bundle, [p for r in torch_pipe.runners.values() for p in r.module.parameters()]
+        )
         runs[FLOAT].result.size_bytes, runs[FLOAT].result.note = size, note
     for precision in wanted:
         if precision == "fp32":
             continue
         try:
             pipe = Pipeline.load(bundle, precision, threads=threads)
-            runs[precision] = run_variant(pipe, precision, waves, warmup, reference_runs, keep_runs=False,
-                                          progress=progress)
+            runs[precision] = run_variant(
+                pipe, precision, waves, warmup, reference_runs, keep_runs=False, progress=progress
+            )
         except Exception as err:  # fp16 may lack kernels on this provider: say so; anything else is an error
             if precision != "fp16":
                 raise
-            runs[precision] = VariantRun(VariantResult("fp16", status="not run", note=fp16_note(err)), [], [], [])
+            runs[precision] = VariantRun(
+                VariantResult("fp16", status="not run", note=fp16_note(err)), [], [], []
+            )
             continue
         if precision == "fp16":
-            runs[precision].result.note = ("fp16 on CPU: runs, but FP16 is a GPU format (CPU kernels are slow or "
-                                           "cast back to FP32)")
+            runs[precision].result.note = (
+                "fp16 on CPU: runs, but FP16 is a GPU format (CPU kernels are slow or cast back to FP32)"
+            )
     for precision in wanted:
         entries = manifest.precisions[precision]
         runs[precision].result.stage_bytes = {s: e.bytes for s, e in entries.items()}
@@ -258,19 +289,33 @@ def check_variants(
     for result in results:
         if result.status != "ok":
             continue
-        result.delta = {k: 100.0 * (result.metrics[k] - baseline.result.metrics[k]) for k in ("ua", "wa", "macro_f1")}
+        result.delta = {
+            k: 100.0 * (result.metrics[k] - baseline.result.metrics[k]) for k in ("ua", "wa", "macro_f1")
+        }
         for k in ("cer", "wer"):
             if k in result.metrics and k in baseline.result.metrics:
                 result.delta[k] = 100.0 * (result.metrics[k] - baseline.result.metrics[k])
 
     failures = gate_failures(results, max_ua_drop, min_agreement)
     report = VariantsReport(
-        bundle=str(bundle), data=data_spec, corpus=corpus.name, fold=split.index, held_out=split.held_out,
-        clips=len(waves), skipped_labels=skipped, threads=threads, warmup=warmup,
-        reference=("PyTorch float (" + (manifest.source_checkpoint.get("kind") or "model") + ")") if include_float
+        bundle=str(bundle),
+        data=data_spec,
+        corpus=corpus.name,
+        fold=split.index,
+        held_out=split.held_out,
+        clips=len(waves),
+        skipped_labels=skipped,
+        threads=threads,
+        warmup=warmup,
+        reference=("PyTorch float (" + (manifest.source_checkpoint.get("kind") or "model") + ")")
+        if include_float
         else "onnxruntime fp32",
-        variants=results, gates={"max_ua_drop": max_ua_drop, "min_agreement": min_agreement},
-        passed=not failures, failures=failures, machine=machine_info(threads), calibration=calibration,
+        variants=results,
+        gates={"max_ua_drop": max_ua_drop, "min_agreement": min_agreement},
+        passed=not failures,
+        failures=failures,
+        machine=machine_info(threads),
+        calibration=calibration,
         protocol=split.protocol,
     )
     from edgeser.quantize.speed import cpu_class_notes
@@ -282,15 +327,25 @@ def check_variants(
     return report
 
 
-def tensorrt_variants(bundle: Path, precisions: list[Precision], waves: list[np.ndarray], warmup: int,
-                      references: list[StageRun], threads: int | None, progress: Progress = STDERR
-                      ) -> dict[str, VariantRun]:
+def tensorrt_variants(
+    bundle: Path,
+    precisions: list[Precision],
+    waves: list[np.ndarray],
+    warmup: int,
+    references: list[StageRun],
+    threads: int | None,
+    progress: Progress = STDERR,
+) -> dict[str, VariantRun]:
     """TensorRT engines (`edgeser build-trt`) of these precisions, where this machine can run them: a row
     `tensorrt-<precision>` each; engines built elsewhere or a machine without TensorRT give a `not run` row."""
     from edgeser.errors import EdgeserError
     from edgeser.runtime.pipeline import Pipeline
 
-    built = {p.parent.name for p in (bundle / "trt").glob("*/*/manifest.json")} if (bundle / "trt").is_dir() else set()
+    built = (
+        {p.parent.name for p in (bundle / "trt").glob("*/*/manifest.json")}
+        if (bundle / "trt").is_dir()
+        else set()
+    )
     rows: dict[str, VariantRun] = {}
     for precision in [p for p in precisions if p in built]:
         name = f"tensorrt-{precision}"
@@ -304,8 +359,9 @@ def tensorrt_variants(bundle: Path, precisions: list[Precision], waves: list[np.
     return rows
 
 
-def gate_failures(results: list[VariantResult], max_ua_drop: float | None, min_agreement: float | None
-                  ) -> list[str]:
+def gate_failures(
+    results: list[VariantResult], max_ua_drop: float | None, min_agreement: float | None
+) -> list[str]:
     """Every gate an ONNX variant misses: UA drop against float (points) and label agreement with float."""
     failures = []
     for result in results:

@@ -50,31 +50,76 @@ def render_markdown(report: Any) -> str:
     lines = [
         f"# Variants: {report.bundle}",
         "",
-        (f"{report.clips} evaluation clips of `{report.data}` fold {report.fold} ({report.held_out}{protocol})"
-         f"{skipped}. Float reference: {report.reference}. Batch 1, {report.warmup} warm-up runs, threads "
-         f"{report.threads or 'default'}; {m.get('cpu', '?')} ({m.get('cpu_class', '?')}, "
-         f"{m.get('logical_cores')} logical cores, load {load}), {versions}."),
+        (
+            f"{report.clips} evaluation clips of `{report.data}` fold {report.fold} ({report.held_out}{protocol})"
+            f"{skipped}. Float reference: {report.reference}. Batch 1, {report.warmup} warm-up runs, threads "
+            f"{report.threads or 'default'}; {m.get('cpu', '?')} ({m.get('cpu_class', '?')}, "
+            f"{m.get('logical_cores')} logical cores, load {load}), {versions}."
+        ),
         "",
-        *markdown_table(["variant", "size MB", "e2e p50 ms", "p95", "p99", "RTF p50", "UA", "ΔUA", "WA", "ΔWA", "F1",
-                         "ΔF1", "agree float", "agree fp32", "CER", "ΔCER", "WER", "ΔWER"],
-                        [_summary_row(v) for v in report.variants]),
+        *markdown_table(
+            [
+                "variant",
+                "size MB",
+                "e2e p50 ms",
+                "p95",
+                "p99",
+                "RTF p50",
+                "UA",
+                "ΔUA",
+                "WA",
+                "ΔWA",
+                "F1",
+                "ΔF1",
+                "agree float",
+                "agree fp32",
+                "CER",
+                "ΔCER",
+                "WER",
+                "ΔWER",
+            ],
+            [_summary_row(v) for v in report.variants],
+        ),
     ]
     stages = [s for s in STEP_ORDER if any(s in v.latency_ms for v in report.variants)]
-    lines += ["", "Latency per stage (ms, p50 / p95 / p99):", "",
-              *markdown_table(["variant", *stages],
-                              [[f"{v.name} ({v.latency_clips} clips)",
-                                *[_latency_cell(v.latency_ms.get(s, {})) for s in stages]]
-                               for v in report.variants if v.status == "ok"])]
+    lines += [
+        "",
+        "Latency per stage (ms, p50 / p95 / p99):",
+        "",
+        *markdown_table(
+            ["variant", *stages],
+            [
+                [
+                    f"{v.name} ({v.latency_clips} clips)",
+                    *[_latency_cell(v.latency_ms.get(s, {})) for s in stages],
+                ]
+                for v in report.variants
+                if v.status == "ok"
+            ],
+        ),
+    ]
     cos_stages = [s for s in STAGE_ORDER if any(s in v.stage_cosine for v in report.variants)]
     rows = []
     for v in report.variants:
         if v.status == "ok" and v.name != FLOAT:
             same = f"{100 * v.transcript_agreement:.1f} %" if v.transcript_agreement is not None else "-"
-            rows.append([v.name, *[_cosine_cell(v.stage_cosine.get(s, {})) for s in cos_stages],
-                         _cosine_cell(v.logit_cosine), same])
-    lines += ["", ("Cosine with onnxruntime fp32 (mean / min); each stage fed the fp32 upstream outputs; "
-                   "end to end on the logits:"), "",
-              *markdown_table(["variant", *cos_stages, "logits end to end", "transcripts = fp32"], rows)]
+            rows.append(
+                [
+                    v.name,
+                    *[_cosine_cell(v.stage_cosine.get(s, {})) for s in cos_stages],
+                    _cosine_cell(v.logit_cosine),
+                    same,
+                ]
+            )
+    lines += [
+        "",
+        (
+            "Cosine with onnxruntime fp32 (mean / min); each stage fed the fp32 upstream outputs; "
+            "end to end on the logits:"
+        ),
+        "",
+        *markdown_table(["variant", *cos_stages, "logits end to end", "transcripts = fp32"], rows),
+    ]
     notes = [f"- {v.name}: {v.note}" for v in report.variants if v.note] + [f"- {n}" for n in report.notes]
     if notes:
         lines += ["", *notes]
@@ -104,10 +149,14 @@ def draw_plots(report: Any, save: Callable[[Any, str], Path]) -> None:
     e2e = np.array([v.latency_ms["end_to_end"]["p50"] for v in ran])
     p95 = np.array([v.latency_ms["end_to_end"]["p95"] for v in ran])
     p99 = np.array([v.latency_ms["end_to_end"]["p99"] for v in ran])
-    ax.errorbar(names, e2e, yerr=[np.zeros_like(e2e), p95 - e2e], fmt="k.", capsize=4, label="end to end p50 (to p95)")
+    ax.errorbar(
+        names, e2e, yerr=[np.zeros_like(e2e), p95 - e2e], fmt="k.", capsize=4, label="end to end p50 (to p95)"
+    )
     ax.plot(names, p99, "kx", label="p99")
     ax.set_ylabel("latency per clip, ms (batch 1)")
-    ax.set_title(f"Latency per variant and stage ({report.clips} clips, threads {report.threads or 'default'})")
+    ax.set_title(
+        f"Latency per variant and stage ({report.clips} clips, threads {report.threads or 'default'})"
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     save(fig, "latency")
@@ -132,7 +181,9 @@ def draw_plots(report: Any, save: Callable[[Any, str], Path]) -> None:
     left.set_ylabel("%")
     left.set_title("Accuracy on the evaluation split")
     left.legend(fontsize=7)
-    right.bar(names, [100 * (v.agreement if v.agreement is not None else 0.0) for v in ran], color="tab:green")
+    right.bar(
+        names, [100 * (v.agreement if v.agreement is not None else 0.0) for v in ran], color="tab:green"
+    )
     right.set_ylim(min([90.0] + [100 * (v.agreement or 0) - 2 for v in ran]), 100.5)
     right.set_ylabel("% of clips")
     right.set_title("Label agreement with float")
@@ -145,9 +196,12 @@ def draw_plots(report: Any, save: Callable[[Any, str], Path]) -> None:
     fig, axes = plt.subplots(1, 2 if has_asr else 1, figsize=(9 if has_asr else 5.5, 3.5), squeeze=False)
     stages = [s for s in STAGE_ORDER if any(s in v.stage_cosine for v in compared)]
     for position, v in enumerate(compared):
-        axes[0][0].bar(np.arange(len(stages)) + position * 0.8 / max(1, len(compared)),
-                       [1.0 - v.stage_cosine.get(s, {}).get("min", 1.0) for s in stages],
-                       0.8 / max(1, len(compared)), label=v.name)
+        axes[0][0].bar(
+            np.arange(len(stages)) + position * 0.8 / max(1, len(compared)),
+            [1.0 - v.stage_cosine.get(s, {}).get("min", 1.0) for s in stages],
+            0.8 / max(1, len(compared)),
+            label=v.name,
+        )
     axes[0][0].set_xticks(np.arange(len(stages)), stages, rotation=20)
     axes[0][0].set_yscale("symlog", linthresh=1e-6)
     axes[0][0].set_ylabel("1 - min cosine vs fp32")

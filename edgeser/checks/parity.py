@@ -50,7 +50,11 @@ class ParityReport:
         lines += [
             "",
             f"End to end (chained onnxruntime runtime vs PyTorch): label agreement {self.label_agreement:.2%}"
-            + (f", transcript agreement {self.transcript_agreement:.2%}" if self.transcript_agreement is not None else ""),
+            + (
+                f", transcript agreement {self.transcript_agreement:.2%}"
+                if self.transcript_agreement is not None
+                else ""
+            ),
             "",
             f"Gates: per-stage min cosine >= {self.gates['min_cosine']}, label agreement >= {self.gates['min_agreement']:.0%}: "
             + ("**passed**" if self.passed else "**FAILED** — " + "; ".join(self.failures)),
@@ -96,17 +100,34 @@ def check_parity(
                 labels[side].append(int(np.argmax(run.logits[0])))
                 texts[side].append(run.transcripts[0] if run.transcripts is not None else None)
     count = len(clips)
-    report_stages = {name: {"max_abs_diff": s.max_abs_diff, "min_cosine": s.summary()["min"],
-                            "mean_cosine": s.summary()["mean"]} for name, s in stats.items()}
+    report_stages = {
+        name: {
+            "max_abs_diff": s.max_abs_diff,
+            "min_cosine": s.summary()["min"],
+            "mean_cosine": s.summary()["mean"],
+        }
+        for name, s in stats.items()
+    }
     label_agreement = agreement(*labels)
-    failures = [f"{name} min cosine {s['min_cosine']:.7f} < {min_cosine}" for name, s in report_stages.items()
-                if s["min_cosine"] < min_cosine]
+    failures = [
+        f"{name} min cosine {s['min_cosine']:.7f} < {min_cosine}"
+        for name, s in report_stages.items()
+        if s["min_cosine"] < min_cosine
+    ]
     if label_agreement < min_agreement:
         failures.append(f"label agreement {label_agreement:.2%} < {min_agreement:.0%}")
     report = ParityReport(
-        bundle=str(bundle), data=data_spec, clips=count, stages=report_stages, label_agreement=label_agreement,
-        transcript_agreement=agreement(*texts) if graph.decodes else None,  # both runs decode with the one graph
-        gates={"min_cosine": min_cosine, "min_agreement": min_agreement}, passed=not failures, failures=failures,
+        bundle=str(bundle),
+        data=data_spec,
+        clips=count,
+        stages=report_stages,
+        label_agreement=label_agreement,
+        transcript_agreement=agreement(*texts)
+        if graph.decodes
+        else None,  # both runs decode with the one graph
+        gates={"min_cosine": min_cosine, "min_agreement": min_agreement},
+        passed=not failures,
+        failures=failures,
     )
     write_report(bundle / REPORTS_DIR, "parity", report)
     return report

@@ -44,9 +44,12 @@ def float_pipeline(bundle: Path, checkpoint: Path | None = None, threads: int | 
     model = reference_model(bundle, checkpoint)
     graph = StageGraph.from_manifest(manifest, bundle)
     if graph.stages != model.stage_graph().stages:
-        raise BundleError(f"{bundle}: its stages {graph.stages} are not the model's {model.stage_graph().stages}")
-    return Pipeline(graph, torch_runners(model), precision="pytorch", backend="pytorch", root=bundle,
-                    manifest=manifest)
+        raise BundleError(
+            f"{bundle}: its stages {graph.stages} are not the model's {model.stage_graph().stages}"
+        )
+    return Pipeline(
+        graph, torch_runners(model), precision="pytorch", backend="pytorch", root=bundle, manifest=manifest
+    )
 
 
 def float_size(bundle: Path, model_parameters: Any = None) -> tuple[int | None, str]:
@@ -55,12 +58,17 @@ def float_size(bundle: Path, model_parameters: Any = None) -> tuple[int | None, 
     A checkpoint may reference packaged weights (MiniLM, GloVe) instead of holding them, so its file can be much
     smaller than the model: the parameter bytes are the figure that compares with the exported graphs."""
     source = read_manifest(bundle).source_checkpoint
-    weights = Path(str(source.get("path", ""))) / "model.safetensors" if source.get("kind") == "checkpoint" else None
+    weights = (
+        Path(str(source.get("path", ""))) / "model.safetensors"
+        if source.get("kind") == "checkpoint"
+        else None
+    )
     on_disk = weights.stat().st_size if weights is not None and weights.is_file() else None
     if model_parameters is not None:
         file_note = f"; its checkpoint file holds {on_disk / 1e6:.1f} MB" if on_disk is not None else ""
-        return int(sum(p.numel() * p.element_size() for p in model_parameters)), \
-            f"size: parameter bytes of the float model{file_note}"
+        return int(
+            sum(p.numel() * p.element_size() for p in model_parameters)
+        ), f"size: parameter bytes of the float model{file_note}"
     if on_disk is not None:
         return on_disk, "size: the checkpoint's safetensors file"
     return None, ""

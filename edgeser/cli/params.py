@@ -62,15 +62,22 @@ def _force_threads(_ctx: click.Context, _param: click.Parameter, value: bool) ->
 
 def force_threads_option(function: F) -> F:
     """`--force-threads`: allow more threads than logical cores (up to 4 per core); parsed before --threads."""
-    return click.option("--force-threads", is_flag=True, expose_value=False, is_eager=True,
-                        callback=_force_threads,
-                        help=f"Allow more threads than this machine's logical cores (up to {OVERSUBSCRIBE} per "
-                             f"core; also {FORCE_THREADS_ENV}=1).")(function)
+    return click.option(
+        "--force-threads",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=_force_threads,
+        help=f"Allow more threads than this machine's logical cores (up to {OVERSUBSCRIBE} per "
+        f"core; also {FORCE_THREADS_ENV}=1).",
+    )(function)
 
 
-def threads_option(help: str = "onnxruntime intra-op threads [at most the logical cores].",
-                   **kwargs: Any) -> Callable[[F], F]:
+def threads_option(
+    help: str = "onnxruntime intra-op threads [at most the logical cores].", **kwargs: Any
+) -> Callable[[F], F]:
     """`--threads N` (bounded by the logical cores) and its `--force-threads`."""
+
     def decorate(function: F) -> F:
         return force_threads_option(click.option("--threads", type=THREADS, help=help, **kwargs)(function))
 
@@ -80,5 +87,10 @@ def threads_option(help: str = "onnxruntime intra-op threads [at most the logica
 def precision_option(*names: str, help: str = "Bundle variant.", **kwargs: Any) -> Callable[[F], F]:
     """`--precision`: one of the bundle variants (`edgeser.bundle.Precision`, so every command offers the same
     ones), fp32 unless `default` says otherwise; `names` renames the parameter (e.g. "precisions")."""
-    return click.option("--precision", *names, type=click.Choice(PRECISIONS),
-                        help=help, **{"default": "fp32", "show_default": True, **kwargs})
+    return click.option(
+        "--precision",
+        *names,
+        type=click.Choice(PRECISIONS),
+        help=help,
+        **{"default": "fp32", "show_default": True, **kwargs},
+    )

@@ -23,17 +23,40 @@ LITTLE_SPEECH = 0.1
 @click.argument("files", nargs=-1)
 @precision_option()
 @threads_option()
-@click.option("--backend", type=click.Choice(BACKENDS), default="onnxruntime", show_default=True,
-              help="onnxruntime on the CPU, onnxruntime's CUDA or TensorRT execution provider, or the TensorRT "
-                   "engines of `edgeser build-trt`.")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default="onnxruntime",
+    show_default=True,
+    help="onnxruntime on the CPU, onnxruntime's CUDA or TensorRT execution provider, or the TensorRT "
+    "engines of `edgeser build-trt`.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--long", "long_audio", is_flag=True, help="Find the utterances of long recordings (Silero VAD); print "
-              "a timeline, or 'no speech found' (exit 0) where there is none.")
+@click.option(
+    "--long",
+    "long_audio",
+    is_flag=True,
+    help="Find the utterances of long recordings (Silero VAD); print "
+    "a timeline, or 'no speech found' (exit 0) where there is none.",
+)
 @ray_option
 @ray_scoring_options
-def predict_command(bundle: Path, files: tuple[str, ...], precision: Precision, threads: int | None, backend: Backend,
-                    as_json: bool, long_audio: bool, ray_address: str | None, out: Path | None, workers: int,
-                    cpus_per_worker: float, gpus_per_worker: float, batch_size: int, unordered: bool) -> None:
+def predict_command(
+    bundle: Path,
+    files: tuple[str, ...],
+    precision: Precision,
+    threads: int | None,
+    backend: Backend,
+    as_json: bool,
+    long_audio: bool,
+    ray_address: str | None,
+    out: Path | None,
+    workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    batch_size: int,
+    unordered: bool,
+) -> None:
     """Predict the emotion (and transcript) of each FILE; bad files are reported and the rest still run.
 
     `--json` gives each clip's speech_ratio (Silero VAD): near 0 for noise, hum, DC or clicks.
@@ -44,9 +67,19 @@ def predict_command(bundle: Path, files: tuple[str, ...], precision: Precision, 
     from edgeser.runtime import Pipeline
 
     if ray_address is not None:
-        predict_on_ray(bundle, ray_address, files, out, precision, as_json, workers=workers,
-                       cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
-                       unordered=unordered)
+        predict_on_ray(
+            bundle,
+            ray_address,
+            files,
+            out,
+            precision,
+            as_json,
+            workers=workers,
+            cpus_per_worker=cpus_per_worker,
+            gpus_per_worker=gpus_per_worker,
+            batch_size=batch_size,
+            unordered=unordered,
+        )
         return
     if not files:
         raise click.UsageError("give at least one FILE (or --ray SPEC --out results.parquet for a corpus)")
@@ -62,12 +95,16 @@ def predict_command(bundle: Path, files: tuple[str, ...], precision: Precision, 
                 elif timeline.label is None:
                     click.echo(f"{name}\tno speech found\t0 segments ({timeline.duration_s:.2f} s)")
                 else:
-                    click.echo(f"{name}\t{timeline.label}\t{timeline.probabilities[timeline.label]:.3f}\t"
-                               f"{len(timeline.segments)} segments")
+                    click.echo(
+                        f"{name}\t{timeline.label}\t{timeline.probabilities[timeline.label]:.3f}\t"
+                        f"{len(timeline.segments)} segments"
+                    )
                     for seg in timeline.segments:
                         p = seg.prediction
-                        click.echo(f"  {seg.start_s:7.2f}-{seg.end_s:7.2f}\t{p.label}\t{p.confidence:.3f}\t"
-                                   f"{p.transcript or ''}")
+                        click.echo(
+                            f"  {seg.start_s:7.2f}-{seg.end_s:7.2f}\t{p.label}\t{p.confidence:.3f}\t"
+                            f"{p.transcript or ''}"
+                        )
                 continue
             result = pipe(name)
         except EdgeserError as err:
@@ -83,8 +120,12 @@ def predict_command(bundle: Path, files: tuple[str, ...], precision: Precision, 
             transcript = f"\t{result.transcript}" if result.transcript is not None else ""
             click.echo(f"{name}\t{result.label}\t{result.confidence:.3f}{transcript}")
             if result.speech_ratio is not None and result.speech_ratio < LITTLE_SPEECH:
-                click.secho(f"warning: {name}: {100 * result.speech_ratio:.0f} % of it is speech (Silero VAD): its "
-                            "label may mean nothing", fg="yellow", err=True)
+                click.secho(
+                    f"warning: {name}: {100 * result.speech_ratio:.0f} % of it is speech (Silero VAD): its "
+                    "label may mean nothing",
+                    fg="yellow",
+                    err=True,
+                )
     if failures:
         click.secho(f"{failures} of {len(files)} file(s) failed", fg="red", err=True)
         sys.exit(1)

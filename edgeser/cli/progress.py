@@ -22,8 +22,9 @@ class ClickProgress:
         click.echo(line, err=True)
 
     @contextmanager
-    def bar(self, items: Sequence[T], label: str, item_label: Callable[[T], str] | None = None
-            ) -> Iterator[Iterable[T]]:
+    def bar(
+        self, items: Sequence[T], label: str, item_label: Callable[[T], str] | None = None
+    ) -> Iterator[Iterable[T]]:
         show = (lambda item: item_label(item) if item is not None else None) if item_label else None
         with click.progressbar(items, label=label, file=sys.stderr, item_show_func=show) as bar:
             yield bar

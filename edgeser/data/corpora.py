@@ -118,7 +118,9 @@ def read_emodb(root: Path) -> Corpus:
     for path in _audio_files(folder):
         match = _EMODB_NAME.match(path.stem)
         if not match:
-            builder.problem(path, "name does not follow the EMO-DB code <speaker><sentence><emotion><version>")
+            builder.problem(
+                path, "name does not follow the EMO-DB code <speaker><sentence><emotion><version>"
+            )
             continue
         speaker, sentence, emotion, _ = match.groups()
         transcript = EMODB_SENTENCES.get(sentence)
@@ -134,7 +136,9 @@ TESS_EMOTIONS = {
     "angry": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy",
     "neutral": "neutral", "ps": "surprise", "sad": "sad",
 }  # fmt: skip
-_TESS_NAME = re.compile(r"^(?:\d+test)?(OAF|YAF|OA|YA)_(\w+?)_(angry|disgust|fear|happy|neutral|ps|sad)\d*$", re.I)
+_TESS_NAME = re.compile(
+    r"^(?:\d+test)?(OAF|YAF|OA|YA)_(\w+?)_(angry|disgust|fear|happy|neutral|ps|sad)\d*$", re.I
+)
 
 
 def read_tess(root: Path) -> Corpus:
@@ -180,7 +184,9 @@ def read_ravdess(root: Path) -> Corpus:
             builder.problem(path, f"unknown emotion {emotion} or statement {statement} code")
             continue
         speaker = f"actor{actor}"
-        builder.add(path.stem, path, RAVDESS_EMOTIONS[emotion], speaker, speaker, RAVDESS_STATEMENTS[statement])
+        builder.add(
+            path.stem, path, RAVDESS_EMOTIONS[emotion], speaker, speaker, RAVDESS_STATEMENTS[statement]
+        )
     return builder.build()
 
 
@@ -209,8 +215,10 @@ def read_manifest(path: Path) -> Corpus:
     if any(given_sides):
         for line_no, side in enumerate(given_sides, start=first_line):
             if side not in SPLIT_SIDES:
-                raise DataError(f"{path}:{line_no}: split must be one of {', '.join(SPLIT_SIDES)} on every row "
-                                f"once one row has it, got {side!r}")
+                raise DataError(
+                    f"{path}:{line_no}: split must be one of {', '.join(SPLIT_SIDES)} on every row "
+                    f"once one row has it, got {side!r}"
+                )
     builder = CorpusBuilder("manifest", path.parent, labels, fold_key="speaker" if has_speakers else "none")
     for line_no, (row, side) in enumerate(zip(rows, given_sides), start=first_line):
         audio = str(row.get("path") or "").strip()
@@ -233,7 +241,9 @@ def _manifest_rows(path: Path) -> list[dict[str, object]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the manifest as UTF-8") from err
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save the manifest as UTF-8"
+        ) from err
     if path.suffix.lower() in {".jsonl", ".ndjson"}:
         rows = []
         for number, line in enumerate(text.splitlines(), start=1):

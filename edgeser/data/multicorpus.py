@@ -56,9 +56,7 @@ EMODB_SPEAKERS = ("03", "08", "09", "10", "11", "12", "13", "14", "15", "16")
 EMODB_FOLDS = (("03", "08"), ("09", "10"), ("11", "12", "13"), ("14", "15", "16"))
 ACTOR_FOLDS = tuple(tuple(range(6 * k + 1, 6 * k + 7)) for k in range(4))
 # Per fold: the RAVDESS actors and EMO-DB speaker that select the model (from the next fold's block).
-ACTOR_FOLD_VALIDATION = tuple(
-    (ACTOR_FOLDS[(k + 1) % 4][:2], EMODB_FOLDS[(k + 1) % 4][0]) for k in range(4)
-)
+ACTOR_FOLD_VALIDATION = tuple((ACTOR_FOLDS[(k + 1) % 4][:2], EMODB_FOLDS[(k + 1) % 4][0]) for k in range(4))
 SHIPPED_FOLD = 3
 
 
@@ -71,15 +69,23 @@ def map_label(label: str, label_set: LabelSet) -> str | None:
 _READERS = {"ravdess": read_ravdess, "emodb": read_emodb, "tess": read_tess}
 
 
-def read_multicorpus(root: Path, corpora: tuple[str, ...] = MULTI_CORPORA, label_set: str = "ravdess8",
-                     tess_fraction: float = 1.0) -> Corpus:
+def read_multicorpus(
+    root: Path,
+    corpora: tuple[str, ...] = MULTI_CORPORA,
+    label_set: str = "ravdess8",
+    tess_fraction: float = 1.0,
+) -> Corpus:
     """The named corpora under `root`, relabelled onto `label_set`, as one `Corpus` named "multi"; with
     `tess_fraction` < 1 only that share of TESS (every k-th clip per speaker and label, k = round(1 / fraction))."""
     if label_set not in LABEL_SETS:
-        raise DataError(f"multi:{root}: unknown label set {label_set!r}; choose one of {', '.join(LABEL_SETS)}")
+        raise DataError(
+            f"multi:{root}: unknown label set {label_set!r}; choose one of {', '.join(LABEL_SETS)}"
+        )
     unknown = [c for c in corpora if c not in MULTI_CORPORA]
     if unknown or not corpora:
-        raise DataError(f"multi:{root}: corpora must be some of {', '.join(MULTI_CORPORA)}, got {','.join(corpora)}")
+        raise DataError(
+            f"multi:{root}: corpora must be some of {', '.join(MULTI_CORPORA)}, got {','.join(corpora)}"
+        )
     if not 0.0 < tess_fraction <= 1.0:
         raise DataError(f"multi:{root}: tess must be a fraction in (0, 1], got {tess_fraction}")
     tess_step = max(1, round(1.0 / tess_fraction))
@@ -102,7 +108,9 @@ def read_multicorpus(root: Path, corpora: tuple[str, ...] = MULTI_CORPORA, label
                 dropped[f"{name}/{utt.label}"] += 1
                 continue
             speaker = f"{name}/{utt.speaker}"
-            utterances.append(replace(utt, id=f"{name}/{utt.id}", label=label, speaker=speaker, group=speaker))
+            utterances.append(
+                replace(utt, id=f"{name}/{utt.id}", label=label, speaker=speaker, group=speaker)
+            )
     utterances.sort(key=lambda u: u.id)
     return Corpus("multi", root, list(LABEL_SETS[label_set]), utterances, problems, "speaker", dropped)
 
@@ -114,7 +122,9 @@ def corpus_of(utt: Utterance) -> str:
 
 def actor_fold_sides(index: int) -> tuple[set[str], set[str]]:
     """(evaluated speakers, validation speakers) of `actor-folds` fold `index`, as multi-corpus speakers."""
-    evaluated = {f"ravdess/actor{a:02d}" for a in ACTOR_FOLDS[index]} | {f"emodb/{s}" for s in EMODB_FOLDS[index]}
+    evaluated = {f"ravdess/actor{a:02d}" for a in ACTOR_FOLDS[index]} | {
+        f"emodb/{s}" for s in EMODB_FOLDS[index]
+    }
     actors, emodb = ACTOR_FOLD_VALIDATION[index]
     return evaluated, {f"ravdess/actor{a:02d}" for a in actors} | {f"emodb/{emodb}"}
 
@@ -135,21 +145,43 @@ class SpeakerFold:
 
 def speaker_folds(corpus: Corpus, protocol: str) -> list[SpeakerFold]:
     """The folds of `actor-folds` / `emodb-loso` with validation speakers kept on the training side."""
-    count, sides = (4, actor_fold_sides) if protocol == "actor-folds" else (len(EMODB_SPEAKERS), emodb_loso_sides)
+    count, sides = (
+        (4, actor_fold_sides) if protocol == "actor-folds" else (len(EMODB_SPEAKERS), emodb_loso_sides)
+    )
     folds = []
     for index in range(count):
         evaluated, _ = sides(index)
-        folds.append(SpeakerFold(f"{protocol} {index}", tuple(u for u in corpus.utterances if u.speaker not in evaluated),
-                                 tuple(u for u in corpus.utterances if u.speaker in evaluated)))
+        folds.append(
+            SpeakerFold(
+                f"{protocol} {index}",
+                tuple(u for u in corpus.utterances if u.speaker not in evaluated),
+                tuple(u for u in corpus.utterances if u.speaker in evaluated),
+            )
+        )
     return folds
 
 
 def describe(corpus: Corpus) -> dict[str, object]:
     """Clip counts per corpus and label (for reports)."""
     counts: Counter[str] = Counter(f"{corpus_of(u)}/{u.label}" for u in corpus.utterances)
-    return {"labels": corpus.labels, "clips": len(corpus.utterances), "per_corpus_label": dict(sorted(counts.items())),
-            "dropped": dict(sorted(corpus.dropped.items()))}
+    return {
+        "labels": corpus.labels,
+        "clips": len(corpus.utterances),
+        "per_corpus_label": dict(sorted(counts.items())),
+        "dropped": dict(sorted(corpus.dropped.items())),
+    }
 
 
-__all__ = ["ACTOR_FOLDS", "EMODB_FOLDS", "LABEL_SETS", "SHIPPED_FOLD", "actor_fold_sides", "corpus_of",
-           "describe", "emodb_loso_sides", "map_label", "read_multicorpus", "speaker_folds"]
+__all__ = [
+    "ACTOR_FOLDS",
+    "EMODB_FOLDS",
+    "LABEL_SETS",
+    "SHIPPED_FOLD",
+    "actor_fold_sides",
+    "corpus_of",
+    "describe",
+    "emodb_loso_sides",
+    "map_label",
+    "read_multicorpus",
+    "speaker_folds",
+]

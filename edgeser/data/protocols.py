@@ -36,12 +36,23 @@ from edgeser.data.records import Corpus, Utterance
 from edgeser.data.splits import Fold, corpus_folds, stratified_kfold
 from edgeser.errors import SplitError
 
-ProtocolName = Literal["speaker-independent", "gcf2net-random-5fold", "mscnn-10fold", "saser-60-20-20",
-                       "stfnet-holdout", "actor-folds", "emodb-loso", "manifest-split"]
+ProtocolName = Literal[
+    "speaker-independent",
+    "gcf2net-random-5fold",
+    "mscnn-10fold",
+    "saser-60-20-20",
+    "stfnet-holdout",
+    "actor-folds",
+    "emodb-loso",
+    "manifest-split",
+]
 PROTOCOLS: tuple[ProtocolName, ...] = get_args(ProtocolName)
 DEFAULT_PROTOCOL: ProtocolName = "speaker-independent"
 PAPER_PROTOCOL = "paper"  # what `edgeser train --protocol` also takes: the protocol the model's recipe names
-SPEAKER_LIST_PROTOCOLS: tuple[ProtocolName, ...] = ("actor-folds", "emodb-loso")  # fixed speaker lists (multi corpus)
+SPEAKER_LIST_PROTOCOLS: tuple[ProtocolName, ...] = (
+    "actor-folds",
+    "emodb-loso",
+)  # fixed speaker lists (multi corpus)
 MIN_VALIDATION_SHARE = 0.10
 SINGLE_SPEAKER_VALIDATION_SHARE = 0.15
 
@@ -67,8 +78,11 @@ class Split:
 
     def __post_init__(self) -> None:
         sides = [set(self.train_ids), set(self.validation_ids), set(self.eval_ids)]
-        for a, b, what in ((0, 2, "training and evaluation"), (1, 2, "validation and evaluation"),
-                           (0, 1, "training and validation")):
+        for a, b, what in (
+            (0, 2, "training and evaluation"),
+            (1, 2, "validation and evaluation"),
+            (0, 1, "training and validation"),
+        ):
             overlap = sides[a] & sides[b]
             if overlap:
                 raise SplitError(f"{self.corpus} fold {self.index}: {len(overlap)} clips in both {what}")
@@ -114,8 +128,10 @@ def _speaker_validation(corpus: Corpus, fold: Fold, seed: int) -> tuple[set[str]
     evaluated = sorted({u.speaker for u in corpus.subset(set(fold.eval_ids))})
     if len(speakers) < 2:
         chosen = _stratified_share(train, SINGLE_SPEAKER_VALIDATION_SHARE, seed)
-        return chosen, (f"stratified {SINGLE_SPEAKER_VALIDATION_SHARE:.0%} of the only training speaker's "
-                        f"clips ({', '.join(speakers)}): not speaker-independent")
+        return chosen, (
+            f"stratified {SINGLE_SPEAKER_VALIDATION_SHARE:.0%} of the only training speaker's "
+            f"clips ({', '.join(speakers)}): not speaker-independent"
+        )
     everyone = sorted({u.speaker for u in corpus.utterances})
     start = max((everyone.index(s) for s in evaluated), default=-1)
     order = [everyone[(start + k) % len(everyone)] for k in range(1, len(everyone) + 1)]
@@ -126,12 +142,19 @@ def _speaker_validation(corpus: Corpus, fold: Fold, seed: int) -> tuple[set[str]
             break
         picked.append(speaker)
         count += sum(u.speaker == speaker for u in train)
-    return ({u.id for u in train if u.speaker in picked},
-            f"training speaker(s) {', '.join(picked)} held out for model selection")
+    return (
+        {u.id for u in train if u.speaker in picked},
+        f"training speaker(s) {', '.join(picked)} held out for model selection",
+    )
 
 
-def make_split(corpus: Corpus, protocol: ProtocolName = DEFAULT_PROTOCOL, index: int = 0, seed: int = 0,
-               validation: bool = True) -> Split:
+def make_split(
+    corpus: Corpus,
+    protocol: ProtocolName = DEFAULT_PROTOCOL,
+    index: int = 0,
+    seed: int = 0,
+    validation: bool = True,
+) -> Split:
     """Fold `index` of `protocol` on `corpus`; `validation=False` keeps every non-evaluation clip for training."""
     if protocol not in PROTOCOLS:
         raise SplitError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -162,36 +185,58 @@ def make_split(corpus: Corpus, protocol: ProtocolName = DEFAULT_PROTOCOL, index:
         elif protocol in ("saser-60-20-20", "stfnet-holdout"):
             share = 0.2 if protocol == "saser-60-20-20" else 0.1
             rest = corpus.subset(set(fold.train_ids))
-            validation_ids = _stratified_share(rest, share / (1 - share), seed + 1)  # `share` of the whole corpus
+            validation_ids = _stratified_share(
+                rest, share / (1 - share), seed + 1
+            )  # `share` of the whole corpus
             note = f"random {share:.0%} of the corpus (the paper's validation set)"
         else:
-            validation_ids = _stratified_share(corpus.subset(set(fold.train_ids)), MIN_VALIDATION_SHARE, seed + 1)
+            validation_ids = _stratified_share(
+                corpus.subset(set(fold.train_ids)), MIN_VALIDATION_SHARE, seed + 1
+            )
             note = f"stratified {MIN_VALIDATION_SHARE:.0%} of the training clips"
     train_ids = tuple(i for i in fold.train_ids if i not in validation_ids)
     train_ids, val_ids, eval_ids = _copies_together(
-        corpus, [train_ids, tuple(i for i in fold.train_ids if i in validation_ids), fold.eval_ids])
+        corpus, [train_ids, tuple(i for i in fold.train_ids if i in validation_ids), fold.eval_ids]
+    )
     return Split(protocol, corpus.name, fold.index, fold.held_out, train_ids, val_ids, eval_ids, seed, note)
 
 
 def _given_split(corpus: Corpus, index: int, seed: int) -> Split:
     """The split a manifest's `split` column fixes (one fold)."""
     if not corpus.sides:
-        raise SplitError(f"{corpus.root}: protocol manifest-split needs a manifest with a split column "
-                         "(train, validation or eval on every row)")
+        raise SplitError(
+            f"{corpus.root}: protocol manifest-split needs a manifest with a split column "
+            "(train, validation or eval on every row)"
+        )
     if index != 0:
         raise SplitError(f"{corpus.name} under manifest-split has one fold (0); got {index}")
-    ids = {side: tuple(u.id for u in corpus.utterances if corpus.sides.get(u.id) == side)
-           for side in SPLIT_SIDES}
+    ids = {
+        side: tuple(u.id for u in corpus.utterances if corpus.sides.get(u.id) == side) for side in SPLIT_SIDES
+    }
     if not ids["eval"]:
         raise SplitError(f"{corpus.root}: no row of the manifest has split=eval")
     held_out = ", ".join(sorted({u.speaker for u in corpus.subset(list(ids["eval"]))}))
-    note = "the manifest's rows marked validation" if ids["validation"] else "none: the model is kept at its last epoch"
-    return Split("manifest-split", corpus.name, 0, f"split=eval ({held_out})", ids["train"], ids["validation"],
-                 ids["eval"], seed, note)
+    note = (
+        "the manifest's rows marked validation"
+        if ids["validation"]
+        else "none: the model is kept at its last epoch"
+    )
+    return Split(
+        "manifest-split",
+        corpus.name,
+        0,
+        f"split=eval ({held_out})",
+        ids["train"],
+        ids["validation"],
+        ids["eval"],
+        seed,
+        note,
+    )
 
 
-def _copies_together(corpus: Corpus, sides: list[tuple[str, ...]]
-                     ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def _copies_together(
+    corpus: Corpus, sides: list[tuple[str, ...]]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """`sides` (train, validation, evaluation ids) with every set of byte-identical files on one side: the
     side of the copy whose id sorts first (RAVDESS holds one recording twice, under two names; a clip-level
     random split could otherwise evaluate on a recording it trained on)."""
@@ -206,18 +251,27 @@ def _copies_together(corpus: Corpus, sides: list[tuple[str, ...]]
         present = sorted(i for i in ids if i in side_of)
         for uid in present[1:]:
             side_of[uid] = side_of[present[0]]
-    train, validation, evaluation = (tuple(i for ids in sides for i in ids if side_of[i] == k) for k in range(3))
+    train, validation, evaluation = (
+        tuple(i for ids in sides for i in ids if side_of[i] == k) for k in range(3)
+    )
     return train, validation, evaluation
 
 
-def _speaker_list_split(corpus: Corpus, protocol: ProtocolName, index: int, seed: int, validation: bool) -> Split:
+def _speaker_list_split(
+    corpus: Corpus, protocol: ProtocolName, index: int, seed: int, validation: bool
+) -> Split:
     """A fold of `actor-folds` / `emodb-loso`: fixed lists of evaluated and validation speakers."""
     from edgeser.data.multicorpus import ACTOR_FOLDS, EMODB_SPEAKERS, actor_fold_sides, emodb_loso_sides
 
     if corpus.name != "multi":
-        raise SplitError(f"protocol {protocol} needs the multi corpus (data spec multi:ROOT), not {corpus.name}")
-    count, sides = (len(ACTOR_FOLDS), actor_fold_sides) if protocol == "actor-folds" else (
-        len(EMODB_SPEAKERS), emodb_loso_sides)
+        raise SplitError(
+            f"protocol {protocol} needs the multi corpus (data spec multi:ROOT), not {corpus.name}"
+        )
+    count, sides = (
+        (len(ACTOR_FOLDS), actor_fold_sides)
+        if protocol == "actor-folds"
+        else (len(EMODB_SPEAKERS), emodb_loso_sides)
+    )
     if not 0 <= index < count:
         raise SplitError(f"{corpus.name} under {protocol} has folds 0..{count - 1}; got {index}")
     evaluated, validating = sides(index)
@@ -225,24 +279,39 @@ def _speaker_list_split(corpus: Corpus, protocol: ProtocolName, index: int, seed
         validating = set()
     present = {u.speaker for u in corpus.utterances}
     if not evaluated & present:
-        raise SplitError(f"{protocol} fold {index}: none of its evaluation speakers ({', '.join(sorted(evaluated))}) "
-                         f"is in the corpus")
+        raise SplitError(
+            f"{protocol} fold {index}: none of its evaluation speakers ({', '.join(sorted(evaluated))}) "
+            f"is in the corpus"
+        )
     eval_ids = tuple(u.id for u in corpus.utterances if u.speaker in evaluated)
     val_ids = tuple(u.id for u in corpus.utterances if u.speaker in validating)
     train_ids = tuple(u.id for u in corpus.utterances if u.speaker not in evaluated | validating)
-    note = (f"speaker(s) {', '.join(sorted(validating & present))} held out for model selection" if validating
-            else "none: the model is kept at its last epoch")
-    return Split(protocol, corpus.name, index, ", ".join(sorted(evaluated)), train_ids, val_ids, eval_ids, seed, note)
+    note = (
+        f"speaker(s) {', '.join(sorted(validating & present))} held out for model selection"
+        if validating
+        else "none: the model is kept at its last epoch"
+    )
+    return Split(
+        protocol, corpus.name, index, ", ".join(sorted(evaluated)), train_ids, val_ids, eval_ids, seed, note
+    )
 
 
 def _holdout(utterances: list[Utterance], share: float, seed: int, protocol: ProtocolName) -> Fold:
     evaluated = _stratified_share(utterances, share, seed)
-    return Fold(0, f"{protocol}: random {share:.0%}", tuple(u.id for u in utterances if u.id not in evaluated),
-                tuple(u.id for u in utterances if u.id in evaluated))
+    return Fold(
+        0,
+        f"{protocol}: random {share:.0%}",
+        tuple(u.id for u in utterances if u.id not in evaluated),
+        tuple(u.id for u in utterances if u.id in evaluated),
+    )
 
 
-def split_from_provenance(corpus: Corpus, provenance: dict[str, Any] | None, fold_index: int | None = None,
-                          source: str = "the checkpoint") -> Split:
+def split_from_provenance(
+    corpus: Corpus,
+    provenance: dict[str, Any] | None,
+    fold_index: int | None = None,
+    source: str = "the checkpoint",
+) -> Split:
     """The split a checkpoint was trained with, rebuilt on `corpus` and verified; or a default fold.
 
     With provenance for this corpus, `fold_index` may only repeat the recorded fold (another fold's evaluation
@@ -257,19 +326,28 @@ def split_from_provenance(corpus: Corpus, provenance: dict[str, Any] | None, fol
         return make_split(corpus, DEFAULT_PROTOCOL, 0 if fold_index is None else fold_index)
     recorded = int(provenance.get("fold", 0))
     if fold_index is not None and fold_index != recorded:
-        raise SplitError(f"{source} was trained on {corpus.name} fold {recorded}: fold {fold_index}'s evaluation "
-                         f"clips are its training clips; use fold {recorded}")
+        raise SplitError(
+            f"{source} was trained on {corpus.name} fold {recorded}: fold {fold_index}'s evaluation "
+            f"clips are its training clips; use fold {recorded}"
+        )
     protocol = provenance.get("protocol", DEFAULT_PROTOCOL)  # make_split refuses an unknown one
-    split = make_split(corpus, protocol, recorded, int(provenance.get("seed", 0)),
-                       validation="validation_ids_sha" in provenance)
+    split = make_split(
+        corpus,
+        protocol,
+        recorded,
+        int(provenance.get("seed", 0)),
+        validation="validation_ids_sha" in provenance,
+    )
     limit = provenance.get("limit")
     if limit:  # a smoke run trained on a seeded subset: the same subset
         split = limited(split, int(limit), int(provenance.get("seed", 0)))
     expected = provenance.get("eval_ids_sha")
     if expected and fingerprint(split.eval_ids) != expected:
-        raise SplitError(f"{corpus.name} at {provenance.get('data_spec', '?')}: does not reproduce the evaluation "
-                         f"split {source} recorded (ids hash {fingerprint(split.eval_ids)} != {expected}); "
-                         f"the corpus changed or is another copy")
+        raise SplitError(
+            f"{corpus.name} at {provenance.get('data_spec', '?')}: does not reproduce the evaluation "
+            f"split {source} recorded (ids hash {fingerprint(split.eval_ids)} != {expected}); "
+            f"the corpus changed or is another copy"
+        )
     return split
 
 
@@ -286,5 +364,14 @@ def limited(split: Split, limit: int, seed: int) -> Split:
     train = pick(split.train_ids, limit)
     evaluated = pick(split.eval_ids, max(1, limit // 2))
     validation = pick(split.validation_ids, max(1, limit // 2)) if split.validation_ids else ()
-    return Split(split.protocol, split.corpus, split.index, split.held_out, train, validation, evaluated,
-                 split.seed, split.validation_note + f" (smoke subset: --limit {limit})")
+    return Split(
+        split.protocol,
+        split.corpus,
+        split.index,
+        split.held_out,
+        train,
+        validation,
+        evaluated,
+        split.seed,
+        split.validation_note + f" (smoke subset: --limit {limit})",
+    )

@@ -76,9 +76,7 @@ class CorpusBuilder:
     def problem(self, path: Path | str, reason: str, severity: str = "bad") -> None:
         self.problems.append(FileProblem(str(path), reason, severity))
 
-    def add(
-        self, uid: str, path: Path, label: str, speaker: str, group: str, transcript: str | None
-    ) -> None:
+    def add(self, uid: str, path: Path, label: str, speaker: str, group: str, transcript: str | None) -> None:
         """Probe the file and keep the utterance, or record why it can't be used."""
         if uid in self._seen_ids:
             self.problem(path, f"duplicate utterance id {uid!r}")
@@ -97,12 +95,20 @@ class CorpusBuilder:
 
     def build(self) -> Corpus:
         if not self.utterances:
-            seen = f"; {len(self.problems)} file(s) unusable, e.g. {self.problems[0].path}: {self.problems[0].reason}" \
-                if self.problems else ""
+            seen = (
+                f"; {len(self.problems)} file(s) unusable, e.g. {self.problems[0].path}: {self.problems[0].reason}"
+                if self.problems
+                else ""
+            )
             raise DataError(f"{self.root}: no {self.name} utterances found (is this the corpus root?){seen}")
         self.utterances.sort(key=lambda u: u.id)
         return Corpus(
-            self.name, self.root, self.labels, self.utterances, self.problems, self.fold_key, self.dropped,
+            self.name,
+            self.root,
+            self.labels,
+            self.utterances,
+            self.problems,
+            self.fold_key,
+            self.dropped,
             {u.id: self.sides[u.id] for u in self.utterances if u.id in self.sides},
         )
-

@@ -60,7 +60,9 @@ def decode_check(
             good.append(utt)
             copies[content.hexdigest()].append(utt)
             if info.channels > 1:
-                problems.append(FileProblem(str(utt.path), f"{info.channels} channels (averaged to mono)", "odd"))
+                problems.append(
+                    FileProblem(str(utt.path), f"{info.channels} channels (averaged to mono)", "odd")
+                )
         if on_each is not None:
             on_each(utt)
     for same in copies.values():
@@ -68,8 +70,14 @@ def decode_check(
             others = ", ".join(o.id for o in same if o is not utt)
             speakers = {o.speaker for o in same}
             where = "same speaker" if len(speakers) == 1 else f"speakers {', '.join(sorted(speakers))}"
-            problems.append(FileProblem(str(utt.path), f"identical audio to {others} ({where}; label "
-                                        f"{'/'.join(sorted({o.label for o in same}))})", "odd"))
+            problems.append(
+                FileProblem(
+                    str(utt.path),
+                    f"identical audio to {others} ({where}; label "
+                    f"{'/'.join(sorted({o.label for o in same}))})",
+                    "odd",
+                )
+            )
     return good, problems
 
 
@@ -86,7 +94,11 @@ def summarise(
     if rates:
         usual_rate = rates.most_common(1)[0][0]
         problems.extend(
-            FileProblem(str(u.path), f"sample rate {u.sample_rate} Hz (corpus mostly {usual_rate} Hz; resampled)", "odd")
+            FileProblem(
+                str(u.path),
+                f"sample rate {u.sample_rate} Hz (corpus mostly {usual_rate} Hz; resampled)",
+                "odd",
+            )
             for u in utterances
             if u.sample_rate != usual_rate
         )

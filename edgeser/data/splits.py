@@ -78,7 +78,9 @@ def corpus_folds(corpus: Corpus, k: int = 5, seed: int = 0) -> list[Fold]:
 def get_fold(corpus: Corpus, index: int, k: int = 5, seed: int = 0) -> Fold:
     folds = corpus_folds(corpus, k, seed)
     if not 0 <= index < len(folds):
-        raise SplitError(f"{corpus.name} has folds 0..{len(folds) - 1} ({folds[0].held_out.split('=')[0]}); got {index}")
+        raise SplitError(
+            f"{corpus.name} has folds 0..{len(folds) - 1} ({folds[0].held_out.split('=')[0]}); got {index}"
+        )
     return folds[index]
 
 
@@ -122,7 +124,6 @@ def calibration_subset(
             if queue and len(chosen) < count:
                 chosen.append(queue.pop(0))
     return chosen
-
 
 
 def _interleave_by_length(clips: list[Utterance], rng: np.random.Generator, bins: int = 4) -> list[Utterance]:

@@ -52,8 +52,13 @@ class SpeechStream:
     placements: list[tuple[int, int]]  # where each whole clip was put, [start, end) in samples
 
 
-def speech_stream(emodb_root: Path, count: int = 6, seed: int = 0, gap_s: tuple[float, float] = (1.0, 2.5),
-                  lead_s: float = 1.0) -> SpeechStream:
+def speech_stream(
+    emodb_root: Path,
+    count: int = 6,
+    seed: int = 0,
+    gap_s: tuple[float, float] = (1.0, 2.5),
+    lead_s: float = 1.0,
+) -> SpeechStream:
     """`count` whole EMO-DB clips (one per speaker in turn, chosen by `seed`) with silences of `gap_s` seconds
     (uniform) between them and `lead_s` before the first; digital silence, so noise can be mixed in after."""
     wav_dir = emodb_root / "wav"
@@ -71,15 +76,19 @@ def speech_stream(emodb_root: Path, count: int = 6, seed: int = 0, gap_s: tuple[
             whole.setdefault(label.stem[:2], []).append(clip)
     rng = np.random.default_rng(seed)
     speakers = sorted(whole)
-    chosen = [whole[speakers[i % len(speakers)]][int(rng.integers(len(whole[speakers[i % len(speakers)]])))]
-              for i in range(count)]
+    chosen = [
+        whole[speakers[i % len(speakers)]][int(rng.integers(len(whole[speakers[i % len(speakers)]])))]
+        for i in range(count)
+    ]
     parts = [np.zeros(int(lead_s * SAMPLE_RATE), np.float32)]
     references, placements = [], []
     position = parts[0].size
     for clip in chosen:
         wave = load_audio(clip)
         start, end = emodb_speech_extent(label_dir / f"{clip.stem}xx.lablaut")
-        references.append((position + int(start * SAMPLE_RATE), position + min(wave.size, int(end * SAMPLE_RATE))))
+        references.append(
+            (position + int(start * SAMPLE_RATE), position + min(wave.size, int(end * SAMPLE_RATE)))
+        )
         placements.append((position, position + wave.size))
         gap = np.zeros(int(rng.uniform(*gap_s) * SAMPLE_RATE), np.float32)
         parts += [wave, gap]
@@ -114,8 +123,12 @@ def clicks(samples: int, per_second: float = 3.0, seed: int = 0) -> npt.NDArray[
     return wave
 
 
-def mix_at_snr(speech: npt.NDArray[np.float32], noise: npt.NDArray[np.float32], snr_db: float,
-               references: list[tuple[int, int]]) -> npt.NDArray[np.float32]:
+def mix_at_snr(
+    speech: npt.NDArray[np.float32],
+    noise: npt.NDArray[np.float32],
+    snr_db: float,
+    references: list[tuple[int, int]],
+) -> npt.NDArray[np.float32]:
     """`speech` plus `noise` scaled so the speech power (over the reference speech ranges) is `snr_db` above the
     noise power."""
     power = float(np.mean(np.concatenate([speech[a:b] for a, b in references]).astype(np.float64) ** 2))

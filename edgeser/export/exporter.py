@@ -23,7 +23,14 @@ from edgeser.progress import STDERR, Progress
 
 OPSET = 18
 # Ops that only exist for training; an inference graph must not contain them.
-TRAINING_OPS = {"Dropout", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli"}
+TRAINING_OPS = {
+    "Dropout",
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Bernoulli",
+}
 
 
 @dataclass
@@ -129,8 +136,10 @@ def check_output(out: Path, force: bool) -> None:
     if (out / "reports").is_dir() and any((out / "reports").iterdir()):
         later.append("reports/")
     if later and not force:
-        raise BundleError(f"{out}: holds {', '.join(later)}, which re-exporting would delete; pass --force to "
-                          "replace them, or choose another --out")
+        raise BundleError(
+            f"{out}: holds {', '.join(later)}, which re-exporting would delete; pass --force to "
+            "replace them, or choose another --out"
+        )
 
 
 def check_frame_layout(model: SerModel, layout: list[list[int]]) -> None:
@@ -143,7 +152,9 @@ def check_frame_layout(model: SerModel, layout: list[list[int]]) -> None:
         _, frame_lengths = model.audio_encoder(waves, lengths)
     expected = apply_frame_layout(lengths.numpy(), layout)
     if not np.array_equal(expected, frame_lengths.numpy()):
-        raise ModelError(f"{model.name}: frame layout {layout} gives {expected}, encoder gives {frame_lengths}")
+        raise ModelError(
+            f"{model.name}: frame layout {layout} gives {expected}, encoder gives {frame_lengths}"
+        )
 
 
 def export_bundle(
@@ -170,8 +181,9 @@ def export_bundle(
     return result
 
 
-def write_bundle(model: SerModel, out: Path, source: dict[str, Any], opset: int = OPSET,
-                 progress: Progress = STDERR) -> ExportResult:
+def write_bundle(
+    model: SerModel, out: Path, source: dict[str, Any], opset: int = OPSET, progress: Progress = STDERR
+) -> ExportResult:
     """Export every stage into `out/fp32/`, write tokenizer and manifest; replaces `out` only when complete."""
     started = time.perf_counter()
     model_name, size = model.name, str(model.config.get("size", ""))
@@ -187,7 +199,9 @@ def write_bundle(model: SerModel, out: Path, source: dict[str, Any], opset: int 
                 stage_started = time.perf_counter()
                 relative = f"fp32/{stage.name}.onnx"
                 export_stage(stage, staging / relative, opset)
-                files[stage.name] = StageFile(relative, sha256_of(staging / relative), (staging / relative).stat().st_size)
+                files[stage.name] = StageFile(
+                    relative, sha256_of(staging / relative), (staging / relative).stat().st_size
+                )
                 timings[stage.name] = round(time.perf_counter() - stage_started, 2)
         tokenizer = None
         if model.tokenizer is not None:

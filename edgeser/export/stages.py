@@ -38,7 +38,9 @@ class StageExport:
         return axes
 
 
-def example_waveform(seconds: tuple[float, ...] = (1.3, 0.9), sample_rate: int = 16_000) -> tuple[torch.Tensor, torch.Tensor]:
+def example_waveform(
+    seconds: tuple[float, ...] = (1.3, 0.9), sample_rate: int = 16_000
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A zero-padded batch of noisy tones of different lengths (so traced shapes stay dynamic)."""
     generator = torch.Generator().manual_seed(0)
     lengths = torch.tensor([int(s * sample_rate) for s in seconds], dtype=torch.long)
@@ -64,7 +66,9 @@ EXAMPLE_TEXTS = ("say the word boot", "hello")
 def tensor_spec(name: str, value: np.ndarray) -> TensorSpec:
     """A contract tensor's spec: its dtype and axes (named where dynamic, sizes from `value` where fixed)."""
     axes = AXES[name]
-    shape: list[str | int] = [axis if axis is not None else int(value.shape[i]) for i, axis in enumerate(axes)]
+    shape: list[str | int] = [
+        axis if axis is not None else int(value.shape[i]) for i, axis in enumerate(axes)
+    ]
     return TensorSpec(name, str(value.dtype), shape)
 
 
@@ -78,14 +82,19 @@ def stage_exports(model: SerModel) -> list[StageExport]:
     waves, lengths = example_waveform()
     clips = [waves[row, : int(length)].numpy() for row, length in enumerate(lengths)]
     run = graph.run(torch_runners(model), clips, transcripts=list(EXAMPLE_TEXTS))
-    values = {**run.values, **{name: value for outputs in run.raw.values() for name, value in outputs.items()}}
+    values = {
+        **run.values,
+        **{name: value for outputs in run.raw.values() for name, value in outputs.items()},
+    }
     return [
         StageExport(
             stage,
             getattr(model, stage),
             tuple(torch.from_numpy(values[name]) for name in graph.inputs[stage]),
-            StageSpec([tensor_spec(n, values[n]) for n in graph.inputs[stage]],
-                      [tensor_spec(n, values[n]) for n in graph.outputs[stage]]),
+            StageSpec(
+                [tensor_spec(n, values[n]) for n in graph.inputs[stage]],
+                [tensor_spec(n, values[n]) for n in graph.outputs[stage]],
+            ),
         )
         for stage in graph.stages
     ]

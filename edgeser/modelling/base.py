@@ -134,7 +134,9 @@ class SerModel(nn.Module):
 
     def acoustic_logits(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
         """Audio-only SER logits `[B, C]`, for training stages with `uses_text: false`."""
-        raise ModelError(f"{self.name}: no audio-only SER head; a training stage with uses_text false needs one")
+        raise ModelError(
+            f"{self.name}: no audio-only SER head; a training stage with uses_text false needs one"
+        )
 
     def stage_graph(self) -> StageGraph:
         """The stage contract of this model, as a bundle exported from it describes it."""

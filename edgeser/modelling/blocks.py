@@ -74,7 +74,13 @@ class MaskedMultiHeadAttention(nn.Module):
     """
 
     def __init__(
-        self, query_dim: int, key_dim: int, dim: int, heads: int = 1, dropout: float = 0.0, out_proj: bool = True
+        self,
+        query_dim: int,
+        key_dim: int,
+        dim: int,
+        heads: int = 1,
+        dropout: float = 0.0,
+        out_proj: bool = True,
     ) -> None:
         super().__init__()
         if dim % heads:

@@ -80,10 +80,18 @@ class CmgiFusionHead(nn.Module):
         self.gate = gate
         self.audio_proj: nn.Module = nn.Linear(audio_dim, dim) if audio_dim != dim else nn.Identity()
         self.text_proj: nn.Module = nn.Linear(text_dim, dim) if text_dim != dim else nn.Identity()
-        self.audio_self = MaskedMultiHeadAttention(dim, dim, dim, heads, dropout=attention_dropout, out_proj=False)
-        self.text_self = MaskedMultiHeadAttention(dim, dim, dim, heads, dropout=attention_dropout, out_proj=False)
-        self.audio_cross = MaskedMultiHeadAttention(dim, dim, dim, heads, dropout=attention_dropout, out_proj=False)
-        self.text_cross = MaskedMultiHeadAttention(dim, dim, dim, heads, dropout=attention_dropout, out_proj=False)
+        self.audio_self = MaskedMultiHeadAttention(
+            dim, dim, dim, heads, dropout=attention_dropout, out_proj=False
+        )
+        self.text_self = MaskedMultiHeadAttention(
+            dim, dim, dim, heads, dropout=attention_dropout, out_proj=False
+        )
+        self.audio_cross = MaskedMultiHeadAttention(
+            dim, dim, dim, heads, dropout=attention_dropout, out_proj=False
+        )
+        self.text_cross = MaskedMultiHeadAttention(
+            dim, dim, dim, heads, dropout=attention_dropout, out_proj=False
+        )
         self.audio_gate = nn.Linear(2 * dim, dim)  # f for G^a
         self.text_gate = nn.Linear(2 * dim, dim)  # f for G^t
         self.dropout = nn.Dropout(dropout)

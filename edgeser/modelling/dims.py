@@ -18,7 +18,9 @@ from typing import Any, ClassVar, Literal, Self, Union, get_args, get_origin, ge
 
 from edgeser.errors import ModelError
 
-PARSE = "parse"  # field metadata key: a reader `fn(value, where) -> field value` replacing the type's conversion
+PARSE = (
+    "parse"  # field metadata key: a reader `fn(value, where) -> field value` replacing the type's conversion
+)
 Parser = Callable[[Any, str], Any]
 
 
@@ -55,20 +57,29 @@ class RecipeDims:
         where = where or cls.SECTION
         recipe = {} if recipe is None else recipe
         if not isinstance(recipe, Mapping):
-            raise ModelError(f"{where}: expected a section of named values, got {type(recipe).__name__} {recipe!r}")
+            raise ModelError(
+                f"{where}: expected a section of named values, got {type(recipe).__name__} {recipe!r}"
+            )
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         for key in recipe:
             if key not in fields:
                 raise ModelError(f"{where}: unknown key {key!r}; it takes {', '.join(fields)}")
-        missing = [name for name, f in fields.items() if name not in recipe
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [
+            name
+            for name, f in fields.items()
+            if name not in recipe
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
             raise ModelError(f"{where}: missing key {missing[0]!r}")
         hints = get_type_hints(cls)
         values = {}
         for key, value in recipe.items():
             parse: Parser | None = fields[key].metadata.get(PARSE)
-            values[key] = parse(value, f"{where}.{key}") if parse else _convert(hints[key], value, f"{where}.{key}")
+            values[key] = (
+                parse(value, f"{where}.{key}") if parse else _convert(hints[key], value, f"{where}.{key}")
+            )
         return cls(**values)
 
     @classmethod

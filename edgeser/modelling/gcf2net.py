@@ -64,7 +64,9 @@ class ResCmfaBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, dropout: float, attention_dropout: float) -> None:
         super().__init__()
-        self.attention = MaskedMultiHeadAttention(dim, dim, dim, heads, dropout=attention_dropout, out_proj=True)
+        self.attention = MaskedMultiHeadAttention(
+            dim, dim, dim, heads, dropout=attention_dropout, out_proj=True
+        )
         self.linear = nn.Linear(dim, dim)
         self.norm = nn.LayerNorm(dim)
         self.activation = nn.GELU()

@@ -99,13 +99,16 @@ class FixedMfccMap(nn.Module):
     is done here.
     """
 
-    def __init__(self, map_config: MapDims | Mapping[str, Any], frontend_config: dict[str, Any], sample_rate: int
-                 ) -> None:
+    def __init__(
+        self, map_config: MapDims | Mapping[str, Any], frontend_config: dict[str, Any], sample_rate: int
+    ) -> None:
         super().__init__()
         dims = MapDims.of(map_config)
         map_rate = dims.sample_rate if dims.sample_rate is not None else int(sample_rate)
         if map_rate % sample_rate:
-            raise ModelError(f"stfnet map rate {map_rate} Hz is not a multiple of the input rate {sample_rate} Hz")
+            raise ModelError(
+                f"stfnet map rate {map_rate} Hz is not a multiple of the input rate {sample_rate} Hz"
+            )
         self.factor = map_rate // sample_rate
         self.offset = round(dims.offset_s * sample_rate)
         self.length = round(dims.duration_s * sample_rate)
@@ -118,7 +121,9 @@ class FixedMfccMap(nn.Module):
         if self.factor > 1:
             self.resample = PolyphaseUpsampler(self.factor, dims.half_width, dims.rolloff, dims.beta)
         if "pad" in frontend_config:
-            raise ModelError("stfnet map: the framing padding is the map's (n_fft // 2, pad_mode); drop frontend.pad")
+            raise ModelError(
+                "stfnet map: the framing padding is the map's (n_fft // 2, pad_mode); drop frontend.pad"
+            )
         self.mfcc = build_frontend({**frontend_config, "pad": 0}, map_rate)
         if self.mfcc.kind != "mfcc":
             raise ModelError("stfnet reads an MFCC map: set frontend.kind to 'mfcc'")
@@ -217,4 +222,3 @@ def pooled_sizes(size: int, pools: list[int]) -> int:
     for pool in pools:
         size //= int(pool)
     return size
-

@@ -171,7 +171,13 @@ class MscnnFusionHead(nn.Module):
     """`fusion_head`: audio SPU, text SPU, SWEM max/avg, audio-context attention over text maps; FC, ReLU, FC."""
 
     def __init__(
-        self, audio_dim: int, text_dim: int, embedding_dim: int, num_classes: int, hidden: int, dropout: float,
+        self,
+        audio_dim: int,
+        text_dim: int,
+        embedding_dim: int,
+        num_classes: int,
+        hidden: int,
+        dropout: float,
         xvector_dim: int = 0,
     ) -> None:
         super().__init__()

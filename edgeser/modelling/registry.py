@@ -65,7 +65,9 @@ def build_model(
     return build_from_config(name, config, labels, vocab)
 
 
-def build_from_config(name: str, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None) -> SerModel:
+def build_from_config(
+    name: str, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None
+) -> SerModel:
     """Rebuild a model from a resolved config (what checkpoints store)."""
     cls = model_class(name)
     return cls(copy.deepcopy(config), labels, vocab if vocab is not None else CtcVocab())

@@ -17,8 +17,13 @@ from edgeser.modelling.base import SerModel
 class TorchRunner:
     """One stage module: numpy feeds in (by name, in the contract's order), numpy outputs out, no gradients."""
 
-    def __init__(self, module: nn.Module, input_names: tuple[str, ...], output_names: tuple[str, ...],
-                 device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        input_names: tuple[str, ...],
+        output_names: tuple[str, ...],
+        device: torch.device | None = None,
+    ) -> None:
         self.module = module
         self.input_names = input_names
         self.output_names = output_names
@@ -26,7 +31,10 @@ class TorchRunner:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            args = [torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device) for name in self.input_names]
+            args = [
+                torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device)
+                for name in self.input_names
+            ]
             outputs = self.module(*args)
         if not isinstance(outputs, (tuple, list)):
             outputs = (outputs,)
@@ -43,5 +51,7 @@ def torch_runners(model: SerModel, device: torch.device | None = None) -> dict[s
     """One `TorchRunner` per stage of `model` (put it in eval mode first)."""
     graph = model.stage_graph()
     device = device or next(model.parameters()).device
-    return {stage: TorchRunner(getattr(model, stage), graph.inputs[stage], graph.outputs[stage], device)
-            for stage in graph.stages}
+    return {
+        stage: TorchRunner(getattr(model, stage), graph.inputs[stage], graph.outputs[stage], device)
+        for stage in graph.stages
+    }

@@ -229,5 +229,9 @@ class SaserModel(WordFusionModel):
         dims = SaserDims.from_recipe(config)
         super().__init__(config, labels, vocab, dims, SaserAudioEncoder, SaserTextEncoder)
         self.fusion_head = SaserFusionHead(
-            self.audio_encoder.out_dim, self.text_encoder.out_dim, len(labels), dims.fusion.dim, dims.fusion.dropout
+            self.audio_encoder.out_dim,
+            self.text_encoder.out_dim,
+            len(labels),
+            dims.fusion.dim,
+            dims.fusion.dropout,
         )

@@ -156,7 +156,9 @@ def stfnet_transformer(n_feat: int, tr: StfNetTransformerDims) -> TransformerEnc
     """STF-Net's temporal branch: a Transformer encoder over the MFCC frames (recipe `transformer` block)."""
     if n_feat % tr.heads:
         raise ModelError(f"stfnet transformer: {n_feat} MFCC features are not divisible by {tr.heads} heads")
-    return TransformerEncoder(n_feat, tr.heads, tr.ff_dim, tr.layers, tr.dropout, positional=tr.positional_encoding)
+    return TransformerEncoder(
+        n_feat, tr.heads, tr.ff_dim, tr.layers, tr.dropout, positional=tr.positional_encoding
+    )
 
 
 class SpatialCnn(nn.Module):
@@ -358,5 +360,9 @@ class StfNetModel(SerModel):
         if self.awgn_mode != "offline":
             return [[] for _ in waves]
         return awgn_copies(
-            waves, copies=self.awgn_copies, snr_db=self.awgn_snr_db, integer_snr=self.awgn_integer_snr, seed=seed
+            waves,
+            copies=self.awgn_copies,
+            snr_db=self.awgn_snr_db,
+            integer_snr=self.awgn_integer_snr,
+            seed=seed,
         )

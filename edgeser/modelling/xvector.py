@@ -65,7 +65,9 @@ class TdnnLayer(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, kernel: int, dilation: int) -> None:
         super().__init__()
         if kernel < 1 or kernel % 2 == 0 or dilation < 1:
-            raise ModelError(f"x-vector TDNN contexts need odd kernels and dilations >= 1 (got {kernel}, {dilation})")
+            raise ModelError(
+                f"x-vector TDNN contexts need odd kernels and dilations >= 1 (got {kernel}, {dilation})"
+            )
         self.conv = nn.Conv1d(in_dim, out_dim, kernel, dilation=dilation, padding=dilation * (kernel // 2))
         self.norm = MaskedFeatureNorm(out_dim)
 

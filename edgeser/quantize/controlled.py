@@ -99,9 +99,18 @@ class Evaluator:
     `build_stage` makes the INT8 graph of a stage with given nodes kept float (quantize_stage_static by default).
     """
 
-    def __init__(self, bundle: Path, cache: Any, options: Int8Options, workdir: Path, waves: list[np.ndarray],
-                 labels: list[int], num_classes: int, threads: int | None,
-                 build_stage: Callable[[str, Path, Path, frozenset[str]], StageReport] | None = None) -> None:
+    def __init__(
+        self,
+        bundle: Path,
+        cache: Any,
+        options: Int8Options,
+        workdir: Path,
+        waves: list[np.ndarray],
+        labels: list[int],
+        num_classes: int,
+        threads: int | None,
+        build_stage: Callable[[str, Path, Path, frozenset[str]], StageReport] | None = None,
+    ) -> None:
         from edgeser.runtime.pipeline import Pipeline
 
         self.bundle, self.cache, self.options, self.workdir = bundle, cache, options, workdir
@@ -118,8 +127,9 @@ class Evaluator:
 
     def _quantize_stage(self, stage: str, fp32: Path, out: Path, float_nodes: frozenset[str]) -> StageReport:
         with quiet_ort_logging():
-            return quantize_stage_static(stage, fp32, out, self.cache, self.options, self.workdir,
-                                         tuple(sorted(float_nodes)))
+            return quantize_stage_static(
+                stage, fp32, out, self.cache, self.options, self.workdir, tuple(sorted(float_nodes))
+            )
 
     def stage_graph(self, stage: str, float_nodes: frozenset[str]) -> tuple[Path, StageReport]:
         key = (stage, float_nodes)
@@ -131,15 +141,21 @@ class Evaluator:
     def measure(self, config: Config, what: str) -> Measurement:
         from edgeser.runtime.sessions import OrtRunner
 
-        candidate = self.fp32.with_runners({
-            stage: OrtRunner.load(self.stage_graph(stage, float_nodes)[0], None, self.threads)
-            for stage, float_nodes in config.items() if float_nodes is not None})
+        candidate = self.fp32.with_runners(
+            {
+                stage: OrtRunner.load(self.stage_graph(stage, float_nodes)[0], None, self.threads)
+                for stage, float_nodes in config.items()
+                if float_nodes is not None
+            }
+        )
         logits = [candidate.run_stages([w]).logits[0] for w in self.waves]
         self.evaluations += 1
         predictions = [int(np.argmax(x)) for x in logits]
         ua = classification_report(self.labels, predictions, self.num_classes).ua
-        both = [p if (p == y and f == y) else (y + 1) % self.num_classes
-                for p, f, y in zip(predictions, self.ref_predictions, self.labels)]
+        both = [
+            p if (p == y and f == y) else (y + 1) % self.num_classes
+            for p, f, y in zip(predictions, self.ref_predictions, self.labels)
+        ]
         pessimistic = classification_report(self.labels, both, self.num_classes).ua
         flipped = np.array([p != f for p, f in zip(predictions, self.ref_predictions)])
         classes = np.array(self.labels)
@@ -147,8 +163,15 @@ class Evaluator:
         cosines = [cosine(a, b) for a, b in zip(self.reference, logits)]
         # agreement as 1 - flip rate, not `measures.agreement`: (n - k) / n and 1 - k / n can differ in the last
         # bit, and the figure is in the bundle's quantization report
-        return Measurement(what, ua, 100 * (self.fp32_ua - ua), max(0.0, 100 * (self.fp32_ua - pessimistic)),
-                           100 * bound, float(1.0 - flipped.mean()), float(np.mean(cosines)))
+        return Measurement(
+            what,
+            ua,
+            100 * (self.fp32_ua - ua),
+            max(0.0, 100 * (self.fp32_ua - pessimistic)),
+            100 * bound,
+            float(1.0 - flipped.mean()),
+            float(np.mean(cosines)),
+        )
 
 
 def sensitivity_key(m: Measurement) -> tuple[float, float, float]:
@@ -188,10 +211,13 @@ def quantize_controlled(
     fold = bundle_split(bundle, manifest, corpus, fold_index).fold
     exclude = cache.ids if cache.provenance.get("corpus") == corpus.name else []
     known = {label: i for i, label in enumerate(manifest.labels)}
-    slice_utts = [u for u in validation_slice(corpus, fold, exclude, validation_clips * 4)
-                  if u.label in known][:validation_clips]
+    slice_utts = [
+        u for u in validation_slice(corpus, fold, exclude, validation_clips * 4) if u.label in known
+    ][:validation_clips]
     if not slice_utts:
-        raise DataError(f"{data_spec}: no calibration-side clips carry the bundle's labels ({', '.join(known)})")
+        raise DataError(
+            f"{data_spec}: no calibration-side clips carry the bundle's labels ({', '.join(known)})"
+        )
     waves = [load_audio(u.path) for u in slice_utts]
     labels = [known[u.label] for u in slice_utts]
 
@@ -203,10 +229,17 @@ def quantize_controlled(
         progress(f"accuracy-controlled INT8: {len(waves)} calibration-side validation clips")
         ev = Evaluator(bundle, cache, options, tmp, waves, labels, len(manifest.labels), threads, build_stage)
         report = ControlledReport(
-            bundle=str(bundle), data=data_spec, fold=fold.index, held_out=fold.held_out,
-            validation={"clips": len(waves), "ids": [u.id for u in slice_utts],
-                        "pool": "calibration pool minus the calibration clips (never the evaluation split)"},
-            bound={"max_ua_drop": max_ua_drop, "min_agreement": min_agreement}, fp32_ua=ev.fp32_ua,
+            bundle=str(bundle),
+            data=data_spec,
+            fold=fold.index,
+            held_out=fold.held_out,
+            validation={
+                "clips": len(waves),
+                "ids": [u.id for u in slice_utts],
+                "pool": "calibration pool minus the calibration clips (never the evaluation split)",
+            },
+            bound={"max_ua_drop": max_ua_drop, "min_agreement": min_agreement},
+            fp32_ua=ev.fp32_ua,
             options=asdict(options),
         )
 
@@ -214,8 +247,10 @@ def quantize_controlled(
             m = ev.measure(config, what)
             m.within = within(m)
             report.measurements.append(m)
-            progress(f"  {what}: worst-case UA drop {m.drop_bound:.2f} pts, agreement {m.agreement:.2%}"
-                     f"{'  ok' if m.within else ''}")
+            progress(
+                f"  {what}: worst-case UA drop {m.drop_bound:.2f} pts, agreement {m.agreement:.2%}"
+                f"{'  ok' if m.within else ''}"
+            )
             return m
 
         stages = [s for s in manifest.stages if quantisable_count(ev, s) > 0]
@@ -231,7 +266,8 @@ def quantize_controlled(
                 m = single[stage]
                 report.float_stages[stage] = (
                     f"most sensitive remaining stage: int8 alone risks {m.drop_bound:.2f} UA points "
-                    f"(worst case; pessimistic {m.pessimistic_drop:.2f}), agreement {m.agreement:.2%}")
+                    f"(worst case; pessimistic {m.pessimistic_drop:.2f}), agreement {m.agreement:.2%}"
+                )
                 if all(v is None for v in config.values()):
                     current = Measurement("all stages float", ev.fp32_ua, 0.0, 0.0, 0.0, 1.0, 1.0, True)
                 else:
@@ -242,7 +278,9 @@ def quantize_controlled(
         quantised = [s for s, v in config.items() if v is not None]
         report.quantized_stages = quantised
         float_nodes = {s: tuple(sorted(v)) for s, v in config.items() if v}
-        final_options = Int8Options(**{**asdict(options), "stages": tuple(quantised), "float_nodes": float_nodes})
+        final_options = Int8Options(
+            **{**asdict(options), "stages": tuple(quantised), "float_nodes": float_nodes}
+        )
     quantize_int8(bundle, final_options, progress=progress)
     write_reports(bundle, report)
     return report
@@ -256,8 +294,15 @@ def quantisable_count(ev: Evaluator, stage: str) -> int:
     return sum(len(v) for v in quantisable_groups(model, ev.options.op_types, excluded).values())
 
 
-def refine_groups(ev: Evaluator, report: ControlledReport, config: Config, current: Measurement, record: Any,
-                  within: Any, max_evaluations: int) -> Measurement:
+def refine_groups(
+    ev: Evaluator,
+    report: ControlledReport,
+    config: Config,
+    current: Measurement,
+    record: Any,
+    within: Any,
+    max_evaluations: int,
+) -> Measurement:
     """Inside each stage kept in float, quantise back the node groups that the bound allows (least sensitive first)."""
     for stage in [s for s, v in config.items() if v is None]:
         prepared, _ = prepared_graph(ev.fp32_paths[stage], stage, ev.workdir)
@@ -277,8 +322,10 @@ def refine_groups(ev: Evaluator, report: ControlledReport, config: Config, curre
         for group in sorted(measured, key=lambda g: sensitivity_key(measured[g])):
             alone = measured[group]
             if not alone.within:
-                kept[group] = (f"int8 alone (rest of {stage} float) risks {alone.drop_bound:.2f} UA points "
-                               f"(worst case), agreement {alone.agreement:.2%}")
+                kept[group] = (
+                    f"int8 alone (rest of {stage} float) risks {alone.drop_bound:.2f} UA points "
+                    f"(worst case), agreement {alone.agreement:.2%}"
+                )
                 continue
             configured = config[stage]
             float_now = configured if configured is not None else everything
@@ -292,8 +339,10 @@ def refine_groups(ev: Evaluator, report: ControlledReport, config: Config, curre
                 config[stage] = trial[stage]
                 current = m
             else:
-                kept[group] = (f"adding it to the configuration risks {m.drop_bound:.2f} UA points "
-                               f"(worst case), agreement {m.agreement:.2%}")
+                kept[group] = (
+                    f"adding it to the configuration risks {m.drop_bound:.2f} UA points "
+                    f"(worst case), agreement {m.agreement:.2%}"
+                )
         for group in groups:
             if group not in measured:
                 kept.setdefault(group, "not measured: evaluation budget exhausted")
@@ -304,8 +353,13 @@ def refine_groups(ev: Evaluator, report: ControlledReport, config: Config, curre
 
 
 def _figures(m: Measurement) -> dict[str, float]:
-    return {"worst_case_ua_drop": m.drop_bound, "pessimistic_ua_drop": m.pessimistic_drop, "ua_drop": m.ua_drop,
-            "agreement": m.agreement, "logit_cosine": m.logit_cosine}
+    return {
+        "worst_case_ua_drop": m.drop_bound,
+        "pessimistic_ua_drop": m.pessimistic_drop,
+        "ua_drop": m.ua_drop,
+        "agreement": m.agreement,
+        "logit_cosine": m.logit_cosine,
+    }
 
 
 def render_markdown(report: ControlledReport) -> str:
@@ -315,24 +369,36 @@ def render_markdown(report: ControlledReport) -> str:
     lines = [
         f"# Accuracy-controlled INT8: {report.bundle}",
         "",
-        (f"Bound: {bound}, measured on {report.validation['clips']} calibration-side clips of `{report.data}` "
-         f"(fold {report.fold}: {report.held_out} is the evaluation split and was not used; the calibration clips "
-         f"were not used either). fp32 UA on this slice: {100 * report.fp32_ua:.2f}. "
-         f"{report.evaluations} configurations measured."),
+        (
+            f"Bound: {bound}, measured on {report.validation['clips']} calibration-side clips of `{report.data}` "
+            f"(fold {report.fold}: {report.held_out} is the evaluation split and was not used; the calibration clips "
+            f"were not used either). fp32 UA on this slice: {100 * report.fp32_ua:.2f}. "
+            f"{report.evaluations} configurations measured."
+        ),
         "",
     ]
     if report.final is not None:
         f = report.final
-        lines += [(f"Result: int8 stages {', '.join(report.quantized_stages) or 'none'}; worst-case UA drop "
-                   f"{f.drop_bound:.2f} points (pessimistic {f.pessimistic_drop:.2f}, measured {f.ua_drop:+.2f}), "
-                   f"agreement {f.agreement:.2%}, logit cosine {f.logit_cosine:.5f}."), ""]
+        lines += [
+            (
+                f"Result: int8 stages {', '.join(report.quantized_stages) or 'none'}; worst-case UA drop "
+                f"{f.drop_bound:.2f} points (pessimistic {f.pessimistic_drop:.2f}, measured {f.ua_drop:+.2f}), "
+                f"agreement {f.agreement:.2%}, logit cosine {f.logit_cosine:.5f}."
+            ),
+            "",
+        ]
     if report.stage_sensitivity:
-        lines += ["Stage sensitivity (that stage int8, the rest float):", "",
-                  "| stage | worst-case UA drop | pessimistic | measured | agreement | logit cosine |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "Stage sensitivity (that stage int8, the rest float):",
+            "",
+            "| stage | worst-case UA drop | pessimistic | measured | agreement | logit cosine |",
+            "|---|---|---|---|---|---|",
+        ]
         for stage, s in report.stage_sensitivity.items():
-            lines.append(f"| {stage} | {s['worst_case_ua_drop']:.2f} | {s['pessimistic_ua_drop']:.2f} "
-                         f"| {s['ua_drop']:+.2f} | {s['agreement']:.2%} | {s['logit_cosine']:.5f} |")
+            lines.append(
+                f"| {stage} | {s['worst_case_ua_drop']:.2f} | {s['pessimistic_ua_drop']:.2f} "
+                f"| {s['ua_drop']:+.2f} | {s['agreement']:.2%} | {s['logit_cosine']:.5f} |"
+            )
         lines.append("")
     if report.float_stages or report.float_groups:
         lines += ["Kept in float, and why:", ""]
@@ -340,17 +406,30 @@ def render_markdown(report: ControlledReport) -> str:
             lines.append(f"- stage `{stage}`: {why}")
             for group, reason in report.float_groups.get(stage, {}).items():
                 lines.append(f"  - `{group}`: {reason}")
-            back = [g for g in report.group_sensitivity.get(stage, {}) if g not in report.float_groups.get(stage, {})]
+            back = [
+                g
+                for g in report.group_sensitivity.get(stage, {})
+                if g not in report.float_groups.get(stage, {})
+            ]
             if back:
                 lines.append(f"  - quantised back: {', '.join(f'`{g}`' for g in back)}")
         lines.append("")
     else:
-        lines += ["Nothing kept in float beyond the default exclusions: all stages int8 are within the bound.", ""]
-    lines += ["Every measurement (UA drops in points):", "",
-              "| configuration | worst case | pessimistic | measured | agreement | logit cosine | within |",
-              "|---|---|---|---|---|---|---|"]
-    lines += [f"| {m.what} | {m.drop_bound:.2f} | {m.pessimistic_drop:.2f} | {m.ua_drop:+.2f} | {m.agreement:.2%} "
-              f"| {m.logit_cosine:.5f} | {'yes' if m.within else 'no'} |" for m in report.measurements]
+        lines += [
+            "Nothing kept in float beyond the default exclusions: all stages int8 are within the bound.",
+            "",
+        ]
+    lines += [
+        "Every measurement (UA drops in points):",
+        "",
+        "| configuration | worst case | pessimistic | measured | agreement | logit cosine | within |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {m.what} | {m.drop_bound:.2f} | {m.pessimistic_drop:.2f} | {m.ua_drop:+.2f} | {m.agreement:.2%} "
+        f"| {m.logit_cosine:.5f} | {'yes' if m.within else 'no'} |"
+        for m in report.measurements
+    ]
     if report.budget_exhausted:
         lines += ["", "The evaluation budget ran out: some node groups were left in float untested."]
     return "\n".join(lines) + "\n"

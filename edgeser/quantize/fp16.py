@@ -37,11 +37,23 @@ if TYPE_CHECKING:
 
 FP16_OP_BLOCK_LIST = ("LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "Log", "Exp", "Erf",
                       "LogSoftmax", "CumSum", "Range")  # fmt: skip
-FLOATS: dict[int, str] = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16",
-          onnx.TensorProto.DOUBLE: "float64"}
+FLOATS: dict[int, str] = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.DOUBLE: "float64",
+}
 # Inputs whose type is independent of the op's data type (so they may differ from the other float inputs).
-_FREE_INPUTS = {"Pow": {1}, "Resize": {1, 2}, "ConstantOfShape": {0}, "Cast": {0}, "CastLike": {0, 1},
-                "Shape": {0}, "Size": {0}, "LayerNormalization": set()}
+_FREE_INPUTS = {
+    "Pow": {1},
+    "Resize": {1, 2},
+    "ConstantOfShape": {0},
+    "Cast": {0},
+    "CastLike": {0, 1},
+    "Shape": {0},
+    "Size": {0},
+    "LayerNormalization": set(),
+}
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
@@ -65,8 +77,11 @@ def precision_conflicts(model: onnx.ModelProto) -> list[str]:
     conflicts = []
     for node in model.graph.node:
         free = _FREE_INPUTS.get(node.op_type, set())
-        kinds = {types[name] for index, name in enumerate(node.input)
-                 if name and index not in free and types.get(name) in FLOATS}
+        kinds = {
+            types[name]
+            for index, name in enumerate(node.input)
+            if name and index not in free and types.get(name) in FLOATS
+        }
         if len(kinds) > 1:
             conflicts.append(f"{node.name} ({node.op_type}): {', '.join(sorted(FLOATS[k] for k in kinds))}")
     return conflicts
@@ -84,8 +99,9 @@ def float_ops_by_type(model: onnx.ModelProto) -> dict[str, dict[str, int]]:
     return {k: dict(sorted(v.items())) for k, v in counts.items()}
 
 
-def fp16_graph(source: Path, exclude: tuple[str, ...] | None = None,
-               model: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
+def fp16_graph(
+    source: Path, exclude: tuple[str, ...] | None = None, model: onnx.ModelProto | None = None
+) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The FP16 graph of one fp32 stage graph (or of `model`, read from `source`), and the nodes kept in FP32 by
     category (see the module docstring)."""
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -94,26 +110,39 @@ def fp16_graph(source: Path, exclude: tuple[str, ...] | None = None,
     patterns = ("frontend", "first-conv") if exclude is None else exclude
     exclusions = resolve_exclusions(model, patterns)
     blocked = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_OP_BLOCK_LIST))
-    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked,
-                                         node_block_list=exclusions.names, disable_shape_infer=False)
+    converted = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=blocked,
+        node_block_list=exclusions.names,
+        disable_shape_infer=False,
+    )
     conflicts = precision_conflicts(converted)
     if conflicts:
-        raise BundleError(f"{source}: the FP16 graph mixes float types at {len(conflicts)} node(s), e.g. "
-                          f"{conflicts[0]}; a strongly typed TensorRT network would refuse it")
+        raise BundleError(
+            f"{source}: the FP16 graph mixes float types at {len(conflicts)} node(s), e.g. "
+            f"{conflicts[0]}; a strongly typed TensorRT network would refuse it"
+        )
     return converted, exclusions.reasons
 
 
 def fp16_settings(exclude: tuple[str, ...] | None) -> dict[str, Any]:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
 
-    return {"kind": "fp16", "keep_io_types": True, "strongly_typed": True, "explicit_casts": True,
-            "op_block_list": sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_OP_BLOCK_LIST)),
-            "exclude": list(exclude) if exclude is not None else ["frontend", "first-conv"],
-            "note": "GPU format: on CPU, FP16 runs slower than FP32 (or not at all)"}
+    return {
+        "kind": "fp16",
+        "keep_io_types": True,
+        "strongly_typed": True,
+        "explicit_casts": True,
+        "op_block_list": sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_OP_BLOCK_LIST)),
+        "exclude": list(exclude) if exclude is not None else ["frontend", "first-conv"],
+        "note": "GPU format: on CPU, FP16 runs slower than FP32 (or not at all)",
+    }
 
 
-def convert_fp16(bundle: Path, exclude: tuple[str, ...] | None = None, progress: Progress = STDERR
-                 ) -> dict[str, StageReport]:
+def convert_fp16(
+    bundle: Path, exclude: tuple[str, ...] | None = None, progress: Progress = STDERR
+) -> dict[str, StageReport]:
     """FP16 weights and activations with FP32 inputs/outputs and explicit casts around the ops kept in FP32
     (numerically sensitive ops and the front end): a graph a strongly typed TensorRT network builds as it is
     (see fp16.py). A GPU format: on CPU it is usually slower than FP32. Writes `bundle/fp16/`."""
@@ -172,10 +201,16 @@ def convert_int8_fp16(bundle: Path, progress: Progress = STDERR) -> dict[str, St
         converted, kept, facts = int8_fp16_graph(sources[stage])
         onnx.save(converted, str(out))
         quantised = source_settings.get("stages", {}).get(stage, {}).get("quantized_nodes", 0)
-        return StageReport("int8+fp16" if facts["qdq"] else "fp16", quantised, kept, op_counts(out), "none",
-                           qdq=facts)
+        return StageReport(
+            "int8+fp16" if facts["qdq"] else "fp16", quantised, kept, op_counts(out), "none", qdq=facts
+        )
 
-    settings = {**fp16_settings(None), "kind": "int8+fp16", "from": TENSORRT_PRECISION, "opset": QDQ_FP16_OPSET,
-                "int8": {k: source_settings.get(k) for k in ("method", "percentile", "smooth_alpha", "calibration")},
-                "note": "GPU format (TensorRT, strongly typed): on CPU the FP16 ops run slower than FP32"}
+    settings = {
+        **fp16_settings(None),
+        "kind": "int8+fp16",
+        "from": TENSORRT_PRECISION,
+        "opset": QDQ_FP16_OPSET,
+        "int8": {k: source_settings.get(k) for k in ("method", "percentile", "smooth_alpha", "calibration")},
+        "note": "GPU format (TensorRT, strongly typed): on CPU the FP16 ops run slower than FP32",
+    }
     return write_variant(bundle, TENSORRT_FP16_PRECISION, write, settings, "int8+fp16 (TensorRT)", progress)

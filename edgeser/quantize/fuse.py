@@ -86,7 +86,9 @@ def fuse_parallel_matmuls(model: onnx.ModelProto, skip: Iterable[str] = ()) -> d
             model.graph.initializer.append(numpy_helper.from_array(np.array(sizes, np.int64), sizes_name))
             split = helper.make_node("Split", [fused_out, sizes_name], outputs, name=f"{name}/Split", axis=-1)
         else:
-            split = helper.make_node("Split", [fused_out], outputs, name=f"{name}/Split", axis=-1, split=sizes)
+            split = helper.make_node(
+                "Split", [fused_out], outputs, name=f"{name}/Split", axis=-1, split=sizes
+            )
         replaced[members[0].name] = [*new_nodes, split]
         drop |= {m.name for m in members[1:]}
         for member in members:
@@ -108,8 +110,11 @@ def fuse_parallel_matmuls(model: onnx.ModelProto, skip: Iterable[str] = ()) -> d
     return merged
 
 
-def bias_adds(members: list[onnx.NodeProto], consumers: dict[str, list[onnx.NodeProto]],
-              inits: dict[str, onnx.TensorProto]) -> list[tuple[onnx.NodeProto, str]] | None:
+def bias_adds(
+    members: list[onnx.NodeProto],
+    consumers: dict[str, list[onnx.NodeProto]],
+    inits: dict[str, onnx.TensorProto],
+) -> list[tuple[onnx.NodeProto, str]] | None:
     """Each member's only consumer when every one is an Add of a constant bias of its width: (Add, bias name)."""
     found = []
     for member in members:
@@ -119,7 +124,11 @@ def bias_adds(members: list[onnx.NodeProto], consumers: dict[str, list[onnx.Node
         add = after[0]
         bias = next((i for i in add.input if i != member.output[0]), None)
         width = inits[member.input[1]].dims[1]
-        if bias not in inits or int(np.prod(inits[bias].dims)) != width or inits[bias].data_type != onnx.TensorProto.FLOAT:
+        if (
+            bias not in inits
+            or int(np.prod(inits[bias].dims)) != width
+            or inits[bias].data_type != onnx.TensorProto.FLOAT
+        ):
             return None
         found.append((add, bias))
     return found
@@ -137,8 +146,13 @@ def merged_name(members: list[str]) -> str:
     return "/".join([*common, f"{FUSED_SUFFIX}[{leaf}]", "MatMul"])
 
 
-def union_ranges(ranges_path: Path, merged: dict[str, list[str]], before: dict[str, str],
-                 fused: onnx.ModelProto, target: Path) -> Path:
+def union_ranges(
+    ranges_path: Path,
+    merged: dict[str, list[str]],
+    before: dict[str, str],
+    fused: onnx.ModelProto,
+    target: Path,
+) -> Path:
     """The cached activation ranges plus, for each merged MatMul's output, the union of its members' output
     ranges (`before`: node name -> output before merging); written to `target`."""
     from onnxruntime.quantization.calibrate import TensorData, load_tensors_data, save_tensors_data
@@ -174,11 +188,22 @@ def frame_first_conv(model: onnx.ModelProto, conv_name: str) -> str | None:
     attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
     weight = numpy_helper.to_array(inits[conv.input[1]])
     kernel, stride = weight.shape[-1], (attrs.get("strides") or [1])[0]
-    if (weight.ndim != 3 or weight.shape[1] != 1 or attrs.get("group", 1) != 1 or any(attrs.get("pads", [0]))
-            or any(d != 1 for d in attrs.get("dilations", [1])) or kernel % stride or opset_version(model) < 13):
+    if (
+        weight.ndim != 3
+        or weight.shape[1] != 1
+        or attrs.get("group", 1) != 1
+        or any(attrs.get("pads", [0]))
+        or any(d != 1 for d in attrs.get("dilations", [1]))
+        or kernel % stride
+        or opset_version(model) < 13
+    ):
         return None
     after = [n for n in model.graph.node if conv.output[0] in n.input]
-    if len(after) != 1 or after[0].op_type != "Transpose" or list(helper.get_attribute_value(after[0].attribute[0])) != [0, 2, 1]:
+    if (
+        len(after) != 1
+        or after[0].op_type != "Transpose"
+        or list(helper.get_attribute_value(after[0].attribute[0])) != [0, 2, 1]
+    ):
         return None
     transpose, blocks_per_frame = after[0], kernel // stride
     base = conv_name.rsplit("/", 1)[0] + "/framed"
@@ -187,7 +212,9 @@ def frame_first_conv(model: onnx.ModelProto, conv_name: str) -> str | None:
         model.graph.initializer.append(numpy_helper.from_array(value, f"{base}/{name}"))
         return f"{base}/{name}"
 
-    def node(op: str, inputs: list[str], name: str, **kwargs: Any) -> str:  # kwargs: attributes, as make_node's
+    def node(
+        op: str, inputs: list[str], name: str, **kwargs: Any
+    ) -> str:  # kwargs: attributes, as make_node's
         out = f"{base}/{name}_output_0"
         new.append(helper.make_node(op, inputs, [out], name=f"{base}/{name}", **kwargs))
         return out
@@ -196,30 +223,69 @@ def frame_first_conv(model: onnx.ModelProto, conv_name: str) -> str | None:
     one = const("one", np.array([1], np.int64))
     wave = node("Squeeze", [conv.input[0], one], "Squeeze")  # [B, L]
     length = node("Gather", [node("Shape", [wave], "Shape"), const("axis1", np.array(1, np.int64))], "Length")
-    frames = node("Add", [node("Div", [node("Sub", [length, const("kernel", np.array(kernel, np.int64))], "Sub"),
-                                       const("stride", np.array(stride, np.int64))], "Div"), const("one_s", np.array(1, np.int64))],
-                  "Frames")  # T = (L - k) // s + 1
-    used = node("Mul", [node("Add", [frames, const("extra", np.array(blocks_per_frame - 1, np.int64))], "Blocks"),
-                        const("stride_m", np.array(stride, np.int64))], "Used")
+    frames = node(
+        "Add",
+        [
+            node(
+                "Div",
+                [
+                    node("Sub", [length, const("kernel", np.array(kernel, np.int64))], "Sub"),
+                    const("stride", np.array(stride, np.int64)),
+                ],
+                "Div",
+            ),
+            const("one_s", np.array(1, np.int64)),
+        ],
+        "Frames",
+    )  # T = (L - k) // s + 1
+    used = node(
+        "Mul",
+        [
+            node("Add", [frames, const("extra", np.array(blocks_per_frame - 1, np.int64))], "Blocks"),
+            const("stride_m", np.array(stride, np.int64)),
+        ],
+        "Used",
+    )
     axes = const("axes", np.array([1], np.int64))
     zero = const("zero", np.array([0], np.int64))
-    cut = node("Slice", [wave, zero, node("Unsqueeze", [used, const("axes0", np.array([0], np.int64))], "UsedEnd"),
-                         axes], "Cut")
+    cut = node(
+        "Slice",
+        [wave, zero, node("Unsqueeze", [used, const("axes0", np.array([0], np.int64))], "UsedEnd"), axes],
+        "Cut",
+    )
     blocks = node("Reshape", [cut, const("block_shape", np.array([0, -1, stride], np.int64))], "Reshape")
     parts = []
     for j in range(blocks_per_frame):
-        end = node("Unsqueeze", [node("Add", [frames, const(f"shift{j}", np.array(j, np.int64))], f"End{j}"),
-                                 const(f"axes_end{j}", np.array([0], np.int64))], f"EndU{j}")
-        parts.append(node("Slice", [blocks, const(f"start{j}", np.array([j], np.int64)), end, axes], f"Slice{j}"))
+        end = node(
+            "Unsqueeze",
+            [
+                node("Add", [frames, const(f"shift{j}", np.array(j, np.int64))], f"End{j}"),
+                const(f"axes_end{j}", np.array([0], np.int64)),
+            ],
+            f"EndU{j}",
+        )
+        parts.append(
+            node("Slice", [blocks, const(f"start{j}", np.array([j], np.int64)), end, axes], f"Slice{j}")
+        )
     framed = node("Concat", parts, "Concat", axis=2)  # [B, T, k]
     rows = node("Reshape", [framed, const("rows", np.array([-1, kernel], np.int64))], "Rows")  # [B * T, k]
     gemm_inputs = [rows, const("weight", weight.reshape(weight.shape[0], kernel).T.copy())]
     if len(conv.input) > 2 and conv.input[2]:
         gemm_inputs.append(conv.input[2])  # the bias in the GEMM: one pass over the [B * T, C] output
     projected = node("Gemm", gemm_inputs, "Gemm")
-    batch = node("Gather", [node("Shape", [wave], "BatchShape"), const("axis0", np.array([0], np.int64))], "Batch")
-    target = node("Concat", [batch, node("Unsqueeze", [frames, const("axes_t", np.array([0], np.int64))], "FramesU"),
-                             const("channels", np.array([weight.shape[0]], np.int64))], "Target", axis=0)
+    batch = node(
+        "Gather", [node("Shape", [wave], "BatchShape"), const("axis0", np.array([0], np.int64))], "Batch"
+    )
+    target = node(
+        "Concat",
+        [
+            batch,
+            node("Unsqueeze", [frames, const("axes_t", np.array([0], np.int64))], "FramesU"),
+            const("channels", np.array([weight.shape[0]], np.int64)),
+        ],
+        "Target",
+        axis=0,
+    )
     new.append(helper.make_node("Reshape", [projected, target], [transpose.output[0]], name=f"{base}/Unrows"))
     matmul_name = f"{base}/Gemm"
     rebuilt: list[onnx.NodeProto] = []

@@ -41,8 +41,17 @@ import onnx
 # 0.050 -> 0.052.
 DEFAULT_OP_TYPES = ("MatMul", "Conv", "Gemm", "Gather")
 DYNAMIC_OP_TYPES = ("MatMul",)
-CATEGORIES = ("frontend", "first-conv", "layernorm", "softmax", "residual-add", "gelu", "narrow",
-              "grouped-conv", "gather-activations")
+CATEGORIES = (
+    "frontend",
+    "first-conv",
+    "layernorm",
+    "softmax",
+    "residual-add",
+    "gelu",
+    "narrow",
+    "grouped-conv",
+    "gather-activations",
+)
 # TensorRT's symmetric activations waste half the INT8 range on one-sided tensors. A wav2vec2/HuBERT feature
 # encoder feeds every conv a GELU output with a wide range: symmetric, it cost the tiny cmgi's features cosine
 # 0.998 -> 0.980 (TESS, 6 held-out clips) and cmgi paper's 0.9987 -> 0.9977 (6 clips of 4 s); kept float,
@@ -83,7 +92,8 @@ class GraphInfo:
 
     def is_constant(self, tensor: str) -> bool:
         return tensor in self.constants or (
-            tensor in self.producer and self.producer[tensor].op_type in {"DequantizeLinear", "Identity"}
+            tensor in self.producer
+            and self.producer[tensor].op_type in {"DequantizeLinear", "Identity"}
             and all(self.is_constant(i) for i in self.producer[tensor].input if i)
         )
 
@@ -138,8 +148,9 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     shapes: dict[str, list[int | None]] = {}
     for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
         if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-            shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None
-                                  for d in value.type.tensor_type.shape.dim]
+            shapes[value.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim
+            ]
     for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
     return shapes
@@ -198,10 +209,16 @@ def narrow_nodes(info: GraphInfo, min_width: int = NARROW_WIDTH) -> list[str]:
 def gather_activations(info: GraphInfo) -> list[str]:
     """Gather nodes indexing a float activation (not a constant table, not a shape), per shape inference."""
     graph = info.model.graph
-    floats = {v.name for v in [*graph.input, *graph.value_info, *graph.output]
-              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-    return [n.name for n in info.nodes
-            if n.op_type == "Gather" and n.input[0] in floats and not info.is_constant(n.input[0])]
+    floats = {
+        v.name
+        for v in [*graph.input, *graph.value_info, *graph.output]
+        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
+    return [
+        n.name
+        for n in info.nodes
+        if n.op_type == "Gather" and n.input[0] in floats and not info.is_constant(n.input[0])
+    ]
 
 
 def softmax_nodes(info: GraphInfo) -> list[str]:
@@ -216,8 +233,11 @@ def softmax_nodes(info: GraphInfo) -> list[str]:
 
 
 def residual_adds(info: GraphInfo) -> list[str]:
-    return [n.name for n in info.nodes if n.op_type == "Add" and len(n.input) == 2
-            and not any(info.is_constant(i) for i in n.input)]
+    return [
+        n.name
+        for n in info.nodes
+        if n.op_type == "Add" and len(n.input) == 2 and not any(info.is_constant(i) for i in n.input)
+    ]
 
 
 def gelu_nodes(info: GraphInfo) -> list[str]:
@@ -244,14 +264,20 @@ def category_nodes(model: onnx.ModelProto, min_width: int = NARROW_WIDTH) -> dic
     return {
         "frontend": frontend_nodes(info),
         "first-conv": first_conv(info),
-        "layernorm": [n.name for n in info.nodes if n.op_type in {"LayerNormalization", "SimplifiedLayerNormalization",
-                                                                   "SkipLayerNormalization"}],
+        "layernorm": [
+            n.name
+            for n in info.nodes
+            if n.op_type in {"LayerNormalization", "SimplifiedLayerNormalization", "SkipLayerNormalization"}
+        ],
         "softmax": softmax_nodes(info),
         "residual-add": residual_adds(info),
         "gelu": gelu_nodes(info),
         "narrow": narrow_nodes(info, min_width),
-        "grouped-conv": [n.name for n in info.nodes if n.op_type == "Conv"
-                         and any(a.name == "group" and a.i > 1 for a in n.attribute)],
+        "grouped-conv": [
+            n.name
+            for n in info.nodes
+            if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+        ],
         "gather-activations": gather_activations(info),
         "feature-convs": feature_convs(info),
     }
@@ -276,12 +302,16 @@ class Exclusions:
 def quantisable_nodes(model: onnx.ModelProto, op_types: Iterable[str]) -> list[str]:
     """Nodes of an op type in `op_types`; a Gather only when it looks up a constant (an embedding table)."""
     info, kinds = GraphInfo(model), set(op_types)
-    return [n.name for n in info.nodes
-            if n.op_type in kinds and (n.op_type != "Gather" or info.is_constant(n.input[0]))]
+    return [
+        n.name
+        for n in info.nodes
+        if n.op_type in kinds and (n.op_type != "Gather" or info.is_constant(n.input[0]))
+    ]
 
 
-def resolve_exclusions(model: onnx.ModelProto, patterns: Iterable[str] | None = None,
-                       min_width: int = NARROW_WIDTH) -> Exclusions:
+def resolve_exclusions(
+    model: onnx.ModelProto, patterns: Iterable[str] | None = None, min_width: int = NARROW_WIDTH
+) -> Exclusions:
     """Nodes to keep in float: the default categories, or, when `patterns` is given, exactly those.
 
     A pattern is a category name (see `CATEGORIES`), `none`, or a glob over node names (`*/layers.23/*`);
@@ -324,7 +354,9 @@ def quantisable_groups(
     return groups
 
 
-def strip_output_qdq(model: onnx.ModelProto, categories: Iterable[str], producers: Iterable[str] = ()) -> list[str]:
+def strip_output_qdq(
+    model: onnx.ModelProto, categories: Iterable[str], producers: Iterable[str] = ()
+) -> list[str]:
     """Remove the Q/DQ pair on a quantised MatMul/Gemm/Conv output when the value only flows (directly or through
     a bias Add) into float nodes of `categories` (e.g. residual Adds, GELU), so those get it at full precision.
 
@@ -404,8 +436,13 @@ def detach_float_reads(model: onnx.ModelProto, categories: Iterable[str] = FLOAT
     info = GraphInfo(model)
     moved = 0
     for source in list(info.consumers):
-        dqs = [d for q in info.consumers[source] if q.op_type == "QuantizeLinear" and q.input[0] == source
-               for d in info.consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"]
+        dqs = [
+            d
+            for q in info.consumers[source]
+            if q.op_type == "QuantizeLinear" and q.input[0] == source
+            for d in info.consumers.get(q.output[0], [])
+            if d.op_type == "DequantizeLinear"
+        ]
         readers = [(d, r) for d in dqs for r in info.consumers.get(d.output[0], [])]
         floats = [(d, r) for d, r in readers if r.op_type == "Shape" or r.name in protected]
         if not floats or len(floats) == len(readers):  # only where a quantised node keeps a Q/DQ of `source`
@@ -418,8 +455,11 @@ def detach_float_reads(model: onnx.ModelProto, categories: Iterable[str] = FLOAT
     if moved:  # Q/DQ pairs (DedicatedQDQPair) that only fed the float readers go
         for _ in range(2):
             used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-            keep = [n for n in model.graph.node
-                    if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or n.output[0] in used]
+            keep = [
+                n
+                for n in model.graph.node
+                if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or n.output[0] in used
+            ]
             del model.graph.node[:]
             model.graph.node.extend(keep)
     return moved

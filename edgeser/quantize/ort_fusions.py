@@ -95,15 +95,23 @@ def _width(graph: _Graph, tensor: str) -> int | None:
     """The last dimension of a projection's output: `x @ W` or `x @ W + b` with constant W."""
     node = graph.producer.get(tensor)
     if node is not None and node.op_type == "Add":
-        node = next((p for p in (graph.producer.get(i) for i in node.input) if p is not None and p.op_type == "MatMul"), None)
+        node = next(
+            (
+                p
+                for p in (graph.producer.get(i) for i in node.input)
+                if p is not None and p.op_type == "MatMul"
+            ),
+            None,
+        )
     if node is None or node.op_type != "MatMul":
         return None
     weight = graph.initializers.get(node.input[1])
     return int(weight.dims[-1]) if weight is not None and len(weight.dims) == 2 else None
 
 
-def _split_heads(graph: _Graph, tensor: str, perm: list[int]
-                 ) -> tuple[onnx.NodeProto, onnx.NodeProto, tuple[int, int]] | None:
+def _split_heads(
+    graph: _Graph, tensor: str, perm: list[int]
+) -> tuple[onnx.NodeProto, onnx.NodeProto, tuple[int, int]] | None:
     """The Transpose(perm) of a Reshape to [B, T, N, H] producing `tensor`, each read only there."""
     transpose = graph.producer.get(tensor)
     if _perm(transpose) != perm or transpose is None or graph.only_consumer(transpose.output[0]) is None:
@@ -155,15 +163,22 @@ def _match(graph: _Graph, softmax: onnx.NodeProto) -> _Attention | None:
     scores, mask = softmax.input[0], ""
     node = graph.producer.get(scores)
     if node is not None and node.op_type == "Add" and graph.only_consumer(node.output[0]) is softmax:
-        path = [(i, p) for i, p in ((i, graph.producer.get(node.input[i])) for i in (0, 1))
-                if p is not None and _leads_to_matmul(graph, p)]
+        path = [
+            (i, p)
+            for i, p in ((i, graph.producer.get(node.input[i])) for i in (0, 1))
+            if p is not None and _leads_to_matmul(graph, p)
+        ]
         if len(path) != 1 or graph.const(node.input[1 - path[0][0]]) is not None:
             return None
         mask = node.input[1 - path[0][0]]
         removed.append(node)
         node = path[0][1]
     scale = 1.0
-    if node is not None and node.op_type in ("Mul", "Div") and graph.only_consumer(node.output[0]) is not None:
+    if (
+        node is not None
+        and node.op_type in ("Mul", "Div")
+        and graph.only_consumer(node.output[0]) is not None
+    ):
         found = _scalar(graph, node)
         if found is None or (node.op_type == "Div" and found[0] != node.input[0]):
             return None
@@ -189,12 +204,31 @@ def _match(graph: _Graph, softmax: onnx.NodeProto) -> _Attention | None:
     if q is None or k is None or v is None or len({q[2], k[2], v[2]}) != 1:
         return None
     removed += [qk, av, merge, out, *q[:2], *k[:2], *v[:2]]
-    return {"inputs": [q[1].input[0], k[1].input[0], v[1].input[0]], "mask": mask, "scale": scale,
-            "heads": q[2][0], "width": q[2][0] * q[2][1], "output": out.output[0], "removed": removed,
-            "at": out}
+    return {
+        "inputs": [q[1].input[0], k[1].input[0], v[1].input[0]],
+        "mask": mask,
+        "scale": scale,
+        "heads": q[2][0],
+        "width": q[2][0] * q[2][1],
+        "output": out.output[0],
+        "removed": removed,
+        "at": out,
+    }
 
 
-_SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Mul", "Div", "Add", "Sub"}
+_SHAPE_OPS = {
+    "Shape",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Cast",
+    "Slice",
+    "Mul",
+    "Div",
+    "Add",
+    "Sub",
+}
 
 
 def _shape_only(graph: _Graph, node: onnx.NodeProto, target: onnx.NodeProto) -> bool:
@@ -253,24 +287,37 @@ def fuse_attention(model: onnx.ModelProto) -> list[str]:
         if all(b is not None for b in biases):
             inputs = [b[0] for b in biases if b is not None]
             bias_name = f"{found['at'].name}/mha_bias"
-            model.graph.initializer.append(numpy_helper.from_array(
-                np.concatenate([b[1] for b in biases if b is not None]).astype(np.float32), bias_name))
+            model.graph.initializer.append(
+                numpy_helper.from_array(
+                    np.concatenate([b[1] for b in biases if b is not None]).astype(np.float32), bias_name
+                )
+            )
             drop |= {id(b[2]) for b in biases if b is not None}
         scope = found["at"].name.rsplit("/", 1)[0]
         new: list[onnx.NodeProto] = []
         mask = found["mask"]
         if mask and mask not in expanded:
             expanded[mask] = _expand_mask(model, mask, inputs[0], f"{scope}/mask", new)
-        node = helper.make_node("MultiHeadAttention", [*inputs, bias_name, "", expanded.get(mask, "")],
-                                [found["output"]], name=f"{scope}/MultiHeadAttention", domain=MS_DOMAIN,
-                                num_heads=found["heads"], scale=found["scale"])
+        node = helper.make_node(
+            "MultiHeadAttention",
+            [*inputs, bias_name, "", expanded.get(mask, "")],
+            [found["output"]],
+            name=f"{scope}/MultiHeadAttention",
+            domain=MS_DOMAIN,
+            num_heads=found["heads"],
+            scale=found["scale"],
+        )
         while node.input and not node.input[-1]:
             node.input.pop()
         drop |= {id(n) for n in found["removed"]}
         replace[id(found["at"])] = [*new, node]
         made.append(node.name)
-    rebuilt = [new for n in model.graph.node if id(n) not in drop or id(n) in replace
-               for new in replace.get(id(n), [n])]
+    rebuilt = [
+        new
+        for n in model.graph.node
+        if id(n) not in drop or id(n) in replace
+        for new in replace.get(id(n), [n])
+    ]
     del model.graph.node[:]
     model.graph.node.extend(rebuilt)
     remove_dead_nodes(model)
@@ -285,9 +332,11 @@ def _expand_mask(model: onnx.ModelProto, mask: str, query: str, base: str, new: 
     ones = f"{base}/ones"
     model.graph.initializer.append(numpy_helper.from_array(np.array([1, 1], np.int64), ones))
     length, target, out = f"{base}/length", f"{base}/target", f"{base}/expanded"
-    new += [helper.make_node("Shape", [query], [length], name=f"{base}/Shape", start=1, end=2),
-            helper.make_node("Concat", [ones, length, f"{ones}_last"], [target], name=f"{base}/Concat", axis=0),
-            helper.make_node("Expand", [mask, target], [out], name=f"{base}/Expand")]
+    new += [
+        helper.make_node("Shape", [query], [length], name=f"{base}/Shape", start=1, end=2),
+        helper.make_node("Concat", [ones, length, f"{ones}_last"], [target], name=f"{base}/Concat", axis=0),
+        helper.make_node("Expand", [mask, target], [out], name=f"{base}/Expand"),
+    ]
     model.graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), f"{ones}_last"))
     return out
 

@@ -31,6 +31,7 @@ class RangeSettings(Protocol):
 
     def signature(self) -> str: ...
 
+
 METHODS = CALIBRATION_METHODS
 # Items per collect_data call (one shape per call). Histogram calibrators hold every calibrated tensor of the
 # items of a call: HuBERT-large peaks near 10 GB of RAM at 8 items, so they get 2.
@@ -40,8 +41,11 @@ CALIBRATION_CHUNK: dict[CalibrationMethod, int] = {"minmax": 8, "percentile": 2,
 def calibration_method(name: CalibrationMethod) -> Any:
     from onnxruntime.quantization import CalibrationMethod
 
-    table = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-             "entropy": CalibrationMethod.Entropy}
+    table = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }
     if name not in table:
         raise BundleError(f"unknown calibration method {name!r}; choose {', '.join(METHODS)}")
     return table[name]
@@ -74,20 +78,36 @@ def robust_collector(calibrator: Any) -> None:
                 if high - low > 4 * self.num_bins * float(np.spacing(np.float32(high))):
                     rest[tensor] = data
                     continue
-                hist, edges = np.histogram(magnitudes, bins=self.num_bins, range=(0.0, high if high > 0 else 1.0))
-                self.histogram_dict[tensor] = (hist, edges.astype(magnitudes.dtype), np.nanmin(values),
-                                               np.nanmax(values))
+                hist, edges = np.histogram(
+                    magnitudes, bins=self.num_bins, range=(0.0, high if high > 0 else 1.0)
+                )
+                self.histogram_dict[tensor] = (
+                    hist,
+                    edges.astype(magnitudes.dtype),
+                    np.nanmin(values),
+                    np.nanmax(values),
+                )
             if rest:
                 super().collect_absolute_value(rest)
 
     calibrator.collector = RobustHistogramCollector(
-        method=calibrator.method, symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
-        num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,
-        scenario=calibrator.scenario)
+        method=calibrator.method,
+        symmetric=calibrator.symmetric,
+        num_bins=calibrator.num_bins,
+        num_quantized_bins=calibrator.num_quantized_bins,
+        percentile=calibrator.percentile,
+        scenario=calibrator.scenario,
+    )
 
 
-def activation_ranges(prepared: Path, stage: str, cache: CalibrationCache, options: RangeSettings,
-                      workdir: Path, variant: str = "") -> Path:
+def activation_ranges(
+    prepared: Path,
+    stage: str,
+    cache: CalibrationCache,
+    options: RangeSettings,
+    workdir: Path,
+    variant: str = "",
+) -> Path:
     """Activation ranges of `stage` from the cached calibration inputs, computed once per method and cached;
     `variant` names a rewritten graph (SmoothQuant scales) whose ranges differ from the plain one's."""
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
@@ -99,8 +119,11 @@ def activation_ranges(prepared: Path, stage: str, cache: CalibrationCache, optio
         return target
     extra = {"percentile": options.percentile} if options.method == "percentile" else {}
     calibrator = create_calibrator(
-        prepared, list(options.op_types), augmented_model_path=str(workdir / f"{stage}.augmented.onnx"),
-        calibrate_method=calibration_method(options.method), extra_options=extra,
+        prepared,
+        list(options.op_types),
+        augmented_model_path=str(workdir / f"{stage}.augmented.onnx"),
+        calibrate_method=calibration_method(options.method),
+        extra_options=extra,
     )
     robust_collector(calibrator)
     inputs = [i.name for i in onnx.load(str(prepared), load_external_data=False).graph.input]

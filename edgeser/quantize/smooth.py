@@ -47,7 +47,9 @@ def smoothable(model: onnx.ModelProto, quantised: Iterable[str]) -> dict[str, li
     return groups
 
 
-def channel_maxima(path: Path, tensors: list[str], feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def channel_maxima(
+    path: Path, tensors: list[str], feeds: Iterable[Mapping[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
     """max |x| per last-axis channel of each tensor over the feeds (the float graph, no optimisation)."""
     import onnxruntime as ort
 
@@ -75,8 +77,13 @@ def migration_scales(x_max: np.ndarray, weights: list[np.ndarray], alpha: float)
     return np.where(good, scales, 1.0).astype(np.float32)
 
 
-def smooth_graph(source: Path, target: Path, quantised: Iterable[str],
-                 feeds: Iterable[Mapping[str, np.ndarray]], alpha: float = 0.5) -> list[str]:
+def smooth_graph(
+    source: Path,
+    target: Path,
+    quantised: Iterable[str],
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    alpha: float = 0.5,
+) -> list[str]:
     """Write `source` with scales migrated into the weights of its smoothable MatMuls; returns those MatMuls."""
     model = onnx.load(str(source))
     groups = smoothable(model, quantised)
@@ -96,13 +103,19 @@ def smooth_graph(source: Path, target: Path, quantised: Iterable[str],
         scales = migration_scales(x_max, arrays, alpha)
         first = min(nodes, key=lambda n: order[n.name])
         scope = first.name.rsplit("/", 1)[0]
-        mul_name, inverse, smoothed_x = f"{scope}/smooth/Mul", f"{tensor}.smooth_inverse", f"{tensor}.smoothed"
+        mul_name, inverse, smoothed_x = (
+            f"{scope}/smooth/Mul",
+            f"{tensor}.smooth_inverse",
+            f"{tensor}.smoothed",
+        )
         model.graph.initializer.append(numpy_helper.from_array((1.0 / scales).astype(np.float32), inverse))
-        inserts.append((order[first.name], onnx.helper.make_node("Mul", [tensor, inverse], [smoothed_x],
-                                                                 name=mul_name)))
+        inserts.append(
+            (order[first.name], onnx.helper.make_node("Mul", [tensor, inverse], [smoothed_x], name=mul_name))
+        )
         for node, array in zip(nodes, arrays):
-            weights[node.input[1]].CopyFrom(numpy_helper.from_array(
-                (array * scales[:, None]).astype(array.dtype), node.input[1]))
+            weights[node.input[1]].CopyFrom(
+                numpy_helper.from_array((array * scales[:, None]).astype(array.dtype), node.input[1])
+            )
             node.input[0] = smoothed_x
             smoothed.append(node.name)
     nodes_out = list(model.graph.node)

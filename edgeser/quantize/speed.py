@@ -49,8 +49,10 @@ class SpeedCheck:
         return {**asdict(self), "speedup": round(self.speedup, 3), "kept": "int8" if self.pays else "fp32"}
 
     def reason(self, cpu_class: str) -> str:
-        return (f"int8 slower than fp32 on this {cpu_class} CPU: {self.int8_ms:.1f} vs {self.fp32_ms:.1f} ms "
-                f"({self.input}, {self.threads} threads)")
+        return (
+            f"int8 slower than fp32 on this {cpu_class} CPU: {self.int8_ms:.1f} vs {self.fp32_ms:.1f} ms "
+            f"({self.input}, {self.threads} threads)"
+        )
 
 
 def timing_feeds(cache: Any, stage: str, input_names: list[str]) -> tuple[str, dict[str, np.ndarray]]:
@@ -68,21 +70,31 @@ def timing_feeds(cache: Any, stage: str, input_names: list[str]) -> tuple[str, d
 Timer = Callable[[Path, Path, dict[str, np.ndarray], int, int], tuple[float, float]]
 
 
-def interleaved_medians(fp32: Path, int8: Path, feeds: dict[str, np.ndarray], threads: int, rounds: int
-                        ) -> tuple[float, float]:
+def interleaved_medians(
+    fp32: Path, int8: Path, feeds: dict[str, np.ndarray], threads: int, rounds: int
+) -> tuple[float, float]:
     """Median ms of the fp32 and INT8 sessions, one run of each per round, order alternating."""
     from edgeser.runtime.sessions import make_session
 
     sessions = {"fp32": make_session(fp32, None, threads), "int8": make_session(int8, None, threads)}
     names = {key: {i.name for i in s.get_inputs()} for key, s in sessions.items()}
-    runs = {key: lambda s=s, n=names[key]: s.run(None, {k: v for k, v in feeds.items() if k in n})
-            for key, s in sessions.items()}
+    runs = {
+        key: lambda s=s, n=names[key]: s.run(None, {k: v for k, v in feeds.items() if k in n})
+        for key, s in sessions.items()
+    }
     times = interleaved_times(runs, rounds, SPEED_WARMUP)
     return float(np.median(times["fp32"])), float(np.median(times["int8"]))
 
 
-def check_speed(cache: Any, stage: str, fp32: Path, int8: Path, threads: int | None = None,
-                rounds: int = SPEED_ROUNDS, timer: Timer | None = None) -> SpeedCheck:
+def check_speed(
+    cache: Any,
+    stage: str,
+    fp32: Path,
+    int8: Path,
+    threads: int | None = None,
+    rounds: int = SPEED_ROUNDS,
+    timer: Timer | None = None,
+) -> SpeedCheck:
     """Time `stage`'s fp32 and INT8 graphs on this CPU (see the module docstring)."""
     import onnx
 
@@ -108,6 +120,8 @@ def cpu_class_notes(manifest: Any, machine: dict[str, Any]) -> list[str]:
     for precision, settings in manifest.extra.get("quantization", {}).items():
         measured = settings.get("measured_on") or {}
         if measured.get("cpu_class") and measured["cpu_class"] != machine.get("cpu_class"):
-            notes.append(f"{precision} was quantised on a {measured['cpu_class']} CPU ({measured.get('cpu')}); "
-                         f"this machine is {machine.get('cpu_class')}: which stages pay in INT8 may differ here")
+            notes.append(
+                f"{precision} was quantised on a {measured['cpu_class']} CPU ({measured.get('cpu')}); "
+                f"this machine is {machine.get('cpu_class')}: which stages pay in INT8 may differ here"
+            )
     return notes

@@ -67,10 +67,14 @@ class Int8Options:
     symmetric_activations: bool = False
     dedicated_qdq: bool = False
     quantize_bias: bool = True
-    target: QuantTarget = "cpu"  # cpu (onnxruntime) or tensorrt: what the graph is made for, recorded in its settings
+    target: QuantTarget = (
+        "cpu"  # cpu (onnxruntime) or tensorrt: what the graph is made for, recorded in its settings
+    )
     percentile: float = 99.999
     matmul_weights_only: bool = False  # True: leave activation x activation MatMuls (attention) in float
-    quantize_outputs: bool = True  # False: Q/DQ only on node inputs (outputs stay float until the next consumer)
+    quantize_outputs: bool = (
+        True  # False: Q/DQ only on node inputs (outputs stay float until the next consumer)
+    )
     # Float nodes whose inputs must arrive unquantised: the Q/DQ onnxruntime puts on a quantised MatMul's output
     # is removed where that output only feeds these (through a bias Add at most). See graph.strip_output_qdq.
     # Measured: all-MiniLM-L6 token-feature cosine 0.89 -> 0.97 (residual) -> 0.973 (+ GELU); HuBERT-large
@@ -103,11 +107,18 @@ class Int8Options:
     def tensorrt(cls, **changes: Any) -> Int8Options:
         """The settings of graphs TensorRT builds (explicit quantisation, strongly typed): signed symmetric
         activations, symmetric per-channel weights on the output-channel axis, float biases, dedicated Q/DQ."""
-        base = {"activation_type": "QInt8", "weight_type": "QInt8", "symmetric_activations": True,
-                "dedicated_qdq": True, "quantize_bias": False, "per_channel": True, "target": "tensorrt",
-                "speed_gate": False,  # a GPU graph: this CPU's INT8 speed says nothing about it
-                "fuse_attention": False,  # com.microsoft ops: TensorRT's parser does not know them
-                "exclude": TENSORRT_CATEGORIES}
+        base = {
+            "activation_type": "QInt8",
+            "weight_type": "QInt8",
+            "symmetric_activations": True,
+            "dedicated_qdq": True,
+            "quantize_bias": False,
+            "per_channel": True,
+            "target": "tensorrt",
+            "speed_gate": False,  # a GPU graph: this CPU's INT8 speed says nothing about it
+            "fuse_attention": False,  # com.microsoft ops: TensorRT's parser does not know them
+            "exclude": TENSORRT_CATEGORIES,
+        }
         return cls(**{**base, **changes})
 
     def signature(self) -> str:
@@ -133,7 +144,9 @@ class StageReport:
     speed: dict[str, Any] = field(default_factory=dict)  # fp32 vs int8 ms on this CPU (SpeedCheck.to_dict)
     fused: dict[str, list[str]] = field(default_factory=dict)  # merged MatMul -> the projections it replaced
     smoothed: list[str] = field(default_factory=list)  # MatMuls given SmoothQuant scales (smooth.py)
-    qdq: dict[str, int] = field(default_factory=dict)  # int8-trt-fp16: Q/DQ nodes, those in FP16, subnormal scales
+    qdq: dict[str, int] = field(
+        default_factory=dict
+    )  # int8-trt-fp16: Q/DQ nodes, those in FP16, subnormal scales
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -150,7 +163,9 @@ def manifest_lock(bundle: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def add_precision(bundle: Path, precision: str, files: dict[str, StageFile], settings: dict[str, Any]) -> None:
+def add_precision(
+    bundle: Path, precision: str, files: dict[str, StageFile], settings: dict[str, Any]
+) -> None:
     """List a written variant in bundle.json: its stage files under `precisions`, settings under
     `extra["quantization"][precision]` (one atomic manifest write)."""
     with manifest_lock(bundle):
@@ -213,7 +228,10 @@ def preprocess(source: Path, target: Path) -> str:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source, target = source.resolve(), target.resolve()
-    for skip_symbolic, label in ((False, "quant_pre_process"), (True, "quant_pre_process (no symbolic shapes)")):
+    for skip_symbolic, label in (
+        (False, "quant_pre_process"),
+        (True, "quant_pre_process (no symbolic shapes)"),
+    ):
         try:
             # onnxruntime's symbolic shape inference writes scratch files into the current directory when it
             # gives up: run it inside the private work folder.
@@ -271,12 +289,14 @@ PER_CHANNEL_AXIS = {"Conv": 0, "MatMul": 1}
 
 
 def quantizer_options(options: Int8Options) -> dict[str, Any]:
-    extra: dict[str, Any] = {"MatMulConstBOnly": options.matmul_weights_only,
-                             "QDQOpTypePerChannelSupportToAxis": dict(PER_CHANNEL_AXIS),
-                             "ActivationSymmetric": options.symmetric_activations,
-                             "WeightSymmetric": True,
-                             "DedicatedQDQPair": options.dedicated_qdq,
-                             "QuantizeBias": options.quantize_bias}
+    extra: dict[str, Any] = {
+        "MatMulConstBOnly": options.matmul_weights_only,
+        "QDQOpTypePerChannelSupportToAxis": dict(PER_CHANNEL_AXIS),
+        "ActivationSymmetric": options.symmetric_activations,
+        "WeightSymmetric": True,
+        "DedicatedQDQPair": options.dedicated_qdq,
+        "QuantizeBias": options.quantize_bias,
+    }
     if not options.quantize_outputs:
         extra["OpTypesToExcludeOutputQuantization"] = list(options.op_types)
     return extra
@@ -293,8 +313,14 @@ def prepared_graph(fp32: Path, stage: str, workdir: Path) -> tuple[Path, str]:
     return prepared, how
 
 
-def rewrite_for_quantisation(model: onnx.ModelProto, prepared: Path, reasons: dict[str, str], ranges: Path,
-                             options: Int8Options, stem: Path) -> tuple[Path, dict[str, list[str]], dict[str, str], Path]:
+def rewrite_for_quantisation(
+    model: onnx.ModelProto,
+    prepared: Path,
+    reasons: dict[str, str],
+    ranges: Path,
+    options: Int8Options,
+    stem: Path,
+) -> tuple[Path, dict[str, list[str]], dict[str, str], Path]:
     """Apply the float-exact rewrites of fuse.py to `model` (in place) where `options` ask for them.
 
     Returns the graph to quantise (`prepared` when nothing changed, else `<stem>.rewritten.onnx`), the merged
@@ -302,7 +328,11 @@ def rewrite_for_quantisation(model: onnx.ModelProto, prepared: Path, reasons: di
     """
     before = {node.name: node.output[0] for node in model.graph.node}
     attention = fuse_attention(model) if options.fuse_attention else []
-    merged = fuse_parallel_matmuls(model, skip=reasons) if options.fuse_projections and "MatMul" in options.op_types else {}
+    merged = (
+        fuse_parallel_matmuls(model, skip=reasons)
+        if options.fuse_projections and "MatMul" in options.op_types
+        else {}
+    )
     first = next((name for name, why in reasons.items() if why == "first-conv"), None)
     framed = frame_first_conv(model, first) if options.frame_first_conv and first is not None else None
     if framed is not None:
@@ -316,8 +346,15 @@ def rewrite_for_quantisation(model: onnx.ModelProto, prepared: Path, reasons: di
     return source, merged, reasons, ranges
 
 
-def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options: Int8Options, workdir: Path,
-                          float_nodes: tuple[str, ...] = ()) -> StageReport:
+def quantize_stage_static(
+    stage: str,
+    fp32: Path,
+    out: Path,
+    cache: Any,
+    options: Int8Options,
+    workdir: Path,
+    float_nodes: tuple[str, ...] = (),
+) -> StageReport:
     """Static QDQ INT8 of one stage graph; `float_nodes` stay float on top of the exclusions."""
     from onnxruntime.quantization import QuantFormat, quantize_static
 
@@ -325,27 +362,40 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
     model = onnx.load(str(prepared))
     exclusions: Exclusions = resolve_exclusions(model, options.exclude, options.min_width)
     extra = tuple(float_nodes) + tuple(options.float_nodes.get(stage, ()))
-    reasons = exclusions.reasons | {n: "accuracy-controlled: kept float" for n in extra if n not in exclusions.reasons}
+    reasons = exclusions.reasons | {
+        n: "accuracy-controlled: kept float" for n in extra if n not in exclusions.reasons
+    }
     smoothed: list[str] = []
     if options.smooth_alpha:
         prepared, smoothed = smoothed_graph(prepared, stage, cache, options, workdir, reasons)
         if smoothed:
             model = onnx.load(str(prepared))
-    variant = f"-sq{options.smooth_alpha:g}-{hashlib.sha256(' '.join(smoothed).encode()).hexdigest()[:8]}" \
-        if smoothed else ""
+    variant = (
+        f"-sq{options.smooth_alpha:g}-{hashlib.sha256(' '.join(smoothed).encode()).hexdigest()[:8]}"
+        if smoothed
+        else ""
+    )
     cached_ranges = activation_ranges(prepared, stage, cache, options, workdir, variant)
     effective = Exclusions(reasons).effective(model, options.op_types)
     quantisable = len(quantisable_nodes(model, options.op_types))
-    source, merged, reasons, ranges = rewrite_for_quantisation(model, prepared, reasons, cached_ranges, options,
-                                                               workdir / out.stem)
+    source, merged, reasons, ranges = rewrite_for_quantisation(
+        model, prepared, reasons, cached_ranges, options, workdir / out.stem
+    )
     del model
     with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress to stdout
         quantize_static(
-            str(source), str(out), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(options.op_types), per_channel=options.per_channel,
-            activation_type=quant_type(options.activation_type), weight_type=quant_type(options.weight_type),
-            nodes_to_exclude=list(reasons), calibrate_method=calibration_method(options.method),
-            calibration_cache_path=str(ranges), extra_options=quantizer_options(options),
+            str(source),
+            str(out),
+            calibration_data_reader=None,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(options.op_types),
+            per_channel=options.per_channel,
+            activation_type=quant_type(options.activation_type),
+            weight_type=quant_type(options.weight_type),
+            nodes_to_exclude=list(reasons),
+            calibrate_method=calibration_method(options.method),
+            calibration_cache_path=str(ranges),
+            extra_options=quantizer_options(options),
         )
     for scratch in {source, ranges} - {prepared, cached_ranges}:
         scratch.unlink()
@@ -359,12 +409,21 @@ def quantize_stage_static(stage: str, fp32: Path, out: Path, cache: Any, options
     if quantisable == len(effective):
         shutil.copyfile(fp32, out)  # nothing left to quantise: the float graph, not a re-optimised copy
         return StageReport("fp32", 0, effective, op_counts(out), how)
-    return StageReport("int8", quantisable - len(effective), effective, op_counts(out), how,
-                       float_outputs=len(stripped), fused=dict(merged), smoothed=smoothed)
+    return StageReport(
+        "int8",
+        quantisable - len(effective),
+        effective,
+        op_counts(out),
+        how,
+        float_outputs=len(stripped),
+        fused=dict(merged),
+        smoothed=smoothed,
+    )
 
 
-def smoothed_graph(prepared: Path, stage: str, cache: Any, options: Int8Options, workdir: Path,
-                   reasons: dict[str, str]) -> tuple[Path, list[str]]:
+def smoothed_graph(
+    prepared: Path, stage: str, cache: Any, options: Int8Options, workdir: Path, reasons: dict[str, str]
+) -> tuple[Path, list[str]]:
     """`prepared` with SmoothQuant scales migrated into the weights of the MatMuls that will be quantised."""
     from edgeser.quantize.smooth import smooth_graph, stage_feeds
 
@@ -372,18 +431,23 @@ def smoothed_graph(prepared: Path, stage: str, cache: Any, options: Int8Options,
     quantised = [n for n in quantisable_nodes(model, options.op_types) if n not in reasons]
     inputs = [i.name for i in model.graph.input]
     target = workdir / f"{stage}.smoothed.onnx"
-    smoothed = smooth_graph(prepared, target, quantised, stage_feeds(cache, stage, inputs),
-                            float(options.smooth_alpha or 0))
+    smoothed = smooth_graph(
+        prepared, target, quantised, stage_feeds(cache, stage, inputs), float(options.smooth_alpha or 0)
+    )
     return (target, smoothed) if smoothed else (prepared, [])
 
 
-def static_stage_writer(cache: Any, options: Int8Options, workdir: Path) -> Callable[[str, Path, Path], StageReport]:
+def static_stage_writer(
+    cache: Any, options: Int8Options, workdir: Path
+) -> Callable[[str, Path, Path], StageReport]:
     """A `write_stage` for static QDQ INT8 (per-channel weights, ranges from the calibration cache)."""
 
     def write(stage: str, fp32: Path, out: Path) -> StageReport:
         if options.stages is not None and stage not in options.stages:
             shutil.copyfile(fp32, out)
-            return StageReport("fp32", float_nodes={"*": "whole stage kept in float"}, op_counts=op_counts(out))
+            return StageReport(
+                "fp32", float_nodes={"*": "whole stage kept in float"}, op_counts=op_counts(out)
+            )
         report = quantize_stage_static(stage, fp32, out, cache, options, workdir)
         if options.speed_gate and report.precision == "int8":
             report = keep_if_faster(report, stage, fp32, out, cache, options)
@@ -392,8 +456,9 @@ def static_stage_writer(cache: Any, options: Int8Options, workdir: Path) -> Call
     return write
 
 
-def keep_if_faster(report: StageReport, stage: str, fp32: Path, out: Path, cache: Any, options: Int8Options
-                   ) -> StageReport:
+def keep_if_faster(
+    report: StageReport, stage: str, fp32: Path, out: Path, cache: Any, options: Int8Options
+) -> StageReport:
     """Time the written INT8 graph against fp32 on this CPU; where INT8 is slower, `out` becomes the fp32 graph."""
     from edgeser.machine import cpu_info
     from edgeser.quantize.speed import check_speed
@@ -403,12 +468,19 @@ def keep_if_faster(report: StageReport, stage: str, fp32: Path, out: Path, cache
     if check.pays:
         return report
     shutil.copyfile(fp32, out)
-    return StageReport("fp32", 0, {"*": check.reason(cpu_info()["cpu_class"])}, op_counts(out), report.preprocess,
-                       speed=report.speed)
+    return StageReport(
+        "fp32",
+        0,
+        {"*": check.reason(cpu_info()["cpu_class"])},
+        op_counts(out),
+        report.preprocess,
+        speed=report.speed,
+    )
 
 
-def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: str = "int8",
-                  progress: Progress = STDERR) -> dict[str, StageReport]:
+def quantize_int8(
+    bundle: Path, options: Int8Options | None = None, precision: str = "int8", progress: Progress = STDERR
+) -> dict[str, StageReport]:
     """Static QDQ INT8 of every stage from the bundle's calibration cache; writes `bundle/int8/`."""
     from edgeser.calibrate import read_calibration
 
@@ -434,13 +506,22 @@ def quantize_int8(bundle: Path, options: Int8Options | None = None, precision: s
                                                        "ids_sha", "labels", "buckets_s", "groups", "ids")},
     }  # fmt: skip
     with staging_dir(bundle, "quantize") as tmp:
-        return write_variant(bundle, precision, static_stage_writer(cache, options, tmp), settings,
-                             f"int8 ({options.method})", progress)
+        return write_variant(
+            bundle,
+            precision,
+            static_stage_writer(cache, options, tmp),
+            settings,
+            f"int8 ({options.method})",
+            progress,
+        )
 
 
-def quantize_int8_tensorrt(bundle: Path, options: Int8Options | None = None, progress: Progress = STDERR
-                           ) -> dict[str, StageReport]:
+def quantize_int8_tensorrt(
+    bundle: Path, options: Int8Options | None = None, progress: Progress = STDERR
+) -> dict[str, StageReport]:
     """Static INT8 for TensorRT (`Int8Options.tensorrt()`: signed symmetric activations with zero point 0,
     symmetric per-channel weights on the output-channel axis, constant scales, float biases, dedicated Q/DQ);
     writes `bundle/int8-trt/`. It runs in onnxruntime too, so `edgeser check` measures its accuracy on CPU."""
-    return quantize_int8(bundle, options or Int8Options.tensorrt(), precision=TENSORRT_PRECISION, progress=progress)
+    return quantize_int8(
+        bundle, options or Int8Options.tensorrt(), precision=TENSORRT_PRECISION, progress=progress
+    )

@@ -28,8 +28,20 @@ if TYPE_CHECKING:
     from edgeser.bundle import Precision
 
 # One result row per clip; `error` is set (and the prediction columns null) where the clip failed.
-COLUMNS = ("index", "id", "path", "label", "confidence", "probabilities", "logits", "transcript", "duration_s",
-           "error", "reference_label", "reference_transcript")
+COLUMNS = (
+    "index",
+    "id",
+    "path",
+    "label",
+    "confidence",
+    "probabilities",
+    "logits",
+    "transcript",
+    "duration_s",
+    "error",
+    "reference_label",
+    "reference_transcript",
+)
 LABELS_KEY = b"edgeser.labels"
 
 
@@ -51,18 +63,31 @@ def _ray() -> Any:
 
 def result_schema() -> Any:
     pa = _pyarrow()
-    return pa.schema([("index", pa.int64()), ("id", pa.string()), ("path", pa.string()), ("label", pa.string()),
-                      ("confidence", pa.float64()), ("probabilities", pa.list_(pa.float64())),
-                      ("logits", pa.list_(pa.float64())), ("transcript", pa.string()), ("duration_s", pa.float64()),
-                      ("error", pa.string()), ("reference_label", pa.string()),
-                      ("reference_transcript", pa.string())])
+    return pa.schema(
+        [
+            ("index", pa.int64()),
+            ("id", pa.string()),
+            ("path", pa.string()),
+            ("label", pa.string()),
+            ("confidence", pa.float64()),
+            ("probabilities", pa.list_(pa.float64())),
+            ("logits", pa.list_(pa.float64())),
+            ("transcript", pa.string()),
+            ("duration_s", pa.float64()),
+            ("error", pa.string()),
+            ("reference_label", pa.string()),
+            ("reference_transcript", pa.string()),
+        ]
+    )
 
 
 @dataclass(frozen=True)
 class RayOptions:
     """Where and how to run: the cluster, the actor pool, each actor's resources, batching and order."""
 
-    address: str | None = None  # None or "local": a local Ray instance; "auto" or "ray://host:port": a cluster
+    address: str | None = (
+        None  # None or "local": a local Ray instance; "auto" or "ray://host:port": a cluster
+    )
     workers: int = 2  # actors in the pool (one Pipeline each)
     cpus_per_worker: float = 1.0  # also the onnxruntime threads of each actor
     gpus_per_worker: float = 0.0  # > 0: the actor's Pipeline uses the CUDA execution provider
@@ -122,8 +147,13 @@ class ClipScorer:
             outcomes = self.pipe.batch([(wave, SAMPLE_RATE) for wave in clips], batch_size=len(clips))
             return [o if isinstance(o, Prediction) else f"{o.source}: {o.error}" for o in outcomes]
 
-        done, failed = isolated(waves, lambda wave: self.pipe((wave, SAMPLE_RATE)), clip_error, together=together,
-                                errors=(Exception,))
+        done, failed = isolated(
+            waves,
+            lambda wave: self.pipe((wave, SAMPLE_RATE)),
+            clip_error,
+            together=together,
+            errors=(Exception,),
+        )
         return {**done, **failed}
 
 
@@ -160,14 +190,35 @@ def index_rows(spec: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from edgeser.data import load_corpus
 
     corpus = load_corpus(spec)
-    rows = [{"index": i, "id": u.id, "path": str(u.path), "duration_s": float(u.duration),
-             "reference_label": u.label, "reference_transcript": u.transcript or ""}
-            for i, u in enumerate(corpus.utterances)]
+    rows = [
+        {
+            "index": i,
+            "id": u.id,
+            "path": str(u.path),
+            "duration_s": float(u.duration),
+            "reference_label": u.label,
+            "reference_transcript": u.transcript or "",
+        }
+        for i, u in enumerate(corpus.utterances)
+    ]
     bad = [p for p in corpus.problems if p.severity == "bad"]
-    errors = [{"index": len(rows) + k, "id": p.path, "path": p.path, "label": None, "confidence": None,
-               "probabilities": None, "logits": None, "transcript": None, "duration_s": 0.0,
-               "error": f"{p.path}: {p.reason}", "reference_label": None, "reference_transcript": None}
-              for k, p in enumerate(bad)]
+    errors = [
+        {
+            "index": len(rows) + k,
+            "id": p.path,
+            "path": p.path,
+            "label": None,
+            "confidence": None,
+            "probabilities": None,
+            "logits": None,
+            "transcript": None,
+            "duration_s": 0.0,
+            "error": f"{p.path}: {p.reason}",
+            "reference_label": None,
+            "reference_transcript": None,
+        }
+        for k, p in enumerate(bad)
+    ]
     return rows, errors
 
 
@@ -180,16 +231,26 @@ def connect(options: RayOptions) -> Any:
     import edgeser
 
     # Workers score bundles: the shipped checkpoints and demo clips (edgeser/shipped/, ~39 MB) stay behind.
-    runtime_env = {"py_modules": [str(Path(edgeser.__file__).parent)], "excludes": ["shipped/", "__pycache__/"]} \
-        if options.ship_code else None
+    runtime_env = (
+        {"py_modules": [str(Path(edgeser.__file__).parent)], "excludes": ["shipped/", "__pycache__/"]}
+        if options.ship_code
+        else None
+    )
     try:
         if options.address in (None, "local"):
-            ray.init(num_cpus=options.local_cpus, include_dashboard=False, runtime_env=runtime_env,
-                     log_to_driver=False, configure_logging=False)
+            ray.init(
+                num_cpus=options.local_cpus,
+                include_dashboard=False,
+                runtime_env=runtime_env,
+                log_to_driver=False,
+                configure_logging=False,
+            )
         else:
             ray.init(address=options.address, runtime_env=runtime_env, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise ClusterError(f"Ray at {options.address or 'local'}: {' '.join(str(err).split())[:300]}") from err
+        raise ClusterError(
+            f"Ray at {options.address or 'local'}: {' '.join(str(err).split())[:300]}"
+        ) from err
     quiet(ray)
     return ray
 
@@ -204,8 +265,15 @@ def quiet(ray: Any) -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def score_corpus(bundle: str | Path, spec: str, out: str | Path, options: RayOptions | None = None, *,
-                 precision: str = "fp32", scorer: type[ClipScorer] = ClipScorer) -> ScoreSummary:
+def score_corpus(
+    bundle: str | Path,
+    spec: str,
+    out: str | Path,
+    options: RayOptions | None = None,
+    *,
+    precision: str = "fp32",
+    scorer: type[ClipScorer] = ClipScorer,
+) -> ScoreSummary:
     """Score every clip of the corpus `spec` with the bundle on Ray; write one row per clip to `out` (Parquet)."""
     from edgeser.bundle import validate_bundle
 
@@ -218,24 +286,40 @@ def score_corpus(bundle: str | Path, spec: str, out: str | Path, options: RayOpt
     tables = []
     if rows:
         by_length = sorted(rows, key=lambda r: (r["duration_s"], r["index"]))  # length buckets
-        dataset = ray.data.from_items(by_length, override_num_blocks=max(1, min(len(rows) // options.batch_size,
-                                                                                  4 * options.workers)))
+        dataset = ray.data.from_items(
+            by_length, override_num_blocks=max(1, min(len(rows) // options.batch_size, 4 * options.workers))
+        )
         scored = dataset.map_batches(
-            scorer, batch_size=options.batch_size, batch_format="numpy",
+            scorer,
+            batch_size=options.batch_size,
+            batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=options.workers),
-            fn_constructor_kwargs={"bundle": str(root), "precision": precision,
-                                   "threads": max(1, int(options.cpus_per_worker)),
-                                   "gpu": options.gpus_per_worker > 0},
-            num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker or None)
+            fn_constructor_kwargs={
+                "bundle": str(root),
+                "precision": precision,
+                "threads": max(1, int(options.cpus_per_worker)),
+                "gpu": options.gpus_per_worker > 0,
+            },
+            num_cpus=options.cpus_per_worker,
+            num_gpus=options.gpus_per_worker or None,
+        )
         tables = list(scored.iter_batches(batch_format="pyarrow", batch_size=None))
     table = _finish(tables, error_rows, labels, options.keep_order)
     seconds = time.perf_counter() - started
     write_parquet(table, Path(out))
     errors = [e for e in table.column("error").to_pylist() if e is not None]
     hours = float(sum(r["duration_s"] for r in rows)) / 3600
-    return ScoreSummary(str(out), table.num_rows, len(errors), round(seconds, 3),
-                        round(table.num_rows / seconds, 3) if seconds > 0 else 0.0, round(hours, 4), labels,
-                        options.workers, errors[:5])
+    return ScoreSummary(
+        str(out),
+        table.num_rows,
+        len(errors),
+        round(seconds, 3),
+        round(table.num_rows / seconds, 3) if seconds > 0 else 0.0,
+        round(hours, 4),
+        labels,
+        options.workers,
+        errors[:5],
+    )
 
 
 def _finish(tables: list[Any], error_rows: list[dict[str, Any]], labels: list[str], keep_order: bool) -> Any:

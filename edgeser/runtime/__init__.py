@@ -35,6 +35,26 @@ from edgeser.runtime.results import Failure, Prediction, Segment, Timeline, Utte
 from edgeser.runtime.segment import SegmentOptions
 from edgeser.runtime.vad import SpeechDetector, VadOptions, detect_speech
 
-__all__ = ["BACKENDS", "PRECISIONS", "AudioError", "Backend", "BundleError", "EdgeserError", "Failure", "Listener",
-           "MissingDependencyError", "OptionError", "Pipeline", "Precision", "Prediction", "ProviderError", "Segment",
-           "SegmentOptions", "SpeechDetector", "Timeline", "Utterance", "VadOptions", "detect_speech"]
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "AudioError",
+    "Backend",
+    "BundleError",
+    "EdgeserError",
+    "Failure",
+    "Listener",
+    "MissingDependencyError",
+    "OptionError",
+    "Pipeline",
+    "Precision",
+    "Prediction",
+    "ProviderError",
+    "Segment",
+    "SegmentOptions",
+    "SpeechDetector",
+    "Timeline",
+    "Utterance",
+    "VadOptions",
+    "detect_speech",
+]

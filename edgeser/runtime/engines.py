@@ -25,8 +25,10 @@ from edgeser.files import sha256_of
 ENGINE_DIR = "trt"
 ENGINE_MANIFEST = "manifest.json"
 ENGINE_SCHEMA = 1
-INSTALL_HINT = ("pip install 'edgeser[trt]' --extra-index-url https://pypi.nvidia.com (the tensorrt-cu12 / "
-                "tensorrt-cu13 wheels come from NVIDIA's index; on Jetson use JetPack's python3-libnvinfer)")
+INSTALL_HINT = (
+    "pip install 'edgeser[trt]' --extra-index-url https://pypi.nvidia.com (the tensorrt-cu12 / "
+    "tensorrt-cu13 wheels come from NVIDIA's index; on Jetson use JetPack's python3-libnvinfer)"
+)
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,9 @@ def import_tensorrt() -> Any:
         import tensorrt
     except ImportError as err:
         if getattr(err, "name", None) in ("tensorrt", None) and "tensorrt" in str(err):
-            raise MissingDependencyError("tensorrt", "trt", "building or running TensorRT engines",
-                                         INSTALL_HINT) from err
+            raise MissingDependencyError(
+                "tensorrt", "trt", "building or running TensorRT engines", INSTALL_HINT
+            ) from err
         raise TensorRTUnavailable(f"TensorRT cannot be imported ({err}): {INSTALL_HINT}") from err
     except OSError as err:  # the Python package without its libnvinfer libraries
         raise TensorRTUnavailable(f"TensorRT's libraries cannot be loaded ({err}): {INSTALL_HINT}") from err
@@ -84,8 +87,9 @@ def import_cudart() -> Any:
         try:
             from cuda import cudart as runtime
         except ImportError as err:
-            raise MissingDependencyError("cuda-python", "trt",
-                                         "building or running TensorRT engines (their device buffers)") from err
+            raise MissingDependencyError(
+                "cuda-python", "trt", "building or running TensorRT engines (their device buffers)"
+            ) from err
     return runtime
 
 
@@ -107,12 +111,16 @@ def current_identity(device: int = 0) -> DeviceIdentity:
     try:
         count = cuda_call(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
     except TensorRTUnavailable as err:
-        raise TensorRTUnavailable(f"no CUDA GPU visible ({err}); TensorRT engines need an NVIDIA GPU") from None
+        raise TensorRTUnavailable(
+            f"no CUDA GPU visible ({err}); TensorRT engines need an NVIDIA GPU"
+        ) from None
     if not count or device >= int(count):
         raise TensorRTUnavailable(f"no CUDA GPU {device} visible ({count or 0} found)")
     props = cuda_call(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return DeviceIdentity(name.strip("\x00 ").strip(), (int(props.major), int(props.minor)), str(trt.__version__))
+    return DeviceIdentity(
+        name.strip("\x00 ").strip(), (int(props.major), int(props.minor)), str(trt.__version__)
+    )
 
 
 def engine_dir(bundle: Path, identity: DeviceIdentity, precision: str) -> Path:
@@ -128,8 +136,10 @@ def read_engine_manifest(folder: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EngineError(f"{folder}: no {ENGINE_MANIFEST}; an incomplete engine folder, rebuild it with "
-                          "`edgeser build-trt`") from None
+        raise EngineError(
+            f"{folder}: no {ENGINE_MANIFEST}; an incomplete engine folder, rebuild it with "
+            "`edgeser build-trt`"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise EngineError(f"{path}: corrupt engine manifest ({err})") from err
     if not isinstance(data, dict) or data.get("schema") != ENGINE_SCHEMA or "stages" not in data:
@@ -144,13 +154,18 @@ def check_identity(folder: Path, manifest: dict[str, Any], identity: DeviceIdent
     if built.gpu != identity.gpu:
         problems.append(f"GPU {built.gpu!r} (this machine: {identity.gpu!r})")
     if built.compute_capability != identity.compute_capability:
-        problems.append("compute capability {}.{} (this machine: {}.{})".format(
-            *built.compute_capability, *identity.compute_capability))
+        problems.append(
+            "compute capability {}.{} (this machine: {}.{})".format(
+                *built.compute_capability, *identity.compute_capability
+            )
+        )
     if built.tensorrt != identity.tensorrt:
         problems.append(f"TensorRT {built.tensorrt} (this machine: {identity.tensorrt})")
     if problems:
-        raise EngineError(f"{folder}: engines were built for {'; '.join(problems)}; TensorRT engines only run "
-                          "where they were built: rebuild with `edgeser build-trt` on this machine")
+        raise EngineError(
+            f"{folder}: engines were built for {'; '.join(problems)}; TensorRT engines only run "
+            "where they were built: rebuild with `edgeser build-trt` on this machine"
+        )
 
 
 def check_sources(folder: Path, manifest: dict[str, Any], graphs: dict[str, str]) -> None:
@@ -160,8 +175,10 @@ def check_sources(folder: Path, manifest: dict[str, Any], graphs: dict[str, str]
         if entry is None:
             raise EngineError(f"{folder}: no engine for stage {stage}; rebuild with `edgeser build-trt`")
         if entry["source"]["sha256"] != sha:
-            raise EngineError(f"{folder}: the {stage} engine was built from another {entry['source']['path']} "
-                              "than the bundle holds now; rebuild with `edgeser build-trt`")
+            raise EngineError(
+                f"{folder}: the {stage} engine was built from another {entry['source']['path']} "
+                "than the bundle holds now; rebuild with `edgeser build-trt`"
+            )
 
 
 def verified_engine_bytes(folder: Path, manifest: dict[str, Any], stage: str) -> bytes:
@@ -173,8 +190,10 @@ def verified_engine_bytes(folder: Path, manifest: dict[str, Any], stage: str) ->
     if not path.is_file():
         raise EngineError(f"{path}: engine listed in {ENGINE_MANIFEST} is missing")
     if path.stat().st_size != entry["bytes"] or sha256_of(path) != entry["sha256"]:
-        raise EngineError(f"{path}: checksum does not match {ENGINE_MANIFEST}; an engine is executable code, "
-                          "refusing to load a changed one (rebuild with `edgeser build-trt`)")
+        raise EngineError(
+            f"{path}: checksum does not match {ENGINE_MANIFEST}; an engine is executable code, "
+            "refusing to load a changed one (rebuild with `edgeser build-trt`)"
+        )
     data: bytes = path.read_bytes()
     return data
 
@@ -185,8 +204,12 @@ def find_engine_dir(bundle: Path, identity: DeviceIdentity, precision: str) -> P
     if (folder / ENGINE_MANIFEST).is_file():
         check_identity(folder, read_engine_manifest(folder), identity)
         return folder
-    found = sorted(p.parent.relative_to(bundle / ENGINE_DIR).as_posix()
-                   for p in (bundle / ENGINE_DIR).glob(f"*/*/{ENGINE_MANIFEST}"))
+    found = sorted(
+        p.parent.relative_to(bundle / ENGINE_DIR).as_posix()
+        for p in (bundle / ENGINE_DIR).glob(f"*/*/{ENGINE_MANIFEST}")
+    )
     listing = f"found only {', '.join(found)}" if found else "none built yet"
-    raise EngineError(f"{bundle}: no TensorRT {precision} engines for this machine ({identity.describe()}; "
-                      f"{listing}); build them here with `edgeser build-trt {bundle} --{precision.split('-')[0]}`")
+    raise EngineError(
+        f"{bundle}: no TensorRT {precision} engines for this machine ({identity.describe()}; "
+        f"{listing}); build them here with `edgeser build-trt {bundle} --{precision.split('-')[0]}`"
+    )

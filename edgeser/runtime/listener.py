@@ -70,16 +70,25 @@ class Listener:
     `options`: the VAD's `VadOptions`. Chunks may be float (full scale 1.0) or integer PCM of any length.
     """
 
-    def __init__(self, pipe: WaveformPredictor, sample_rate: int = SAMPLE_RATE, *, channels: int = 1,
-                 options: VadOptions | None = None) -> None:
+    def __init__(
+        self,
+        pipe: WaveformPredictor,
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        channels: int = 1,
+        options: VadOptions | None = None,
+    ) -> None:
         self.pipe = pipe
         self.sample_rate = bounded_int("sample_rate", sample_rate)
         self.channels = bounded_int("channels", channels)
         self._detector = SpeechDetector(options)
         self.options = self._detector.options
         opts = self.options
-        self._resampler = None if self.sample_rate == SAMPLE_RATE else soxr.ResampleStream(
-            self.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        self._resampler = (
+            None
+            if self.sample_rate == SAMPLE_RATE
+            else soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+        )
         seconds = opts.max_speech_s + (opts.min_silence_ms + opts.speech_pad_ms) / 1000 + 1.0
         self._ring = np.zeros(int(seconds * SAMPLE_RATE) + 2 * FRAME, dtype=np.float32)
         self._written = 0  # 16 kHz samples written to the ring so far
@@ -152,11 +161,16 @@ class Listener:
 
     def _push(self, samples: npt.ArrayLike, sample_rate: int | None) -> None:
         if self._closed:
-            raise AudioError(STREAM, "the stream has ended (flush() was called); make a new Listener for a new one")
+            raise AudioError(
+                STREAM, "the stream has ended (flush() was called); make a new Listener for a new one"
+            )
         where = f"{STREAM} chunk {self._chunks + 1} (at {self.seconds:.2f} s)"
         if sample_rate is not None and sample_rate != self.sample_rate:
-            raise AudioError(where, f"sample rate changed mid-stream: {sample_rate} Hz in a {self.sample_rate} Hz "
-                                    "stream; a Listener takes one rate (make a new Listener)")
+            raise AudioError(
+                where,
+                f"sample rate changed mid-stream: {sample_rate} Hz in a {self.sample_rate} Hz "
+                "stream; a Listener takes one rate (make a new Listener)",
+            )
         mono = self._mono(samples, where)  # a bad chunk is refused whole: the stream is as it was
         self._chunks += 1
         arrived = time.perf_counter()
@@ -170,11 +184,15 @@ class Listener:
         except (TypeError, ValueError) as err:
             raise AudioError(where, f"not an array of samples ({type(samples).__name__}: {err})") from err
         expected = "[samples]" if self.channels == 1 else f"[samples, {self.channels}]"
-        if not (audio.ndim == 1 and self.channels == 1) and not (audio.ndim == 2 and audio.shape[1] == self.channels):
+        if not (audio.ndim == 1 and self.channels == 1) and not (
+            audio.ndim == 2 and audio.shape[1] == self.channels
+        ):
             raise AudioError(where, f"shape {audio.shape}, expected {expected} ({self.channels} channel(s))")
         flat = to_mono_16k(audio.reshape(-1), SAMPLE_RATE, source=where)  # dtype check and PCM scaling only
         if not np.all(np.isfinite(flat)):
-            raise AudioError(where, "contains NaN or infinite samples; the chunk was refused, the stream goes on")
+            raise AudioError(
+                where, "contains NaN or infinite samples; the chunk was refused, the stream goes on"
+            )
         if self.channels > 1:
             flat = flat.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
         return flat
@@ -193,8 +211,12 @@ class Listener:
             return
         arrived = time.perf_counter()
         if self._resampler is not None:
-            self._take_in(np.asarray(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True),
-                                     dtype=np.float32), arrived)
+            self._take_in(
+                np.asarray(
+                    self._resampler.resample_chunk(np.zeros(0, np.float32), last=True), dtype=np.float32
+                ),
+                arrived,
+            )
         for region in self._detector.flush():
             self._predict(region)
         self._closed = True
@@ -233,8 +255,16 @@ class Listener:
         wave = self._audio(region.start, region.end)
         prediction = self.pipe.predict_waveform(wave)
         latency = time.perf_counter() - self._arrival(region.end)
-        self._ready.append(Utterance(self._count, region.start / SAMPLE_RATE, region.end / SAMPLE_RATE, prediction,
-                                     round(latency, 4), region.cut))
+        self._ready.append(
+            Utterance(
+                self._count,
+                region.start / SAMPLE_RATE,
+                region.end / SAMPLE_RATE,
+                prediction,
+                round(latency, 4),
+                region.cut,
+            )
+        )
         self._count += 1
 
 
@@ -246,8 +276,11 @@ class _Owned:
 
     def __enter__(self) -> None:
         if not self._lock.acquire(blocking=False):
-            raise OptionError("Listener", "fed from two threads at once: one stream per Listener (make one Listener "
-                                          "per stream; Listeners may share one Pipeline)")
+            raise OptionError(
+                "Listener",
+                "fed from two threads at once: one stream per Listener (make one Listener "
+                "per stream; Listeners may share one Pipeline)",
+            )
 
     def __exit__(self, *_: object) -> None:
         self._lock.release()

@@ -58,13 +58,18 @@ LIMITS: dict[str, Bound] = {
     "warmup": Bound(0, 100, "warm-up runs past a few add time, not stability"),
     "samples": Bound(1, 4096, "calibration keeps every clip's stage inputs in memory"),
     "validation_clips": Bound(1, 4096, "every clip's outputs of every variant are kept in memory"),
-    "clip_seconds": Bound(0.1, MAX_CLIP_SECONDS, "the models take utterances; longer recordings go through "
-                          "`--long` / `Pipeline.long`", whole=False),
+    "clip_seconds": Bound(
+        0.1,
+        MAX_CLIP_SECONDS,
+        "the models take utterances; longer recordings go through `--long` / `Pipeline.long`",
+        whole=False,
+    ),
     "workspace_mb": Bound(1, 256 * 1024, "no GPU has more memory than 256 GiB"),
     "sample_rate": Bound(8000, 384_000, "speech needs 8 kHz; no audio interface records above 384 kHz"),
     "channels": Bound(1, 32, "a stream is mixed to mono; no microphone array here has more than 32 channels"),
-    "chunk_ms": Bound(1, 1000, "a chunk is the unit of audio read and fed at once; past a second, events wait "
-                      "for it"),
+    "chunk_ms": Bound(
+        1, 1000, "a chunk is the unit of audio read and fed at once; past a second, events wait for it"
+    ),
     "device": Bound(0, 1023, "PortAudio numbers input devices from 0; no host has a thousand"),
 }
 
@@ -104,10 +109,16 @@ def check_threads(name: str, value: object, force: bool = False) -> int:
         return threads
     why = "each stage's onnxruntime session starts that many threads; thousands exhaust the host's process table"
     if forced:
-        raise OptionError(name, f"{threads} threads is more than {ceiling} ({OVERSUBSCRIBE} per logical core, "
-                                f"{cores} here) even when forced: {why}")
-    raise OptionError(name, f"{threads} threads is more than the {cores} logical cores here: {why} (force up to "
-                            f"{ceiling} with --force-threads, force_threads=True or {FORCE_THREADS_ENV}=1)")
+        raise OptionError(
+            name,
+            f"{threads} threads is more than {ceiling} ({OVERSUBSCRIBE} per logical core, "
+            f"{cores} here) even when forced: {why}",
+        )
+    raise OptionError(
+        name,
+        f"{threads} threads is more than the {cores} logical cores here: {why} (force up to "
+        f"{ceiling} with --force-threads, force_threads=True or {FORCE_THREADS_ENV}=1)",
+    )
 
 
 def bounded(name: str, value: object, limit: str | None = None) -> float:
@@ -116,11 +127,15 @@ def bounded(name: str, value: object, limit: str | None = None) -> float:
     if bound.whole:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise OptionError(name, f"expected a whole number, got {value!r}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
+    elif (
+        isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value)
+    ):
         raise OptionError(name, f"expected a finite number, got {value!r}")
     if not bound.least <= value <= bound.most:
-        raise OptionError(name, f"{_number(float(value))} is outside {_number(bound.least)}..{_number(bound.most)}: "
-                                f"{bound.why}")
+        raise OptionError(
+            name,
+            f"{_number(float(value))} is outside {_number(bound.least)}..{_number(bound.most)}: {bound.why}",
+        )
     return float(value)
 
 
@@ -133,8 +148,15 @@ def bounded_int(name: str, value: object, limit: str | None = None) -> int:
     return int(bounded(name, value, limit))
 
 
-def check_backend(backend: object, *, providers: Sequence[str] | None = None, threads: object = None,
-                  spin: bool = False, force_threads: bool = False, device: object = None) -> int:
+def check_backend(
+    backend: object,
+    *,
+    providers: Sequence[str] | None = None,
+    threads: object = None,
+    spin: bool = False,
+    force_threads: bool = False,
+    device: object = None,
+) -> int:
     """Refuse an unknown backend, and every option the backend would ignore (one line naming it), instead of
     dropping it; return the GPU index (0 unless `device` is given)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
@@ -146,11 +168,21 @@ def check_backend(backend: object, *, providers: Sequence[str] | None = None, th
         ignored += [("providers", why)] if providers is not None else []
         ignored += [("spin", why)] if spin else []
     elif providers is not None and backend != "onnxruntime":
-        ignored.append(("providers", f"backend {backend!r} sets its own execution providers (give providers with "
-                                     "backend='onnxruntime')"))
+        ignored.append(
+            (
+                "providers",
+                f"backend {backend!r} sets its own execution providers (give providers with "
+                "backend='onnxruntime')",
+            )
+        )
     if backend == "onnxruntime" and device is not None:
-        ignored.append(("device", "backend 'onnxruntime' runs on the CPU or the given providers; choose a GPU with "
-                                  "backend 'cuda', 'tensorrt-ep' or 'tensorrt'"))
+        ignored.append(
+            (
+                "device",
+                "backend 'onnxruntime' runs on the CPU or the given providers; choose a GPU with "
+                "backend 'cuda', 'tensorrt-ep' or 'tensorrt'",
+            )
+        )
     if force_threads and threads is None:
         ignored.append(("force_threads", "it only lifts the bound on `threads`, and no threads were given"))
     if ignored:

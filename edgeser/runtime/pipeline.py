@@ -39,9 +39,14 @@ R = TypeVar("R")
 F = TypeVar("F")
 
 
-def isolated(items: Mapping[K, T], one: Callable[[T], R], failed: Callable[[T, Exception], F], *,
-             together: Callable[[list[T]], Sequence[R]] | None = None,
-             errors: tuple[type[Exception], ...] = (EdgeserError,)) -> tuple[dict[K, R], dict[K, F]]:
+def isolated(
+    items: Mapping[K, T],
+    one: Callable[[T], R],
+    failed: Callable[[T, Exception], F],
+    *,
+    together: Callable[[list[T]], Sequence[R]] | None = None,
+    errors: tuple[type[Exception], ...] = (EdgeserError,),
+) -> tuple[dict[K, R], dict[K, F]]:
     """Per-clip failure isolation: `one(item)` of each item, and in a second dict `failed(item, error)` for each
     item whose run raised one of `errors`, so one bad clip (or request) never costs the others theirs.
 
@@ -85,10 +90,16 @@ class Pipeline:
     changed after it is made: `with_runners` returns a new one.
     """
 
-    def __init__(self, graph: StageGraph, runners: Mapping[str, StageRunner], *,
-                 precision: Precision | Literal["pytorch"] = "fp32", backend: Backend | Literal["pytorch"] = "onnxruntime",
-                 root: Path | None = None,
-                 manifest: BundleManifest | None = None) -> None:
+    def __init__(
+        self,
+        graph: StageGraph,
+        runners: Mapping[str, StageRunner],
+        *,
+        precision: Precision | Literal["pytorch"] = "fp32",
+        backend: Backend | Literal["pytorch"] = "onnxruntime",
+        root: Path | None = None,
+        manifest: BundleManifest | None = None,
+    ) -> None:
         missing = [s for s in graph.stages if s not in runners]
         if missing:
             raise BundleError(f"{graph.source}: no runner for stage(s) {', '.join(missing)}")
@@ -126,9 +137,17 @@ class Pipeline:
         `threads` is at most the logical cores (`force_threads`: up to 4 per core; `edgeser.runtime.options`).
         """
         if precision not in PRECISIONS:
-            raise OptionError("precision", f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-        gpu = check_backend(backend, providers=providers, threads=threads, spin=spin, force_threads=force_threads,
-                            device=device)
+            raise OptionError(
+                "precision", f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
+        gpu = check_backend(
+            backend,
+            providers=providers,
+            threads=threads,
+            spin=spin,
+            force_threads=force_threads,
+            device=device,
+        )
         if threads is not None:
             threads = check_threads("threads", threads, force_threads)
         root = Path(bundle)
@@ -146,23 +165,47 @@ class Pipeline:
             from edgeser.runtime.profiles import resolve_profiles
             from edgeser.runtime.providers import provider_plan
 
-            profiles, missing, _ = resolve_profiles(root, manifest, list(graph.stages)) if backend == "tensorrt-ep" \
+            profiles, missing, _ = (
+                resolve_profiles(root, manifest, list(graph.stages))
+                if backend == "tensorrt-ep"
                 else ({}, [], "")
+            )
             runners = {}
             for stage in graph.stages:
-                complete = not any(m.startswith(f"{stage}:") for m in missing)  # the EP wants every dynamic input
-                plan = provider_plan(backend, root, precision, stage=stage, device=gpu,
-                                     profiles=profiles.get(stage) if complete else None,
-                                     graph_sha256=files[stage].sha256)
-                chosen, options = (providers, None) if providers and backend == "onnxruntime" else (
-                    plan.providers, plan.options)
-                runners[stage] = OrtRunner.load(root / files[stage].path, chosen, threads, options, spin,
-                                                sha256=files[stage].sha256 if verify_checksums else None)
+                complete = not any(
+                    m.startswith(f"{stage}:") for m in missing
+                )  # the EP wants every dynamic input
+                plan = provider_plan(
+                    backend,
+                    root,
+                    precision,
+                    stage=stage,
+                    device=gpu,
+                    profiles=profiles.get(stage) if complete else None,
+                    graph_sha256=files[stage].sha256,
+                )
+                chosen, options = (
+                    (providers, None)
+                    if providers and backend == "onnxruntime"
+                    else (plan.providers, plan.options)
+                )
+                runners[stage] = OrtRunner.load(
+                    root / files[stage].path,
+                    chosen,
+                    threads,
+                    options,
+                    spin,
+                    sha256=files[stage].sha256 if verify_checksums else None,
+                )
             head = runners[FUSION_HEAD]
-            width = head.output_shape(graph.outputs[FUSION_HEAD][0])[-1] if isinstance(head, OrtRunner) else None
+            width = (
+                head.output_shape(graph.outputs[FUSION_HEAD][0])[-1] if isinstance(head, OrtRunner) else None
+            )
             if isinstance(width, int) and width != len(graph.labels):
-                raise BundleError(f"{root}: bundle.json lists {len(graph.labels)} labels but the fusion head "
-                                  f"({files[FUSION_HEAD].path}) outputs {width} classes")
+                raise BundleError(
+                    f"{root}: bundle.json lists {len(graph.labels)} labels but the fusion head "
+                    f"({files[FUSION_HEAD].path}) outputs {width} classes"
+                )
         return cls(graph, runners, precision=precision, backend=backend, root=root, manifest=manifest)
 
     def with_runners(self, runners: Mapping[str, StageRunner]) -> Pipeline:
@@ -170,8 +213,14 @@ class Pipeline:
         unknown = [s for s in runners if s not in self.graph.stages]
         if unknown:
             raise BundleError(f"{self.graph.source}: no stage(s) {', '.join(unknown)} to replace")
-        return Pipeline(self.graph, {**self._runners, **runners}, precision=self.precision, backend=self.backend,
-                        root=self.root, manifest=self.manifest)
+        return Pipeline(
+            self.graph,
+            {**self._runners, **runners},
+            precision=self.precision,
+            backend=self.backend,
+            root=self.root,
+            manifest=self.manifest,
+        )
 
     @property
     def runners(self) -> Mapping[str, StageRunner]:
@@ -183,28 +232,40 @@ class Pipeline:
 
     # ------------------------------------------------------------------ inputs
 
-    def read(self, audio: AudioInput, max_seconds: float | None = MAX_CLIP_SECONDS) -> npt.NDArray[np.float32]:
+    def read(
+        self, audio: AudioInput, max_seconds: float | None = MAX_CLIP_SECONDS
+    ) -> npt.NDArray[np.float32]:
         """Any accepted input to checked mono float32 at 16 kHz. Paths, bytes and file objects longer than
         `max_seconds` are refused from their header, before anything is decoded."""
         if isinstance(audio, (str, Path, bytes)) or is_file_object(audio):
             return load_audio(audio, max_duration=max_seconds)
         if isinstance(audio, tuple) and len(audio) == 2:
             samples, rate = audio
-            if isinstance(rate, bool) or not isinstance(rate, (int, float, np.number)) or not math.isfinite(rate) \
-                    or rate <= 0 or int(rate) != rate:
-                raise AudioError("<array>", f"invalid sample rate {rate!r} (expected a positive whole number of Hz)")
+            if (
+                isinstance(rate, bool)
+                or not isinstance(rate, (int, float, np.number))
+                or not math.isfinite(rate)
+                or rate <= 0
+                or int(rate) != rate
+            ):
+                raise AudioError(
+                    "<array>", f"invalid sample rate {rate!r} (expected a positive whole number of Hz)"
+                )
             wave = to_mono_16k(np.asarray(samples), int(rate), source="<array>")
             check_waveform(wave, source="<array>", max_duration=max_seconds)
             return wave
         if isinstance(audio, np.ndarray):
             raise AudioError("<array>", "pass arrays as (samples, sample_rate) so the rate is explicit")
-        raise AudioError(describe(audio), "unsupported input: give a path, file bytes, a binary file object or "
-                                          "(samples, sample_rate)")
+        raise AudioError(
+            describe(audio),
+            "unsupported input: give a path, file bytes, a binary file object or (samples, sample_rate)",
+        )
 
     # ------------------------------------------------------------------ running
 
-    def run_stages(self, waves: Sequence[npt.NDArray[np.float32]], *,
-                   transcripts: Sequence[str] | None = None) -> StageRun:
+    def run_stages(
+        self, waves: Sequence[npt.NDArray[np.float32]], *, transcripts: Sequence[str] | None = None
+    ) -> StageRun:
         """Every stage on a batch of checked 16 kHz waveforms; all intermediate tensors and timings."""
         return self.graph.run(self._runners, waves, transcripts=transcripts)
 
@@ -238,8 +299,9 @@ class Pipeline:
         An input that cannot be read gets a `Failure` (its source and the one-line reason); the rest still run.
         """
         batch_size = bounded_int("batch_size", batch_size)
-        waves, failures = isolated(dict(enumerate(inputs)), self.read,
-                                   lambda audio, err: Failure(describe(audio), str(err)))
+        waves, failures = isolated(
+            dict(enumerate(inputs)), self.read, lambda audio, err: Failure(describe(audio), str(err))
+        )
         results: dict[int, Prediction | Failure] = dict(failures)
         ratios = {i: self._speech_ratio(wave)[0] for i, wave in waves.items()}
         results.update(self._predict_bucketed(waves, batch_size, ratios))
@@ -253,15 +315,18 @@ class Pipeline:
         A recording without speech (silence, noise, hum, clicks) gives a Timeline with no segments and no label.
         """
         if options is not None and not isinstance(options, (VadOptions, SegmentOptions)):
-            raise OptionError("options", f"expected VadOptions or SegmentOptions, got {type(options).__name__}")
+            raise OptionError(
+                "options", f"expected VadOptions or SegmentOptions, got {type(options).__name__}"
+            )
         try:
             wave = self.read(audio, max_seconds=MAX_RECORDING_SECONDS)
         except AudioError as err:
             if not err.problem.startswith("too long"):
                 raise
             held = err.problem.split(";")[0]  # "too long: 18000.0 s (maximum 14400 s)"
-            raise AudioError(err.source, f"{held}: `long` holds the whole recording in memory; cut it into parts "
-                                         "first") from None
+            raise AudioError(
+                err.source, f"{held}: `long` holds the whole recording in memory; cut it into parts first"
+            ) from None
         if isinstance(options, SegmentOptions):
             regions = speech_regions(wave, options)
         else:
@@ -269,8 +334,14 @@ class Pipeline:
         found = self._predict_bucketed({i: wave[a:b] for i, (a, b) in enumerate(regions)})
         return timeline(regions, [found[i] for i in range(len(regions))], self.labels, wave.size)
 
-    def stream(self, chunks: Iterable[npt.ArrayLike | tuple[npt.ArrayLike, int]], sample_rate: int = SAMPLE_RATE,
-               *, channels: int = 1, options: VadOptions | None = None) -> Iterator[Utterance]:
+    def stream(
+        self,
+        chunks: Iterable[npt.ArrayLike | tuple[npt.ArrayLike, int]],
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        channels: int = 1,
+        options: VadOptions | None = None,
+    ) -> Iterator[Utterance]:
         """Utterance events from an iterable of audio chunks at `sample_rate`, as they are found: a generator
         over a new `Listener` (see `edgeser.runtime.listener` for its memory bound and bad-stream behaviour).
 
@@ -280,20 +351,29 @@ class Pipeline:
 
         return Listener(self, sample_rate, channels=channels, options=options).events(chunks)
 
-    def _predict_bucketed(self, waves: Mapping[int, npt.NDArray[np.float32]], batch_size: int = 8,
-                          ratios: Mapping[int, float | None] | None = None) -> dict[int, Prediction]:
+    def _predict_bucketed(
+        self,
+        waves: Mapping[int, npt.NDArray[np.float32]],
+        batch_size: int = 8,
+        ratios: Mapping[int, float | None] | None = None,
+    ) -> dict[int, Prediction]:
         """Predictions keyed like `waves`, run in batches of clips of similar length."""
         order = sorted(waves, key=lambda i: waves[i].size)
         results: dict[int, Prediction] = {}
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            found = self._predictions([waves[i] for i in chunk],
-                                      ratios=[ratios.get(i) for i in chunk] if ratios else None)
+            found = self._predictions(
+                [waves[i] for i in chunk], ratios=[ratios.get(i) for i in chunk] if ratios else None
+            )
             results.update(zip(chunk, found))
         return results
 
-    def _predictions(self, waves: list[npt.NDArray[np.float32]], extra: dict[str, float] | None = None,
-                     ratios: Sequence[float | None] | None = None) -> list[Prediction]:
+    def _predictions(
+        self,
+        waves: list[npt.NDArray[np.float32]],
+        extra: dict[str, float] | None = None,
+        ratios: Sequence[float | None] | None = None,
+    ) -> list[Prediction]:
         run = self.run_stages(waves)
         probabilities, best = class_probabilities(run.logits)
         timings = {**(extra or {}), **run.timings_ms}

@@ -44,7 +44,9 @@ class InputProfile:
         return cls(tuple(data["min"]), tuple(data["opt"]), tuple(data["max"]))
 
     def covers(self, shape: Shape) -> bool:
-        return len(shape) == len(self.min) and all(lo <= s <= hi for s, lo, hi in zip(shape, self.min, self.max))
+        return len(shape) == len(self.min) and all(
+            lo <= s <= hi for s, lo, hi in zip(shape, self.min, self.max)
+        )
 
 
 Profiles = dict[str, dict[str, InputProfile]]  # stage -> input -> profile
@@ -92,8 +94,10 @@ def parse_profile_option(text: str) -> tuple[str, str, InputProfile]:
     stage, _, name = head.partition(":")
     shapes = [s.strip().lower() for s in body.split(",")]
     if not stage or not name or len(shapes) != 3 or not all(_SHAPE.match(s) for s in shapes):
-        raise ProfileError(f"--profile {text!r}: expected STAGE:INPUT=MIN,OPT,MAX with shapes like 1x16000, "
-                           "e.g. audio_encoder:waveform=1x8000,1x64000,8x160000")
+        raise ProfileError(
+            f"--profile {text!r}: expected STAGE:INPUT=MIN,OPT,MAX with shapes like 1x16000, "
+            "e.g. audio_encoder:waveform=1x8000,1x64000,8x160000"
+        )
     parsed = [tuple(int(v) for v in s.split("x")) for s in shapes]
     return stage.strip(), name.strip(), InputProfile(parsed[0], parsed[1], parsed[2])
 
@@ -102,34 +106,45 @@ def validate_profiles(manifest: Any, profiles: Profiles) -> None:
     """Ranks and static axes match the graph, min <= opt <= max, and a named axis has one range per stage."""
     for stage, inputs in profiles.items():
         if stage not in manifest.stages:
-            raise ProfileError(f"--profile {stage}: the bundle has no such stage ({', '.join(manifest.stages)})")
+            raise ProfileError(
+                f"--profile {stage}: the bundle has no such stage ({', '.join(manifest.stages)})"
+            )
         specs = {t.name: t for t in manifest.stages[stage].inputs}
         axes: dict[str, tuple[tuple[int, int, int], str]] = {}
         for name, profile in inputs.items():
             if name not in specs:
-                raise ProfileError(f"--profile {stage}:{name}: stage {stage} has no input {name} "
-                                   f"(inputs: {', '.join(specs)})")
+                raise ProfileError(
+                    f"--profile {stage}:{name}: stage {stage} has no input {name} "
+                    f"(inputs: {', '.join(specs)})"
+                )
             spec = specs[name]
             for shape in (profile.min, profile.opt, profile.max):
                 if len(shape) != len(spec.shape):
-                    raise ProfileError(f"profile {stage}:{name}: shape {shape} has rank {len(shape)}, "
-                                       f"the graph input has rank {len(spec.shape)} {spec.shape}")
+                    raise ProfileError(
+                        f"profile {stage}:{name}: shape {shape} has rank {len(shape)}, "
+                        f"the graph input has rank {len(spec.shape)} {spec.shape}"
+                    )
             for axis, (lo, opt, hi) in enumerate(zip(profile.min, profile.opt, profile.max)):
                 dim = spec.shape[axis]
                 if not 1 <= lo <= opt <= hi:
-                    raise ProfileError(f"profile {stage}:{name}: axis {axis} needs 1 <= min <= opt <= max, "
-                                       f"got {lo}, {opt}, {hi}")
+                    raise ProfileError(
+                        f"profile {stage}:{name}: axis {axis} needs 1 <= min <= opt <= max, "
+                        f"got {lo}, {opt}, {hi}"
+                    )
                 if isinstance(dim, int) and not lo == opt == hi == dim:
                     raise ProfileError(f"profile {stage}:{name}: axis {axis} is fixed at {dim} in the graph")
                 if isinstance(dim, str):
                     seen = axes.setdefault(dim, ((lo, opt, hi), name))
                     if seen[0] != (lo, opt, hi):
-                        raise ProfileError(f"profile {stage}: axis {dim!r} is {seen[0]} for {seen[1]} but "
-                                           f"{(lo, opt, hi)} for {name}; give both inputs the same range")
+                        raise ProfileError(
+                            f"profile {stage}: axis {dim!r} is {seen[0]} for {seen[1]} but "
+                            f"{(lo, opt, hi)} for {name}; give both inputs the same range"
+                        )
 
 
-def resolve_profiles(bundle: Path, manifest: Any, stages: list[str], options: tuple[str, ...] = ()) -> tuple[
-        Profiles, list[str], str]:
+def resolve_profiles(
+    bundle: Path, manifest: Any, stages: list[str], options: tuple[str, ...] = ()
+) -> tuple[Profiles, list[str], str]:
     """Default profiles with `--profile` overrides applied and validated; also uncovered inputs and the source.
 
     An override also sets its named axes for the stage's other inputs (a waveform batch range applies to
@@ -157,10 +172,15 @@ def resolve_profiles(bundle: Path, manifest: Any, stages: list[str], options: tu
             dims = [ranges.get(d) if isinstance(d, str) else (int(d),) * 3 for d in spec.shape]
             if all(d is not None for d in dims):
                 profiles.setdefault(stage, {})[spec.name] = InputProfile(
-                    *(tuple(d[i] for d in dims) for i in range(3)))  # type: ignore[index]
+                    *(tuple(d[i] for d in dims) for i in range(3))  # type: ignore[index]
+                )
     validate_profiles(manifest, profiles)
-    missing = [f"{stage}:{spec.name}" for stage in stages for spec in manifest.stages[stage].inputs
-               if any(isinstance(d, str) for d in spec.shape) and spec.name not in profiles.get(stage, {})]
+    missing = [
+        f"{stage}:{spec.name}"
+        for stage in stages
+        for spec in manifest.stages[stage].inputs
+        if any(isinstance(d, str) for d in spec.shape) and spec.name not in profiles.get(stage, {})
+    ]
     source = "calibration length statistics" if stats else "none (no calibration length statistics)"
     if options:
         source += f" + {len(options)} --profile override(s)"

@@ -48,9 +48,17 @@ def _shapes(profiles: dict[str, Any], which: str) -> str:
     return ",".join(f"{name}:{'x'.join(str(d) for d in getattr(p, which))}" for name, p in profiles.items())
 
 
-def provider_plan(backend: str, bundle_root: Path | None = None, precision: str = "fp32", *,
-                  stage: str | None = None, profiles: dict[str, Any] | None = None, device: int = 0,
-                  workspace_mb: int | None = None, graph_sha256: str | None = None) -> ProviderPlan:
+def provider_plan(
+    backend: str,
+    bundle_root: Path | None = None,
+    precision: str = "fp32",
+    *,
+    stage: str | None = None,
+    profiles: dict[str, Any] | None = None,
+    device: int = 0,
+    workspace_mb: int | None = None,
+    graph_sha256: str | None = None,
+) -> ProviderPlan:
     """The providers and options for `backend` (see the module docstring); `stage` and `graph_sha256` (the
     stage graph's checksum in bundle.json) name the engine cache."""
     name = backend.lower()
@@ -60,13 +68,17 @@ def provider_plan(backend: str, bundle_root: Path | None = None, precision: str 
     if name == "cuda":
         return ProviderPlan([CUDA, CPU], [cuda_options, {}])
     if name != "tensorrt-ep":
-        raise BundleError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)} "
-                          "(or `tensorrt` for edgeser's own engines)")
+        raise BundleError(
+            f"unknown backend {backend!r}; choose {', '.join(BACKENDS)} "
+            "(or `tensorrt` for edgeser's own engines)"
+        )
     if bundle_root is None:
         raise BundleError("the tensorrt-ep backend needs the bundle folder for its engine cache")
     if precision in CPU_VARIANTS:
-        raise BundleError(f"--precision {precision} with tensorrt-ep: {CPU_VARIANTS[precision]}; TensorRT's parser "
-                          "refuses it and the EP would split the graph (use int8-trt: `edgeser quantize --int8-trt`)")
+        raise BundleError(
+            f"--precision {precision} with tensorrt-ep: {CPU_VARIANTS[precision]}; TensorRT's parser "
+            "refuses it and the EP would split the graph (use int8-trt: `edgeser quantize --int8-trt`)"
+        )
     cache = Path(bundle_root, *EP_CACHE_DIR, precision)
     cache.mkdir(parents=True, exist_ok=True)
     prefix = stage or "stage"
@@ -78,14 +90,18 @@ def provider_plan(backend: str, bundle_root: Path | None = None, precision: str 
         "trt_timing_cache_enable": "True",
         "trt_timing_cache_path": str(cache),
         "trt_fp16_enable": str(precision in ("fp16", "int8-trt-fp16")),
-        "trt_int8_enable": str(precision.startswith("int8")),  # Q/DQ graphs; the CPU variants are refused above
+        "trt_int8_enable": str(
+            precision.startswith("int8")
+        ),  # Q/DQ graphs; the CPU variants are refused above
     }
     if workspace_mb:
         trt_options["trt_max_workspace_size"] = str(int(workspace_mb) << 20)
     if profiles:
-        trt_options.update(trt_profile_min_shapes=_shapes(profiles, "min"),
-                           trt_profile_opt_shapes=_shapes(profiles, "opt"),
-                           trt_profile_max_shapes=_shapes(profiles, "max"))
+        trt_options.update(
+            trt_profile_min_shapes=_shapes(profiles, "min"),
+            trt_profile_opt_shapes=_shapes(profiles, "opt"),
+            trt_profile_max_shapes=_shapes(profiles, "max"),
+        )
     return ProviderPlan([TENSORRT, CUDA, CPU], [trt_options, cuda_options, {}])
 
 
@@ -111,12 +127,16 @@ def check_providers(session: Any, requested: list[str], path: Path) -> None:
 
     majors = installed_tensorrt_majors()
     if majors == {11}:
-        why = ("this host has TensorRT 11 only (libnvinfer.so.11), and onnxruntime's TensorRT EP is built against "
-               "TensorRT 10 (libnvinfer.so.10): install TensorRT 10 beside it, or build edgeser's own engines "
-               "(`edgeser build-trt`, backend tensorrt)")
+        why = (
+            "this host has TensorRT 11 only (libnvinfer.so.11), and onnxruntime's TensorRT EP is built against "
+            "TensorRT 10 (libnvinfer.so.10): install TensorRT 10 beside it, or build edgeser's own engines "
+            "(`edgeser build-trt`, backend tensorrt)"
+        )
     elif not majors:
         why = "no TensorRT 10 runtime (libnvinfer.so.10) can be loaded: install TensorRT 10 (pip install tensorrt-cu12)"
     else:
         why = "see onnxruntime's log above for why the EP failed to start"
-    raise ProviderError(f"{path}: onnxruntime {onnxruntime.__version__} fell back to "
-                        f"{', '.join(session.get_providers())} without its TensorRT EP; {why}")
+    raise ProviderError(
+        f"{path}: onnxruntime {onnxruntime.__version__} fell back to "
+        f"{', '.join(session.get_providers())} without its TensorRT EP; {why}"
+    )

@@ -10,8 +10,9 @@ import numpy as np
 import numpy.typing as npt
 
 
-def class_probabilities(logits: npt.NDArray[np.floating[Any]], dtype: type[np.floating[Any]] = np.float64
-                        ) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.intp]]:
+def class_probabilities(
+    logits: npt.NDArray[np.floating[Any]], dtype: type[np.floating[Any]] = np.float64
+) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.intp]]:
     """A batch of logits `[B, C]` to each row's class probabilities (softmax over the last axis, computed in
     float64, then cast to `dtype`) and its most probable class (arg-max of the cast probabilities, the first of
     equals)."""

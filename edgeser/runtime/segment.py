@@ -41,24 +41,34 @@ class SegmentOptions:
         if self.min_segment_s <= 0:
             raise OptionError("min_segment_s", f"must be > 0 s, got {self.min_segment_s}")
         if self.max_segment_s < self.min_segment_s:
-            raise OptionError("max_segment_s", f"must be >= min_segment_s ({self.min_segment_s} s), "
-                              f"got {self.max_segment_s}")
+            raise OptionError(
+                "max_segment_s",
+                f"must be >= min_segment_s ({self.min_segment_s} s), got {self.max_segment_s}",
+            )
         if self.max_segment_s > MAX_CLIP_SECONDS:
-            raise OptionError("max_segment_s", f"must be <= {MAX_CLIP_SECONDS:g} s (the longest clip the models "
-                              f"take as one utterance), got {self.max_segment_s}")
+            raise OptionError(
+                "max_segment_s",
+                f"must be <= {MAX_CLIP_SECONDS:g} s (the longest clip the models "
+                f"take as one utterance), got {self.max_segment_s}",
+            )
         if self.threshold_db >= 0:
-            raise OptionError("threshold_db", f"must be below 0 dB (relative to the loudest frame), "
-                              f"got {self.threshold_db}")
+            raise OptionError(
+                "threshold_db", f"must be below 0 dB (relative to the loudest frame), got {self.threshold_db}"
+            )
 
 
-def speech_regions(wave: npt.NDArray[np.float32], options: SegmentOptions | None = None) -> list[tuple[int, int]]:
+def speech_regions(
+    wave: npt.NDArray[np.float32], options: SegmentOptions | None = None
+) -> list[tuple[int, int]]:
     """Sample ranges `[start, end)` of speech in a 16 kHz waveform (see `SegmentOptions`)."""
     options = options or SegmentOptions()
     frame = int(FRAME_S * SAMPLE_RATE)
     count = wave.size // frame
     if count == 0:
         return _fit_lengths([(0, wave.size)] if wave.size else [], options)
-    energy = np.sqrt(np.mean(wave[: count * frame].reshape(count, frame).astype(np.float64) ** 2, axis=1) + 1e-12)
+    energy = np.sqrt(
+        np.mean(wave[: count * frame].reshape(count, frame).astype(np.float64) ** 2, axis=1) + 1e-12
+    )
     level = 20 * np.log10(energy / energy.max())
     active = level > options.threshold_db
     regions: list[tuple[int, int]] = []
@@ -91,8 +101,12 @@ def _fit_lengths(regions: list[tuple[int, int]], options: SegmentOptions) -> lis
     return fitted
 
 
-def timeline(regions: Sequence[tuple[int, int]], predictions: Sequence[Prediction], labels: Sequence[str],
-             total_samples: int) -> Timeline:
+def timeline(
+    regions: Sequence[tuple[int, int]],
+    predictions: Sequence[Prediction],
+    labels: Sequence[str],
+    total_samples: int,
+) -> Timeline:
     """Segments and their duration-weighted mean class probabilities; no segments gives no label."""
     segments = [Segment(a / SAMPLE_RATE, b / SAMPLE_RATE, p) for (a, b), p in zip(regions, predictions)]
     duration = total_samples / SAMPLE_RATE

@@ -14,9 +14,14 @@ from edgeser.runtime.options import check_threads
 from edgeser.runtime.providers import check_providers
 
 
-def make_session(path: Path, providers: list[str] | None = None, threads: int | None = None,
-                 spin: bool = False, provider_options: list[dict[str, str]] | None = None,
-                 sha256: str | None = None) -> ort.InferenceSession:
+def make_session(
+    path: Path,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    spin: bool = False,
+    provider_options: list[dict[str, str]] | None = None,
+    sha256: str | None = None,
+) -> ort.InferenceSession:
     """An inference session with full graph optimisation; `threads` bounds intra-op parallelism.
 
     Workers wait passively unless `spin`. Each stage session owns a thread pool, and spinning workers of a
@@ -37,7 +42,9 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.force_spinning_stop", "1")
-    if threads:  # the hard ceiling for every caller; entry points also refuse more than the cores unless forced
+    if (
+        threads
+    ):  # the hard ceiling for every caller; entry points also refuse more than the cores unless forced
         options.intra_op_num_threads = check_threads("threads", threads, force=True)
         options.inter_op_num_threads = 1
     available = ort.get_available_providers()
@@ -50,16 +57,23 @@ def make_session(path: Path, providers: list[str] | None = None, threads: int | 
         try:
             model = Path(path).read_bytes()
         except OSError as err:
-            raise BundleError(f"{path}: cannot read the graph ({err.strerror}); was the bundle replaced while "
-                              "loading? Load it again") from err
+            raise BundleError(
+                f"{path}: cannot read the graph ({err.strerror}); was the bundle replaced while "
+                "loading? Load it again"
+            ) from err
         if hashlib.sha256(model).hexdigest() != sha256:
-            raise BundleError(f"{path}: checksum mismatch with bundle.json (the graph was changed after export, or "
-                              "the bundle is being replaced while it loads: load it again)")
+            raise BundleError(
+                f"{path}: checksum mismatch with bundle.json (the graph was changed after export, or "
+                "the bundle is being replaced while it loads: load it again)"
+            )
     try:
-        session = ort.InferenceSession(model, sess_options=options, providers=chosen,
-                                       provider_options=provider_options)
+        session = ort.InferenceSession(
+            model, sess_options=options, providers=chosen, provider_options=provider_options
+        )
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise BundleError(f"{path}: onnxruntime cannot load this graph ({' '.join(str(err).split())[:200]})") from err
+        raise BundleError(
+            f"{path}: onnxruntime cannot load this graph ({' '.join(str(err).split())[:200]})"
+        ) from err
     check_providers(session, chosen, path)
     return session
 
@@ -77,9 +91,15 @@ class OrtRunner:
         self.output_names = tuple(o.name for o in session.get_outputs())
 
     @classmethod
-    def load(cls, path: Path, providers: list[str] | None = None, threads: int | None = None,
-             provider_options: list[dict[str, str]] | None = None, spin: bool = False,
-             sha256: str | None = None) -> OrtRunner:
+    def load(
+        cls,
+        path: Path,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        provider_options: list[dict[str, str]] | None = None,
+        spin: bool = False,
+        sha256: str | None = None,
+    ) -> OrtRunner:
         return cls(make_session(path, providers, threads, spin, provider_options, sha256), path)
 
     def output_shape(self, name: str) -> list[int | str | None]:

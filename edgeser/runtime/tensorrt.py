@@ -31,8 +31,15 @@ import numpy as np
 from edgeser.errors import BundleError, EngineShapeError
 
 # TensorRT DataType member names -> numpy; BF16/FP8/INT4/FP4 engine I/O has no numpy type.
-NUMPY_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
-               "BOOL": np.bool_, "UINT8": np.uint8}
+NUMPY_TYPES = {
+    "FLOAT": np.float32,
+    "HALF": np.float16,
+    "INT8": np.int8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+}
 
 
 @dataclass(frozen=True)
@@ -50,8 +57,10 @@ class EngineTensor:
 def numpy_dtype(type_name: str, tensor: str) -> np.dtype:
     """numpy type of a TensorRT DataType member name ("FLOAT", "HALF", ...)."""
     if type_name not in NUMPY_TYPES:
-        raise EngineShapeError(f"engine tensor {tensor} is {type_name}, which has no numpy type; export it as "
-                               "FP32/FP16/INT32/INT64")
+        raise EngineShapeError(
+            f"engine tensor {tensor} is {type_name}, which has no numpy type; export it as "
+            "FP32/FP16/INT32/INT64"
+        )
     return np.dtype(NUMPY_TYPES[type_name])
 
 
@@ -59,11 +68,15 @@ def check_feed(tensor: EngineTensor, value: np.ndarray, stage: str) -> np.ndarra
     """The feed as a C-contiguous array of the engine's type, after checking rank, fixed axes and the profile."""
     array = np.asarray(value)
     if array.ndim != len(tensor.shape):
-        raise EngineShapeError(f"{stage}: input {tensor.name} has rank {array.ndim}, the engine expects "
-                               f"{len(tensor.shape)} {tensor.shape}")
+        raise EngineShapeError(
+            f"{stage}: input {tensor.name} has rank {array.ndim}, the engine expects "
+            f"{len(tensor.shape)} {tensor.shape}"
+        )
     for axis, (got, want) in enumerate(zip(array.shape, tensor.shape)):
         if want >= 0 and got != want:
-            raise EngineShapeError(f"{stage}: input {tensor.name} axis {axis} is {got}, the engine fixes it at {want}")
+            raise EngineShapeError(
+                f"{stage}: input {tensor.name} axis {axis} is {got}, the engine fixes it at {want}"
+            )
     if tensor.min is not None and tensor.max is not None:
         low = [axis for axis, (got, lo) in enumerate(zip(array.shape, tensor.min)) if got < lo]
         high = [axis for axis, (got, hi) in enumerate(zip(array.shape, tensor.max)) if got > hi]
@@ -71,13 +84,23 @@ def check_feed(tensor: EngineTensor, value: np.ndarray, stage: str) -> np.ndarra
             raise EngineShapeError(
                 f"{stage}: input {tensor.name} shape {tuple(array.shape)} is outside the engine's optimisation "
                 f"profile {tensor.min}..{tensor.max}; rebuild with `edgeser build-trt --profile "
-                f"{stage}:{tensor.name}=MIN,OPT,MAX` covering it")
+                f"{stage}:{tensor.name}=MIN,OPT,MAX` covering it"
+            )
     if array.dtype != tensor.dtype:
-        if array.dtype.kind != tensor.dtype.kind and not (array.dtype.kind in "iu" and tensor.dtype.kind in "iu"):
-            raise EngineShapeError(f"{stage}: input {tensor.name} is {array.dtype}, the engine takes {tensor.dtype}")
-        if tensor.dtype.kind in "iu" and array.size and (
-                array.min() < np.iinfo(tensor.dtype).min or array.max() > np.iinfo(tensor.dtype).max):
-            raise EngineShapeError(f"{stage}: input {tensor.name} values do not fit the engine's {tensor.dtype}")
+        if array.dtype.kind != tensor.dtype.kind and not (
+            array.dtype.kind in "iu" and tensor.dtype.kind in "iu"
+        ):
+            raise EngineShapeError(
+                f"{stage}: input {tensor.name} is {array.dtype}, the engine takes {tensor.dtype}"
+            )
+        if (
+            tensor.dtype.kind in "iu"
+            and array.size
+            and (array.min() < np.iinfo(tensor.dtype).min or array.max() > np.iinfo(tensor.dtype).max)
+        ):
+            raise EngineShapeError(
+                f"{stage}: input {tensor.name} values do not fit the engine's {tensor.dtype}"
+            )
         array = array.astype(tensor.dtype)
     return np.ascontiguousarray(array)
 
@@ -85,8 +108,10 @@ def check_feed(tensor: EngineTensor, value: np.ndarray, stage: str) -> np.ndarra
 def output_shape(tensor: EngineTensor, resolved: tuple[int, ...], stage: str) -> tuple[int, ...]:
     """An output's shape once the inputs are set; data-dependent (-1) shapes are refused."""
     if any(d < 0 for d in resolved):
-        raise EngineShapeError(f"{stage}: output {tensor.name} has a data-dependent shape {resolved}; edgeser's "
-                               "stage graphs have none (rebuild from the bundle's graphs)")
+        raise EngineShapeError(
+            f"{stage}: output {tensor.name} has a data-dependent shape {resolved}; edgeser's "
+            "stage graphs have none (rebuild from the bundle's graphs)"
+        )
     return tuple(int(d) for d in resolved)
 
 
@@ -150,11 +175,15 @@ class CudaDevice:
 
     def to_device(self, pointer: int, array: np.ndarray, stream: Any) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self.call(self.rt.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, kind, stream), "cudaMemcpyAsync")
+        self.call(
+            self.rt.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, kind, stream), "cudaMemcpyAsync"
+        )
 
     def to_host(self, array: np.ndarray, pointer: int, stream: Any) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self.call(self.rt.cudaMemcpyAsync(array.ctypes.data, pointer, array.nbytes, kind, stream), "cudaMemcpyAsync")
+        self.call(
+            self.rt.cudaMemcpyAsync(array.ctypes.data, pointer, array.nbytes, kind, stream), "cudaMemcpyAsync"
+        )
 
     def synchronize(self, stream: Any) -> None:
         self.call(self.rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
@@ -188,8 +217,14 @@ class ContextSlot:
 class TensorRTRunner:
     """Runs one stage engine; satisfies `edgeser.stages.StageRunner`. See the module docstring for threads."""
 
-    def __init__(self, engine: Any, tensors: list[EngineTensor], stage: str, device: Any,
-                 input_names: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        tensors: list[EngineTensor],
+        stage: str,
+        device: Any,
+        input_names: tuple[str, ...] | None = None,
+    ) -> None:
         self.engine, self.stage, self.device = engine, stage, device
         self.tensors = {t.name: t for t in tensors}
         self.inputs = [t for t in tensors if t.is_input]
@@ -247,7 +282,9 @@ class TensorRTRunner:
         for tensor in self.inputs:
             array = arrays[tensor.name]
             if context.set_input_shape(tensor.name, array.shape) is False:
-                raise EngineShapeError(f"{self.stage}: TensorRT refused shape {array.shape} for {tensor.name}")
+                raise EngineShapeError(
+                    f"{self.stage}: TensorRT refused shape {array.shape} for {tensor.name}"
+                )
             pointer = slot.buffers.get(tensor.name, array.nbytes)
             self.device.to_device(pointer, array, slot.stream)
             context.set_tensor_address(tensor.name, pointer)
@@ -275,9 +312,11 @@ class TensorRTRunner:
         self.device.use()
         failed: list[Exception] = []
         for slot in slots:
-            steps: list[Callable[[], None]] = [functools.partial(self.device.synchronize, slot.stream),
-                                               slot.buffers.close,
-                                               functools.partial(self.device.destroy_stream, slot.stream)]
+            steps: list[Callable[[], None]] = [
+                functools.partial(self.device.synchronize, slot.stream),
+                slot.buffers.close,
+                functools.partial(self.device.destroy_stream, slot.stream),
+            ]
             for step in steps:
                 try:
                     step()
@@ -294,7 +333,9 @@ class TensorRTRunner:
         self.close()
 
 
-def tensorrt_runners(bundle_root: Path, manifest: Any, precision: str, device: int = 0) -> dict[str, TensorRTRunner]:
+def tensorrt_runners(
+    bundle_root: Path, manifest: Any, precision: str, device: int = 0
+) -> dict[str, TensorRTRunner]:
     """One TensorRT runner per stage on GPU `device`, from the engine folder built on a machine like this one.
 
     Refuses a folder built for another GPU / compute capability / TensorRT version, engines built from graphs the
@@ -311,12 +352,16 @@ def tensorrt_runners(bundle_root: Path, manifest: Any, precision: str, device: i
     )
 
     if precision not in manifest.precisions:
-        raise BundleError(f"{bundle_root}: no {precision!r} variant (available: {', '.join(manifest.precisions)})")
+        raise BundleError(
+            f"{bundle_root}: no {precision!r} variant (available: {', '.join(manifest.precisions)})"
+        )
     identity = current_identity(device)
     folder = find_engine_dir(bundle_root, identity, precision)
     engines = read_engine_manifest(folder)
     check_identity(folder, engines, identity)
-    check_sources(folder, engines, {stage: entry.sha256 for stage, entry in manifest.precisions[precision].items()})
+    check_sources(
+        folder, engines, {stage: entry.sha256 for stage, entry in manifest.precisions[precision].items()}
+    )
     trt = import_tensorrt()
     cuda = CudaDevice(device)
     cuda.use()  # deserialised engines live on the current device
@@ -325,7 +370,9 @@ def tensorrt_runners(bundle_root: Path, manifest: Any, precision: str, device: i
     for stage in manifest.precisions[precision]:
         engine = runtime.deserialize_cuda_engine(verified_engine_bytes(folder, engines, stage))
         if engine is None:
-            raise BundleError(f"{folder / engines['stages'][stage]['engine']}: TensorRT cannot deserialise it")
+            raise BundleError(
+                f"{folder / engines['stages'][stage]['engine']}: TensorRT cannot deserialise it"
+            )
         names = tuple(t.name for t in manifest.stages[stage].inputs)
         runners[stage] = TensorRTRunner(engine, engine_tensors(engine, trt), stage, cuda, names)
     return runners

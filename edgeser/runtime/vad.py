@@ -67,29 +67,51 @@ class VadOptions:
     max_speech_s: float = 12.0
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "neg_threshold", "min_speech_ms", "min_silence_ms", "speech_pad_ms",
-                     "max_speech_s"):
+        for name in (
+            "threshold",
+            "neg_threshold",
+            "min_speech_ms",
+            "min_silence_ms",
+            "speech_pad_ms",
+            "max_speech_s",
+        ):
             value = getattr(self, name)
             if value is None and name == "neg_threshold":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise OptionError(name, f"expected a finite number, got {value!r}")
         if not 0 < self.threshold < 1:
-            raise OptionError("threshold", f"must be between 0 and 1 (a speech probability), got {self.threshold}")
+            raise OptionError(
+                "threshold", f"must be between 0 and 1 (a speech probability), got {self.threshold}"
+            )
         if self.neg_threshold is not None and not 0 < self.neg_threshold <= self.threshold:
-            raise OptionError("neg_threshold", f"must be in (0, threshold={self.threshold}], got {self.neg_threshold}")
+            raise OptionError(
+                "neg_threshold", f"must be in (0, threshold={self.threshold}], got {self.neg_threshold}"
+            )
         if not 1000 * MIN_DURATION_S <= self.min_speech_ms <= 1000 * MAX_CLIP_SECONDS:
-            raise OptionError("min_speech_ms", f"must be {1000 * MIN_DURATION_S:g}..{1000 * MAX_CLIP_SECONDS:g} ms (the "
-                              f"models take clips of at least {MIN_DURATION_S:g} s), got {self.min_speech_ms}")
+            raise OptionError(
+                "min_speech_ms",
+                f"must be {1000 * MIN_DURATION_S:g}..{1000 * MAX_CLIP_SECONDS:g} ms (the "
+                f"models take clips of at least {MIN_DURATION_S:g} s), got {self.min_speech_ms}",
+            )
         if not 0 < self.min_silence_ms <= 10_000:
-            raise OptionError("min_silence_ms", f"must be in (0, 10000] ms (an utterance is known to have ended only "
-                              f"after it), got {self.min_silence_ms}")
+            raise OptionError(
+                "min_silence_ms",
+                f"must be in (0, 10000] ms (an utterance is known to have ended only "
+                f"after it), got {self.min_silence_ms}",
+            )
         if not 0 <= self.speech_pad_ms <= self.min_silence_ms:
-            raise OptionError("speech_pad_ms", f"must be 0..min_silence_ms ({self.min_silence_ms:g} ms): the end pad "
-                              f"is audio heard before the end is decided, got {self.speech_pad_ms}")
+            raise OptionError(
+                "speech_pad_ms",
+                f"must be 0..min_silence_ms ({self.min_silence_ms:g} ms): the end pad "
+                f"is audio heard before the end is decided, got {self.speech_pad_ms}",
+            )
         if not 1000 * self.max_speech_s > self.min_speech_ms or self.max_speech_s > MAX_CLIP_SECONDS:
-            raise OptionError("max_speech_s", f"must be above min_speech_ms and <= {MAX_CLIP_SECONDS:g} s (the longest "
-                              f"clip the models take as one utterance), got {self.max_speech_s}")
+            raise OptionError(
+                "max_speech_s",
+                f"must be above min_speech_ms and <= {MAX_CLIP_SECONDS:g} s (the longest "
+                f"clip the models take as one utterance), got {self.max_speech_s}",
+            )
 
     @property
     def off_threshold(self) -> float:
@@ -111,15 +133,18 @@ def vad_model_path() -> Path:
     try:
         dist = metadata.distribution(VAD_PACKAGE)
     except metadata.PackageNotFoundError:
-        raise MissingDependencyError(VAD_PACKAGE, "vad", "voice-activity detection (Silero VAD)",
-                                     VAD_INSTALL) from None
+        raise MissingDependencyError(
+            VAD_PACKAGE, "vad", "voice-activity detection (Silero VAD)", VAD_INSTALL
+        ) from None
     path = Path(str(dist.locate_file(VAD_FILE)))
     if not path.is_file():
         raise ModelError(f"{path}: {VAD_PACKAGE} {dist.version} has no {VAD_FILE}: {VAD_INSTALL}")
     digest = sha256_of(path)
     if digest != VAD_SHA256:
-        raise ModelError(f"{path}: {VAD_PACKAGE} {dist.version}'s model has SHA-256 {digest[:12]}..., not the "
-                         f"{VAD_VERSION} model edgeser was measured with: {VAD_INSTALL}")
+        raise ModelError(
+            f"{path}: {VAD_PACKAGE} {dist.version}'s model has SHA-256 {digest[:12]}..., not the "
+            f"{VAD_VERSION} model edgeser was measured with: {VAD_INSTALL}"
+        )
     return path
 
 
@@ -217,7 +242,9 @@ class SpeechDetector:
         window = self._window
         window[0, :CONTEXT] = window[0, FRAME:]
         window[0, CONTEXT:] = frame
-        probability, self._state = self._session.run(None, {"input": window, "state": self._state, "sr": self._rate})
+        probability, self._state = self._session.run(
+            None, {"input": window, "state": self._state, "sr": self._rate}
+        )
         position = self.frames * FRAME
         self.frames += 1
         return self._step(float(probability[0, 0]), position)
@@ -261,7 +288,9 @@ class SpeechDetector:
         return region
 
 
-def detect_speech(wave: npt.NDArray[np.float32], options: VadOptions | None = None) -> tuple[list[Region], float]:
+def detect_speech(
+    wave: npt.NDArray[np.float32], options: VadOptions | None = None
+) -> tuple[list[Region], float]:
     """The speech regions of a whole 16 kHz clip and its speech ratio (as a stream fed in one piece)."""
     detector = SpeechDetector(options)
     regions = detector.feed(wave) + detector.flush()

@@ -37,8 +37,15 @@ if TYPE_CHECKING:
 
 TritonProtocol = Literal["http", "grpc"]
 PROTOCOLS: tuple[TritonProtocol, ...] = get_args(TritonProtocol)
-NUMPY_TO_TRITON = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "int8": "INT8",
-                   "uint8": "UINT8", "bool": "BOOL"}
+NUMPY_TO_TRITON = {
+    "float32": "FP32",
+    "float16": "FP16",
+    "int64": "INT64",
+    "int32": "INT32",
+    "int8": "INT8",
+    "uint8": "UINT8",
+    "bool": "BOOL",
+}
 
 
 def triton_module(protocol: TritonProtocol) -> Any:
@@ -80,8 +87,9 @@ class _Connection:
         self.url, self.model, self.protocol = url, model, protocol
         try:
             if protocol == "http":
-                self.client = self.module.InferenceServerClient(url, network_timeout=timeout_s,
-                                                                connection_timeout=timeout_s)
+                self.client = self.module.InferenceServerClient(
+                    url, network_timeout=timeout_s, connection_timeout=timeout_s
+                )
                 self.config = self.client.get_model_config(model)
             else:
                 self.client = self.module.InferenceServerClient(url)
@@ -104,7 +112,9 @@ class _Connection:
                 return self.client.infer(self.model, inputs, outputs=wanted)
             return self.client.infer(self.model, inputs, outputs=wanted, client_timeout=self.timeout_s)
         except _exception_type() as err:
-            raise ServingError(f"{self.url} model {self.model}: {' '.join(str(err.message()).split())}") from err
+            raise ServingError(
+                f"{self.url} model {self.model}: {' '.join(str(err.message()).split())}"
+            ) from err
 
     def close(self) -> None:
         self.client.close()
@@ -122,8 +132,14 @@ class TritonClient:
     gets its own connection on first use.
     """
 
-    def __init__(self, url: str, *, protocol: TritonProtocol = "http", model: str = PIPELINE_MODEL, timeout_s: float = 120.0
-                 ) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        protocol: TritonProtocol = "http",
+        model: str = PIPELINE_MODEL,
+        timeout_s: float = 120.0,
+    ) -> None:
         self._args = (url, model, protocol, timeout_s)
         self._local = threading.local()
         labels = _parameter(self.connection.config, "labels")
@@ -140,14 +156,20 @@ class TritonClient:
         if not waves:
             return []
         batch, lengths = pad_batch([np.asarray(w, dtype=np.float32).reshape(-1) for w in waves])
-        result = self.connection.infer({WAVEFORM: batch, LENGTH: lengths.reshape(-1, 1)},
-                                       [LABEL, PROBABILITIES, LOGITS, TRANSCRIPT])
+        result = self.connection.infer(
+            {WAVEFORM: batch, LENGTH: lengths.reshape(-1, 1)}, [LABEL, PROBABILITIES, LOGITS, TRANSCRIPT]
+        )
         labels, texts = result.as_numpy(LABEL), result.as_numpy(TRANSCRIPT)
         probabilities, logits = result.as_numpy(PROBABILITIES), result.as_numpy(LOGITS)
-        return [RemotePrediction(label=labels[row, 0].decode(),
-                                 probabilities={k: float(p) for k, p in zip(self.labels, probabilities[row])},
-                                 logits=[float(x) for x in logits[row]], transcript=texts[row, 0].decode())
-                for row in range(len(waves))]
+        return [
+            RemotePrediction(
+                label=labels[row, 0].decode(),
+                probabilities={k: float(p) for k, p in zip(self.labels, probabilities[row])},
+                logits=[float(x) for x in logits[row]],
+                transcript=texts[row, 0].decode(),
+            )
+            for row in range(len(waves))
+        ]
 
     @property
     def connection(self) -> _Connection:
@@ -166,7 +188,9 @@ class TritonClient:
 class TritonRunner:
     """A `StageRunner` that runs one stage model on a Triton server: `StageGraph.run` can chain remote stages."""
 
-    def __init__(self, url: str, stage: str, *, protocol: TritonProtocol = "http", timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, url: str, stage: str, *, protocol: TritonProtocol = "http", timeout_s: float = 120.0
+    ) -> None:
         self.connection = _Connection(url, stage, protocol, timeout_s)
         config = self.connection.config
         self.input_names = tuple(t["name"] for t in config["input"])
@@ -174,8 +198,10 @@ class TritonRunner:
         self.per_item = {t["name"] for t in (*config["input"], *config["output"]) if "reshape" in t}
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        arrays = {name: feeds[name].reshape(-1, 1) if name in self.per_item else feeds[name]
-                  for name in self.input_names}
+        arrays = {
+            name: feeds[name].reshape(-1, 1) if name in self.per_item else feeds[name]
+            for name in self.input_names
+        }
         result = self.connection.infer(arrays, list(self.output_names))
         outputs = {}
         for name in self.output_names:

@@ -36,14 +36,23 @@ PIPELINE_MODEL = "edgeser"
 # The `edgeser` model's tensors (the request and the response of one clip).
 WAVEFORM, LENGTH = "waveform", "length"
 LABEL, PROBABILITIES, LOGITS, TRANSCRIPT = "label", "probabilities", "logits", "transcript"
-TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
-                 "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL",
-                 "string": "TYPE_STRING"}
+TRITON_DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32",
+    "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8",
+    "bool": "TYPE_BOOL",
+    "string": "TYPE_STRING",
+}
 MAX_CLIP_SECONDS = 30.0
 DEFAULT_MAX_BATCH = 16
 SAMPLE_RATE = 16_000
 STAGE_MODEL_PY = "from edgeser.serving.triton_model import StageModel as TritonPythonModel  # noqa: F401\n"
-PIPELINE_MODEL_PY = "from edgeser.serving.triton_model import PipelineModel as TritonPythonModel  # noqa: F401\n"
+PIPELINE_MODEL_PY = (
+    "from edgeser.serving.triton_model import PipelineModel as TritonPythonModel  # noqa: F401\n"
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,9 @@ class Repository:
 
     path: str
     models: list[str]
-    backend: TritonBackend | Literal["local"]  # local: `serve`'s repository, the runtime in the Python backend
+    backend: (
+        TritonBackend | Literal["local"]
+    )  # local: `serve`'s repository, the runtime in the Python backend
     precision: str
 
 
@@ -119,16 +130,29 @@ def _batching(options: RepositoryOptions) -> str:
     return f"dynamic_batching {{ max_queue_delay_microseconds: {round(options.max_delay_ms * 1000)} }}"
 
 
-def stage_config(stage: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], backend: TritonBackend,
-                 options: RepositoryOptions) -> str:
+def stage_config(
+    stage: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    backend: TritonBackend,
+    options: RepositoryOptions,
+) -> str:
     """config.pbtxt of one stage model."""
-    head = {"onnxruntime": 'platform: "onnxruntime_onnx"', "tensorrt": 'platform: "tensorrt_plan"',
-            "python": 'backend: "python"'}[backend]
+    head = {
+        "onnxruntime": 'platform: "onnxruntime_onnx"',
+        "tensorrt": 'platform: "tensorrt_plan"',
+        "python": 'backend: "python"',
+    }[backend]
     kind = {"onnxruntime": "KIND_AUTO", "tensorrt": "KIND_GPU", "python": "KIND_CPU"}[backend]
-    lines = [f"name: {_quote(stage)}", head, f"max_batch_size: {options.batch}",
-             _io_section("input", [tensor_block(t) for t in inputs]),
-             _io_section("output", [tensor_block(t) for t in outputs]),
-             _batching(options), f"instance_group [ {{ kind: {kind} count: {options.instances} }} ]"]
+    lines = [
+        f"name: {_quote(stage)}",
+        head,
+        f"max_batch_size: {options.batch}",
+        _io_section("input", [tensor_block(t) for t in inputs]),
+        _io_section("output", [tensor_block(t) for t in outputs]),
+        _batching(options),
+        f"instance_group [ {{ kind: {kind} count: {options.instances} }} ]",
+    ]
     if backend == "python":
         lines.append(_parameters({"edgeser_stage": stage}))
     return "\n".join(lines) + "\n"
@@ -137,16 +161,27 @@ def stage_config(stage: str, inputs: Sequence[TensorSpec], outputs: Sequence[Ten
 def pipeline_config(labels: Sequence[str], options: RepositoryOptions, parameters: dict[str, str]) -> str:
     """config.pbtxt of the `edgeser` model: waveform (+ length) in; label, probabilities, logits, transcript out."""
     classes = len(labels)
-    inputs = [tensor_block(TensorSpec(WAVEFORM, "float32", ["batch", "samples"]), ragged=True),
-              tensor_block(TensorSpec(LENGTH, "int64", ["batch", 1]), optional=True)]
-    outputs = [tensor_block(TensorSpec(LABEL, "string", ["batch", 1])),
-               tensor_block(TensorSpec(PROBABILITIES, "float32", ["batch", classes])),
-               tensor_block(TensorSpec(LOGITS, "float32", ["batch", classes])),
-               tensor_block(TensorSpec(TRANSCRIPT, "string", ["batch", 1]))]
+    inputs = [
+        tensor_block(TensorSpec(WAVEFORM, "float32", ["batch", "samples"]), ragged=True),
+        tensor_block(TensorSpec(LENGTH, "int64", ["batch", 1]), optional=True),
+    ]
+    outputs = [
+        tensor_block(TensorSpec(LABEL, "string", ["batch", 1])),
+        tensor_block(TensorSpec(PROBABILITIES, "float32", ["batch", classes])),
+        tensor_block(TensorSpec(LOGITS, "float32", ["batch", classes])),
+        tensor_block(TensorSpec(TRANSCRIPT, "string", ["batch", 1])),
+    ]
     params = {"labels": json.dumps(list(labels)), "max_seconds": f"{options.max_seconds:g}", **parameters}
-    lines = [f"name: {_quote(PIPELINE_MODEL)}", 'backend: "python"', f"max_batch_size: {options.batch}",
-             _io_section("input", inputs), _io_section("output", outputs), _batching(options),
-             f"instance_group [ {{ kind: KIND_CPU count: {options.instances} }} ]", _parameters(params)]
+    lines = [
+        f"name: {_quote(PIPELINE_MODEL)}",
+        'backend: "python"',
+        f"max_batch_size: {options.batch}",
+        _io_section("input", inputs),
+        _io_section("output", outputs),
+        _batching(options),
+        f"instance_group [ {{ kind: KIND_CPU count: {options.instances} }} ]",
+        _parameters(params),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -168,14 +203,20 @@ def engine_folder(bundle: Path, precision: str, target: str | None) -> Path:
     targets = sorted(p.name for p in root.iterdir() if (p / precision).is_dir()) if root.is_dir() else []
     if target is not None:
         if target not in targets:
-            raise ServingError(f"{root / target / precision}: no TensorRT engines there "
-                               f"(targets with {precision} engines: {', '.join(targets) or 'none'})")
+            raise ServingError(
+                f"{root / target / precision}: no TensorRT engines there "
+                f"(targets with {precision} engines: {', '.join(targets) or 'none'})"
+            )
         return root / target / precision
     if not targets:
-        raise ServingError(f"{bundle}: no TensorRT {precision} engines under trt/; build them first with "
-                           f"`edgeser build-trt {bundle}` on the serving GPU")
+        raise ServingError(
+            f"{bundle}: no TensorRT {precision} engines under trt/; build them first with "
+            f"`edgeser build-trt {bundle}` on the serving GPU"
+        )
     if len(targets) > 1:
-        raise ServingError(f"{root}: engines for several targets ({', '.join(targets)}); choose one with --engines")
+        raise ServingError(
+            f"{root}: engines for several targets ({', '.join(targets)}); choose one with --engines"
+        )
     return root / targets[0] / precision
 
 
@@ -208,19 +249,29 @@ def engine_limits(folder: Path, manifest: BundleManifest, options: RepositoryOpt
                 if dim == "samples" and (samples is None or where[0] < samples[0]):
                     samples = where
     if batch is None:
-        raise ServingError(f"{folder / 'manifest.json'}: no batch profile for any stage input; rebuild the engines "
-                           "with `edgeser build-trt`")
+        raise ServingError(
+            f"{folder / 'manifest.json'}: no batch profile for any stage input; rebuild the engines "
+            "with `edgeser build-trt`"
+        )
     if options.max_batch is not None and options.max_batch > batch[0]:
-        raise ServingError(f"--max-batch {options.max_batch}: the TensorRT engines in {folder} take at most "
-                           f"{batch[0]} clips ({batch[1]} profile); pass --max-batch {batch[0]} or rebuild with "
-                           f"`edgeser build-trt --profile {batch[1]}=...` for larger batches")
+        raise ServingError(
+            f"--max-batch {options.max_batch}: the TensorRT engines in {folder} take at most "
+            f"{batch[0]} clips ({batch[1]} profile); pass --max-batch {batch[0]} or rebuild with "
+            f"`edgeser build-trt --profile {batch[1]}=...` for larger batches"
+        )
     seconds = options.max_seconds if samples is None else min(options.max_seconds, samples[0] / SAMPLE_RATE)
     return replace(options, max_batch=options.max_batch or batch[0], max_seconds=seconds)
 
 
-def write_model_repository(bundle: str | Path, out: str | Path, *, precision: str = "fp32",
-                           backend: TritonBackend = "onnxruntime", options: RepositoryOptions | None = None,
-                           engines: str | None = None) -> Repository:
+def write_model_repository(
+    bundle: str | Path,
+    out: str | Path,
+    *,
+    precision: str = "fp32",
+    backend: TritonBackend = "onnxruntime",
+    options: RepositoryOptions | None = None,
+    engines: str | None = None,
+) -> Repository:
     """Write the Triton model repository for one bundle variant at `out` (replaced whole, atomically)."""
     options = options or RepositoryOptions()
     if backend not in BACKENDS:
@@ -244,8 +295,9 @@ def write_model_repository(bundle: str | Path, out: str | Path, *, precision: st
             spec = manifest.stages[stage]
             model = staging / stage
             (model / "1").mkdir(parents=True)
-            write_text_atomic(model / "config.pbtxt",
-                              stage_config(stage, spec.inputs, spec.outputs, backend, options))
+            write_text_atomic(
+                model / "config.pbtxt", stage_config(stage, spec.inputs, spec.outputs, backend, options)
+            )
             _place(sources[stage], model / "1" / ("model.plan" if backend == "tensorrt" else "model.onnx"))
             if backend == "python":
                 write_text_atomic(model / "1" / "model.py", STAGE_MODEL_PY)
@@ -255,15 +307,25 @@ def write_model_repository(bundle: str | Path, out: str | Path, *, precision: st
         if manifest.tokenizer is not None:
             shutil.copyfile(root / manifest.tokenizer, version / Path(manifest.tokenizer).name)
         write_text_atomic(version / "model.py", PIPELINE_MODEL_PY)
-        write_text_atomic(staging / PIPELINE_MODEL / "config.pbtxt", pipeline_config(
-            manifest.labels, options, {"runners": "bls", "precision": precision}))
-        write_text_atomic(staging / "README.md", repository_readme(root, manifest.labels, stages, backend,
-                                                                   precision, options))
+        write_text_atomic(
+            staging / PIPELINE_MODEL / "config.pbtxt",
+            pipeline_config(manifest.labels, options, {"runners": "bls", "precision": precision}),
+        )
+        write_text_atomic(
+            staging / "README.md",
+            repository_readme(root, manifest.labels, stages, backend, precision, options),
+        )
     return Repository(str(target), [*stages, PIPELINE_MODEL], backend, precision)
 
 
-def write_serving_repository(bundle: str | Path, out: str | Path, *, precision: str = "fp32",
-                             options: RepositoryOptions | None = None, threads: int | None = None) -> Repository:
+def write_serving_repository(
+    bundle: str | Path,
+    out: str | Path,
+    *,
+    precision: str = "fp32",
+    options: RepositoryOptions | None = None,
+    threads: int | None = None,
+) -> Repository:
     """A repository with the `edgeser` model only, running the bundle's stages in its own process (onnxruntime).
 
     This is what `edgeser serve` runs: the tritonserver of the nvidia-pytriton wheel has the Python backend but
@@ -281,9 +343,19 @@ def write_serving_repository(bundle: str | Path, out: str | Path, *, precision: 
         version = staging / PIPELINE_MODEL / "1"
         version.mkdir(parents=True)
         write_text_atomic(version / "model.py", PIPELINE_MODEL_PY)
-        write_text_atomic(staging / PIPELINE_MODEL / "config.pbtxt", pipeline_config(
-            manifest.labels, options,
-            {"runners": "local", "bundle": str(root), "precision": precision, "threads": str(threads or 0)}))
+        write_text_atomic(
+            staging / PIPELINE_MODEL / "config.pbtxt",
+            pipeline_config(
+                manifest.labels,
+                options,
+                {
+                    "runners": "local",
+                    "bundle": str(root),
+                    "precision": precision,
+                    "threads": str(threads or 0),
+                },
+            ),
+        )
     return Repository(str(target), [PIPELINE_MODEL], "local", precision)
 
 
@@ -292,10 +364,20 @@ def repository_labels(repository: Path) -> list[str]:
     return list(read_manifest(repository / PIPELINE_MODEL / "1").labels)
 
 
-def repository_readme(bundle: Path, labels: Sequence[str], stages: Sequence[str], backend: TritonBackend,
-                      precision: str, options: RepositoryOptions) -> str:
+def repository_readme(
+    bundle: Path,
+    labels: Sequence[str],
+    stages: Sequence[str],
+    backend: TritonBackend,
+    precision: str,
+    options: RepositoryOptions,
+) -> str:
     """README.md of a written repository: what is in it, the server command, a client example."""
-    platform = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan", "python": "python (onnxruntime)"}
+    platform = {
+        "onnxruntime": "onnxruntime_onnx",
+        "tensorrt": "tensorrt_plan",
+        "python": "python (onnxruntime)",
+    }
     return f"""# Triton model repository for `{bundle.name}` ({precision})
 
 Written by `edgeser export-triton`. Models:
@@ -303,7 +385,9 @@ Written by `edgeser export-triton`. Models:
 | model | backend | what it does |
 |---|---|---|
 {chr(10).join(f"| `{s}` | {platform[backend]} | the bundle's `{s}` stage graph |" for s in stages)}
-| `{PIPELINE_MODEL}` | python | waveform (+ length) -> the stages above (BLS calls) with edgeser's own steps between \
+| `{
+        PIPELINE_MODEL
+    }` | python | waveform (+ length) -> the stages above (BLS calls) with edgeser's own steps between \
 them (frame lengths, CTC greedy decoding, tokenisation) -> label, probabilities, logits, transcript |
 
 Every model batches dynamically (up to {options.batch} items, {options.max_delay_ms:g} ms queue delay);
@@ -321,9 +405,14 @@ soxr, click), so the server's Python must have it:
 or, where `tritonserver` is installed with the {"TensorRT" if backend == "tensorrt" else "ONNX Runtime"} and \
 Python backends:
 
-    tritonserver --model-repository={'$PWD'} --http-port 8000 --grpc-port 8001
-{"" if backend != "tensorrt" else chr(10) + "TensorRT engines are tied to the GPU model, its compute capability and the TensorRT version they were "
- "built with: serve them with the Triton release that carries that TensorRT version." + chr(10)}
+    tritonserver --model-repository={"$PWD"} --http-port 8000 --grpc-port 8001
+{
+        ""
+        if backend != "tensorrt"
+        else chr(10)
+        + "TensorRT engines are tied to the GPU model, its compute capability and the TensorRT version they were "
+        "built with: serve them with the Triton release that carries that TensorRT version." + chr(10)
+    }
 ## Client
 
 Send 16 kHz mono float32 audio, one clip per request (or several, padded, with their lengths):
@@ -345,4 +434,3 @@ print(result.as_numpy("{LABEL}")[0, 0].decode(), result.as_numpy("{PROBABILITIES
 or with edgeser: `edgeser.serving.client.TritonClient("localhost:8000").predict(wave)`, and the stage models
 alone as `StageRunner`s: `edgeser.serving.client.TritonRunner(url, stage)`.
 """
-

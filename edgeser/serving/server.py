@@ -29,9 +29,11 @@ from pathlib import Path
 from edgeser.errors import MissingDependencyError, ServingError
 from edgeser.files import staging_dir
 
-SERVE_EXTRA_HINT = ("install the `serve` extra in its own environment (nvidia-pytriton pins numpy<2): "
-                    "python -m venv .venv-serve && .venv-serve/bin/pip install 'edgeser[serve]', "
-                    "then run .venv-serve/bin/edgeser serve")
+SERVE_EXTRA_HINT = (
+    "install the `serve` extra in its own environment (nvidia-pytriton pins numpy<2): "
+    "python -m venv .venv-serve && .venv-serve/bin/pip install 'edgeser[serve]', "
+    "then run .venv-serve/bin/edgeser serve"
+)
 
 
 @dataclass(frozen=True)
@@ -48,20 +50,29 @@ def find_tritonserver() -> TritonInstall:
     """The Triton of the nvidia-pytriton wheel installed in this environment, or a one-line error."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError("nvidia-pytriton", "serve", "edgeser serve (the tritonserver of its wheel)",
-                                     SERVE_EXTRA_HINT)
+        raise MissingDependencyError(
+            "nvidia-pytriton", "serve", "edgeser serve (the tritonserver of its wheel)", SERVE_EXTRA_HINT
+        )
     package = Path(next(iter(spec.submodule_search_locations)))
     root = package / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
-    install = TritonInstall(root / "bin" / "tritonserver", root / "backends" / "python", stub,
-                            package.parent / "nvidia_pytriton.libs")
+    install = TritonInstall(
+        root / "bin" / "tritonserver",
+        root / "backends" / "python",
+        stub,
+        package.parent / "nvidia_pytriton.libs",
+    )
     if not install.binary.is_file() or not install.python_backend.is_dir():
-        raise ServingError(f"{root}: the nvidia-pytriton wheel carries no tritonserver here (a CPU-only or "
-                           f"non-Linux build?); {SERVE_EXTRA_HINT}")
+        raise ServingError(
+            f"{root}: the nvidia-pytriton wheel carries no tritonserver here (a CPU-only or "
+            f"non-Linux build?); {SERVE_EXTRA_HINT}"
+        )
     if not stub.is_file():
         found = sorted(p.name for p in (root / "python_backend_stubs").iterdir())
-        raise ServingError(f"{root}: no Python-backend stub for Python {version} (the wheel has {', '.join(found)})")
+        raise ServingError(
+            f"{root}: no Python-backend stub for Python {version} (the wheel has {', '.join(found)})"
+        )
     return install
 
 
@@ -98,8 +109,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 class TritonServer:
     """A running tritonserver on a model repository: `start()` waits until it is ready, `stop()` ends it."""
 
-    def __init__(self, repository: Path, *, host: str = "127.0.0.1", http_port: int = 8000, grpc_port: int = 8001,
-                 workdir: Path, install: TritonInstall | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        *,
+        host: str = "127.0.0.1",
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        workdir: Path,
+        install: TritonInstall | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.repository = repository
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
         self.install = install or find_tritonserver()
@@ -120,16 +140,25 @@ class TritonServer:
         if not backends.is_dir():  # the backend folder Triton loads from: the python backend plus our stub
             shutil.copytree(self.install.python_backend, backends / "python")
             shutil.copy2(self.install.stub, backends / "python" / "triton_python_backend_stub")
-        return [str(self.install.binary), f"--model-repository={self.repository}", f"--backend-directory={backends}",
-                f"--http-address={self.host}", f"--http-port={self.http_port}", f"--grpc-address={self.host}",
-                f"--grpc-port={self.grpc_port}", "--allow-metrics=false", "--exit-timeout-secs=10",
-                "--log-verbose=0"]
+        return [
+            str(self.install.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            f"--http-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false",
+            "--exit-timeout-secs=10",
+            "--log-verbose=0",
+        ]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the stub's Python
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env.get("LD_LIBRARY_PATH"), str(self.install.libraries))
-                                                 if p)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (env.get("LD_LIBRARY_PATH"), str(self.install.libraries)) if p
+        )
         package_parent = str(Path(__file__).resolve().parents[2])  # this edgeser, for the stub's imports
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
         return env
@@ -142,16 +171,25 @@ class TritonServer:
         """
         for port in (self.http_port, self.grpc_port):
             if not port_free(self.host, port):
-                raise ServingError(f"{self.host}:{port}: port already in use; choose another with --port/--grpc-port")
+                raise ServingError(
+                    f"{self.host}:{port}: port already in use; choose another with --port/--grpc-port"
+                )
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.environment(), start_new_session=True,
-                                            preexec_fn=_terminate_with_parent)  # it takes no locks (safe beside threads)
+            self.process = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent,
+            )  # it takes no locks (safe beside threads)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServingError(f"tritonserver exited with code {self.process.returncode} while starting: "
-                                   f"{self.log_tail()}")
+                raise ServingError(
+                    f"tritonserver exited with code {self.process.returncode} while starting: "
+                    f"{self.log_tail()}"
+                )
             if self.ready():
                 return
             time.sleep(0.25)
@@ -202,17 +240,35 @@ class TritonServer:
 
 
 @contextlib.contextmanager
-def serving(bundle: str | Path, *, precision: str = "fp32", host: str = "127.0.0.1", http_port: int = 8000,
-            grpc_port: int = 8001, max_batch: int = 8, max_delay_ms: float = 5.0, instances: int = 1,
-            threads: int | None = None, timeout_s: float = 180.0) -> Iterator[TritonServer]:
+def serving(
+    bundle: str | Path,
+    *,
+    precision: str = "fp32",
+    host: str = "127.0.0.1",
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    max_batch: int = 8,
+    max_delay_ms: float = 5.0,
+    instances: int = 1,
+    threads: int | None = None,
+    timeout_s: float = 180.0,
+) -> Iterator[TritonServer]:
     """Serve a bundle with the pytriton wheel's tritonserver for the duration of the block (ready on entry)."""
     from edgeser.serving.repository import RepositoryOptions, write_serving_repository
 
     install = find_tritonserver()
     options = RepositoryOptions(max_batch=max_batch, max_delay_ms=max_delay_ms, instances=instances)
     with staging_dir(Path(tempfile.gettempdir()), "edgeser-serve") as workdir:
-        write_serving_repository(bundle, workdir / "models", precision=precision, options=options, threads=threads)
-        server = TritonServer(workdir / "models", host=host, http_port=http_port, grpc_port=grpc_port,
-                              workdir=workdir, install=install)
+        write_serving_repository(
+            bundle, workdir / "models", precision=precision, options=options, threads=threads
+        )
+        server = TritonServer(
+            workdir / "models",
+            host=host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            workdir=workdir,
+            install=install,
+        )
         with server:
             yield server

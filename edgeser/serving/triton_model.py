@@ -54,8 +54,13 @@ def model_parameters(args: Mapping[str, str]) -> dict[str, str]:
 class BlsRunner:
     """A `StageRunner` that runs one stage model of the same server through a BLS request."""
 
-    def __init__(self, model: str, input_names: Sequence[str], output_names: Sequence[str],
-                 per_item: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        model: str,
+        input_names: Sequence[str],
+        output_names: Sequence[str],
+        per_item: Sequence[str] = (),
+    ) -> None:
         self.model = model
         self.input_names = tuple(input_names)
         self.output_names = tuple(output_names)
@@ -67,8 +72,9 @@ class BlsRunner:
         for name in self.input_names:
             value = np.ascontiguousarray(feeds[name])
             tensors.append(pb.Tensor(name, value.reshape(-1, 1) if name in self.per_item else value))
-        request = pb.InferenceRequest(model_name=self.model, inputs=tensors,
-                                      requested_output_names=list(self.output_names))
+        request = pb.InferenceRequest(
+            model_name=self.model, inputs=tensors, requested_output_names=list(self.output_names)
+        )
         response = request.exec()
         if response.has_error():
             raise ServingError(f"stage model {self.model}: {response.error().message()}")
@@ -87,8 +93,10 @@ class PipelineModel:
         self.labels = tuple(json.loads(params["labels"]))
         self.max_seconds = float(params.get("max_seconds") or MAX_CLIP_SECONDS)
         self.run_stages: Callable[[Waves], StageRun] = (
-            local_stages(params) if params.get("runners") == "local"
-            else bls_stages(Path(args["model_repository"]) / args["model_version"]))
+            local_stages(params)
+            if params.get("runners") == "local"
+            else bls_stages(Path(args["model_repository"]) / args["model_version"])
+        )
 
     def execute(self, requests: Sequence[Any]) -> list[Any]:
         """One response per request; a bad request gets an error response and the others still run."""
@@ -108,17 +116,25 @@ class PipelineModel:
         if batch.ndim != 2:
             raise AudioError(source, f"{WAVEFORM} must be [clips, samples], got shape {list(batch.shape)}")
         length_tensor = pb.get_input_tensor_by_name(request, LENGTH)
-        lengths = (np.full(batch.shape[0], batch.shape[1], dtype=np.int64) if length_tensor is None
-                   else length_tensor.as_numpy().reshape(-1))
+        lengths = (
+            np.full(batch.shape[0], batch.shape[1], dtype=np.int64)
+            if length_tensor is None
+            else length_tensor.as_numpy().reshape(-1)
+        )
         if lengths.size != batch.shape[0]:
             raise AudioError(source, f"{LENGTH} has {lengths.size} values for {batch.shape[0]} waveform(s)")
         waves = []
         for row, length in enumerate(lengths):
             if not 0 <= int(length) <= batch.shape[1]:
-                raise AudioError(source, f"{LENGTH}[{row}] = {int(length)} is outside 0..{batch.shape[1]} samples")
+                raise AudioError(
+                    source, f"{LENGTH}[{row}] = {int(length)} is outside 0..{batch.shape[1]} samples"
+                )
             wave = np.ascontiguousarray(batch[row, : int(length)], dtype=np.float32)
-            check_waveform(wave, source=source if batch.shape[0] == 1 else f"{source} clip {row}",
-                           max_duration=self.max_seconds)
+            check_waveform(
+                wave,
+                source=source if batch.shape[0] == 1 else f"{source} clip {row}",
+                max_duration=self.max_seconds,
+            )
             waves.append(wave)
         return waves
 
@@ -136,8 +152,9 @@ class PipelineModel:
             return responses
 
         # a request alone is not run twice: its batch's error is its own
-        done, failed = isolated(clips, self._alone, lambda _waves, err: str(err),
-                                together=together if len(clips) > 1 else None)
+        done, failed = isolated(
+            clips, self._alone, lambda _waves, err: str(err), together=together if len(clips) > 1 else None
+        )
         return {**done, **failed}
 
     def _alone(self, waves: Waves) -> Any:
@@ -153,8 +170,14 @@ class PipelineModel:
         labels = np.array([[self.labels[int(i)].encode()] for i in best], dtype=np.object_)
         texts = (run.transcripts or [""] * len(run.logits))[rows]
         transcripts = np.array([[(t or "").encode()] for t in texts], dtype=np.object_)
-        return pb.InferenceResponse([pb.Tensor(LABEL, labels), pb.Tensor(PROBABILITIES, probabilities),
-                                     pb.Tensor(LOGITS, logits), pb.Tensor(TRANSCRIPT, transcripts)])
+        return pb.InferenceResponse(
+            [
+                pb.Tensor(LABEL, labels),
+                pb.Tensor(PROBABILITIES, probabilities),
+                pb.Tensor(LOGITS, logits),
+                pb.Tensor(TRANSCRIPT, transcripts),
+            ]
+        )
 
 
 def local_stages(params: Mapping[str, str]) -> Callable[[Waves], StageRun]:
@@ -216,14 +239,22 @@ class StageModel:
                 outputs = self.session.run([n for n, _ in self.outputs], stacked)
             except Exception as err:  # onnxruntime raises its own types; the message goes back
                 for i in members:
-                    responses[i] = pb.InferenceResponse(error=pb.TritonError(" ".join(str(err).split())[:300]))
+                    responses[i] = pb.InferenceResponse(
+                        error=pb.TritonError(" ".join(str(err).split())[:300])
+                    )
                 continue
             row = 0
             for i in members:
                 count = feeds[i][self.inputs[0][0]].shape[0]
-                tensors = [pb.Tensor(n, np.ascontiguousarray(v[row : row + count].reshape(count, -1) if per_item
-                                                             else v[row : row + count]))
-                           for (n, per_item), v in zip(self.outputs, outputs)]
+                tensors = [
+                    pb.Tensor(
+                        n,
+                        np.ascontiguousarray(
+                            v[row : row + count].reshape(count, -1) if per_item else v[row : row + count]
+                        ),
+                    )
+                    for (n, per_item), v in zip(self.outputs, outputs)
+                ]
                 responses[i] = pb.InferenceResponse(tensors)
                 row += count
         return responses

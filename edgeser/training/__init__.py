@@ -11,5 +11,18 @@ from edgeser.training.batches import Clip, EvalResult, batches, collate, compute
 from edgeser.training.config import TrainConfig, apply_stage, stage_plan
 from edgeser.training.loop import METRICS_FILE, STATE_DIR, train
 
-__all__ = ["METRICS_FILE", "STATE_DIR", "Clip", "EvalResult", "TrainConfig", "apply_stage", "batches", "collate",
-           "compute_loss", "evaluate", "load_clips", "stage_plan", "train"]
+__all__ = [
+    "METRICS_FILE",
+    "STATE_DIR",
+    "Clip",
+    "EvalResult",
+    "TrainConfig",
+    "apply_stage",
+    "batches",
+    "collate",
+    "compute_loss",
+    "evaluate",
+    "load_clips",
+    "stage_plan",
+    "train",
+]

@@ -39,15 +39,22 @@ class Clip:
     speaker: str = ""
 
 
-def load_clips(utterances: list[Utterance], labels: list[str], label: str = "loading audio", *,
-               progress: Progress = STDERR) -> list[Clip]:
+def load_clips(
+    utterances: list[Utterance],
+    labels: list[str],
+    label: str = "loading audio",
+    *,
+    progress: Progress = STDERR,
+) -> list[Clip]:
     """Decode every clip once (16 kHz mono) under a progress bar named `label`; transcripts missing from the
     corpus become empty."""
     index = {name: i for i, name in enumerate(labels)}
     clips = []
     with progress.bar(utterances, label) as bar:
         for utt in bar:
-            clips.append(Clip(utt.id, load_audio(utt.path), index[utt.label], utt.transcript or "", utt.speaker))
+            clips.append(
+                Clip(utt.id, load_audio(utt.path), index[utt.label], utt.transcript or "", utt.speaker)
+            )
     return clips
 
 
@@ -57,8 +64,9 @@ def collate(waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(batch), torch.from_numpy(lengths)
 
 
-def batches(clips: list[Clip], size: int, rng: np.random.Generator | None, bucketed: bool = False
-            ) -> Iterator[list[Clip]]:
+def batches(
+    clips: list[Clip], size: int, rng: np.random.Generator | None, bucketed: bool = False
+) -> Iterator[list[Clip]]:
     """Shuffled batches (training), length-bucketed shuffled batches (`bucketed`: whole long clips pad
     little), or length-sorted batches in order (evaluation, `rng` None)."""
     if rng is None or bucketed:
@@ -98,8 +106,14 @@ class TrainingLoss(nn.Module):
         self.model = model
         self.config = config
 
-    def forward(self, waves: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, transcripts: list[str],
-                stage: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        waves: torch.Tensor,
+        lengths: torch.Tensor,
+        labels: torch.Tensor,
+        transcripts: list[str],
+        stage: dict[str, Any],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model, config, device = self.model, self.config, waves.device
         ctc_weight = float(stage.get("ctc_weight", config.ctc_weight)) if model.ctc_head is not None else 0.0
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -119,8 +133,12 @@ class TrainingLoss(nn.Module):
             targets, target_lengths = ctc_targets(model, transcripts)
             log_probs = output.ctc_log_probs.float().transpose(0, 1)  # [F, B, V]
             ctc = F.ctc_loss(
-                log_probs, targets.to(device), output.frame_lengths, target_lengths.to(device),
-                blank=model.vocab.blank_id if model.vocab else 0, zero_infinity=True,
+                log_probs,
+                targets.to(device),
+                output.frame_lengths,
+                target_lengths.to(device),
+                blank=model.vocab.blank_id if model.vocab else 0,
+                zero_infinity=True,
             )
             loss = (1 - ctc_weight) * ce + ctc_weight * ctc
             parts["ctc"] = ctc.detach()
@@ -133,8 +151,15 @@ class TrainingLoss(nn.Module):
 
 
 def compute_loss(
-    model: SerModel, batch: list[Clip], rng: np.random.Generator, config: TrainConfig, device: torch.device,
-    stage: dict[str, Any], *, shard: slice | None = None, net: nn.Module | None = None,
+    model: SerModel,
+    batch: list[Clip],
+    rng: np.random.Generator,
+    config: TrainConfig,
+    device: torch.device,
+    stage: dict[str, Any],
+    *,
+    shard: slice | None = None,
+    net: nn.Module | None = None,
     forward_seed: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One batch's training loss, with the paper's augmentation if any.
@@ -187,14 +212,29 @@ def _grouped(groups: list[str], labels: list[int], predictions: list[int], class
     rows: dict[str, list[int]] = defaultdict(list)
     for position, group in enumerate(groups):
         rows[group].append(position)
-    return {group: {k: v for k, v in classification_report(
-        [labels[i] for i in members], [predictions[i] for i in members], classes).to_dict().items() if k != "confusion"}
-        for group, members in sorted(rows.items())}
+    return {
+        group: {
+            k: v
+            for k, v in classification_report(
+                [labels[i] for i in members], [predictions[i] for i in members], classes
+            )
+            .to_dict()
+            .items()
+            if k != "confusion"
+        }
+        for group, members in sorted(rows.items())
+    }
 
 
 def evaluate(
-    model: SerModel, clips: list[Clip], *, batch_size: int = 16, text_source: TextSource = "asr",
-    device: torch.device | None = None, per_speaker: bool = False, world: World | None = None,
+    model: SerModel,
+    clips: list[Clip],
+    *,
+    batch_size: int = 16,
+    text_source: TextSource = "asr",
+    device: torch.device | None = None,
+    per_speaker: bool = False,
+    world: World | None = None,
 ) -> EvalResult:
     """Run the model as deployed, through the stage contract (`StageGraph` + PyTorch runners): the text branch
     reads the model's own CTC transcript (`text_source="asr"`) or the ground truth (`"ground_truth"`).
@@ -225,8 +265,9 @@ def evaluate(
     labels = [truth_by_id[i].label for i in ids]
     metrics: dict[str, Any] = classification_report(labels, predictions, len(model.labels)).to_dict()
     # Mean negative log-likelihood of the true label: it still ranks checkpoints once UA saturates.
-    metrics["loss"] = float(-np.mean([np.log(max(p[y], 1e-12)) for p, y in zip(probabilities, labels)])) \
-        if labels else 0.0
+    metrics["loss"] = (
+        float(-np.mean([np.log(max(p[y], 1e-12)) for p, y in zip(probabilities, labels)])) if labels else 0.0
+    )
     if model.ctc_head is not None:
         references = [truth_by_id[i].transcript for i in ids]
         metrics["cer"] = cer(references, transcripts)
@@ -234,7 +275,9 @@ def evaluate(
     if per_speaker:
         speakers = [truth_by_id[clip_id].speaker for clip_id in ids]
         metrics["per_speaker"] = _grouped(speakers, labels, predictions, len(model.labels))
-        if all("/" in speaker for speaker in speakers):  # the multi corpus: `ravdess/actor19`, `emodb/14`, ...
+        if all(
+            "/" in speaker for speaker in speakers
+        ):  # the multi corpus: `ravdess/actor19`, `emodb/14`, ...
             corpora = [speaker.split("/", 1)[0] for speaker in speakers]
             metrics["per_corpus"] = _grouped(corpora, labels, predictions, len(model.labels))
     return EvalResult(ids, predictions, probabilities, transcripts, metrics)

@@ -43,7 +43,9 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     grad_clip: float | None = 5.0  # 0 or None: no clipping
     l2_penalty: dict[str, Any] | None = None
-    protocol: ProtocolName | None = None  # the paper's protocol (recipe); the CLI picks it with --protocol paper
+    protocol: ProtocolName | None = (
+        None  # the paper's protocol (recipe); the CLI picks it with --protocol paper
+    )
     # Training clips longer than `max_seconds`: "random-window" cuts a random window (only where the target
     # follows: audio-only models); "none" keeps whole clips in length-bucketed batches; "auto" picks
     # "none" for models with a CTC head or a text branch (their transcript covers the whole clip).
@@ -102,9 +104,13 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     if config.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    raise ModelError(f"unknown optimizer {config.optimizer!r} in the recipe; use {', '.join(OPTIMIZERS[:-1])} or "
-                     f"{OPTIMIZERS[-1]}")
+        return torch.optim.SGD(
+            parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    raise ModelError(
+        f"unknown optimizer {config.optimizer!r} in the recipe; use {', '.join(OPTIMIZERS[:-1])} or "
+        f"{OPTIMIZERS[-1]}"
+    )
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, schedule: LrSchedule = "cosine") -> Callable[[int], float]:
@@ -125,7 +131,11 @@ def stage_plan(config: TrainConfig) -> list[dict[str, Any]]:
     plan: list[dict[str, Any]] = []
     for stage in config.stages:
         # An --epochs override rescales the stages, keeping each at least one epoch.
-        share = int(stage["epochs"]) if planned == config.epochs else round(int(stage["epochs"]) * config.epochs / planned)
+        share = (
+            int(stage["epochs"])
+            if planned == config.epochs
+            else round(int(stage["epochs"]) * config.epochs / planned)
+        )
         plan += [stage] * max(1, share)
     return plan
 
@@ -137,7 +147,9 @@ def apply_stage(model: torch.nn.Module, stage: dict[str, Any]) -> None:
     names = [name for name, _ in model.named_parameters()]
     unknown = [prefix for prefix in frozen if not any(name.startswith(prefix) for name in names)]
     if unknown:
-        raise ModelError(f"training stage {stage.get('name', '?')!r} freezes {unknown}, which name no parameter")
+        raise ModelError(
+            f"training stage {stage.get('name', '?')!r} freezes {unknown}, which name no parameter"
+        )
     built = getattr(model, "_trainable_as_built", None)
     if built is None:  # the first stage applied sees the model as built
         built = {name: parameter.requires_grad for name, parameter in model.named_parameters()}

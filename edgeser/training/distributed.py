@@ -130,8 +130,10 @@ def process_world(device_name: str) -> Iterator[World]:
     device = resolve_device(device_name)
     if device.type == "cuda":
         if size > 1 and device.index is not None:
-            raise ModelError(f"device {device_name!r}: under torchrun each process uses cuda:LOCAL_RANK; "
-                             "pass --device cuda (or auto)")
+            raise ModelError(
+                f"device {device_name!r}: under torchrun each process uses cuda:LOCAL_RANK; "
+                "pass --device cuda (or auto)"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -139,7 +141,9 @@ def process_world(device_name: str) -> Iterator[World]:
     if created:
         dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
     elif dist.get_backend() != backend:
-        raise ModelError(f"the process group uses {dist.get_backend()}, but training on {device.type} needs {backend}")
+        raise ModelError(
+            f"the process group uses {dist.get_backend()}, but training on {device.type} needs {backend}"
+        )
     try:
         yield World(device, rank, size, dist.new_group(backend=backend) if size > 1 else None)
     finally:
@@ -173,7 +177,9 @@ class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
     SyncBatchNorm runs on GPUs only, this one on any device and backend (two all-reduces per layer)."""
 
     def __init__(self, source: nn.modules.batchnorm._BatchNorm, group: Any) -> None:
-        super().__init__(source.num_features, source.eps, source.momentum, source.affine, source.track_running_stats)
+        super().__init__(
+            source.num_features, source.eps, source.momentum, source.affine, source.track_running_stats
+        )
         self.weight, self.bias = source.weight, source.bias  # the same Parameters (the optimiser holds them)
         self.running_mean, self.running_var = source.running_mean, source.running_var
         self.num_batches_tracked = source.num_batches_tracked
@@ -260,5 +266,13 @@ def unsynchronised(model: nn.Module) -> Iterator[None]:
             module.sync = True
 
 
-__all__ = ["SyncedBatchNorm", "SyncedMaskedFeatureNorm", "World", "launched_by_torchrun", "main_process",
-           "process_world", "synchronise_norms", "unsynchronised"]
+__all__ = [
+    "SyncedBatchNorm",
+    "SyncedMaskedFeatureNorm",
+    "World",
+    "launched_by_torchrun",
+    "main_process",
+    "process_world",
+    "synchronise_norms",
+    "unsynchronised",
+]

@@ -60,8 +60,12 @@ class FeatureCache:
         return self._encoder
 
     def describe(self) -> dict[str, object]:
-        return {"weights": str(self.model_dir / "model.bin"), "sha256": self.digest,
-                "dims": self.encoder.dims.to_dict(), "cache": str(self.root)}
+        return {
+            "weights": str(self.model_dir / "model.bin"),
+            "sha256": self.digest,
+            "dims": self.encoder.dims.to_dict(),
+            "cache": str(self.root),
+        }
 
     def path(self, uid: str, window: FeatureWindow) -> Path:
         return self.root / window / (uid.replace("/", "__") + ".npy")
@@ -69,7 +73,9 @@ class FeatureCache:
     def get(self, uid: str, window: FeatureWindow = "cut") -> np.ndarray:
         path = self.path(uid, window)
         if not path.is_file():
-            raise DataError(f"{path}: no cached features for clip {uid} ({window} window); fill the cache first")
+            raise DataError(
+                f"{path}: no cached features for clip {uid} ({window} window); fill the cache first"
+            )
         return np.load(path, allow_pickle=False)
 
     @torch.no_grad()
@@ -84,7 +90,9 @@ class FeatureCache:
         keep = int(encoder.frame_lengths(torch.tensor(length // 160)))
         return torch.stack([h[0, :keep] for h in layers]).numpy().astype(np.float16)
 
-    def fill(self, utterances: list[Utterance], window: FeatureWindow = "cut", progress: Progress = SILENT) -> int:
+    def fill(
+        self, utterances: list[Utterance], window: FeatureWindow = "cut", progress: Progress = SILENT
+    ) -> int:
         """Encode every clip not cached yet (a `progress` line every 200 clips); returns how many were encoded."""
         if window not in WINDOWS:
             raise DataError(f"unknown feature window {window!r}; choose one of {', '.join(WINDOWS)}")

@@ -74,16 +74,38 @@ def train(
     recipe's batch size is the global batch, rank 0 writes and reports `progress`, every rank returns the same
     metrics."""
     with process_world(device_name) as world:
-        return train_world(world, model_name, size, data_spec, fold_index, out_dir, protocol=protocol, seed=seed,
-                           resume=resume, overrides=overrides, model_overrides=model_overrides, limit=limit,
-                           progress=progress if world.main else SILENT)
+        return train_world(
+            world,
+            model_name,
+            size,
+            data_spec,
+            fold_index,
+            out_dir,
+            protocol=protocol,
+            seed=seed,
+            resume=resume,
+            overrides=overrides,
+            model_overrides=model_overrides,
+            limit=limit,
+            progress=progress if world.main else SILENT,
+        )
 
 
 def train_world(
-    world: World, model_name: str, size: str, data_spec: str, fold_index: int, out_dir: Path, *,
+    world: World,
+    model_name: str,
+    size: str,
+    data_spec: str,
+    fold_index: int,
+    out_dir: Path,
+    *,
     protocol: ProtocolName | Literal["paper"],
-    seed: int, resume: bool, overrides: dict[str, Any] | None, model_overrides: dict[str, Any] | None,
-    limit: int | None, progress: Progress,
+    seed: int,
+    resume: bool,
+    overrides: dict[str, Any] | None,
+    model_overrides: dict[str, Any] | None,
+    limit: int | None,
+    progress: Progress,
 ) -> dict[str, Any]:
     """`train` in one of the training processes (the only one without torchrun)."""
     device = world.device
@@ -92,7 +114,9 @@ def train_world(
     config = TrainConfig.from_recipe(recipe, size, overrides or {})
     if protocol == PAPER_PROTOCOL:
         if not config.protocol:
-            raise ModelError(f"{model_name}/{size}: the recipe names no paper protocol; choose one with --protocol")
+            raise ModelError(
+                f"{model_name}/{size}: the recipe names no paper protocol; choose one with --protocol"
+            )
         protocol = config.protocol
     corpus = load_corpus(data_spec)
     split = make_split(corpus, protocol, fold_index, seed)
@@ -109,47 +133,88 @@ def train_world(
     plan = stage_plan(config)
     optimizer = make_optimizer(model, config)
     copies = model.offline_copies_per_clip
-    steps_per_epoch = math.ceil(math.ceil(len(split.train_ids) * (1 + copies) / config.batch_size)
-                                / config.grad_accumulation)
+    steps_per_epoch = math.ceil(
+        math.ceil(len(split.train_ids) * (1 + copies) / config.batch_size) / config.grad_accumulation
+    )
     total_steps = steps_per_epoch * len(plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, int(config.warmup_ratio * total_steps), config.lr_schedule))
+        optimizer, lr_lambda(total_steps, int(config.warmup_ratio * total_steps), config.lr_schedule)
+    )
     # Rank 0 decides for everyone (one answer even where the ranks' views of the folder could differ).
     start = world.broadcast(start_mode(out_dir, state_dir, resume) if world.main else None)
     if start.startswith("error:"):
         raise ModelError(start.removeprefix("error:"))
     if start == "resume":
         if not (state_dir / "state.json").is_file():
-            raise ModelError(f"{state_dir}: rank {world.rank} cannot see the saved state; every process must see "
-                             "the output folder (one machine or a shared file system)")
+            raise ModelError(
+                f"{state_dir}: rank {world.rank} cannot see the saved state; every process must see "
+                "the output folder (one machine or a shared file system)"
+            )
         start_epoch, best, history = restore_state(state_dir, model, optimizer, scheduler, provenance)
         if world.main:
             write_history(out_dir, history)  # the saved state is the truth, whatever happened after it
-        progress(f"resuming at epoch {start_epoch + 1}/{len(plan)} (best validation UA so far "
-            f"{best['ua'] if best else 0:.4f})")
+        progress(
+            f"resuming at epoch {start_epoch + 1}/{len(plan)} (best validation UA so far "
+            f"{best['ua'] if best else 0:.4f})"
+        )
     if world.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale_staging(out_dir)  # temporary files of a run killed mid-write (the state folder cleans its own)
+        clean_stale_staging(
+            out_dir
+        )  # temporary files of a run killed mid-write (the state folder cleans its own)
 
-    train_clips = load_clips(corpus.subset(split.train_ids), corpus.labels,
-                             f"loading {len(split.train_ids)} training clips", progress=progress)
-    train_clips += offline_copies(model, train_clips, seed)  # the paper's offline augmentation (training side only)
-    validation_clips = load_clips(corpus.subset(split.validation_ids), corpus.labels,
-                                  f"loading {len(split.validation_ids)} validation clips", progress=progress)
+    train_clips = load_clips(
+        corpus.subset(split.train_ids),
+        corpus.labels,
+        f"loading {len(split.train_ids)} training clips",
+        progress=progress,
+    )
+    train_clips += offline_copies(
+        model, train_clips, seed
+    )  # the paper's offline augmentation (training side only)
+    validation_clips = load_clips(
+        corpus.subset(split.validation_ids),
+        corpus.labels,
+        f"loading {len(split.validation_ids)} validation clips",
+        progress=progress,
+    )
     crop = config.crop_for(model.ctc_head is None and not model.uses_text)
-    progress(f"{model_name}/{size} on {corpus.name}, {protocol} fold {split.index} ({split.held_out}): "
+    progress(
+        f"{model_name}/{size} on {corpus.name}, {protocol} fold {split.index} ({split.held_out}): "
         f"{len(train_clips)} train, {len(validation_clips)} validation ({split.validation_note}), "
         f"{len(split.eval_ids)} evaluation; {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"device {device}" + (f" x {world.size} processes" if world.distributed else "") + f", crop {crop}")
+        f"device {device}" + (f" x {world.size} processes" if world.distributed else "") + f", crop {crop}"
+    )
     if config.batch_size < world.size:
-        progress(f"warning: batch size {config.batch_size} is smaller than the {world.size} processes: every process "
-            "computes each batch whole (no speed-up); raise --batch-size or start fewer processes")
+        progress(
+            f"warning: batch size {config.batch_size} is smaller than the {world.size} processes: every process "
+            "computes each batch whole (no speed-up); raise --batch-size or start fewer processes"
+        )
     for epoch in range(start_epoch, len(plan)):
         stage = plan[epoch]
-        entry = train_epoch(model, train_clips, config, device, stage, epoch, len(plan), seed, optimizer, scheduler,
-                            bucketed=crop == "none", world=world, progress=progress)
-        result = evaluate(model, validation_clips, batch_size=config.batch_size, text_source=config.text_source_eval,
-                          device=device, world=world)
+        entry = train_epoch(
+            model,
+            train_clips,
+            config,
+            device,
+            stage,
+            epoch,
+            len(plan),
+            seed,
+            optimizer,
+            scheduler,
+            bucketed=crop == "none",
+            world=world,
+            progress=progress,
+        )
+        result = evaluate(
+            model,
+            validation_clips,
+            batch_size=config.batch_size,
+            text_source=config.text_source_eval,
+            device=device,
+            world=world,
+        )
         entry["validation"] = {k: v for k, v in result.metrics.items() if k != "confusion"}
         history.append(entry)
         # Earlier stages (CmGI's acoustic phase) do not train the deployed heads: only the final
@@ -157,14 +222,18 @@ def train_world(
         eligible = plan[epoch] is plan[-1]
         improved = eligible and (best is None or better(result.metrics, best))
         cer_text = f"  CER {result.metrics['cer']:.3f}" if "cer" in result.metrics else ""
-        progress(f"epoch {epoch + 1}: loss {entry['train']['loss']:.4f}  validation UA {result.metrics['ua']:.4f}  "
+        progress(
+            f"epoch {epoch + 1}: loss {entry['train']['loss']:.4f}  validation UA {result.metrics['ua']:.4f}  "
             f"WA {result.metrics['wa']:.4f}  loss {result.metrics['loss']:.4f}{cer_text}"
-            f"  ({entry['seconds']} s){'  *best' if improved else ''}")
+            f"  ({entry['seconds']} s){'  *best' if improved else ''}"
+        )
         if improved:
             best = {**result.metrics, "epoch": epoch + 1}
         if world.main:  # one writer; the others wait until the epoch is on disk
             if improved:
-                save_checkpoint(model, out_dir, {"best": best, "history": history}, provenance, asdict(config))
+                save_checkpoint(
+                    model, out_dir, {"best": best, "history": history}, provenance, asdict(config)
+                )
             save_state(state_dir, model, optimizer, scheduler, epoch + 1, best, history, provenance)
             write_history(out_dir, history)
         world.barrier()
@@ -193,13 +262,28 @@ def offline_copies(model: SerModel, clips: list[Clip], seed: int) -> list[Clip]:
     if not model.offline_copies_per_clip:
         return []
     copies = model.offline_augmentation([c.audio for c in clips], seed)
-    return [Clip(f"{c.id}#awgn{k}", wave, c.label, c.transcript, c.speaker)
-            for c, waves in zip(clips, copies) for k, wave in enumerate(waves)]
+    return [
+        Clip(f"{c.id}#awgn{k}", wave, c.label, c.transcript, c.speaker)
+        for c, waves in zip(clips, copies)
+        for k, wave in enumerate(waves)
+    ]
 
 
-def train_epoch(model: SerModel, clips: list[Clip], config: TrainConfig, device: torch.device, stage: dict[str, Any],
-                epoch: int, epochs: int, seed: int, optimizer: torch.optim.Optimizer, scheduler: Any,
-                bucketed: bool, world: World | None = None, progress: Progress = STDERR) -> dict[str, Any]:
+def train_epoch(
+    model: SerModel,
+    clips: list[Clip],
+    config: TrainConfig,
+    device: torch.device,
+    stage: dict[str, Any],
+    epoch: int,
+    epochs: int,
+    seed: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    bucketed: bool,
+    world: World | None = None,
+    progress: Progress = STDERR,
+) -> dict[str, Any]:
     """One pass over the training clips under a progress bar (rank 0's); returns the history entry (mean
     losses, seconds).
 
@@ -229,8 +313,17 @@ def train_epoch(model: SerModel, clips: list[Clip], config: TrainConfig, device:
                 nullcontext() if step or not world.distributed else net.no_sync(),
                 unsynchronised(model) if shard is None else nullcontext(),
             ):
-                loss, parts = compute_loss(model, batch, rng, config, device, stage, shard=shard, net=net,
-                                           forward_seed=world.forward_seed(seed, epoch, index))
+                loss, parts = compute_loss(
+                    model,
+                    batch,
+                    rng,
+                    config,
+                    device,
+                    stage,
+                    shard=shard,
+                    net=net,
+                    forward_seed=world.forward_seed(seed, epoch, index),
+                )
                 (loss * (scale / config.grad_accumulation)).backward()
             if step:
                 if config.grad_clip:
@@ -246,20 +339,43 @@ def train_epoch(model: SerModel, clips: list[Clip], config: TrainConfig, device:
         gathered = world.gather((totals, count, seconds))
         totals = {key: sum(part[0][key] for part in gathered) for key in gathered[0][0]}
         count, seconds = sum(part[1] for part in gathered), max(part[2] for part in gathered)
-    return {"epoch": epoch + 1, "stage": stage.get("name", "main"), "train": {k: v / count for k, v in totals.items()},
-            "seconds": round(seconds, 1)}
+    return {
+        "epoch": epoch + 1,
+        "stage": stage.get("name", "main"),
+        "train": {k: v / count for k, v in totals.items()},
+        "seconds": round(seconds, 1),
+    }
 
 
-def final_evaluation(out_dir: Path, corpus: Any, split: Any, config: TrainConfig, best: dict[str, Any] | None,
-                     history: list[dict[str, Any]], world: World, progress: Progress) -> dict[str, Any]:
+def final_evaluation(
+    out_dir: Path,
+    corpus: Any,
+    split: Any,
+    config: TrainConfig,
+    best: dict[str, Any] | None,
+    history: list[dict[str, Any]],
+    world: World,
+    progress: Progress,
+) -> dict[str, Any]:
     """The kept model on the evaluation clips, once; recorded in checkpoint.json beside the validation figures."""
     if best is None:
         raise ModelError(f"{out_dir}: no final-stage epoch ran, so no checkpoint was kept")
     model = load_checkpoint(out_dir).to(world.device)
-    clips = load_clips(corpus.subset(split.eval_ids), corpus.labels, f"evaluating on {len(split.eval_ids)} clips",
-                       progress=progress)
-    result = evaluate(model, clips, batch_size=config.batch_size, text_source=config.text_source_eval,
-                      device=world.device, per_speaker=True, world=world)
+    clips = load_clips(
+        corpus.subset(split.eval_ids),
+        corpus.labels,
+        f"evaluating on {len(split.eval_ids)} clips",
+        progress=progress,
+    )
+    result = evaluate(
+        model,
+        clips,
+        batch_size=config.batch_size,
+        text_source=config.text_source_eval,
+        device=world.device,
+        per_speaker=True,
+        world=world,
+    )
     evaluation = {**result.metrics, "epoch": best["epoch"], "text_source": config.text_source_eval}
     metrics = {"best": best, "evaluation": evaluation, "history": history}
     if world.main:
@@ -268,9 +384,11 @@ def final_evaluation(out_dir: Path, corpus: Any, split: Any, config: TrainConfig
         info["metrics"] = metrics
         write_json_atomic(info_path, info)
     world.barrier()
-    progress(f"kept epoch {best['epoch']} (validation UA {best['ua']:.4f}); evaluation ({split.held_out}): "
+    progress(
+        f"kept epoch {best['epoch']} (validation UA {best['ua']:.4f}); evaluation ({split.held_out}): "
         f"UA {evaluation['ua']:.4f} WA {evaluation['wa']:.4f}"
-        + (f" CER {evaluation['cer']:.3f}" if "cer" in evaluation else ""))
+        + (f" CER {evaluation['cer']:.3f}" if "cer" in evaluation else "")
+    )
     return metrics
 
 
@@ -280,27 +398,45 @@ def write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
 
 
 def save_state(
-    state_dir: Path, model: SerModel, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
-    best: dict[str, Any] | None, history: list[dict[str, Any]], provenance: dict[str, Any],
+    state_dir: Path,
+    model: SerModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epoch: int,
+    best: dict[str, Any] | None,
+    history: list[dict[str, Any]],
+    provenance: dict[str, Any],
 ) -> None:
     """Everything needed to resume after `epoch`, written atomically as one folder."""
     with atomic_dir(state_dir) as staging:
         torch.save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "torch_rng": torch.get_rng_state()} | cuda_rng(model),
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            }
+            | cuda_rng(model),
             staging / "state.pt",
         )
         write_json_atomic(
-            staging / "state.json", {"epoch": epoch, "best": best, "history": history, "provenance": provenance}
+            staging / "state.json",
+            {"epoch": epoch, "best": best, "history": history, "provenance": provenance},
         )
 
 
 def restore_state(
-    state_dir: Path, model: SerModel, optimizer: torch.optim.Optimizer, scheduler: Any, provenance: dict[str, Any]
+    state_dir: Path,
+    model: SerModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    provenance: dict[str, Any],
 ) -> tuple[int, dict[str, Any] | None, list[dict[str, Any]]]:
     meta = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))
     if meta["provenance"] != provenance:
-        raise ModelError(f"{state_dir}: saved run used other data, fold or protocol; cannot resume with these settings")
+        raise ModelError(
+            f"{state_dir}: saved run used other data, fold or protocol; cannot resume with these settings"
+        )
     payload = torch.load(state_dir / "state.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])

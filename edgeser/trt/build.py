@@ -40,7 +40,9 @@ from edgeser.trt.inspector import parse_engine_information
 class BuildOptions:
     """What `edgeser build-trt` builds and how."""
 
-    precision: str  # the bundle variant whose graphs are built: "int8-trt" or "fp16" (or another listed variant)
+    precision: (
+        str  # the bundle variant whose graphs are built: "int8-trt" or "fp16" (or another listed variant)
+    )
     profiles: tuple[str, ...] = ()  # --profile STAGE:INPUT=MIN,OPT,MAX overrides
     workspace_mb: int | None = None  # None: TensorRT's default (the device's memory)
     timing_cache: Path | None = None  # None: BUNDLE/trt/timing-<machine>.cache
@@ -69,13 +71,16 @@ def parse_graph(trt: Any, network: Any, logger: Any, path: Path) -> Any:
     if not parser.parse_from_file(str(path)):
         errors = [" ".join(str(parser.get_error(i)).split()) for i in range(parser.num_errors)]
         first = errors[0][:240] if errors else "no error recorded"
-        raise EngineError(f"{path}: TensorRT's ONNX parser refused the graph ({first}; {len(errors)} error(s)); "
-                          f"run `edgeser doctor` on the bundle")
+        raise EngineError(
+            f"{path}: TensorRT's ONNX parser refused the graph ({first}; {len(errors)} error(s)); "
+            f"run `edgeser doctor` on the bundle"
+        )
     return parser
 
 
-def builder_config(trt: Any, builder: Any, options: BuildOptions, cache_bytes: bytes,
-                   profiles: dict[str, InputProfile]) -> tuple[Any, Any]:
+def builder_config(
+    trt: Any, builder: Any, options: BuildOptions, cache_bytes: bytes, profiles: dict[str, InputProfile]
+) -> tuple[Any, Any]:
     config = builder.create_builder_config()
     if options.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
@@ -105,8 +110,10 @@ def runtime_versions() -> dict[str, Any]:
     from edgeser.runtime.engines import cuda_call
 
     cudart = import_cudart()
-    return {"cuda_runtime": int(cuda_call(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")),
-            "cuda_driver": int(cuda_call(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion"))}
+    return {
+        "cuda_runtime": int(cuda_call(cudart.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion")),
+        "cuda_driver": int(cuda_call(cudart.cudaDriverGetVersion(), "cudaDriverGetVersion")),
+    }
 
 
 def build_engines(bundle: Path, options: BuildOptions, log: Any = None) -> dict[str, Any]:
@@ -121,8 +128,10 @@ def build_engines(bundle: Path, options: BuildOptions, log: Any = None) -> dict[
     identity = current_identity()  # TensorRT, cuda-python and a GPU first: without them nothing else matters
     profiles, missing, profile_source = resolve_profiles(bundle, manifest, stages, options.profiles)
     if missing:
-        raise ProfileError(f"{bundle}: no optimisation profile for {', '.join(missing)}: run `edgeser calibrate` "
-                           "(profiles default to the clips' lengths) or pass --profile STAGE:INPUT=MIN,OPT,MAX")
+        raise ProfileError(
+            f"{bundle}: no optimisation profile for {', '.join(missing)}: run `edgeser calibrate` "
+            "(profiles default to the clips' lengths) or pass --profile STAGE:INPUT=MIN,OPT,MAX"
+        )
     trt = import_tensorrt()
     logger = trt.Logger(trt.ILogger.Severity.WARNING)
     builder = trt.Builder(logger)
@@ -132,13 +141,21 @@ def build_engines(bundle: Path, options: BuildOptions, log: Any = None) -> dict[
     folder = engine_dir(bundle, identity, options.precision)
     folder.parent.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
-        "schema": ENGINE_SCHEMA, "precision": options.precision, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": identity.as_dict(), "versions": {**tool_versions(), "tensorrt": identity.tensorrt,
-                                                   **runtime_versions()},
-        "builder": {"strongly_typed": True, "precision_flags": [], "profiling_verbosity": "DETAILED",
-                    "workspace_mb": options.workspace_mb, "timing_cache": str(cache_path),
-                    "timing_cache_reused": cache_reused, "profile_source": profile_source,
-                    "contexts": options.contexts},
+        "schema": ENGINE_SCHEMA,
+        "precision": options.precision,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": identity.as_dict(),
+        "versions": {**tool_versions(), "tensorrt": identity.tensorrt, **runtime_versions()},
+        "builder": {
+            "strongly_typed": True,
+            "precision_flags": [],
+            "profiling_verbosity": "DETAILED",
+            "workspace_mb": options.workspace_mb,
+            "timing_cache": str(cache_path),
+            "timing_cache_reused": cache_reused,
+            "profile_source": profile_source,
+            "contexts": options.contexts,
+        },
         "stages": {},
     }
     with atomic_dir(folder) as staging:
@@ -157,7 +174,9 @@ def build_engines(bundle: Path, options: BuildOptions, log: Any = None) -> dict[
             write_bytes_atomic(engine_path, data)
             cache_bytes = bytes(config.get_timing_cache().serialize())
             record["stages"][stage] = {
-                "engine": engine_path.name, "sha256": sha256_of(engine_path), "bytes": len(data),
+                "engine": engine_path.name,
+                "sha256": sha256_of(engine_path),
+                "bytes": len(data),
                 "source": {"path": files[stage].path, "sha256": files[stage].sha256},
                 "profiles": {name: p.as_dict() for name, p in profiles[stage].items()},
                 "layers": inspect_engine(trt, logger, data),

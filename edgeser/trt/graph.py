@@ -15,8 +15,15 @@ from edgeser.errors import BundleError, MissingDependencyError
 from edgeser.trt.operators import ONNX_TYPES
 
 # Ops whose output is never a build-time constant, whatever their inputs.
-NEVER_CONSTANT = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli",
-                  "Multinomial", "DynamicQuantizeLinear"}
+NEVER_CONSTANT = {
+    "RandomNormal",
+    "RandomNormalLike",
+    "RandomUniform",
+    "RandomUniformLike",
+    "Bernoulli",
+    "Multinomial",
+    "DynamicQuantizeLinear",
+}
 PASS_THROUGH = {"Identity", "Cast"}  # the parser imports these on weights as weights
 
 
@@ -94,8 +101,9 @@ def load_graph(path: Path) -> GraphFacts:
         if kind.elem_type:
             facts.dtypes[info.name] = ONNX_TYPES.get(kind.elem_type, f"ONNX{kind.elem_type}")
         if kind.HasField("shape"):
-            facts.shapes[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                                       for d in kind.shape.dim]
+            facts.shapes[info.name] = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in kind.shape.dim
+            ]
     for init in graph.initializer:
         facts.values[init.name] = numpy_helper.to_array(init)
         facts.dtypes[init.name] = ONNX_TYPES.get(init.data_type, f"ONNX{init.data_type}")
@@ -121,7 +129,10 @@ def load_graph(path: Path) -> GraphFacts:
             shape = facts.shapes.get(node.input[0])
             if shape is not None and all(isinstance(d, int) and d > 0 for d in shape):
                 facts.foldable.update(node.output)
-        elif (node.op_type not in NEVER_CONSTANT and any(node.input)
-              and all(not n or n in facts.foldable for n in node.input)):
+        elif (
+            node.op_type not in NEVER_CONSTANT
+            and any(node.input)
+            and all(not n or n in facts.foldable for n in node.input)
+        ):
             facts.foldable.update(o for o in node.output if o)
     return facts

@@ -25,10 +25,17 @@ from edgeser.errors import InspectorError
 FLOAT_ORDER = ("FP4", "INT4", "FP8", "INT8", "FP16", "BF16", "FP32")
 INT_ORDER = ("INT32", "INT64", "UINT8", "BOOL")
 _TOKENS = [  # (regex on the lowercased text, type) - checked in order
-    (r"\bfp4\b|float4|e2m1", "FP4"), (r"\bint4\b", "INT4"), (r"\bfp8\b|e4m3|float8", "FP8"),
-    (r"\buint8\b", "UINT8"), (r"\bint8\b|\bi8\b", "INT8"), (r"\bbf16\b|bfloat16", "BF16"),
-    (r"\bfp16\b|\bhalf\b|float16", "FP16"), (r"\bint32\b", "INT32"), (r"\bint64\b", "INT64"),
-    (r"\bbool\b", "BOOL"), (r"\bfp32\b|\bfloat\b|float32", "FP32"),
+    (r"\bfp4\b|float4|e2m1", "FP4"),
+    (r"\bint4\b", "INT4"),
+    (r"\bfp8\b|e4m3|float8", "FP8"),
+    (r"\buint8\b", "UINT8"),
+    (r"\bint8\b|\bi8\b", "INT8"),
+    (r"\bbf16\b|bfloat16", "BF16"),
+    (r"\bfp16\b|\bhalf\b|float16", "FP16"),
+    (r"\bint32\b", "INT32"),
+    (r"\bint64\b", "INT64"),
+    (r"\bbool\b", "BOOL"),
+    (r"\bfp32\b|\bfloat\b|float32", "FP32"),
 ]
 
 
@@ -86,8 +93,10 @@ def parse_engine_information(text: str | dict[str, Any]) -> LayerPrecisions:
         raise InspectorError("engine inspector output has no Layers list")
     layers = data["Layers"]
     if layers and all(isinstance(layer, str) for layer in layers):
-        raise InspectorError("engine inspector lists layer names only: the engine was not built with "
-                             "ProfilingVerbosity.DETAILED")
+        raise InspectorError(
+            "engine inspector lists layer names only: the engine was not built with "
+            "ProfilingVerbosity.DETAILED"
+        )
     if "I/O Tensors" in data:
         layout = "11.x"
         io = [t["Name"] for t in data["I/O Tensors"] if isinstance(t, dict) and "Name" in t]
@@ -106,5 +115,11 @@ def parse_engine_information(text: str | dict[str, Any]) -> LayerPrecisions:
             precision = "unknown"
         counts[precision] += 1
         by_type.setdefault(str(layer.get("LayerType", "unknown")), Counter())[precision] += 1
-    return LayerPrecisions(layout, sum(counts.values()), dict(sorted(counts.items())),
-                           {k: dict(sorted(v.items())) for k, v in sorted(by_type.items())}, io, unknown)
+    return LayerPrecisions(
+        layout,
+        sum(counts.values()),
+        dict(sorted(counts.items())),
+        {k: dict(sorted(v.items())) for k, v in sorted(by_type.items())},
+        io,
+        unknown,
+    )
