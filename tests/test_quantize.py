@@ -200,6 +200,40 @@ def test_int8_is_qdq_with_float_exclusions_and_listed(quantised: Path) -> None:
     assert {producer[i].op_type for i in second_conv.input[:2]} == {"DequantizeLinear"}
 
 
+def test_matmul_weights_only_keeps_activation_matmuls_float(quantised: Path, tmp_path: Path) -> None:
+    """`matmul_weights_only`: the attention MatMuls (two activations, no weight) get no Q/DQ in the QDQ graph,
+    while the projections keep theirs (onnxruntime's MatMulConstBOnly alone changed nothing in QDQ mode)."""
+    bundle = copy_bundle(quantised, tmp_path / "cmgi")
+    with contextlib.chdir(tmp_path):
+        quantize_int8(bundle, replace(EVERY_WIDTH, matmul_weights_only=True, fuse_attention=False))
+    settings = validate_bundle(bundle, "int8").extra["quantization"]["int8"]
+    for stage in ("audio_encoder", "text_encoder"):
+        graph = onnx.load(str(bundle / "int8" / f"{stage}.onnx")).graph
+        producer = {o: n.op_type for n in graph.node for o in n.output}
+        constants = {i.name for i in graph.initializer}
+        matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+        # in the int8 graph a weight arrives through its DequantizeLinear; an activation x activation MatMul is
+        # one whose two inputs come from float ops
+        float_fed = [
+            n for n in matmuls if all(producer.get(i) not in {"DequantizeLinear", None} for i in n.input)
+        ]
+        weight_fed = [
+            n
+            for n in matmuls
+            if any(i in constants or producer.get(i) == "DequantizeLinear" for i in n.input[1:])
+        ]
+        assert len(float_fed) >= 2 and len(weight_fed) >= 4, stage  # attention (QK^T, PV) and the projections
+        kept = {
+            name
+            for name, why in settings["stages"][stage]["float_nodes"].items()
+            if why == "matmul_weights_only"
+        }
+        assert {n.name for n in float_fed} <= kept, stage
+        assert all(
+            producer.get(n.input[0]) == "DequantizeLinear" for n in weight_fed if n.name not in kept
+        ), stage
+
+
 def test_attention_can_stay_in_standard_onnx_ops(quantised: Path, tmp_path: Path) -> None:
     """`--no-fuse-attention`: an int8 graph for onnxruntime builds without contrib ops."""
     bundle = copy_bundle(quantised, tmp_path / "cmgi")

@@ -138,7 +138,7 @@ def calibrate_command(
     multiple=True,
     help="Keep these in float instead of the defaults: categories "
     "(frontend, first-conv, layernorm, softmax, residual-add, gelu, narrow, grouped-conv, "
-    "gather-activations, feature-convs), node-name globs, or 'none'. Repeatable.",
+    "gather-activations, feature-convs, activation-matmuls), node-name globs, or 'none'. Repeatable.",
 )
 @click.option(
     "--min-width",

@@ -194,6 +194,20 @@ def feature_convs(info: GraphInfo) -> list[str]:
     return sorted(found, key=order.__getitem__)
 
 
+def activation_matmuls(info: GraphInfo) -> list[str]:
+    """MatMuls of two activations (attention scores and their weighted sum), which have no weight to quantise.
+
+    `Int8Options.matmul_weights_only` keeps these float by excluding them: onnxruntime's `MatMulConstBOnly`
+    extra option is read by its QOperator quantiser only, so in QDQ mode (what edgeser writes) it changes
+    nothing (onnxruntime 1.32: the int8 graph came out with Q/DQ on every attention MatMul).
+    """
+    return [
+        n.name
+        for n in info.nodes
+        if n.op_type == "MatMul" and not any(info.is_constant(t) for t in n.input[:2])
+    ]
+
+
 def narrow_nodes(info: GraphInfo, min_width: int = NARROW_WIDTH) -> list[str]:
     """MatMul/Gemm/Conv nodes with a known reduction size or output width below `min_width`."""
     shapes = tensor_shapes(info.model)
@@ -280,6 +294,7 @@ def category_nodes(model: onnx.ModelProto, min_width: int = NARROW_WIDTH) -> dic
         ],
         "gather-activations": gather_activations(info),
         "feature-convs": feature_convs(info),
+        "activation-matmuls": activation_matmuls(info),
     }
 
 

@@ -32,6 +32,7 @@ from edgeser.quantize.graph import (
     NARROW_WIDTH,
     TENSORRT_CATEGORIES,
     Exclusions,
+    category_nodes,
     detach_float_reads,
     quantisable_nodes,
     resolve_exclusions,
@@ -71,7 +72,9 @@ class Int8Options:
         "cpu"  # cpu (onnxruntime) or tensorrt: what the graph is made for, recorded in its settings
     )
     percentile: float = 99.999
-    matmul_weights_only: bool = False  # True: leave activation x activation MatMuls (attention) in float
+    # True: activation x activation MatMuls (attention scores and their weighted sum) stay float, excluded by
+    # name (the `activation-matmuls` category of graph.py); onnxruntime's own MatMulConstBOnly is QOperator-only.
+    matmul_weights_only: bool = False
     quantize_outputs: bool = (
         True  # False: Q/DQ only on node inputs (outputs stay float until the next consumer)
     )
@@ -365,6 +368,9 @@ def quantize_stage_static(
     reasons = exclusions.reasons | {
         n: "accuracy-controlled: kept float" for n in extra if n not in exclusions.reasons
     }
+    if options.matmul_weights_only:  # onnxruntime's MatMulConstBOnly does nothing in QDQ mode (graph.py)
+        for name in category_nodes(model, options.min_width)["activation-matmuls"]:
+            reasons.setdefault(name, "matmul_weights_only")
     smoothed: list[str] = []
     if options.smooth_alpha:
         prepared, smoothed = smoothed_graph(prepared, stage, cache, options, workdir, reasons)
