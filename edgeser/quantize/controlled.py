@@ -34,7 +34,7 @@ from edgeser.audio import load_audio
 from edgeser.bundle import validate_bundle
 from edgeser.errors import DataError
 from edgeser.files import staging_dir
-from edgeser.measures import cosine
+from edgeser.measures import agreement, cosine
 from edgeser.metrics import classification_report
 from edgeser.progress import STDERR, Progress
 from edgeser.quantize.graph import quantisable_groups, resolve_exclusions
@@ -161,15 +161,13 @@ class Evaluator:
         classes = np.array(self.labels)
         bound = float(np.mean([flipped[classes == c].mean() for c in np.unique(classes)]))
         cosines = [cosine(a, b) for a, b in zip(self.reference, logits)]
-        # agreement as 1 - flip rate, not `measures.agreement`: (n - k) / n and 1 - k / n can differ in the last
-        # bit, and the figure is in the bundle's quantization report
         return Measurement(
             what,
             ua,
             100 * (self.fp32_ua - ua),
             max(0.0, 100 * (self.fp32_ua - pessimistic)),
             100 * bound,
-            float(1.0 - flipped.mean()),
+            agreement(predictions, self.ref_predictions),
             float(np.mean(cosines)),
         )
 
