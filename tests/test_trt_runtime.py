@@ -19,6 +19,7 @@ from edgeser.errors import (
     BundleError,
     EngineShapeError,
     MissingDependencyError,
+    OptionError,
     ProviderError,
     TensorRTUnavailable,
 )
@@ -258,7 +259,7 @@ def test_provider_plans(tmp_path: Path) -> None:
     for cpu_only in ("int8", "int8-dynamic"):  # UINT8 Q/DQ / dynamic INT8: TensorRT's parser refuses them
         with pytest.raises(BundleError, match=f"--precision {cpu_only} with tensorrt-ep: .*use int8-trt"):
             provider_plan("tensorrt-ep", tmp_path, cpu_only)
-    with pytest.raises(Exception, match="unknown backend 'tpu'"):
+    with pytest.raises(OptionError, match="unknown backend 'tpu' for onnxruntime"):
         provider_plan("tpu")
 
 

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from edgeser.bundle import CPU_VARIANTS
-from edgeser.errors import BundleError, ProviderError
+from edgeser.errors import BundleError, OptionError, ProviderError
+from edgeser.runtime.options import BACKENDS, Backend
 
-BACKENDS = ("onnxruntime", "cpu", "cuda", "tensorrt-ep")
+# The backends that run on onnxruntime's execution providers (`tensorrt` is edgeser's own engines instead).
+ORT_BACKENDS: tuple[Backend, ...] = tuple(b for b in BACKENDS if b != "tensorrt")
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 EP_CACHE_DIR = ("trt", "ort-ep")
 
@@ -49,7 +51,7 @@ def _shapes(profiles: dict[str, Any], which: str) -> str:
 
 
 def provider_plan(
-    backend: str,
+    backend: Backend,
     bundle_root: Path | None = None,
     precision: str = "fp32",
     *,
@@ -61,16 +63,17 @@ def provider_plan(
 ) -> ProviderPlan:
     """The providers and options for `backend` (see the module docstring); `stage` and `graph_sha256` (the
     stage graph's checksum in bundle.json) name the engine cache."""
-    name = backend.lower()
-    if name in ("onnxruntime", "cpu"):
+    name = backend
+    if name == "onnxruntime":
         return ProviderPlan([CPU], [{}])
     cuda_options = {"device_id": str(device)}
     if name == "cuda":
         return ProviderPlan([CUDA, CPU], [cuda_options, {}])
     if name != "tensorrt-ep":
-        raise BundleError(
-            f"unknown backend {backend!r}; choose {', '.join(BACKENDS)} "
-            "(or `tensorrt` for edgeser's own engines)"
+        raise OptionError(
+            "backend",
+            f"unknown backend {backend!r} for onnxruntime; choose {', '.join(ORT_BACKENDS)} "
+            "(or `tensorrt` for edgeser's own engines)",
         )
     if bundle_root is None:
         raise BundleError("the tensorrt-ep backend needs the bundle folder for its engine cache")
