@@ -267,9 +267,8 @@ def check_variants(
             )
             continue
         if precision == "fp16":
-            runs[precision].result.note = (
-                "fp16 on CPU: runs, but FP16 is a GPU format (CPU kernels are slow or cast back to FP32)"
-            )
+            note = "fp16 on CPU: runs, but FP16 is a GPU format (CPU kernels are slow or cast back to FP32)"
+            runs[precision].result.note = note
     for precision in wanted:
         entries = manifest.precisions[precision]
         runs[precision].result.stage_bytes = {s: e.bytes for s, e in entries.items()}
