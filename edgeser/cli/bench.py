@@ -11,12 +11,12 @@ from pathlib import Path
 import click
 
 from edgeser.bench.clips import DEFAULT_LENGTHS_S
-from edgeser.cli.params import Bounded, force_threads_option
+from edgeser.cli.params import Bounded, comma_list, force_threads_option, precisions_option
 
 
 def _numbers(value: str, kind: type, option: str) -> tuple:  # type: ignore[type-arg]
     try:
-        numbers = tuple(kind(v) for v in value.split(",") if v.strip())
+        numbers = tuple(kind(v) for v in comma_list(value))
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected a comma list of numbers", param_hint=option) from None
     if not numbers or min(numbers) <= 0:
@@ -36,7 +36,7 @@ def _numbers(value: str, kind: type, option: str) -> tuple:  # type: ignore[type
     "--batch-sizes", default="1", show_default=True, help="Batch sizes (distinct clips of one length)."
 )
 @click.option("--threads", "threads_list", help="Intra-op thread counts [all logical cores].")
-@click.option("--precisions", help="Comma list of the bundle's precisions to run [every one present].")
+@precisions_option("Comma list of the bundle's precisions to run [every one present].")
 @click.option(
     "--provider",
     "providers",
@@ -79,7 +79,7 @@ def bench_command(
     lengths: str,
     batch_sizes: str,
     threads_list: str | None,
-    precisions: str | None,
+    precisions: tuple[str, ...] | None,
     providers: tuple[str, ...],
     compare: bool,
     nncf: bool,
@@ -105,7 +105,7 @@ def bench_command(
         lengths_s=_numbers(lengths, float, "--lengths"),
         batches=_numbers(batch_sizes, int, "--batch-sizes"),
         threads=_numbers(threads_list, int, "--threads") if threads_list else (thread_count(),),
-        precisions=tuple(p.strip() for p in precisions.split(",") if p.strip()) if precisions else None,
+        precisions=precisions,
         providers=tuple(providers) or None,
         compare=compare,
         nncf=nncf,

@@ -7,14 +7,10 @@ from pathlib import Path
 import click
 
 from edgeser.cli import EdgeserGroup, emit_report
-from edgeser.cli.params import Bounded, threads_option
+from edgeser.cli.params import Bounded, precisions_option, threads_option
 from edgeser.cli.ray_options import check_on_ray, ray_option, ray_scoring_options
 
 FRACTION = click.FloatRange(0.0, 1.0)
-
-
-def csv(value: str) -> list[str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 class CheckGroup(EdgeserGroup):
@@ -96,7 +92,7 @@ def check_parity_command(
     help="Evaluation fold [the checkpoint's fold on this corpus, else 0].",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Use N evaluation clips, evenly spread [all].")
-@click.option("--precisions", help="Comma list of ONNX variants to run [all present]; fp32 always runs.")
+@precisions_option("Comma list of ONNX variants to run [all present]; fp32 always runs.")
 @click.option("--no-float", is_flag=True, help="Skip PyTorch float; compare with onnxruntime fp32 instead.")
 @threads_option("Intra-op threads for onnxruntime and torch [library default; at most the logical cores].")
 @click.option(
@@ -127,7 +123,7 @@ def check_variants_command(
     data_spec: str,
     fold_index: int | None,
     limit: int | None,
-    precisions: str | None,
+    precisions: tuple[str, ...] | None,
     no_float: bool,
     threads: int | None,
     warmup: int,
@@ -155,7 +151,7 @@ def check_variants_command(
     from edgeser.cli.progress import CLICK
 
     if ray_address is not None:
-        precision = csv(precisions)[0] if precisions else "fp32"
+        precision = precisions[0] if precisions else "fp32"
         check_on_ray(
             bundle,
             ray_address,
@@ -178,7 +174,7 @@ def check_variants_command(
         data_spec,
         fold_index=fold_index,
         limit=limit,
-        precisions=csv(precisions) if precisions else None,
+        precisions=list(precisions) if precisions else None,
         include_float=not no_float,
         threads=threads,
         warmup=warmup,

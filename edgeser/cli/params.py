@@ -84,6 +84,20 @@ def threads_option(
     return decorate
 
 
+def comma_list(value: str) -> list[str]:
+    """The items of a comma list option (`--precisions fp32,int8`, `--op-types MatMul,Conv`), blanks dropped."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def precisions_option(help: str) -> Callable[[F], F]:
+    """`--precisions`: a comma list of bundle variants (check, bench), as a tuple, or None when not given."""
+
+    def parse(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+        return tuple(comma_list(value)) if value else None
+
+    return click.option("--precisions", callback=parse, help=help)
+
+
 def precision_option(*names: str, help: str = "Bundle variant.", **kwargs: Any) -> Callable[[F], F]:
     """`--precision`: one of the bundle variants (`edgeser.bundle.Precision`, so every command offers the same
     ones), fp32 unless `default` says otherwise; `names` renames the parameter (e.g. "precisions")."""

@@ -9,8 +9,7 @@ import click
 
 from edgeser.bundle import CALIBRATION_METHODS, CalibrationMethod
 from edgeser.cli import echo_json
-from edgeser.cli.check import csv
-from edgeser.cli.params import THREADS, Bounded, threads_option
+from edgeser.cli.params import THREADS, Bounded, comma_list, threads_option
 
 
 @click.command("calibrate")
@@ -69,7 +68,7 @@ def calibrate_command(
             raise DataError(f"{ids_file}: ids file not found")
         ids = [line.strip() for line in ids_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     try:
-        seconds = [float(b) for b in csv(buckets)]
+        seconds = [float(b) for b in comma_list(buckets)]
     except ValueError:
         raise click.BadParameter(f"{buckets!r}: give seconds like 2,4", param_hint="--buckets") from None
     bucket_s = tuple(
@@ -234,7 +233,7 @@ def quantize_command(
     min_width = NARROW_WIDTH if min_width is None else min_width
     written: dict[str, Any] = {}
     if int8:
-        chosen_ops = tuple(csv(op_types)) if op_types else DEFAULT_OP_TYPES
+        chosen_ops = tuple(comma_list(op_types)) if op_types else DEFAULT_OP_TYPES
         options = Int8Options(
             method=method,
             op_types=chosen_ops,
@@ -273,7 +272,7 @@ def quantize_command(
     if int8_dynamic:
         quantize_int8_dynamic(
             bundle,
-            op_types=tuple(csv(dynamic_op_types)),
+            op_types=tuple(comma_list(dynamic_op_types)),
             exclude=excluded,
             min_width=min_width,
             progress=CLICK,
