@@ -1,4 +1,4 @@
-"""The variant check for people: a Markdown page and the plots it links (see `checks.variants`)."""
+"""The variant check for people: a Markdown page and the plots it links (see `checks.fidelity`)."""
 
 from __future__ import annotations
 
