@@ -491,9 +491,8 @@ def test_api_resource_bounds(
         f"5000 {cores}",
     )
     _raises(lambda: Int8Options(speed_threads=5000), OptionError, "speed_threads", f"5000 {cores}")
-    nowhere = (
-        f"emodb:{tmp_path / 'no-corpus'}"  # a refusal from the corpus would mean the bound came too late
-    )
+    # a refusal from the corpus would mean the bound came too late
+    nowhere = f"emodb:{tmp_path / 'no-corpus'}"
     _raises(
         lambda: calibrate_bundle(stfnet_bundle, nowhere, samples=10**6),
         OptionError,

@@ -22,8 +22,8 @@ import click
 import numpy as np
 
 from edgeser.bundle import Precision
-from edgeser.cli.params import Bounded, precision_option, threads_option
-from edgeser.runtime.options import BACKENDS, Backend
+from edgeser.cli.params import Bounded, backend_option, precision_option, threads_option
+from edgeser.runtime.options import Backend
 
 # A microphone callback hands chunks to the main thread through a queue this long; past it (the model is
 # slower than the audio) chunks are dropped and counted.
@@ -75,13 +75,7 @@ MIC_QUEUE_CHUNKS = 500
 )
 @precision_option()
 @threads_option()
-@click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default="onnxruntime",
-    show_default=True,
-    help="As for `edgeser predict`.",
-)
+@backend_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per utterance, then an end line.")
 def listen_command(
     bundle: Path,

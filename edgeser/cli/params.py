@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from edgeser.bundle import PRECISIONS
-from edgeser.runtime.options import FORCE_THREADS_ENV, OVERSUBSCRIBE, bounded, check_threads
+from edgeser.runtime.options import BACKENDS, FORCE_THREADS_ENV, OVERSUBSCRIBE, bounded, check_threads
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,3 +108,16 @@ def precision_option(*names: str, help: str = "Bundle variant.", **kwargs: Any) 
         help=help,
         **{"default": "fp32", "show_default": True, **kwargs},
     )
+
+
+def backend_option(function: F) -> F:
+    """`--backend`: what runs the bundle's stages (`edgeser.runtime.options.Backend`), onnxruntime on the CPU
+    unless given."""
+    return click.option(
+        "--backend",
+        type=click.Choice(BACKENDS),
+        default="onnxruntime",
+        show_default=True,
+        help="onnxruntime on the CPU, onnxruntime's CUDA or TensorRT execution provider, or the TensorRT "
+        "engines of `edgeser build-trt`.",
+    )(function)

@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 
 from edgeser.bundle import Precision
-from edgeser.cli.params import precision_option, threads_option
+from edgeser.cli.params import backend_option, precision_option, threads_option
 from edgeser.cli.ray_options import predict_on_ray, ray_option, ray_scoring_options
-from edgeser.runtime.options import BACKENDS, Backend
+from edgeser.runtime.options import Backend
 
 # Below this speech ratio the text output warns that the clip holds (almost) no voice.
 LITTLE_SPEECH = 0.1
@@ -23,14 +23,7 @@ LITTLE_SPEECH = 0.1
 @click.argument("files", nargs=-1)
 @precision_option()
 @threads_option()
-@click.option(
-    "--backend",
-    type=click.Choice(BACKENDS),
-    default="onnxruntime",
-    show_default=True,
-    help="onnxruntime on the CPU, onnxruntime's CUDA or TensorRT execution provider, or the TensorRT "
-    "engines of `edgeser build-trt`.",
-)
+@backend_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option(
     "--long",

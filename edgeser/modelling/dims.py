@@ -18,9 +18,8 @@ from typing import Any, ClassVar, Literal, Self, Union, get_args, get_origin, ge
 
 from edgeser.errors import ModelError
 
-PARSE = (
-    "parse"  # field metadata key: a reader `fn(value, where) -> field value` replacing the type's conversion
-)
+# field metadata key: a reader `fn(value, where) -> field value` replacing the type's conversion
+PARSE = "parse"
 Parser = Callable[[Any, str], Any]
 
 

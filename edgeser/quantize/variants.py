@@ -68,16 +68,14 @@ class Int8Options:
     symmetric_activations: bool = False
     dedicated_qdq: bool = False
     quantize_bias: bool = True
-    target: QuantTarget = (
-        "cpu"  # cpu (onnxruntime) or tensorrt: what the graph is made for, recorded in its settings
-    )
+    # cpu (onnxruntime) or tensorrt: what the graph is made for, recorded in its settings
+    target: QuantTarget = "cpu"
     percentile: float = 99.999
     # True: activation x activation MatMuls (attention scores and their weighted sum) stay float, excluded by
     # name (the `activation-matmuls` category of graph.py); onnxruntime's own MatMulConstBOnly is QOperator-only.
     matmul_weights_only: bool = False
-    quantize_outputs: bool = (
-        True  # False: Q/DQ only on node inputs (outputs stay float until the next consumer)
-    )
+    # False: Q/DQ only on node inputs (outputs stay float until the next consumer)
+    quantize_outputs: bool = True
     # Float nodes whose inputs must arrive unquantised: the Q/DQ onnxruntime puts on a quantised MatMul's output
     # is removed where that output only feeds these (through a bias Add at most). See graph.strip_output_qdq.
     # Measured: all-MiniLM-L6 token-feature cosine 0.89 -> 0.97 (residual) -> 0.973 (+ GELU); HuBERT-large

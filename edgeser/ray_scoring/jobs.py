@@ -85,9 +85,8 @@ def result_schema() -> Any:
 class RayOptions:
     """Where and how to run: the cluster, the actor pool, each actor's resources, batching and order."""
 
-    address: str | None = (
-        None  # None or "local": a local Ray instance; "auto" or "ray://host:port": a cluster
-    )
+    # None or "local": a local Ray instance; "auto" or "ray://host:port": a cluster
+    address: str | None = None
     workers: int = 2  # actors in the pool (one Pipeline each)
     cpus_per_worker: float = 1.0  # also the onnxruntime threads of each actor
     gpus_per_worker: float = 0.0  # > 0: the actor's Pipeline uses the CUDA execution provider

@@ -4,7 +4,7 @@
     ort.InferenceSession(path, providers=plan.providers, provider_options=plan.options)
 
 Backends:
-- `onnxruntime` (alias `cpu`): CPUExecutionProvider;
+- `onnxruntime`: CPUExecutionProvider;
 - `cuda`: CUDAExecutionProvider on `device`, CPU for what CUDA lacks;
 - `tensorrt-ep`: onnxruntime's TensorRT execution provider, then CUDA, then CPU. Its engines and timing cache go
   under `BUNDLE/trt/ort-ep/<precision>/` (never beside the graphs), named `<stage>-<graph sha256>`: the EP's own
@@ -63,13 +63,12 @@ def provider_plan(
 ) -> ProviderPlan:
     """The providers and options for `backend` (see the module docstring); `stage` and `graph_sha256` (the
     stage graph's checksum in bundle.json) name the engine cache."""
-    name = backend
-    if name == "onnxruntime":
+    if backend == "onnxruntime":
         return ProviderPlan([CPU], [{}])
     cuda_options = {"device_id": str(device)}
-    if name == "cuda":
+    if backend == "cuda":
         return ProviderPlan([CUDA, CPU], [cuda_options, {}])
-    if name != "tensorrt-ep":
+    if backend != "tensorrt-ep":
         raise OptionError(
             "backend",
             f"unknown backend {backend!r} for onnxruntime; choose {', '.join(ORT_BACKENDS)} "

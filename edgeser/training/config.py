@@ -43,9 +43,8 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     grad_clip: float | None = 5.0  # 0 or None: no clipping
     l2_penalty: dict[str, Any] | None = None
-    protocol: ProtocolName | None = (
-        None  # the paper's protocol (recipe); the CLI picks it with --protocol paper
-    )
+    # the paper's protocol (recipe); the CLI picks it with --protocol paper
+    protocol: ProtocolName | None = None
     # Training clips longer than `max_seconds`: "random-window" cuts a random window (only where the target
     # follows: audio-only models); "none" keeps whole clips in length-bucketed batches; "auto" picks
     # "none" for models with a CTC head or a text branch (their transcript covers the whole clip).
