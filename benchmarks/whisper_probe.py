@@ -79,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results/whisper-probe", help="report path stem")
     parser.add_argument("--padded", action="store_true", help="also Whisper's padded 30 s window (slow)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--layers",
+        default="final,0,1,2,3,4,all",
+        help="hidden states to probe, comma-separated: final, a block input index, or all (every state's "
+        "mean+std concatenated)",
+    )
+    parser.add_argument("--label-sets", default=",".join(LABEL_SETS), help="label sets, comma-separated")
     args = parser.parse_args(argv)
 
     import torch
@@ -86,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     from edgeser.runtime.options import thread_count
 
     torch.set_num_threads(thread_count(most=max(1, args.threads)))
+    label_sets = [name.strip() for name in args.label_sets.split(",") if name.strip()]
+    unknown = [name for name in label_sets if name not in LABEL_SETS]
+    if unknown:
+        parser.error(f"--label-sets: unknown {', '.join(unknown)}; choose from {', '.join(LABEL_SETS)}")
+    layers: list[int | str] = []
+    for name in (part.strip() for part in args.layers.split(",") if part.strip()):
+        if name not in ("final", "all") and not name.isdigit():
+            parser.error(f"--layers: {name!r} is not final, all or a block index")
+        layers.append(int(name) if name.isdigit() else name)
     corpora = {name: read_multicorpus(Path(args.data), label_set=name) for name in LABEL_SETS}
     corpus = corpora["ravdess8"]
     cache = FeatureCache(Path(args.cache))
@@ -99,13 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "benchmarks/whisper_probe.py", *(argv or sys.argv[1:])]),
         "encoder": cache.describe(),
         "corpus": {name: describe(c) for name, c in corpora.items()},
-        "classifier": "StandardScaler + LogisticRegression(C=0.05) on mean+std of one hidden state",
+        "classifier": "StandardScaler + LogisticRegression(C=0.05) on mean+std of one hidden state (layer all: "
+        "of every hidden state, concatenated)",
         "encode_seconds": round(encode_s, 1),
         "results": [],
     }
     for window in windows:
-        for label_set in LABEL_SETS:
-            for layer in ["final", *range(cache.num_layers)]:
+        for label_set in label_sets:
+            for layer in layers:
                 if window == "padded" and layer != "final":
                     continue
                 result = probe(cache, corpora[label_set], label_set, layer, window)

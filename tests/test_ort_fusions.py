@@ -142,3 +142,44 @@ def test_exported_encoders_keep_their_outputs(cmgi_bundle: Path) -> None:
     before = run(text, feeds)
     assert len(fuse_attention(text)) == layers > 0
     np.testing.assert_allclose(run(text, feeds), before, rtol=1e-4, atol=1e-4)
+
+
+def test_whisper_attention_becomes_one_multi_head_attention(tmp_path: Path) -> None:
+    """edgeser's Whisper attention (one packed q/k/v parameter, key mask `[B, 1, 1, T]`) exports in the layout the
+    fusion matches, and computes what the packed projection does."""
+    from edgeser.modelling.whisper import WhisperAttention
+
+    torch.manual_seed(0)
+    module = WhisperAttention(WIDTH, HEADS).eval()
+    # large logits: a peaked softmax, where scale and mask matter
+    torch.nn.init.normal_(module.qkv.weight, std=1.0)
+    path = tmp_path / "whisper_attention.onnx"
+    torch.onnx.export(
+        module,
+        (torch.zeros(2, FRAMES, WIDTH), torch.zeros(2, 1, 1, FRAMES)),
+        str(path),
+        input_names=["x", "mask"],
+        output_names=["y"],
+        opset_version=18,
+        dynamic_axes={"x": {0: "b", 1: "t"}, "mask": {0: "b", 3: "t"}},
+        dynamo=False,
+    )
+    model = onnx.load(str(path))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, FRAMES, WIDTH)).astype(np.float32)
+    mask = np.zeros((2, 1, 1, FRAMES), np.float32)
+    mask[1, ..., 6:] = -1e9  # the second clip is 6 frames long (WhisperEncoder.key_bias)
+    feeds = {"x": x, "mask": mask}
+    # the packed projection, by hand: [B, T, 3, N, H] -> q, k, v [B, N, T, H]
+    size = WIDTH // HEADS
+    packed = x @ module.qkv.weight.detach().numpy().T + module.qkv.bias.detach().numpy()
+    q, k, v = packed.reshape(2, FRAMES, 3, HEADS, size).transpose(2, 0, 3, 1, 4)
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(size) + mask
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    merged = (weights @ v).transpose(0, 2, 1, 3).reshape(2, FRAMES, WIDTH)
+    expected = merged @ module.out.weight.detach().numpy().T + module.out.bias.detach().numpy()
+    np.testing.assert_allclose(run(model, feeds), expected, rtol=1e-4, atol=1e-4)
+    assert len(fuse_attention(model)) == 1
+    assert [n.op_type for n in model.graph.node].count("MultiHeadAttention") == 1
+    np.testing.assert_allclose(run(model, feeds), expected, rtol=1e-4, atol=1e-4)

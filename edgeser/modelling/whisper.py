@@ -192,10 +192,19 @@ class WhisperAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """x `[B, T, D]`, bias `[B, 1, 1, T]` additive key mask -> `[B, T, D]`."""
-        batch, steps, dim = x.shape
+        batch, steps = x.shape[0], x.shape[1]
+        dim = self.out.in_features  # a Python int: the slices below stay constants in the exported graph
         head_dim = dim // self.heads
-        qkv = self.qkv(x).reshape(batch, steps, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+
+        def heads(part: int) -> torch.Tensor:
+            # One projection per q, k, v, viewed [B, T, N, H] and heads first: the layout onnxruntime's
+            # attention fusion matches (quantize/ort_fusions.py), so the CPU int8 graph runs this core as one
+            # float MultiHeadAttention. Same values as slicing one packed projection.
+            rows = slice(part * dim, (part + 1) * dim)
+            projected = F.linear(x, self.qkv.weight[rows], self.qkv.bias[rows])
+            return projected.view(batch, steps, self.heads, head_dim).transpose(1, 2)
+
+        q, k, v = heads(0), heads(1), heads(2)
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim)) + bias
         weights = torch.softmax(scores, dim=-1)
         merged = torch.matmul(weights, v).transpose(1, 2).reshape(batch, steps, dim)

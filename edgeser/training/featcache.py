@@ -31,7 +31,10 @@ WINDOWS: tuple[FeatureWindow, ...] = get_args(FeatureWindow)
 
 
 def pooled(hidden: np.ndarray, layer: int | str = "final") -> np.ndarray:
-    """Mean and standard deviation over frames of one hidden state (`final` = the last), float64 `[2 D]`."""
+    """Mean and standard deviation over frames of one hidden state (`final` = the last), float64 `[2 D]`;
+    `all`: those of every hidden state, concatenated in layer order, `[layers * 2 D]`."""
+    if layer == "all":
+        return np.concatenate([pooled(hidden, k) for k in range(hidden.shape[0])])
     x = hidden[-1 if layer == "final" else int(layer)].astype(np.float64)
     return np.concatenate([x.mean(axis=0), x.std(axis=0)])
 
