@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeser.cli.params import comma_list
 from edgeser.data.multicorpus import LABEL_SETS, corpus_of, describe, read_multicorpus, speaker_folds
 from edgeser.data.records import Corpus
 from edgeser.metrics import classification_report
-from edgeser.reports import markdown_table, write_report
 from edgeser.progress import STDERR
+from edgeser.reports import markdown_table, write_report
 from edgeser.training.featcache import FeatureCache, pooled
 
 PROTOCOLS = ("actor-folds", "emodb-loso")
@@ -81,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--layers",
-        default="final,0,1,2,3,4,all",
+        default="",
         help="hidden states to probe, comma-separated: final, a block input index, or all (every state's "
-        "mean+std concatenated)",
+        "mean+std concatenated) [final, every index, all]",
     )
     parser.add_argument("--label-sets", default=",".join(LABEL_SETS), help="label sets, comma-separated")
     args = parser.parse_args(argv)
@@ -93,18 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     from edgeser.runtime.options import thread_count
 
     torch.set_num_threads(thread_count(most=max(1, args.threads)))
-    label_sets = [name.strip() for name in args.label_sets.split(",") if name.strip()]
+    label_sets = comma_list(args.label_sets)
     unknown = [name for name in label_sets if name not in LABEL_SETS]
     if unknown:
         parser.error(f"--label-sets: unknown {', '.join(unknown)}; choose from {', '.join(LABEL_SETS)}")
-    layers: list[int | str] = []
-    for name in (part.strip() for part in args.layers.split(",") if part.strip()):
-        if name not in ("final", "all") and not name.isdigit():
-            parser.error(f"--layers: {name!r} is not final, all or a block index")
-        layers.append(int(name) if name.isdigit() else name)
+    cache = FeatureCache(Path(args.cache))
+    states = [str(k) for k in range(cache.num_layers)]
+    names = comma_list(args.layers) or ["final", *states, "all"]
+    wrong = [name for name in names if name not in ("final", "all", *states)]
+    if wrong:
+        parser.error(f"--layers: {', '.join(wrong)}: choose final, all or a state index 0..{len(states) - 1}")
+    layers: list[int | str] = [int(name) if name.isdigit() else name for name in names]
     corpora = {name: read_multicorpus(Path(args.data), label_set=name) for name in LABEL_SETS}
     corpus = corpora["ravdess8"]
-    cache = FeatureCache(Path(args.cache))
     windows = ["cut", "padded"] if args.padded else ["cut"]
     started = time.time()
     for window in windows:
