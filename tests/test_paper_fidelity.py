@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgeser.modelling import words
-from edgeser.modelling.cmgi import BOUNDED_GATE, LITERAL_GATE, CmgiFusionHead
+from edgeser.modelling.cmgi import BOUNDED_GATE, LITERAL_GATE, CmgiFusionHead, StatisticsReadout
 from edgeser.modelling.gcf2net import Gcf2NetFusionHead
 from edgeser.modelling.registry import build_model, load_recipe, resolve_size
 from edgeser.modelling.train_hooks import l2_penalty
@@ -47,6 +47,53 @@ def test_cmgi_gate_is_bounded_by_default_and_the_literal_order_is_selectable() -
     assert (g < 0).any() and (g > 1).any()
     for size in ("paper", "small"):
         assert resolve_size(load_recipe("cmgi"), size)["fusion"]["gate"] == BOUNDED_GATE
+
+
+def test_statistics_readout_is_a_linear_probe_of_standardised_frame_statistics() -> None:
+    """Training merges every batch into the exact mean and variance of all clips seen (never a batch's own);
+    evaluation: logits = W ((mean, std over valid frames) - that mean) / sqrt(that variance + eps) + b, blind
+    to padding and to which batch a clip came in."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    readout = StatisticsReadout(6, 3, dropout=0.0)
+    lengths = [7, 4, 6, 2, 5]
+    features = torch.randn(5, 7, 6) * torch.linspace(0.5, 3.0, 6) + torch.arange(5.0)[:, None, None]
+    mask = torch.arange(7)[None] < torch.tensor(lengths)[:, None]
+    padded = features.clone()
+    padded[1, 4:] = 1e3  # beyond the clip: must not count
+    readout.train()
+    for rows in ([0, 1], [2], [3, 4]):  # uneven batches, one of a single clip, each from its own part
+        readout(padded[rows], mask[rows])
+    stats = []
+    for row, n in enumerate(lengths):
+        x = features[row, :n].double().numpy()
+        stats.append(np.concatenate([x.mean(axis=0), np.sqrt(x.var(axis=0) + 1e-5)]))
+    table = np.stack(stats)
+    np.testing.assert_allclose(readout.mean.numpy(), table.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(readout.var.numpy(), table.var(axis=0), rtol=1e-4, atol=1e-5)
+    assert float(readout.count) == 5
+    readout.eval()
+    got = readout(padded, mask).detach().numpy()
+    z = (table - table.mean(axis=0)) / np.sqrt(table.var(axis=0) + readout.eps)
+    weight = readout.classifier.weight.double().detach().numpy()
+    want = z @ weight.T + readout.classifier.bias.double().detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(readout(padded[3:4], mask[3:4]).detach().numpy(), got[3:4], atol=1e-5)
+    assert float(readout.count) == 5  # evaluation leaves the statistics alone
+
+
+def test_cmgi_statistics_path_adds_its_logits_to_the_gated_fusion() -> None:
+    torch.manual_seed(0)
+    head = CmgiFusionHead(12, 8, 3, 8, gate=BOUNDED_GATE, statistics=True).eval()
+    features, frames = torch.randn(2, 5, 12), torch.tensor([5, 3])
+    tokens, attention = torch.randn(2, 4, 8), torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    fused = head(features, frames, tokens, attention)
+    assert head.statistics is not None
+    alone = head.statistics(features, torch.arange(5)[None] < frames[:, None])
+    head.statistics = None
+    assert torch.allclose(fused, head(features, frames, tokens, attention) + alone, atol=1e-6)
+    assert CmgiFusionHead(12, 8, 3, 8).statistics is None  # a config without the field: no read-out
 
 
 def test_cmgi_config_without_gate_rebuilds_the_literal_order_and_records_it() -> None:

@@ -101,6 +101,37 @@ def test_padded_batch_equals_clips_alone(encoder, torch_one_thread) -> None:  # 
             assert torch.allclose(together[row, : int(f1[0])], alone[0], atol=1e-4)
 
 
+def test_layer_all_is_every_state_layer_normalised_side_by_side(torch_one_thread) -> None:  # type: ignore[no-untyped-def]
+    """Acoustic `layer` "all": features are every hidden state (the input of each block and the final output),
+    each layer-normalised without affine parameters, concatenated along the feature axis, zero past a clip;
+    "weighted" at equal weights is their mean, so both read the same states."""
+    rng = np.random.default_rng(1)
+    lengths = [12_000, 7_000]
+    batch = torch.zeros(2, max(lengths))
+    for row, n in enumerate(lengths):
+        batch[row, :n] = torch.from_numpy((0.2 * rng.standard_normal(n)).astype(np.float32))
+    stacked = whisper.WhisperAcousticEncoder(whisper.WhisperSpec(layer="all")).eval()
+    mixed = whisper.WhisperAcousticEncoder(whisper.WhisperSpec(layer="weighted")).eval()
+    dims = stacked.dims
+    assert stacked.hidden_size == (dims.n_audio_layer + 1) * dims.n_audio_state
+    assert mixed.hidden_size == dims.n_audio_state
+    with torch.no_grad():
+        features, frames = stacked(batch, torch.tensor(lengths))
+        mel, mel_lengths = stacked.frontend(batch, torch.tensor(lengths))
+        _, _, states = stacked.encoder(mel, mel_lengths, output_layers=True)
+        average, _ = mixed(batch, torch.tensor(lengths))
+    assert features.shape == (2, int(frames.max()), stacked.hidden_size)
+    width = dims.n_audio_state
+    for row, valid in enumerate(frames.tolist()):
+        for k, state in enumerate(states):
+            expected = torch.nn.functional.layer_norm(state[row, :valid], (width,))
+            got = features[row, :valid, k * width : (k + 1) * width]
+            assert torch.allclose(got, expected, atol=1e-4), (row, k)
+        assert torch.all(features[row, valid:] == 0)
+        parts = features[row, :valid].reshape(valid, dims.n_audio_layer + 1, width)
+        assert torch.allclose(average[row, :valid], parts.mean(dim=1), atol=1e-5)
+
+
 def _minimal_ct2(path: Path, version: int = 6, truncate: bool = False) -> Path:
     """A CTranslate2 model.bin with one float32 variable, written as CTranslate2's serializer lays it out."""
 
@@ -152,8 +183,9 @@ def test_missing_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow
 def test_cmgi_edge_freezes_packages_and_exports(tmp_path: Path, torch_one_thread) -> None:  # type: ignore[no-untyped-def]
-    """cmgi `edge`: the frozen Whisper takes no gradient and is referenced by package (not stored); the
-    trainable layer mix is; the exported bundle equals PyTorch on a padded batch of mixed lengths."""
+    """cmgi `edge`: the frozen Whisper takes no gradient and is referenced by package (not stored); its
+    features are every hidden state, read by the fusion head's statistics path (the phase-1 audio head) and
+    stored; the exported bundle equals PyTorch on a padded batch of mixed lengths."""
     from edgeser.checkpoint import load_checkpoint, save_checkpoint
     from edgeser.export import exporter
     from edgeser.modelling.registry import build_model
@@ -164,18 +196,21 @@ def test_cmgi_edge_freezes_packages_and_exports(tmp_path: Path, torch_one_thread
     torch.manual_seed(0)
     model = build_model("cmgi", "edge", ["angry", "happy", "neutral", "sad"], CtcVocab())
     audio = model.audio_encoder
-    assert isinstance(audio, whisper.WhisperAcousticEncoder) and audio.layer == "weighted"
+    assert isinstance(audio, whisper.WhisperAcousticEncoder) and audio.layer == "all"
     assert all(not p.requires_grad for p in audio.encoder.parameters())
-    assert audio.layer_weights is not None and audio.layer_weights.requires_grad
-    with torch.no_grad():  # a layer mix away from uniform, so the export must carry it
-        audio.layer_weights.copy_(torch.tensor([0.0, -1.0, 2.0, 1.0, 0.5]))
+    statistics = model.fusion_head.statistics
+    assert statistics is not None and model.acoustic_classifier is None
+    with torch.no_grad():  # standardisation away from the identity, so the export must carry it
+        width = 2 * audio.hidden_size
+        statistics.mean.copy_(torch.linspace(-0.5, 0.5, width))
+        statistics.var.copy_(torch.linspace(0.01, 0.2, width))
     packaged = model.packaged_weights()
     assert packaged["audio_encoder.encoder.blocks.0."] == whisper.WHISPER_PACKAGE
     assert packaged["audio_encoder.encoder.conv1."] == whisper.WHISPER_PACKAGE
 
     directory = save_checkpoint(model, tmp_path / "ckpt", {}, {"data_spec": "tests"})
     stored = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
-    assert stored < 5_000_000, stored  # 8 M Whisper + 22 M MiniLM parameters referenced, not copied
+    assert stored < 8_000_000, stored  # 8 M Whisper + 22 M MiniLM parameters referenced, not copied
     loaded = load_checkpoint(directory)
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key

@@ -343,13 +343,18 @@ def load_whisper_encoder(model_dir: Path | None = None) -> WhisperEncoder:
     return encoder.eval()
 
 
+NAMED_LAYERS = ("final", "weighted", "all")  # `layer` values other than a block index
+
+
 class WhisperAcousticEncoder(nn.Module):
     """`audio_encoder` stage: waveform -> Whisper log-mel -> Whisper encoder -> `[B, F, D]` + frame lengths.
 
     Spec fields (the recipe's `acoustic` dict, `"type": "whisper"`):
     - `layer`: the stage output. "final" (after the last block and its LayerNorm); an int k (the input of
       block k: later blocks are dropped from the graph); "weighted" (SUPERB's learned mix: softmax weights over
-      every hidden state, each layer-normalised without affine parameters, summed).
+      every hidden state, each layer-normalised without affine parameters, summed); "all" (every hidden state,
+      each layer-normalised the same way, concatenated along the feature axis: `[B, F, (N + 1) D]`, so a
+      head can read each state apart, e.g. its frame statistics).
     - `freeze_layers`: how many of the first blocks (with the convs and positions, always frozen) take no
       gradient; the number of blocks (default) freezes the whole pretrained encoder.
     - `cache_frozen`: while training, keep the frozen part's hidden states of each clip in memory, keyed by
@@ -363,11 +368,11 @@ class WhisperAcousticEncoder(nn.Module):
         self.encoder = load_whisper_encoder(Path(spec.model_dir) if spec.model_dir is not None else None)
         self.dims = self.encoder.dims
         layer = spec.layer
-        if layer not in ("final", "weighted"):
+        if layer not in NAMED_LAYERS:
             layer = int(layer)
             if not 1 <= layer <= self.dims.n_audio_layer:
                 raise ModelError(
-                    f"whisper acoustic spec: layer must be 'final', 'weighted' or "
+                    f"whisper acoustic spec: layer must be 'final', 'weighted', 'all' or "
                     f"1..{self.dims.n_audio_layer}, got {layer}"
                 )
             self.encoder.blocks = self.encoder.blocks[:layer]
@@ -405,7 +410,9 @@ class WhisperAcousticEncoder(nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return self.dims.n_audio_state
+        """Width of the stage's `features`: the encoder's, or every state's side by side for `layer` "all"."""
+        states = self.dims.n_audio_layer + 1 if self.layer == "all" else 1
+        return states * self.dims.n_audio_state
 
     def frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return self.encoder.frame_lengths(self.frontend.frame_lengths(lengths))
@@ -457,7 +464,7 @@ class WhisperAcousticEncoder(nn.Module):
         steps = int(frames.max()) if len(frames) else 0
         stacked = []
         for index in range(len(per_clip[0])):
-            batch = torch.zeros(waveform.shape[0], steps, self.hidden_size, device=waveform.device)
+            batch = torch.zeros(waveform.shape[0], steps, self.dims.n_audio_state, device=waveform.device)
             for row, states in enumerate(per_clip):
                 batch[row, : states[index].shape[0]] = states[index].float()
             stacked.append(batch)
@@ -471,9 +478,13 @@ class WhisperAcousticEncoder(nn.Module):
             states, frames = self._frozen_states(waveform, lengths)
         if not self.fully_frozen:
             states = states + self.encoder.states(states[-1], frames, start=self.frozen_blocks)
-        if self.layer_weights is None:
+        if self.layer == "final" or isinstance(self.layer, int):
             return states[-1], frames
-        weights = torch.softmax(self.layer_weights, dim=0)
-        mixed = sum(w * F.layer_norm(s, (self.hidden_size,)) for w, s in zip(weights, states))
+        normed = [F.layer_norm(s, (self.dims.n_audio_state,)) for s in states]
+        if self.layer_weights is not None:
+            weights = torch.softmax(self.layer_weights, dim=0)
+            mixed = sum(w * s for w, s in zip(weights, normed))
+        else:
+            mixed = torch.cat(normed, dim=-1)
         mask = lengths_to_mask(frames, mixed.shape[1]).unsqueeze(-1).to(mixed.dtype)
         return mixed * mask, frames
