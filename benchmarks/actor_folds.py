@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgeser.data.multicorpus import LABEL_SETS
+from edgeser.data.multicorpus import LABEL_SETS, map_label
 from edgeser.metrics import classification_report
 from edgeser.reports import markdown_table, write_report
 
@@ -42,18 +42,19 @@ from edgeser.reports import markdown_table, write_report
 def label_set_metrics(
     name: str, labels: list[str], truth: list[int], probabilities: np.ndarray
 ) -> dict[str, Any]:
-    """UA/WA/F1 of the pooled clips on label set `name`, read from the model's `labels` (see the module doc)."""
+    """UA/WA/F1 of the pooled clips on label set `name`, read from the model's `labels` (see the module doc):
+    each label maps as the corpus readers map it (`map_label`); clips whose truth the set drops are left out,
+    and the decision is the argmax over the columns the set keeps, mapped the same way."""
     classes = LABEL_SETS[name]  # type: ignore[index]
-    if name == "ravdess8":
-        return classification_report(truth, list(probabilities.argmax(axis=1)), len(labels)).to_dict()
-    if name == "seven":
-        mapping = [classes.index("neutral" if label == "calm" else label) for label in labels]
-        decided = [mapping[int(i)] for i in probabilities.argmax(axis=1)]
-        return classification_report([mapping[t] for t in truth], decided, len(classes)).to_dict()
-    columns = [labels.index(label) for label in classes]
-    keep = [row for row, t in enumerate(truth) if t in columns]
-    decided = [int(i) for i in probabilities[keep][:, columns].argmax(axis=1)]
-    return classification_report([columns.index(truth[row]) for row in keep], decided, len(classes)).to_dict()
+    mapped = [map_label(label, name) for label in labels]  # type: ignore[arg-type]
+    columns = [column for column, label in enumerate(mapped) if label is not None]
+    keep = [row for row, t in enumerate(truth) if mapped[t] is not None]
+    decided = [columns[int(i)] for i in probabilities[keep][:, columns].argmax(axis=1)]
+    return classification_report(
+        [classes.index(str(mapped[truth[row]])) for row in keep],
+        [classes.index(str(mapped[column])) for column in decided],
+        len(classes),
+    ).to_dict()
 
 
 def audio_only_probabilities(

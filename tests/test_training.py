@@ -13,6 +13,7 @@ from edgeser import training
 from edgeser.checkpoint import load_checkpoint
 from edgeser.data import load_corpus
 from edgeser.data.protocols import split_from_provenance
+from edgeser.errors import ModelError
 from edgeser.modelling.registry import build_model
 from edgeser.progress import SILENT
 from edgeser.training import loop
@@ -242,6 +243,28 @@ def test_trainer_applies_the_recipes_paper_options(real_clips) -> None:  # type:
     assert offline_copies(build_model("stfnet", "small", labels), clips[:3], seed=0) == []
     assert [lr_lambda(100, 0, "constant")(s) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
     assert lr_lambda(100, 10, "cosine")(99) < 0.01
+
+
+def test_stage_scoped_schedule_warms_up_and_decays_within_each_stage() -> None:
+    """`lr_schedule_scope: "stage"`: each stretch of a stage gets its own warm-up and cosine decay (phase 1
+    ends with its learning rate decayed, the next phase warms up again); "run" is one schedule over all
+    epochs; an unknown scope is refused."""
+    from edgeser.training.config import lr_lambda, plan_lr_lambda
+
+    first, second = {"name": "acoustic"}, {"name": "joint"}
+    plan = [first, first, second, second, second]
+    per_stage = plan_lr_lambda(
+        training.TrainConfig(warmup_ratio=0.1, lr_schedule_scope="stage"), plan, steps_per_epoch=10
+    )
+    phase1, phase2 = lr_lambda(20, 2), lr_lambda(30, 3)
+    assert [per_stage(s) for s in range(20)] == [phase1(s) for s in range(20)]
+    assert [per_stage(20 + s) for s in range(30)] == [phase2(s) for s in range(30)]
+    assert per_stage(19) < 0.01 and per_stage(20) == pytest.approx(1 / 3)
+    whole = plan_lr_lambda(training.TrainConfig(warmup_ratio=0.1), plan, steps_per_epoch=10)
+    assert [whole(s) for s in range(50)] == [lr_lambda(50, 5)(s) for s in range(50)]
+    assert whole(20) > 0.5  # one schedule: still near its peak where phase 2 starts
+    with pytest.raises(ModelError, match="lr_schedule_scope 'epoch'"):
+        training.TrainConfig(lr_schedule_scope="epoch")  # type: ignore[arg-type]
 
 
 def test_training_stages_never_unfreeze_what_the_model_keeps_frozen(

@@ -17,6 +17,8 @@ Crop = Literal["auto", "random-window", "none"]
 CROPS: tuple[Crop, ...] = get_args(Crop)
 LrSchedule = Literal["cosine", "constant"]
 LR_SCHEDULES: tuple[LrSchedule, ...] = get_args(LrSchedule)
+LrScope = Literal["run", "stage"]
+LR_SCOPES: tuple[LrScope, ...] = get_args(LrScope)
 OptimizerName = Literal["adamw", "adam", "sgd"]
 OPTIMIZERS: tuple[OptimizerName, ...] = get_args(OptimizerName)
 
@@ -41,6 +43,9 @@ class TrainConfig:
     ctc_weight: float = 0.0
     lr_schedule: LrSchedule = "cosine"  # warm-up then cosine decay, or "constant"
     warmup_ratio: float = 0.05
+    # "run": one warm-up + decay over all epochs; "stage": each recipe stage warms up and decays on its own
+    # (a phase that trains a head to convergence before the next phase starts, CmGI edge)
+    lr_schedule_scope: LrScope = "run"
     grad_clip: float | None = 5.0  # 0 or None: no clipping
     l2_penalty: dict[str, Any] | None = None
     # the paper's protocol (recipe); the CLI picks it with --protocol paper
@@ -62,6 +67,8 @@ class TrainConfig:
             raise ModelError(f"crop {self.crop!r}: choose one of {', '.join(CROPS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ModelError(f"lr_schedule {self.lr_schedule!r}: choose cosine or constant")
+        if self.lr_schedule_scope not in LR_SCOPES:
+            raise ModelError(f"lr_schedule_scope {self.lr_schedule_scope!r}: choose run or stage")
         for name in ("epochs", "batch_size", "grad_accumulation"):
             if int(getattr(self, name)) < 1:
                 raise ModelError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -120,6 +127,33 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: LrSchedule = "cosin
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return warmup_cosine if schedule == "cosine" else (lambda step: 1.0)
+
+
+def plan_lr_lambda(
+    config: TrainConfig, plan: list[dict[str, Any]], steps_per_epoch: int
+) -> Callable[[int], float]:
+    """The learning-rate factor per optimiser step for a run of `plan` epochs: one warm-up + decay over the
+    run, or (`lr_schedule_scope: "stage"`) one per stretch of consecutive epochs of the same stage."""
+    if config.lr_schedule_scope == "run":
+        total = steps_per_epoch * len(plan)
+        return lr_lambda(total, int(config.warmup_ratio * total), config.lr_schedule)
+    spans: list[tuple[int, int]] = []  # (first step, steps) of each stage's stretch
+    for epoch, stage in enumerate(plan):
+        if epoch and stage is plan[epoch - 1]:
+            first, steps = spans[-1]
+            spans[-1] = (first, steps + steps_per_epoch)
+        else:
+            spans.append((epoch * steps_per_epoch, steps_per_epoch))
+    schedules = [
+        (first, lr_lambda(steps, int(config.warmup_ratio * steps), config.lr_schedule))
+        for first, steps in spans
+    ]
+
+    def per_stage(step: int) -> float:
+        first, schedule = next((s for s in reversed(schedules) if s[0] <= step), schedules[0])
+        return schedule(step - first)
+
+    return per_stage
 
 
 def stage_plan(config: TrainConfig) -> list[dict[str, Any]]:

@@ -30,8 +30,8 @@ from edgeser.training.batches import Clip, TrainingLoss, batches, compute_loss, 
 from edgeser.training.config import (
     TrainConfig,
     apply_stage,
-    lr_lambda,
     make_optimizer,
+    plan_lr_lambda,
     stage_plan,
 )
 from edgeser.training.distributed import World, process_world, synchronise_norms, unsynchronised
@@ -136,10 +136,7 @@ def train_world(
     steps_per_epoch = math.ceil(
         math.ceil(len(split.train_ids) * (1 + copies) / config.batch_size) / config.grad_accumulation
     )
-    total_steps = steps_per_epoch * len(plan)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, int(config.warmup_ratio * total_steps), config.lr_schedule)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan_lr_lambda(config, plan, steps_per_epoch))
     # Rank 0 decides for everyone (one answer even where the ranks' views of the folder could differ).
     start = world.broadcast(start_mode(out_dir, state_dir, resume) if world.main else None)
     if start.startswith("error:"):
