@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,26 +136,23 @@ def plan_lr_lambda(
 ) -> Callable[[int], float]:
     """The learning-rate factor per optimiser step for a run of `plan` epochs: one warm-up + decay over the
     run, or (`lr_schedule_scope: "stage"`) one per stretch of consecutive epochs of the same stage."""
-    if config.lr_schedule_scope == "run":
-        total = steps_per_epoch * len(plan)
-        return lr_lambda(total, int(config.warmup_ratio * total), config.lr_schedule)
-    spans: list[tuple[int, int]] = []  # (first step, steps) of each stage's stretch
-    for epoch, stage in enumerate(plan):
-        if epoch and stage is plan[epoch - 1]:
-            first, steps = spans[-1]
-            spans[-1] = (first, steps + steps_per_epoch)
-        else:
-            spans.append((epoch * steps_per_epoch, steps_per_epoch))
-    schedules = [
-        (first, lr_lambda(steps, int(config.warmup_ratio * steps), config.lr_schedule))
-        for first, steps in spans
-    ]
+    stretch: Callable[[dict[str, Any]], int] = (
+        id if config.lr_schedule_scope == "stage" else (lambda stage: 0)
+    )
+    starts: list[int] = []  # first step of each stretch
+    schedules: list[Callable[[int], float]] = []
+    first = 0
+    for _, epochs in itertools.groupby(plan, key=stretch):
+        steps = len(list(epochs)) * steps_per_epoch
+        starts.append(first)
+        schedules.append(lr_lambda(steps, int(config.warmup_ratio * steps), config.lr_schedule))
+        first += steps
 
-    def per_stage(step: int) -> float:
-        first, schedule = next((s for s in reversed(schedules) if s[0] <= step), schedules[0])
-        return schedule(step - first)
+    def factor(step: int) -> float:
+        index = bisect.bisect_right(starts, step) - 1
+        return schedules[index](step - starts[index])
 
-    return per_stage
+    return factor
 
 
 def stage_plan(config: TrainConfig) -> list[dict[str, Any]]:
